@@ -1,0 +1,32 @@
+"""kface: face verification for Korean faces.
+
+The public API, in pipeline order (imported lazily, so ``import kface`` is cheap)::
+
+    from kface import load_image, embed, verify, load_verifier
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_image": "kface.images",
+    "embed": "kface.api",
+    "verify": "kface.api",
+    "load_verifier": "kface.api",
+    "Verifier": "kface.api",
+    "Verification": "kface.api",
+    "Embedder": "kface.embeddings",
+    "EmbeddingResult": "kface.embeddings",
+    "KfaceError": "kface.errors",
+    "InputError": "kface.errors",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'kface' has no attribute {name!r}")

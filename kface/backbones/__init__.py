@@ -1,0 +1,74 @@
+"""Stage 3: face backbones, behind one registry.
+
+A backbone turns aligned face chips (N, S, S, 3 RGB uint8, S = its ``input_size``) into embeddings
+(N, D float32). Each entry names its module, so torch, dlib and facenet-pytorch are imported only when
+that backbone is loaded. ``family`` names the weights, not the implementation: two implementations of
+the same network (``dlib-native`` and ``dlib-torch``) share cached embeddings.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+import numpy as np
+
+from ..errors import InputError
+
+
+class Backbone(Protocol):
+    """What every backbone provides."""
+
+    name: str
+    spec: "BackboneSpec"
+
+    def embed_chips(self, chips: np.ndarray) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB aligned chips -> (N, D) float32 embeddings."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    module: str  # module under kface.backbones holding the class
+    class_name: str
+    family: str  # identity of the weights, used in cache keys
+    input_size: int  # chip side in pixels
+    chip_padding: float  # dlib.get_face_chip padding used to cut the chip
+    embedding_size: int
+    description: str
+
+
+DEFAULT_BACKBONE = "dlib-resnet"
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("dlib-native", "dlib_native", "DlibNativeBackbone", "dlib-resnet-v1", 150, 0.25, 128,
+                     "dlib's ResNet descriptor through dlib's own Python API (the reference)"),
+        BackboneSpec("dlib-torch", "dlib_torch", "DlibTorchBackbone", "dlib-resnet-v1", 150, 0.25, 128,
+                     "dlib's ResNet ported to PyTorch: batched, CPU or GPU, last layers trainable"),
+        BackboneSpec("facenet-vggface2", "facenet", "FacenetBackbone", "facenet-vggface2", 160, 0.3, 512,
+                     "facenet-pytorch InceptionResnetV1 trained on VGGFace2 (weights: download or --weights)"),
+        BackboneSpec("facenet-casia", "facenet", "FacenetBackbone", "facenet-casia-webface", 160, 0.3, 512,
+                     "facenet-pytorch InceptionResnetV1 trained on CASIA-WebFace (weights: download or --weights)"),
+    ]
+}
+#: The default name, served by the implementation that matches dlib (see ``resolve_name``).
+BACKBONES[DEFAULT_BACKBONE] = BackboneSpec(
+    DEFAULT_BACKBONE, "dlib_native", "DlibNativeBackbone", "dlib-resnet-v1", 150, 0.25, 128,
+    "dlib's ResNet descriptor from face_recognition_models (default; offline)")
+
+
+def get_spec(name: str) -> BackboneSpec:
+    """The registry entry for ``name``; an unknown name is an :class:`InputError` listing the valid ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise InputError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}") from None
+
+
+def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", weights: Optional[str] = None) -> Backbone:
+    """Construct the backbone registered as ``name`` (imports its libraries now, not before)."""
+    spec = get_spec(name)
+    module = importlib.import_module(f"{__name__}.{spec.module}")
+    return getattr(module, spec.class_name)(spec, device=device, weights=weights)

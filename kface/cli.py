@@ -1,0 +1,192 @@
+"""The `kface` command line: each command parses its options, calls the Python API and prints.
+
+Errors are one line on stderr, ``error: ...``, exit 2 for bad input or usage and 1 for runtime failures
+(see kface.errors). Heavy libraries are imported inside the commands, so ``kface --help`` stays fast.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+
+import click
+
+from . import __version__
+from .errors import INPUT_ERROR, KfaceError
+
+DETECTOR_CHOICES = ["dlib", "mtcnn", "auto", "none"]
+
+
+def handle_errors(command):
+    """Turn KfaceError (and Ctrl-C) into one ``error:`` line and the right exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KfaceError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def setup_logging(quiet: bool) -> None:
+    """Notes from the library (several faces, stage counts) go to stderr as ``note: ...``."""
+    logger = logging.getLogger("kface")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def print_json(payload: dict) -> None:
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+# -- options shared by several commands ------------------------------------------------------------
+def backbone_option(function):
+    return click.option("--backbone", default="dlib-resnet", show_default=True,
+                        help="Face backbone: dlib-resnet, dlib-native, dlib-torch, facenet-vggface2, facenet-casia.")(function)
+
+
+def detector_options(default: str = "dlib", fallback: str = "none"):
+    def decorate(function):
+        function = click.option("--max-pixels", type=click.IntRange(1), default=None,
+                                help="Refuse images with more pixels than this (default 40,000,000).")(function)
+        function = click.option("--fallback", type=click.Choice(["none", "whole-image"]), default=fallback,
+                                show_default=True,
+                                help="When no face is found: fail (none) or use the whole image as the face.")(function)
+        function = click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default=default,
+                                show_default=True,
+                                help="dlib HOG (with a padded retry), MTCNN, auto (HOG then MTCNN) or none "
+                                     "(the whole image is the face).")(function)
+        return function
+
+    return decorate
+
+
+def device_option(function):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto, cpu or cuda (torch backbones, MTCNN, training).")(function)
+
+
+def common_options(function):
+    function = click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")(function)
+    function = click.option("--no-cache", is_flag=True, help="Do not read or write the face/embedding cache.")(function)
+    return function
+
+
+# -- the commands ----------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kface")
+def cli() -> None:
+    """kface: face verification for Korean faces.
+
+    Pair sampling, Siamese fine-tuning on a frozen face backbone, overlap-area evaluation with measured
+    thresholds. Every command answers --help.
+    """
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
+@backbone_option
+@detector_options()
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: average each embedding with its mirrored chip's.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
+@click.option("--skip-bad", is_flag=True, help="Leave out unreadable or faceless images instead of failing.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@common_options
+@handle_errors
+def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, skip_bad, device, as_json, quiet, no_cache):
+    """Embed the faces of IMAGES into an .npz (keys: paths, embeddings, found)."""
+    setup_logging(quiet)
+    from .api import embed as embed_images
+    from .outputs import write_npz
+
+    result = embed_images(list(images), backbone=backbone, detector=detector, fallback=fallback, tta=tta,
+                          device=device, weights=weights, cache=not no_cache, max_pixels=max_pixels,
+                          on_error="skip" if skip_bad else "raise")
+    keep = [i for i, path in enumerate(result.paths) if path not in result.errors]
+    for path, message in result.errors.items():
+        click.echo(f"skipped: {message}", err=True)
+    if not keep:
+        raise KfaceError("no image could be embedded")
+    import numpy as np
+
+    write_npz(out, paths=np.array([result.paths[i] for i in keep]), embeddings=result.embeddings[keep],
+              found=result.found[keep], stages=np.array([result.stages[i] for i in keep]))
+    summary = {"out": out, "count": len(keep), "skipped": len(result.errors), "dim": int(result.embeddings.shape[1]),
+               "found": int(result.found[keep].sum()), "stages": result.stage_counts(),
+               "computed": result.computed, "backbone": backbone}
+    if as_json:
+        print_json(summary)
+    elif not quiet:
+        click.echo(f"wrote {len(keep)} embeddings ({summary['dim']}-d, {backbone}) to {out}", err=True)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--model", type=click.Path(dir_okay=False), help="A trained model (runs/NAME/model.pt).")
+@backbone_option
+@detector_options()
+@click.option("--threshold", type=float, help="Distance threshold (default: the model's or the backbone's measured one).")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), help="Score a whole pair file instead of A B.")
+@click.option("--root", type=click.Path(file_okay=False), help="Dataset root for the pair file's relative paths.")
+@click.option("--out", type=click.Path(dir_okay=False), help="With --pairs: the results CSV.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common_options
+@handle_errors
+def verify(images, model, backbone, detector, fallback, max_pixels, threshold, pairs_file, root, out, device, as_json,
+           quiet, no_cache):
+    """Are the faces in A and B the same person? Prints same/different, the distance and the threshold.
+
+    Exit code 0 whether same or different; 2 for bad input (unreadable file, no face).
+    """
+    setup_logging(quiet)
+    if pairs_file:
+        if images:
+            raise click.UsageError("give either two images or --pairs FILE, not both")
+        if not out:
+            raise click.UsageError("--pairs needs --out results.csv")
+    elif len(images) != 2:
+        raise click.UsageError(f"verify takes two images (A B), got {len(images)}")
+    from .api import load_verifier
+
+    verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=not no_cache,
+                             progress=not quiet, max_pixels=max_pixels)
+    if pairs_file:
+        from .scoring import score_pair_file
+
+        summary = score_pair_file(verifier, pairs_file, out, root=root)
+        if as_json:
+            print_json(summary)
+        elif not quiet:
+            click.echo(f"scored {summary['pairs']} pairs ({summary['accuracy_text']}); wrote {out}", err=True)
+        return
+    answer = verifier.verify(images[0], images[1])
+    if as_json:
+        print_json(answer.to_dict())
+        return
+    if answer.same:
+        click.echo(f"same person (distance {answer.distance:.4f} <= threshold {answer.threshold:.4f})")
+    else:
+        click.echo(f"different people (distance {answer.distance:.4f} > threshold {answer.threshold:.4f})")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="kface")
+
+
+if __name__ == "__main__":
+    main()
