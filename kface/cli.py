@@ -183,6 +183,100 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
         click.echo(f"different people (distance {answer.distance:.4f} > threshold {answer.threshold:.4f})")
 
 
+# -- datasets and pairs ----------------------------------------------------------------------------
+#: Every layout option a dataset may take; kface.datasets.dataset_options checks them against the kind.
+DATASET_LAYOUT_OPTIONS = ("manifest", "accessories", "lights", "expressions", "cameras", "frontal_camera",
+                          "box_format", "aaf_images")
+
+
+def dataset_options(kinds: list[str]):
+    """--dataset, --root and every layout's options, for each command that reads a dataset.
+
+    The command receives ``dataset``, ``root`` and ``layout_options`` (the raw layout values, ``None``
+    where not given); ``kface.datasets.dataset_options(dataset, **layout_options)`` checks them.
+    """
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            layout_options = {name: kwargs.pop(name) for name in DATASET_LAYOUT_OPTIONS}
+            return function(*args, layout_options=layout_options, **kwargs)
+
+        for option in reversed([
+            click.option("--dataset", required=True, type=click.Choice(kinds),
+                         help="Layout of the data under --root (see pairs/README.md and docs/datasets.md)."),
+            click.option("--root", required=True, type=click.Path(), help="The dataset's root folder."),
+            click.option("--manifest", type=click.Path(dir_okay=False),
+                         help="--dataset csv: the manifest, columns path,identity[,age][,gender], "
+                              "paths relative to --root."),
+            click.option("--accessories", help="--dataset kface: accessory codes, e.g. S1~3,5 (default all)."),
+            click.option("--lights", help="--dataset kface: lighting codes, e.g. L1~7,10~15 (default all)."),
+            click.option("--expressions", help="--dataset kface: expression codes, e.g. E1~2 (default all)."),
+            click.option("--cameras", help="--dataset kface: camera codes, e.g. C6~8, or 'frontal' (default all)."),
+            click.option("--frontal-camera", help="--dataset kface: the frontal camera code [default: C7]."),
+            click.option("--box-format", type=click.Choice(["xywh", "xyxy", "none"]),
+                         help="--dataset kface: how per-image label files give the face box [default: xywh]; "
+                              "none ignores them (detection is used)."),
+            click.option("--aaf-images", type=click.Choice(["aligned", "original"]),
+                         help="--dataset aaf: the aligned crops or the original photos [default: aligned]."),
+        ]):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+@cli.command("make-pairs")
+@dataset_options(["folder", "kface", "aging", "aaf", "csv"])
+@click.option("--ratio", required=True,
+              help="Different:same pairs in every split, e.g. 4:6 (40% different-person), or the fraction "
+                   "of different-person pairs, e.g. 0.4.")
+@click.option("--pairs", "pair_count", required=True, type=int, help="Pairs in total, over all splits.")
+@click.option("--split", default="0.8:0.1:0.1", show_default=True,
+              help="train:val:test shares of identities and pairs; no identity is in two splits.")
+@click.option("--images-per-identity", type=int,
+              help="Use exactly K images of each identity (seeded, spread over the layout's conditions); "
+                   "identities with fewer are left out.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
+@click.option("--hard-negatives", is_flag=True,
+              help="Different-person pairs of the same gender and age band (needs those labels).")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Pair CSV to write [default: pairs/<dataset>-<N>-<P>-seed<S>.csv]; the manifest goes "
+                   "beside it as .json.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars, warnings or notes.")
+@handle_errors
+def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_per_identity, seed, hard_negatives,
+               out, as_json, quiet):
+    """Sample verification pairs from a dataset into a pair CSV and its JSON manifest.
+
+    Example: kface make-pairs --dataset kface --root K-Face/High --cameras frontal --ratio 4:6
+    --pairs 2000 --images-per-identity 5
+    """
+    setup_logging(quiet)
+    from .datasets import dataset_options as checked_dataset_options, load_dataset
+    from .pairs import (PairRequest, default_out_path, parse_ratio, parse_split, require_identities, sample_pairs,
+                        write_pairs)
+
+    require_identities(dataset)
+    request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), images_per_identity, seed,
+                          hard_negatives)
+    index = load_dataset(dataset, root, progress=not quiet, **checked_dataset_options(dataset, **layout_options))
+    if not quiet:
+        for line in index.problems.lines():
+            click.echo(f"warning: {line}", err=True)
+    pairs = sample_pairs(index, request)
+    out_path = out or default_out_path(dataset, request)
+    manifest_path = write_pairs(pairs, out_path)
+    counts = pairs.counts()
+    if as_json:
+        print_json({"out": str(out_path), "manifest": str(manifest_path), "pairs": len(pairs),
+                    "ratio": str(request.ratio), "seed": seed, "counts": counts,
+                    "problems": index.problems.to_dict()})
+    elif not quiet:
+        shown = ", ".join(f"{name} {c['different']}/{c['same']}" for name, c in counts.items())
+        click.echo(f"wrote {len(pairs)} pairs (different/same: {shown}) to {out_path} and {manifest_path}", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="kface")

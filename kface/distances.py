@@ -30,7 +30,9 @@ def _is_tensor(value: Any) -> bool:
 
 def _check_shapes(a: Any, b: Any, *, all_pairs: bool) -> None:
     if a.ndim not in (1, 2) or b.ndim not in (1, 2):
-        raise InputError(f"embeddings must be (D,) or (N, D) arrays; got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+        raise InputError(
+            f"embeddings must be (D,) or (N, D) arrays; got shapes {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     if a.shape[-1] != b.shape[-1]:
         raise InputError(
             f"embedding sizes differ: {a.shape[-1]} vs {b.shape[-1]} (were both made with the same backbone?)"
@@ -138,8 +140,8 @@ class CosineDistance(Distance):
 
     def _raw_matrix(self, a: Any, b: Any) -> Any:
         if _is_tensor(a):
-            functional = sys.modules["torch"].nn.functional
-            return functional.normalize(a, dim=-1, eps=_COSINE_EPS) @ functional.normalize(b, dim=-1, eps=_COSINE_EPS).T
+            normalize = sys.modules["torch"].nn.functional.normalize
+            return normalize(a, dim=-1, eps=_COSINE_EPS) @ normalize(b, dim=-1, eps=_COSINE_EPS).T
         return _unit_rows(a) @ _unit_rows(b).T
 
 

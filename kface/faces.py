@@ -139,6 +139,7 @@ class FaceFinder:
         ``box`` (left, top, right, bottom), e.g. from a dataset's label file, skips detection.
         Raises :class:`NoFaceError` when nothing is found and the fallback is ``none``.
         """
+        image = np.ascontiguousarray(image)  # dlib takes only C-contiguous arrays (slices are views)
         if box is not None:
             return self._face(image, box, "label", 1)
         detector = self.settings.detector

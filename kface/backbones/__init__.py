@@ -53,9 +53,9 @@ BACKBONES: dict[str, BackboneSpec] = {
                      "facenet-pytorch InceptionResnetV1 trained on CASIA-WebFace (weights: download or --weights)"),
     ]
 }
-#: The default name, served by the implementation that matches dlib (see ``resolve_name``).
+#: The default name: dlib's descriptor served by dlib-native for one-off calls, dlib-torch for batches.
 BACKBONES[DEFAULT_BACKBONE] = BackboneSpec(
-    DEFAULT_BACKBONE, "dlib_native", "DlibNativeBackbone", "dlib-resnet-v1", 150, 0.25, 128,
+    DEFAULT_BACKBONE, "dlib_resnet", "DlibResnetBackbone", "dlib-resnet-v1", 150, 0.25, 128,
     "dlib's ResNet descriptor from face_recognition_models (default; offline)")
 
 

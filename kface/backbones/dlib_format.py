@@ -74,7 +74,7 @@ class DlibNetwork:
         return sum(layer.kind == kind for layer in self.layers)
 
 
-class _ByteStream:
+class ByteStream:
     """dlib's primitive encodings over an in-memory copy of the file."""
 
     def __init__(self, data: bytes, source: str):
@@ -161,13 +161,13 @@ class _ByteStream:
 
 # ---- layer records ---------------------------------------------------------------------------
 
-def _read_multipliers(stream: _ByteStream, settings: dict[str, Setting]) -> None:
+def _read_multipliers(stream: ByteStream, settings: dict[str, Setting]) -> None:
     for name in ("learning_rate_multiplier", "weight_decay_multiplier",
                  "bias_learning_rate_multiplier", "bias_weight_decay_multiplier"):
         settings[name] = stream.float()
 
 
-def _read_con(stream: _ByteStream, record: LayerRecord) -> None:
+def _read_con(stream: ByteStream, record: LayerRecord) -> None:
     record.arrays["params"] = stream.tensor()
     for name in ("num_filters", "nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x"):
         record.settings[name] = stream.int()
@@ -178,7 +178,7 @@ def _read_con(stream: _ByteStream, record: LayerRecord) -> None:
     record.settings["use_relu"] = stream.bool() if record.record == "con_6" else False
 
 
-def _read_affine(stream: _ByteStream, record: LayerRecord) -> None:
+def _read_affine(stream: ByteStream, record: LayerRecord) -> None:
     record.arrays["params"] = stream.tensor()
     record.settings["gamma_shape"] = stream.alias_tensor()
     record.settings["beta_shape"] = stream.alias_tensor()
@@ -186,20 +186,20 @@ def _read_affine(stream: _ByteStream, record: LayerRecord) -> None:
     record.settings["disabled"] = stream.bool() if record.record == "affine_2" else False
 
 
-def _read_relu(stream: _ByteStream, record: LayerRecord) -> None:
+def _read_relu(stream: ByteStream, record: LayerRecord) -> None:
     record.settings["disabled"] = stream.bool() if record.record == "relu_2" else False
 
 
-def _read_pool(stream: _ByteStream, record: LayerRecord) -> None:
+def _read_pool(stream: ByteStream, record: LayerRecord) -> None:
     for name in ("nr", "nc", "stride_y", "stride_x", "padding_y", "padding_x"):
         record.settings[name] = stream.int()
 
 
-def _read_nothing(stream: _ByteStream, record: LayerRecord) -> None:
+def _read_nothing(stream: ByteStream, record: LayerRecord) -> None:
     """Records whose behaviour lives entirely in the C++ type (add_prev's tag number)."""
 
 
-def _read_fc(stream: _ByteStream, record: LayerRecord) -> None:
+def _read_fc(stream: ByteStream, record: LayerRecord) -> None:
     record.settings["num_outputs"] = stream.int()
     record.settings["num_inputs"] = stream.int()
     record.arrays["params"] = stream.tensor()
@@ -212,20 +212,20 @@ def _read_fc(stream: _ByteStream, record: LayerRecord) -> None:
     record.settings["use_bias"] = stream.bool() if record.record == "fc_3" else has_bias_row
 
 
-def _read_input_rgb_sized(stream: _ByteStream, record: LayerRecord) -> None:
+def _read_input_rgb_sized(stream: ByteStream, record: LayerRecord) -> None:
     for name in ("avg_red", "avg_green", "avg_blue"):
         record.settings[name] = stream.float()
     record.settings["nr"] = stream.int()
     record.settings["nc"] = stream.int()
 
 
-def _read_loss_metric(stream: _ByteStream, record: LayerRecord) -> None:
+def _read_loss_metric(stream: ByteStream, record: LayerRecord) -> None:
     record.settings["margin"] = stream.float()
     record.settings["distance_threshold"] = stream.float()
 
 
 #: record version string -> (kind, payload reader)
-_RECORDS: dict[str, tuple[str, Callable[[_ByteStream, LayerRecord], None]]] = {
+_RECORDS: dict[str, tuple[str, Callable[[ByteStream, LayerRecord], None]]] = {
     **{name: ("con", _read_con) for name in ("con_4", "con_5", "con_6")},
     **{name: ("affine", _read_affine) for name in ("affine_", "affine_2")},
     **{name: ("relu", _read_relu) for name in ("relu_", "relu_2")},
@@ -238,7 +238,7 @@ _RECORDS: dict[str, tuple[str, Callable[[_ByteStream, LayerRecord], None]]] = {
 }
 
 
-def _read_record(stream: _ByteStream) -> LayerRecord:
+def _read_record(stream: ByteStream) -> LayerRecord:
     offset = stream.pos
     name = stream.string()
     if name not in _RECORDS:
@@ -249,7 +249,7 @@ def _read_record(stream: _ByteStream) -> LayerRecord:
     return record
 
 
-def _read_layer_trailer(stream: _ByteStream, wrapper_version: int) -> None:
+def _read_layer_trailer(stream: ByteStream, wrapper_version: int) -> None:
     """The add_layer state after a record: flags and gradient buffers, all empty in a saved model."""
     for _ in range(3):  # setup_called, gradient_input_is_stale, get_output_and_gradient_input_disabled
         stream.bool()
@@ -277,7 +277,7 @@ def read_network(path: Union[str, Path]) -> DlibNetwork:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read dlib model {path}: {exc.strerror or exc}") from None
-    stream = _ByteStream(data, path.name)
+    stream = ByteStream(data, path.name)
 
     stream.expect_version("loss wrapper", 1)
     loss = _read_record(stream)

@@ -11,6 +11,7 @@ suffix (the fc layer, the last residual block, or the last stage).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import pickle
@@ -166,7 +167,7 @@ class DlibResNet(nn.Module):
 
     def forward_suffix(self, h: torch.Tensor, cut: str) -> torch.Tensor:
         """The trainable part after ``cut``, applied to :meth:`forward_prefix`'s output."""
-        for step in self._steps()[self._cut_index(cut):]:
+        for step in self.suffix_modules(cut):
             h = step(h)
         return h
 
@@ -185,6 +186,30 @@ class DlibResNet(nn.Module):
         for parameter in trainable:
             parameter.requires_grad_(True)
         return trainable
+
+
+def fold_affine(net: DlibResNet) -> DlibResNet:
+    """An inference copy of ``net`` with each affine layer merged into the convolution before it.
+
+    Same function (to float rounding) at about half the CPU time, since the per-channel multiply and
+    add no longer run as separate passes over the feature maps. Training keeps the unfolded network:
+    folding rescales the convolution weights, so their gradients would differ from dlib's.
+    """
+    folded = copy.deepcopy(net)
+
+    def merge(conv: nn.Conv2d, affine: FrozenAffine) -> None:
+        conv.weight.mul_(affine.weight.view(-1, 1, 1, 1))
+        conv.bias.mul_(affine.weight).add_(affine.bias)
+
+    with torch.no_grad():
+        merge(folded.stem[0], folded.stem[1])
+        folded.stem[1] = nn.Identity()
+        for stage in folded.stages:
+            for block in stage:
+                merge(block.conv1, block.affine1)
+                merge(block.conv2, block.affine2)
+                block.affine1, block.affine2 = nn.Identity(), nn.Identity()
+    return folded
 
 
 # ---- conversion from dlib's records ------------------------------------------------------------
@@ -348,7 +373,10 @@ class DlibTorchBackbone:
         self.name = spec.name
         self.spec = spec
         self.device = torch.device(resolve_device(device))
-        self.network = load_dlib_resnet(weights).to(self.device).eval()
+        # Chips arrive NHWC, so the input is already channels-last; keeping the whole network
+        # channels-last avoids layout conversions around every convolution.
+        network = fold_affine(load_dlib_resnet(weights))
+        self.network = network.to(self.device, memory_format=torch.channels_last).eval()
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
         """(N, 150, 150, 3) uint8 RGB aligned chips (``dlib.get_face_chip``) -> (N, 128) float32."""

@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from .. import progress
 from ..records import Box, Landmarks, Record
 
 #: File name endings read as images (lower case).
@@ -24,7 +25,7 @@ _GENDER_WORDS = {
 
 def is_image_name(name: str) -> bool:
     """True when a file name ends in one of :data:`IMAGE_EXTENSIONS` (any case)."""
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return name[name.rfind("."):].lower() in IMAGE_EXTENSIONS if "." in name else False
 
 
 def normalize_gender(value: object) -> Optional[str]:
@@ -43,6 +44,26 @@ def sorted_entries(folder: str) -> list[os.DirEntry]:
     """The entries of one folder sorted by name, so that indexes never depend on file-system order."""
     with os.scandir(folder) as entries:
         return sorted(entries, key=lambda entry: entry.name)
+
+
+def walk_files(folder: str, relative: str = "") -> Iterator[tuple[os.DirEntry, str]]:
+    """Every non-hidden file below ``folder``, with its path relative to the root as POSIX text.
+
+    ``relative`` is ``folder``'s own relative path ("" for the root). Folders are listed in name order.
+    """
+    stack = [(folder, relative)]
+    while stack:
+        current, prefix = stack.pop()
+        subfolders = []
+        for entry in sorted_entries(current):
+            if entry.name.startswith("."):
+                continue
+            path = f"{prefix}/{entry.name}" if prefix else entry.name
+            if entry.is_dir():
+                subfolders.append((entry.path, path))
+            else:
+                yield entry, path
+        stack.extend(reversed(subfolders))
 
 
 @dataclass
@@ -192,3 +213,14 @@ class IndexBuilder:
             boxes={new_row[i]: box for i, box in self._boxes.items()},
             landmarks={new_row[i]: points for i, points in self._landmarks.items()},
             problems=problems, options=dict(options), conditions=conditions)
+
+
+def progress_bar(items: Sequence, enabled: bool, description: str) -> Iterator:
+    """Iterate ``items`` with a progress bar on stderr (shown only at a terminal and when ``enabled``)."""
+    bar = progress.progress_bar(len(items), description, enabled)
+    try:
+        for item in items:
+            yield item
+            bar.update()
+    finally:
+        bar.close()

@@ -1,0 +1,19 @@
+"""The default verifier on real LFW pairs: fold 1's first 100 matched and first 100 mismatched pairs."""
+from __future__ import annotations
+
+import numpy as np
+
+from kface import load_verifier
+from kface.lfw import read_lfw_pairs
+
+
+def test_first_fold_accuracy_with_default_threshold(lfw_dir):
+    pairs = read_lfw_pairs(lfw_dir)
+    chosen = np.r_[0:100, 300:400]  # fold 1: 300 matched lines, then 300 mismatched
+    assert pairs.labels[chosen].tolist() == [1] * 100 + [0] * 100
+    verifier = load_verifier()
+    vectors_a, _ = verifier.embed([pairs.path_a[i] for i in chosen])
+    vectors_b, _ = verifier.embed([pairs.path_b[i] for i in chosen])
+    same = verifier.distances(vectors_a, vectors_b) <= verifier.threshold
+    accuracy = float(np.mean(same == (pairs.labels[chosen] == 1)))
+    assert accuracy >= 0.96, f"accuracy {accuracy:.3f} on 200 official pairs"
