@@ -46,12 +46,14 @@ class Verifier:
     """Decides same/different for pairs of images with one embedder, head, distance and threshold."""
 
     def __init__(self, embedder: Embedder, threshold: Optional[float] = None, threshold_source: str = "",
-                 distance: str = "euclidean", head=None, model_path: Optional[str] = None):
+                 distance: str = "euclidean", head=None, probability=None, model_path: Optional[str] = None):
         from .distances import get_distance
 
         self.embedder = embedder
         self.distance = get_distance(distance)
         self.head = head  # a callable (N, D) float32 -> (N, D') float32, or None for the raw backbone
+        # A trained model's distance -> P(same) mapping, callable (N,) -> (N,); None for a raw backbone.
+        self.probability = probability
         self.model_path = model_path
         if threshold is None:
             threshold, threshold_source = BASE_THRESHOLDS.get(embedder.spec.family, (None, ""))

@@ -277,6 +277,45 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
         click.echo(f"wrote {len(pairs)} pairs (different/same: {shown}) to {out_path} and {manifest_path}", err=True)
 
 
+@cli.group()
+def benchmark() -> None:
+    """Standard benchmarks with their official protocols."""
+
+
+@benchmark.command("lfw")
+@click.option("--lfw-dir", required=True, type=click.Path(file_okay=False),
+              help="LFW folder: images/<Name>/<Name>_NNNN.jpg (or <Name>/ directly) and pairs.txt.")
+@click.option("--pairs-file", type=click.Path(dir_okay=False), help="View-2 pairs file (default: LFW_DIR/pairs.txt).")
+@click.option("--model", type=click.Path(dir_okay=False), help="A trained model instead of the raw backbone.")
+@backbone_option
+@detector_options(fallback="whole-image")
+@click.option("--rule", default="max-accuracy", show_default=True,
+              help="Threshold rule on the nine training folds: max-accuracy, intersection, eer, far=X.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common_options
+@handle_errors
+def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_pixels, rule, device, as_json,
+                  quiet, no_cache):
+    """LFW View-2: 10-fold accuracy (mean ± std), AUC, EER, overlap, and the all-folds threshold."""
+    setup_logging(quiet)
+    from pathlib import Path
+
+    from .api import load_verifier
+    from .lfw import benchmark_lfw as run
+
+    verifier = load_verifier(model, backbone, detector, None if model else 1.0, fallback, device,
+                             cache=not no_cache, progress=not quiet, max_pixels=max_pixels)
+    result = run(Path(lfw_dir), verifier, pairs_file, rule)
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"LFW View-2 ({result['pairs']} pairs, {result['backbone']}, detector {result['detector']}): "
+               f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['accuracy_std']:.2f}, "
+               f"AUC {result['auc']:.4f}, EER {100 * result['eer']:.2f}%, overlap {result['overlap']:.4f}, "
+               f"threshold (all folds, {rule}) {result['threshold_all_folds']:.4f}")
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="kface")

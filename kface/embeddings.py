@@ -10,15 +10,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
-from dataclasses import dataclass, field
-from typing import Optional, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
 
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone
 from .cache import open_cache
-from .errors import InputError, KfaceError, NoFaceError
+from .errors import InputError, NoFaceError
 from .faces import FaceFinder, FaceSettings, mirror
 from .images import ImageSource, content_hash, decode_image, read_bytes
 
@@ -134,7 +133,8 @@ class Embedder:
     @property
     def finder(self) -> FaceFinder:
         if self._finder is None:
-            self._finder = FaceFinder(self.settings, self.device)
+            # Detection ignores the fallback: a miss is cached as a miss, and the fallback applies after.
+            self._finder = FaceFinder(replace(self.settings, fallback="none"), self.device)
         return self._finder
 
     # -- keys ------------------------------------------------------------------------------------
@@ -143,7 +143,8 @@ class Embedder:
         return f"{sha};{self.settings.key()}{label}"
 
     def _embedding_key(self, face_key: str) -> str:
-        return f"{face_key};{self._embedding_tag}"
+        # The fallback is part of it: the same image may have a whole-image embedding and a "no face".
+        return f"{face_key};fb={self.settings.fallback};{self._embedding_tag}"
 
     # -- the pipeline ----------------------------------------------------------------------------
     def faces(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[Optional[Box]]] = None,
@@ -205,23 +206,35 @@ class Embedder:
         return names, keys, datas, errors
 
     def _faces_for(self, names, keys, datas, boxes, on_error, errors) -> list[Optional[FaceEntry]]:
-        cached = self._cache.get_many("faces", [k for k in keys if k])
+        """Face entries from the cache, else detected now; misses go through the fallback."""
+        fallback_keys = [f"{k};fb=whole-image" if k else None for k in keys]
+        wanted = [k for k in keys if k]
+        if self.settings.fallback == "whole-image":
+            wanted += [k for k in fallback_keys if k]
+        cached = self._cache.get_many("faces", wanted)
         entries: list[Optional[FaceEntry]] = []
         new: dict[str, dict[str, np.ndarray]] = {}
-        todo = [i for i, k in enumerate(keys) if k and k not in cached]
-        bar = self._bar(len(todo), "detecting faces")
+        bar = self._bar(sum(1 for k in keys if k and k not in cached), "detecting faces")
         try:
             for index, (name, key, data) in enumerate(zip(names, keys, datas)):
                 if key is None:
                     entries.append(None)
                     continue
+                box = boxes[index] if boxes is not None else None
                 if key in cached:
                     entry = FaceEntry.from_arrays(cached[key])
                 else:
-                    entry = self._detect(name, data, boxes[index] if boxes is not None else None, on_error, errors)
+                    entry = self._detect(name, data, box, on_error, errors)
                     if entry is not None:
                         new[key] = entry.to_arrays()
                     bar.update(1)
+                if entry is not None and entry.chip is None and self.settings.fallback == "whole-image":
+                    fallback_key = fallback_keys[index]
+                    if fallback_key in cached:
+                        entry = FaceEntry.from_arrays(cached[fallback_key])
+                    else:
+                        entry = self._detect(name, data, box, on_error, errors, whole_image=True)
+                        new[fallback_key] = entry.to_arrays()
                 if entry is not None and entry.chip is None:
                     message = (f"{name}: no face found (detector {self.settings.detector}; try --detector auto, "
                                f"or --fallback whole-image for pre-cropped faces)")
@@ -233,13 +246,14 @@ class Embedder:
         finally:
             bar.close()
             self._cache.put_many("faces", new)
+        self._note_several_faces(names, entries)
         return entries
 
-    def _detect(self, name, data, box, on_error, errors) -> Optional[FaceEntry]:
+    def _detect(self, name, data, box, on_error, errors, whole_image: bool = False) -> Optional[FaceEntry]:
         try:
             kwargs = {"max_pixels": self.max_pixels} if self.max_pixels else {}
             image = decode_image(data, name, **kwargs)
-            face = self.finder.find(image, name, box)
+            face = self.finder.whole_image(image) if whole_image else self.finder.find(image, name, box)
         except NoFaceError:
             return FaceEntry(None, None, "none", 0)
         except InputError as exc:
@@ -248,6 +262,16 @@ class Embedder:
             errors[name] = str(exc)
             return None
         return FaceEntry(face.chip, face.box, face.stage, face.n_faces)
+
+    @staticmethod
+    def _note_several_faces(names, entries) -> None:
+        """Say (via logging, shown on stderr) where the largest of several faces was taken."""
+        several = [(name, e.n_faces) for name, e in zip(names, entries) if e is not None and e.n_faces > 1]
+        if len(several) <= 3:
+            for name, count in several:
+                log.info("%s: %d faces found, using the largest", name, count)
+        else:
+            log.info("%d images had several faces; the largest was used in each", len(several))
 
     def _embed_entries(self, entries: dict[int, FaceEntry]) -> dict[int, np.ndarray]:
         if not entries:

@@ -16,7 +16,6 @@ that found it.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -24,8 +23,6 @@ import numpy as np
 
 from .errors import InputError, NoFaceError
 from .models_path import DLIB_LANDMARKS_5, model_file
-
-log = logging.getLogger("kface")
 
 DETECTORS = ("dlib", "mtcnn", "auto", "none")
 FALLBACKS = ("none", "whole-image")
@@ -73,8 +70,8 @@ class FaceSettings:
             raise InputError(f"upsample must be 0..3, got {self.upsample}")
 
     def key(self) -> str:
-        return (f"det={self.detector};up={self.upsample};fb={self.fallback};"
-                f"chip={self.chip_size};pad={self.chip_padding}")
+        """What decides the detected face; the fallback is not part of it (it only acts on a miss)."""
+        return f"det={self.detector};up={self.upsample};chip={self.chip_size};pad={self.chip_padding}"
 
 
 def _largest(boxes: Sequence[Box]) -> int:
@@ -155,10 +152,14 @@ class FaceFinder:
             if boxes:
                 return self._pick(image, boxes, "mtcnn", name)
         if detector == "none" or self.settings.fallback == "whole-image":
-            height, width = image.shape[:2]
-            return self._face(image, (0, 0, width - 1, height - 1), "whole-image", 0)
+            return self.whole_image(image)
         raise NoFaceError(f"{name}: no face found (detector {detector}; try --detector auto, or "
                           f"--fallback whole-image for pre-cropped faces)")
+
+    def whole_image(self, image: np.ndarray) -> Face:
+        """The whole image taken as the face (landmarks still placed by dlib's 5-point model)."""
+        height, width = image.shape[:2]
+        return self._face(np.ascontiguousarray(image), (0, 0, width - 1, height - 1), "whole-image", 0)
 
     def _find_padded(self, image: np.ndarray, name: str) -> Optional[Face]:
         """Second HOG pass on the image padded with its mean colour: HOG needs context around a face."""
@@ -178,8 +179,6 @@ class FaceFinder:
         return face
 
     def _pick(self, image: np.ndarray, boxes: list[Box], stage: str, name: str) -> Face:
-        if len(boxes) > 1:
-            log.info("%s: %d faces found, using the largest", name, len(boxes))
         return self._face(image, boxes[_largest(boxes)], stage, len(boxes))
 
     def _face(self, image: np.ndarray, box: Box, stage: str, n_faces: int) -> Face:

@@ -582,15 +582,17 @@ def _blocks(pool: _Pool, groups: np.ndarray, strata: Optional[np.ndarray]):
     Returns ``(images, block_offsets, block_sizes, block_strata)``; ``images`` are pool positions, and
     images without a stratum (missing labels, hard negatives only) are left out.
     """
-    positions = np.concatenate([np.arange(pool.offsets[g], pool.offsets[g] + pool.sizes[g]) for g in groups]
-                               ) if len(groups) else np.zeros(0, dtype=np.int64)
+    if len(groups) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty, empty
+    positions = np.concatenate([np.arange(pool.offsets[g], pool.offsets[g] + pool.sizes[g]) for g in groups])
     owner = np.repeat(np.arange(len(groups)), pool.sizes[groups])
     stratum = strata[positions] if strata is not None else np.zeros(len(positions), dtype=np.int64)
     keep = stratum >= 0
     positions, owner, stratum = positions[keep], owner[keep], stratum[keep]
     order = np.lexsort((owner, stratum))  # stable: keeps the seeded order within each block
     positions, owner, stratum = positions[order], owner[order], stratum[order]
-    starts = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (stratum[1:] != stratum[:-1])])
+    starts = np.flatnonzero(np.r_[True, (owner[1:] != owner[:-1]) | (stratum[1:] != stratum[:-1])])[:len(positions)]
     sizes = np.diff(np.r_[starts, len(positions)])
     return positions, starts, sizes, stratum[starts]
 

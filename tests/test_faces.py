@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kface.embeddings import Embedder
 from kface.errors import NoFaceError
 from kface.faces import FaceFinder, FaceSettings
 from kface.images import load_image
@@ -19,16 +20,19 @@ def test_portrait_gives_aligned_chip(samples_dir):
     assert face.landmarks.shape == (5, 2)
 
 
-def test_largest_of_several_faces_is_taken(samples_dir, caplog):
+def test_largest_of_several_faces_is_taken(samples_dir, tmp_path, caplog):
     obama = load_image(samples_dir / "obama.jpg")
     small = np.asarray(Image.fromarray(obama).resize((obama.shape[1] // 3, obama.shape[0] // 3)))
     canvas = np.full((obama.shape[0], obama.shape[1] + small.shape[1], 3), 255, dtype=np.uint8)
     canvas[:, :obama.shape[1]] = obama
     canvas[:small.shape[0], obama.shape[1]:] = small
-    with caplog.at_level("INFO", logger="kface"):
-        face = FaceFinder().find(canvas, "group.jpg")
+    face = FaceFinder().find(canvas, "group.jpg")
     assert face.n_faces == 2 and face.box[2] < obama.shape[1]
-    assert "2 faces found, using the largest" in caplog.text
+    group = tmp_path / "group.png"
+    Image.fromarray(canvas).save(group)
+    with caplog.at_level("INFO", logger="kface"):
+        Embedder().embed([group])
+    assert "group.png: 2 faces found, using the largest" in caplog.text
 
 
 def test_no_face_is_an_error_unless_fallback():

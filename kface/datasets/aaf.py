@@ -2,8 +2,8 @@
 
 The release keeps aligned crops and original photos in separate folders (``aligned faces``,
 ``original images``) and label lists in ``image sets`` (lines ``<name> <gender>``, 0 female, 1 male;
-the list's file stem, e.g. ``train``, becomes the record's ``subset``). ``images`` picks the folder;
-a root that holds AAF-named images directly is read as it is.
+the list's file stem, e.g. ``train``, becomes the record's ``subset``). ``aaf_images`` picks the
+folder; a root that holds AAF-named images directly is read as it is.
 
 There are no identity groups: records carry an empty identity. The set serves age and gender heads,
 never verification pairs.
@@ -23,13 +23,16 @@ IMAGE_FOLDERS = {"aligned": ("aligned", "aglined"), "original": ("original",)}
 _NAME = re.compile(r"(\d{5})A(\d{2})")
 
 
-def iter_records(root: Path, problems: ProblemReport, *, images: str = "aligned",
+def iter_records(root: Path, problems: ProblemReport, *, aaf_images: str = "aligned",
                  progress: bool = False) -> Iterator[Record]:
-    """Yield one record per AAF image, with ``age`` from its name and ``gender`` from the label lists."""
-    if images not in IMAGE_FOLDERS:
-        raise InputError(f"--aaf-images: expected one of {', '.join(IMAGE_FOLDERS)}, got {images!r}")
+    """Yield one record per AAF image, with ``age`` from its name and ``gender`` from the label lists.
+
+    ``aaf_images`` picks the ``aligned`` crops or the ``original`` photos.
+    """
+    if aaf_images not in IMAGE_FOLDERS:
+        raise InputError(f"--aaf-images: expected one of {', '.join(IMAGE_FOLDERS)}, got {aaf_images!r}")
     root_text = str(root)
-    image_folder = _image_folder(root_text, images)
+    image_folder = _image_folder(root_text, aaf_images)
     genders, subsets = _read_label_lists(root_text, problems)
     found: dict[str, str] = {}
     image_prefix = "" if image_folder == root_text else os.path.relpath(image_folder, root_text).replace(os.sep, "/")
