@@ -193,7 +193,8 @@ def dataset_options(kinds: list[str]):
     """--dataset, --root and every layout's options, for each command that reads a dataset.
 
     The command receives ``dataset``, ``root`` and ``layout_options`` (the raw layout values, ``None``
-    where not given); ``kface.datasets.dataset_options(dataset, **layout_options)`` checks them.
+    where not given) and passes them on: ``load_dataset(dataset, root, **layout_options)`` checks them
+    against the layout through ``kface.datasets.dataset_options``.
     """
     def decorate(function):
         @functools.wraps(function)
@@ -253,14 +254,14 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
     --pairs 2000 --images-per-identity 5
     """
     setup_logging(quiet)
-    from .datasets import dataset_options as checked_dataset_options, load_dataset
+    from .datasets import load_dataset
     from .pairs import (PairRequest, default_out_path, parse_ratio, parse_split, require_identities, sample_pairs,
                         write_pairs)
 
     require_identities(dataset)
     request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), images_per_identity, seed,
                           hard_negatives)
-    index = load_dataset(dataset, root, progress=not quiet, **checked_dataset_options(dataset, **layout_options))
+    index = load_dataset(dataset, root, progress=not quiet, **layout_options)
     if not quiet:
         for line in index.problems.lines():
             click.echo(f"warning: {line}", err=True)
@@ -314,6 +315,107 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
                f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['accuracy_std']:.2f}, "
                f"AUC {result['auc']:.4f}, EER {100 * result['eer']:.2f}%, overlap {result['overlap']:.4f}, "
                f"threshold (all folds, {rule}) {result['threshold_all_folds']:.4f}")
+
+
+# -- age and gender --------------------------------------------------------------------------------
+@cli.command("train-attributes")
+@dataset_options(["aging", "aaf", "csv", "lfw-gender"])
+@click.option("--task", type=click.Choice(["age", "gender", "both"]),
+              help="Heads to train [default: every attribute the dataset labels].")
+@click.option("--age-bins", default="0,10,20,30,40,50,60", show_default=True,
+              help="Lower edges of the age groups; the last group is open (60+).")
+@click.option("--split", default="0.7:0.1:0.2", show_default=True,
+              help="train:val:test shares of images, split by identity (8:2 seen:unseen; val picks the "
+                   "best epoch). Layouts without identities (aaf) split image by image.")
+@click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--weight-decay", type=float, default=1e-4, show_default=True)
+@click.option("--hidden", type=click.IntRange(1), default=512, show_default=True, help="Hidden units per head.")
+@click.option("--dropout", type=float, default=0.3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and batches.")
+@backbone_option
+@detector_options(fallback="whole-image")
+@device_option
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: model.pt (best on val), history.json, split.csv, report/.")
+@click.option("--report", type=click.Path(file_okay=False),
+              help="Report folder (metrics.json, confusion.png, report.md) [default: OUT/report].")
+@click.option("--json", "as_json", is_flag=True, help="Print the test metrics as one JSON object on stdout.")
+@common_options
+@handle_errors
+def train_attributes(dataset, root, layout_options, task, age_bins, split, epochs, batch_size, lr, weight_decay, hidden,
+                     dropout, seed, backbone, detector, fallback, max_pixels, device, out, report, as_json, quiet,
+                     no_cache):
+    """Train age-group and/or gender heads on the frozen embedding of a labelled dataset.
+
+    Example: kface train-attributes --dataset lfw-gender --root ../shared/data/lfw --out runs/gender
+    """
+    setup_logging(quiet)
+    from .attributes import AttributeConfig, parse_age_bins, train_attributes as run
+    from .datasets import dataset_options as checked_dataset_options
+    from .pairs import parse_split
+
+    config = AttributeConfig(dataset=dataset, root=root, out=out,
+                             dataset_options=checked_dataset_options(dataset, **layout_options), task=task,
+                             age_bins=parse_age_bins(age_bins).edges, split=parse_split(split), epochs=epochs,
+                             batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout,
+                             seed=seed, backbone=backbone, detector=detector, fallback=fallback, device=device,
+                             max_pixels=max_pixels, cache=not no_cache, report=report)
+    result = run(config, progress=not quiet)
+    metrics = result.metrics
+    if as_json:
+        print_json({key: metrics[key] for key in ("model", "tasks", "seed", "best_epoch", "gender_accuracy",
+                                                   "age_accuracy", "age_adjacent_accuracy", "age_mae_years",
+                                                   "split", "images", "test") if key in metrics}
+                   | {"report": str(result.report_dir)})
+        return
+    parts = []
+    if "gender_accuracy" in metrics:
+        parts.append(f"gender accuracy {metrics['gender_accuracy']:.1%}")
+    if "age_accuracy" in metrics:
+        parts.append(f"age-group accuracy {metrics['age_accuracy']:.1%} (adjacent "
+                     f"{metrics['age_adjacent_accuracy']:.1%}, MAE {metrics['age_mae_years']:.1f} years)")
+    click.echo(f"test split ({metrics['split']['counts']['test']['images']} images): {', '.join(parts)}; "
+               f"wrote {result.model_path} and {result.report_dir}/")
+
+
+@cli.command()
+@click.argument("image", type=click.Path())
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="An attribute model from kface train-attributes (runs/NAME/model.pt); none ships with kface.")
+@click.option("--all-faces", is_flag=True, help="Every face in the image with its box, not only the largest.")
+@detector_options()
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common_options
+@handle_errors
+def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_json, quiet, no_cache):
+    """Age group and gender of the face in IMAGE (the largest, or every face with --all-faces).
+
+    JSON keys: age_group, age_probs, expected_age, gender, gender_prob, gender_probs, box, stage, found
+    (with --all-faces: a list of those under "faces"). Exit 2 for bad input or a missing model.
+    """
+    setup_logging(quiet)
+    from .attributes import load_analyzer
+
+    analyzer = load_analyzer(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
+                             max_pixels=max_pixels)
+    try:
+        answer = analyzer.analyze(image, all_faces=all_faces)
+    finally:
+        analyzer.close()
+    if as_json:
+        print_json(answer)
+        return
+    for face in answer.get("faces", [answer]):
+        parts = []
+        if face["age_group"] is not None:
+            parts.append(f"age {face['age_group']} (p {face['age_probs'][face['age_group']]:.2f}, "
+                         f"expected {face['expected_age']:.0f})")
+        if face["gender"] is not None:
+            parts.append(f"{face['gender']} (p {face['gender_prob']:.2f})")
+        click.echo(f"{', '.join(parts)}; face {tuple(face['box'])} found by {face['stage']}")
 
 
 def main() -> None:

@@ -161,6 +161,33 @@ class FaceFinder:
         height, width = image.shape[:2]
         return self._face(np.ascontiguousarray(image), (0, 0, width - 1, height - 1), "whole-image", 0)
 
+    def find_all(self, image: np.ndarray, name: str = "<image>") -> list[Face]:
+        """Every face in ``image``, largest first, each with its own landmarks and chip.
+
+        The detectors run as in :meth:`find` (HOG, its padded retry, which yields only its largest face,
+        then MTCNN for ``auto``); with nothing found, the whole image when the detector is ``none`` or
+        the fallback ``whole-image``, else :class:`NoFaceError`.
+        """
+        image = np.ascontiguousarray(image)
+        detector = self.settings.detector
+        boxes: list[Box] = []
+        stage = ""
+        if detector in ("dlib", "auto"):
+            boxes, stage = self._hog_boxes(image), "hog"
+            if not boxes:
+                face = self._find_padded(image, name)
+                if face is not None:
+                    return [face]
+        if not boxes and detector in ("mtcnn", "auto"):
+            boxes, stage = self._mtcnn_boxes(image), "mtcnn"
+        if boxes:
+            largest_first = sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+            return [self._face(image, box, stage, len(boxes)) for box in largest_first]
+        if detector == "none" or self.settings.fallback == "whole-image":
+            return [self.whole_image(image)]
+        raise NoFaceError(f"{name}: no face found (detector {detector}; try --detector auto, or "
+                          f"--fallback whole-image for pre-cropped faces)")
+
     def _find_padded(self, image: np.ndarray, name: str) -> Optional[Face]:
         """Second HOG pass on the image padded with its mean colour: HOG needs context around a face."""
         height, width = image.shape[:2]

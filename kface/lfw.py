@@ -84,6 +84,7 @@ def benchmark_lfw(lfw_dir: str | Path, verifier, pairs_file: str | Path | None =
     folds = kfold_protocol(distances, pairs.labels, pairs.folds, rule=rule)
     overall = choose_threshold(distances, pairs.labels, rule, split="all ten folds")
     return {
+        **folds.to_dict(),
         "protocol": "LFW View-2, 10 folds; threshold chosen on nine folds, scored on the tenth",
         "backbone": verifier.embedder.spec.name,
         "model": verifier.model_path,
@@ -93,7 +94,6 @@ def benchmark_lfw(lfw_dir: str | Path, verifier, pairs_file: str | Path | None =
         "pairs": int(len(pairs.labels)),
         "images": len(paths),
         "detection_stages": result.stage_counts(),
-        **folds.to_dict(),
         "threshold_all_folds": overall.value,
         "threshold_rule": str(rule),
     }

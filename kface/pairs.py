@@ -21,6 +21,7 @@ anything is written, saying what is achievable.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -50,6 +51,7 @@ _DENSE_FACTOR = 3
 # Identity-balanced draws of different-person pairs stop after this many rounds (see
 # _balanced_negative_keys); the rest is drawn uniformly over all allowed pairs.
 _BALANCED_ROUNDS = 16
+_WRITE_CHUNK = 65536  # CSV rows formatted at a time
 
 
 # -- requests ---------------------------------------------------------------------------------------
@@ -288,11 +290,12 @@ def write_pairs(pairs: PairSet, out: Union[str, os.PathLike]) -> Path:
     manifest["counts"] = {split: {**previous.get(split, {}), **counts[split]} for split in counts}
     columns = [pairs.split, pairs.path_a, pairs.path_b, np.array(["0", "1"], dtype=object)[pairs.label],
                pairs.identity_a, pairs.identity_b]
-    lines = map(",".join, zip(*(_csv_fields(column) for column in columns)))
+    rows = zip(*(_csv_fields(column) for column in columns))
     with atomic_path(out_path) as temp_csv, atomic_path(manifest_path) as temp_json:
         with open(temp_csv, "w", newline="", encoding="utf-8") as handle:
             handle.write(",".join(HEADER) + "\n")
-            handle.write("\n".join(lines) + "\n")
+            while chunk := list(itertools.islice(rows, _WRITE_CHUNK)):  # bounded memory for big files
+                handle.write("\n".join(map(",".join, chunk)) + "\n")
         temp_json.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest_path
 

@@ -108,3 +108,20 @@ def test_usage_errors_exit_2(samples_dir):
     result = runner.invoke(cli, ["verify", "--backbone", "nope", str(samples_dir / "obama.jpg"),
                                  str(samples_dir / "biden.jpg")])
     assert result.exit_code == 2 and "unknown backbone 'nope'" in result.stderr
+
+
+def test_verify_pairs_file(samples_dir, tmp_path):
+    pair_file = tmp_path / "hand.csv"
+    pair_file.write_text("split,path_a,path_b,label,identity_a,identity_b\n"
+                         "test,obama.jpg,obama2.jpg,1,,\n"
+                         "test,obama.jpg,biden.jpg,0,,\n"
+                         "test,obama.jpg,missing.jpg,1,,\n")
+    out = tmp_path / "results.csv"
+    result = CliRunner().invoke(cli, ["verify", "--pairs", str(pair_file), "--root", str(samples_dir),
+                                      "--out", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["scored"] == 2 and summary["failed"] == 1 and summary["accuracy"] == 1.0
+    rows = out.read_text().splitlines()
+    assert rows[1].split(",")[5] == "1" and rows[2].split(",")[5] == "0"
+    assert "no such file" in rows[3]

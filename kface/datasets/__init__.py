@@ -15,7 +15,7 @@ from typing import Callable, Iterator, Union
 
 from ..errors import InputError
 from ..records import Record
-from . import aaf, aging, folder, kface_layout, manifest
+from . import aaf, aging, folder, kface_layout, lfw_gender, manifest
 from .common import DatasetIndex, IndexBuilder, ProblemReport, age_group
 
 __all__ = ["ADAPTERS", "Adapter", "DatasetIndex", "ProblemReport", "age_group", "dataset_options",
@@ -55,6 +55,8 @@ ADAPTERS: dict[str, Adapter] = {
         Adapter("csv", manifest.iter_records, ("manifest",), (), True,
                 "a CSV manifest with columns path,identity[,age][,gender]",
                 lambda options: {"manifest": os.path.abspath(options["manifest"])}),
+        Adapter("lfw-gender", lfw_gender.iter_records, (), (), True,
+                "LFW identity folders with the male_names.txt / female_names.txt gender lists"),
     ]
 }
 

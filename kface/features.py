@@ -1,0 +1,410 @@
+"""The feature store: the frozen part of the backbone, run once per image and kept on disk.
+
+Training reads features, never images. For every image a pair file uses, the store keeps the output of
+the network's frozen part:
+
+- cut ``none`` (nothing of the backbone trains): the backbone's embedding, computed through
+  :class:`~kface.embeddings.Embedder`, so its SQLite cache of faces and embeddings is reused and
+  filled;
+- ``dlib-torch`` cuts ``fc``, ``last-block``, ``last-stage``: the output of
+  :meth:`~kface.backbones.dlib_torch.DlibResNet.forward_prefix` on the aligned chip (chips come from
+  :meth:`Embedder.faces`, also cached); the layers after the cut train from it.
+
+A store is one folder per setting (backbone weights, cut, test-time augmentation, face settings),
+``<cache dir>/features/<tag hash>/``, holding ``rows.bin`` (the rows, back to back, read as a
+memory-mapped array) and ``index.json`` (image sha256 -> row and the detection stage, plus the row
+shape and dtype). Rows are keyed by image *content*, so renamed or re-sampled pair files reuse them.
+Vectors are stored as float32; feature maps (thousands of values per image) as float16, which halves
+the disk and memory they take and is what the trainable layers then read, at verify time too.
+
+Writers append under a file lock and replace ``index.json`` atomically after the rows are on disk, so a
+crash leaves at most unindexed bytes, which the next writer truncates. With ``workers`` > 0, face
+detection (single-threaded in dlib) runs first in that many DataLoader worker processes, which fill
+the face cache that the batched backbone pass then reads.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .backbones import DEFAULT_BACKBONE, get_spec
+from .cache import cache_dir
+from .embeddings import EmbeddingResult, Embedder
+from .errors import InputError
+from .images import ImageSource, content_hash, read_bytes
+from .outputs import write_json
+
+log = logging.getLogger("kface")
+
+STORE_VERSION = 1
+#: Cut points of the ``dlib-torch`` network (see kface.backbones.dlib_torch.CUT_POINTS).
+CUTS = ("none", "fc", "last-block", "last-stage")
+#: The backbone whose last layers can train (the others give embeddings only).
+TRAINABLE_BACKBONE = "dlib-torch"
+PREFIX_BATCH = 64
+#: Images per task handed to a detection worker.
+DETECT_CHUNK = 16
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that decides an image's stored feature."""
+
+    backbone: str = DEFAULT_BACKBONE
+    cut: str = "none"
+    tta: str = "none"
+    detector: str = "dlib"
+    upsample: int = 1
+    fallback: str = "none"
+    weights: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        get_spec(self.backbone)  # an unknown name fails here, listing the valid ones
+        if self.cut not in CUTS:
+            raise InputError(f"unknown --unfreeze {self.cut!r}; choose one of: {', '.join(CUTS)}")
+        if self.cut != "none" and self.backbone != TRAINABLE_BACKBONE:
+            raise InputError(f"--unfreeze {self.cut} trains the backbone's last layers, which needs "
+                             f"--backbone {TRAINABLE_BACKBONE} (got {self.backbone})")
+        if self.cut != "none" and self.tta != "none":
+            raise InputError(f"--tta {self.tta} averages finished embeddings; it cannot be combined with "
+                             f"--unfreeze {self.cut} (use --tta none)")
+
+    def embedder_options(self) -> dict:
+        """Keyword arguments for :class:`~kface.embeddings.Embedder`."""
+        return {"backbone": self.backbone, "detector": self.detector, "upsample": self.upsample,
+                "fallback": self.fallback, "tta": self.tta, "weights": self.weights}
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class FeatureSet:
+    """Features of a list of images, in input order.
+
+    ``features`` is (N, *shape) in the store's dtype; rows of images that failed (unreadable, no face)
+    are zero, ``ok`` is False for them and ``errors`` holds their message.
+    """
+
+    paths: list[str]
+    features: np.ndarray
+    ok: np.ndarray
+    stages: list[str]  # per image: the face stage ("hog", "hog-padded", "mtcnn", "whole-image") or "error"
+    errors: dict[str, str] = field(default_factory=dict)
+    computed: int = 0  # images computed in this call; the rest came from the store
+
+    def stage_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for stage in self.stages:
+            counts[stage] = counts.get(stage, 0) + 1
+        return counts
+
+
+def store_dtype(shape: Sequence[int]) -> np.dtype:
+    """float32 for vectors, float16 for feature maps (see the module docstring)."""
+    return np.dtype(np.float32 if len(shape) == 1 else np.float16)
+
+
+@functools.lru_cache(maxsize=None)
+def feature_shape(backbone: str, cut: str) -> tuple[int, ...]:
+    """The shape of one image's feature for ``backbone`` cut at ``cut``."""
+    if cut == "none":
+        return (get_spec(backbone).embedding_size,)
+    import torch
+
+    from .backbones.dlib_torch import CHIP_SIZE, DlibResNet
+
+    with torch.no_grad():
+        probe = DlibResNet().forward_prefix(torch.zeros(1, 3, CHIP_SIZE, CHIP_SIZE), cut)
+    return tuple(probe.shape[1:])
+
+
+class PrefixNetwork:
+    """The frozen layers before a cut of the ``dlib-torch`` network, batched, on one device."""
+
+    def __init__(self, cut: str, device: str = "auto", weights: Optional[str] = None):
+        import torch
+
+        from .backbones.dlib_torch import fold_affine, load_dlib_resnet
+        from .devices import resolve_device
+
+        self.cut = cut
+        self.device = torch.device(resolve_device(device))
+        # The prefix never trains, so it may run folded (about twice as fast; same function to rounding).
+        network = fold_affine(load_dlib_resnet(weights))
+        self.network = network.to(self.device, memory_format=torch.channels_last).eval()
+
+    def __call__(self, chips: np.ndarray, bar=None) -> np.ndarray:
+        """(N, 150, 150, 3) uint8 chips -> (N, *shape) features in the store's dtype."""
+        import torch
+
+        shape = feature_shape(TRAINABLE_BACKBONE, self.cut)
+        out = np.empty((len(chips), *shape), dtype=store_dtype(shape))
+        with torch.inference_mode():
+            for start in range(0, len(chips), PREFIX_BATCH):
+                batch = torch.from_numpy(np.ascontiguousarray(chips[start:start + PREFIX_BATCH])).to(self.device)
+                features = self.network.forward_prefix(self.network.prepare_chips(batch), self.cut)
+                out[start:start + len(batch)] = features.float().cpu().numpy()
+                if bar is not None:
+                    bar.update(len(batch))
+        return out
+
+
+class FeatureStore:
+    """Features of images for one :class:`FeatureSpec`, computed once and kept in the cache folder.
+
+    Args:
+        spec: backbone, cut point, test-time augmentation and face settings.
+        device: ``auto``, ``cpu`` or ``cuda`` for the backbone.
+        workers: detection worker processes (0: detect in this process).
+        progress: progress bars on stderr.
+        max_pixels: refuse larger images (see :func:`kface.images.decode_image`).
+        folder: the cache folder (default: :func:`kface.cache.cache_dir`).
+    """
+
+    def __init__(self, spec: FeatureSpec, device: str = "auto", workers: int = 0, progress: bool = False,
+                 max_pixels: Optional[int] = None, folder: Optional[os.PathLike] = None):
+        if workers < 0:
+            raise InputError(f"--workers must be 0 or more, got {workers}")
+        self.spec = spec
+        self.device = device
+        self.workers = workers
+        self.progress = progress
+        self.max_pixels = max_pixels
+        self.shape = feature_shape(spec.backbone, spec.cut)
+        self.dtype = store_dtype(self.shape)
+        self.tag = self._tag()
+        root = Path(folder) if folder is not None else cache_dir()
+        self.folder = root / "features" / hashlib.sha256(self.tag.encode()).hexdigest()[:20]
+
+    def _tag(self) -> str:
+        backbone = get_spec(self.spec.backbone)
+        weights = ""
+        if self.spec.weights:
+            digest = hashlib.sha256(Path(self.spec.weights).read_bytes()).hexdigest()[:16]
+            weights = f"@{digest}"
+        return (f"v{STORE_VERSION};bb={backbone.family}{weights};cut={self.spec.cut};tta={self.spec.tta};"
+                f"det={self.spec.detector};up={self.spec.upsample};fb={self.spec.fallback};"
+                f"chip={backbone.input_size};pad={backbone.chip_padding}")
+
+    # -- public ----------------------------------------------------------------------------------
+    def features(self, paths: Sequence[str]) -> FeatureSet:
+        """Features of ``paths`` (image files), from the store or computed now and added to it."""
+        hashes, errors = _hash_files(paths)
+        rows = self._read_index()["rows"]
+        missing = list(dict.fromkeys(p for p in paths if p in hashes and hashes[p] not in rows))
+        computed: dict[str, tuple[np.ndarray, str]] = {}
+        if missing:
+            computed, failed = self._compute(missing)
+            errors.update(failed)
+            self._append({hashes[p]: value for p, value in computed.items()})
+        index = self._read_index()
+        return self._gather(paths, hashes, index, errors, len(computed))
+
+    # -- computing -------------------------------------------------------------------------------
+    def _embedder(self, progress: bool) -> Embedder:
+        return Embedder(**self.spec.embedder_options(), device=self.device, progress=progress,
+                        max_pixels=self.max_pixels)
+
+    def _compute(self, paths: list[str]) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]:
+        if self.workers > 0 and len(paths) > DETECT_CHUNK:
+            self._detect_in_workers(paths)
+        embedder = self._embedder(self.progress)
+        try:
+            if self.spec.cut == "none":
+                result = embedder.embed(paths, on_error="skip")
+                done = {path: (result.embeddings[i], result.stages[i]) for i, path in enumerate(result.paths)
+                        if path not in result.errors}
+                return done, dict(result.errors)
+            entries, errors = embedder.faces(paths, on_error="skip")
+        finally:
+            embedder.close()
+        kept = [(path, entry) for path, entry in zip(paths, entries) if entry is not None]
+        if not kept:
+            return {}, errors
+        from .progress import progress_bar
+
+        bar = progress_bar(len(kept), f"frozen layers up to {self.spec.cut}", enabled=self.progress)
+        try:
+            features = PrefixNetwork(self.spec.cut, self.device, self.spec.weights)(
+                np.stack([entry.chip for _, entry in kept]), bar)
+        finally:
+            bar.close()
+        return {path: (features[i], entry.stage) for i, (path, entry) in enumerate(kept)}, errors
+
+    def _detect_in_workers(self, paths: list[str]) -> None:
+        """Fill the face cache in parallel worker processes (dlib's detector uses one core)."""
+        from torch.utils.data import DataLoader
+
+        from .progress import progress_bar
+
+        chunks = [paths[i:i + DETECT_CHUNK] for i in range(0, len(paths), DETECT_CHUNK)]
+        options = {**self.spec.embedder_options(), "device": "cpu", "max_pixels": self.max_pixels}
+        loader = DataLoader(_DetectionTasks(chunks, options), batch_size=None, num_workers=self.workers,
+                            worker_init_fn=_quiet_worker)
+        bar = progress_bar(len(paths), f"detecting faces ({self.workers} workers)", enabled=self.progress)
+        try:
+            for count in loader:
+                bar.update(count)
+        finally:
+            bar.close()
+
+    # -- the files -------------------------------------------------------------------------------
+    @property
+    def _index_path(self) -> Path:
+        return self.folder / "index.json"
+
+    @property
+    def _rows_path(self) -> Path:
+        return self.folder / "rows.bin"
+
+    def _read_index(self) -> dict:
+        if not self._index_path.is_file():
+            return {"rows": {}}
+        try:
+            index = json.loads(self._index_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise InputError(f"{self._index_path}: unreadable feature index ({exc}); delete {self.folder}") from None
+        if index.get("tag") != self.tag or tuple(index.get("shape", ())) != self.shape:
+            raise InputError(f"{self.folder}: feature store of another setting; delete the folder")
+        return index
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "lock", "a") as handle:
+            try:
+                import fcntl
+            except ImportError:  # no POSIX locks (Windows): one writer at a time is then up to the user
+                yield
+                return
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _append(self, rows: dict[str, tuple[np.ndarray, str]]) -> None:
+        if not rows:
+            return
+        with self._locked():
+            index = self._read_index()
+            known = index["rows"]
+            new = {sha: value for sha, value in rows.items() if sha not in known}
+            row_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
+            with open(self._rows_path, "ab") as handle:
+                # Bytes past the indexed rows are from an interrupted writer: overwrite them.
+                handle.truncate(len(known) * row_bytes)
+            with open(self._rows_path, "ab") as handle:
+                for sha, (vector, stage) in new.items():
+                    handle.write(np.ascontiguousarray(vector, dtype=self.dtype).tobytes())
+                    known[sha] = [len(known), stage]
+                handle.flush()
+                os.fsync(handle.fileno())
+            write_json(self._index_path, {"format": "kface-features", "store_version": STORE_VERSION,
+                                          "tag": self.tag, "shape": list(self.shape), "dtype": self.dtype.name,
+                                          "rows": known})
+
+    def _gather(self, paths, hashes, index, errors, computed) -> FeatureSet:
+        rows = index["rows"]
+        features = np.zeros((len(paths), *self.shape), dtype=self.dtype)
+        ok = np.zeros(len(paths), dtype=bool)
+        stages = ["error"] * len(paths)
+        wanted = [(i, rows[hashes[p]]) for i, p in enumerate(paths) if p not in errors and hashes.get(p) in rows]
+        if wanted:
+            stored = np.memmap(self._rows_path, dtype=self.dtype, mode="r", shape=(len(rows), *self.shape))
+            positions = np.array([i for i, _ in wanted])
+            features[positions] = stored[np.array([row for _, (row, _) in wanted])]
+            ok[positions] = True
+            for i, (_, stage) in wanted:
+                stages[i] = stage
+            del stored
+        for i, path in enumerate(paths):
+            if not ok[i] and path not in errors:
+                errors[path] = f"{path}: no feature could be computed"
+        return FeatureSet(list(paths), features, ok, stages, errors, computed)
+
+
+class _DetectionTasks:
+    """Chunks of image paths; each item detects (and caches) the faces of one chunk, in a worker."""
+
+    def __init__(self, chunks: list[list[str]], options: dict):
+        self.chunks = chunks
+        self.options = options
+        self._embedder: Optional[Embedder] = None
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> int:
+        if self._embedder is None:  # one per worker process, each with its own cache connection
+            self._embedder = Embedder(**self.options)
+        self._embedder.faces(self.chunks[index], on_error="skip")
+        return len(self.chunks[index])
+
+
+def _quiet_worker(_worker_id: int) -> None:
+    # The main process repeats the same notes when it reads the faces back; say them once.
+    logging.getLogger("kface").setLevel(logging.WARNING)
+
+
+def _hash_files(paths: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """sha256 of each readable file, and the error of each unreadable one."""
+    hashes: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for path in dict.fromkeys(paths):
+        try:
+            hashes[path] = content_hash(read_bytes(path))
+        except InputError as exc:
+            errors[path] = str(exc)
+    return hashes, errors
+
+
+class PrefixEmbedder:
+    """Images -> flattened frozen-prefix features, with :class:`~kface.embeddings.Embedder`'s interface.
+
+    Lets a :class:`~kface.api.Verifier` serve a model that trained the backbone's last layers: its
+    head receives exactly what training read from the store (same network, same dtype).
+    """
+
+    def __init__(self, embedder: Embedder, cut: str, device: str = "auto"):
+        self.embedder = embedder
+        self.spec = embedder.spec
+        self.cut = cut
+        self._prefix = PrefixNetwork(cut, device, embedder.weights)
+
+    def embed(self, sources: Sequence[ImageSource], on_error: str = "raise") -> EmbeddingResult:
+        entries, errors = self.embedder.faces(sources, on_error=on_error)
+        names = [_source_name(source, i, len(sources)) for i, source in enumerate(sources)]
+        kept = [i for i, entry in enumerate(entries) if entry is not None]
+        shape = feature_shape(TRAINABLE_BACKBONE, self.cut)
+        vectors = np.full((len(sources), int(np.prod(shape))), np.nan, dtype=np.float32)
+        if kept:
+            features = self._prefix(np.stack([entries[i].chip for i in kept]))
+            vectors[kept] = features.reshape(len(kept), -1).astype(np.float32)
+        return EmbeddingResult(
+            paths=names, embeddings=vectors,
+            found=np.array([entry is not None and entry.found for entry in entries], dtype=bool),
+            stages=[entry.stage if entry is not None else "error" for entry in entries],
+            boxes=[entry.box if entry is not None else None for entry in entries],
+            n_faces=np.array([entry.n_faces if entry is not None else 0 for entry in entries], dtype=np.int64),
+            errors=errors, computed=len(kept))
+
+    def close(self) -> None:
+        self.embedder.close()
+
+
+def _source_name(source: ImageSource, index: int, count: int) -> str:
+    # The names Embedder gives (errors are keyed by them).
+    if isinstance(source, (bytes, bytearray)):
+        return "<upload>" if count == 1 else f"<upload {index + 1}>"
+    return str(source)
