@@ -25,6 +25,7 @@ config, seed, versions) that loads with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import platform
 import time
@@ -41,6 +42,8 @@ from .backbones import DEFAULT_BACKBONE
 from .embeddings import Embedder
 from .errors import InputError
 from .images import ImageSource, decode_image, read_bytes
+
+log = logging.getLogger("kface")
 
 TASKS = ("age", "gender")
 GENDERS = ("female", "male")
@@ -307,8 +310,8 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
     for stage, good in zip(result.stages, ok):
         if good:
             stages[stage] = stages.get(stage, 0) + 1
-    return Features([index.paths[int(i)] for i in kept], result.embeddings[ok], groups, kept_labels,
-                           skipped, stages)
+    return Features([index.paths[int(i)] for i in kept], result.embeddings[ok], groups, kept_labels, skipped,
+                    stages)
 
 
 def _corner_box(box) -> Optional[tuple[int, int, int, int]]:
@@ -577,7 +580,11 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     started = time.time()
     index = load_dataset(config.dataset, config.root, progress=progress, **config.dataset_options)
     tasks = tasks_for(index.attributes, config.task)
+    for line in index.problems.lines():
+        log.info("dataset: %s", line)
     features = dataset_features(index, config, tasks, bins, progress)
+    if features.skipped:
+        log.info("%d images left out (e.g. %s)", len(features.skipped), next(iter(features.skipped.values())))
     split = split_by_group(features.groups, config.split, config.seed)
     classes = {task: len(bins) if task == "age" else len(GENDERS) for task in tasks}
     heads, history, best_epoch = fit_heads(features.embeddings, features.labels.targets, split, classes, config,

@@ -13,7 +13,7 @@ import sys
 import click
 
 from . import __version__
-from .errors import INPUT_ERROR, KfaceError
+from .errors import KfaceError
 
 DETECTOR_CHOICES = ["dlib", "mtcnn", "auto", "none"]
 

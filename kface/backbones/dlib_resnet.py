@@ -24,15 +24,17 @@ class DlibResnetBackbone:
         self._torch = None
 
     def _implementation(self, n_chips: int):
-        from . import dlib_native, dlib_torch
-
         small_cpu_call = self._device in ("auto", "cpu") and n_chips <= NATIVE_MAX_CHIPS
         if self._torch is None and small_cpu_call:
             if self._native is None:
-                self._native = dlib_native.DlibNativeBackbone(self.spec, "cpu", self._weights)
+                from .dlib_native import DlibNativeBackbone
+
+                self._native = DlibNativeBackbone(self.spec, "cpu", self._weights)
             return self._native
         if self._torch is None:
-            self._torch = dlib_torch.DlibTorchBackbone(self.spec, self._device, self._weights)
+            from .dlib_torch import DlibTorchBackbone  # imports torch: only for batches or a GPU
+
+            self._torch = DlibTorchBackbone(self.spec, self._device, self._weights)
         return self._torch
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:

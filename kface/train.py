@@ -1,0 +1,668 @@
+"""Siamese fine-tuning on a frozen backbone (``kface train``).
+
+The recipe of the VGG-Kface study: both faces of a pair go through a pretrained backbone that stays
+frozen, a trainable last layer ending in tanh maps each embedding, the Euclidean distance of the two
+outputs becomes P(same), and binary cross-entropy trains it (batch 32, Adam, learning rate on a
+cosine schedule from 0.01 to 0.001, 200 epochs). The steps, in order:
+
+1. :class:`TrainConfig`: every setting, typed, with the study's defaults, checked when made.
+2. :func:`load_training_data`: the pair file's train and val pairs and the frozen features of their
+   images from the :mod:`feature store <kface.features>` (computed once per image, ever); pairs
+   whose image failed are dropped and counted.
+3. :func:`fit`: epoch 0 measures the untrained head; each epoch then trains on a seeded shuffle of
+   the train pairs and measures val (loss, accuracy at the threshold chosen on val, overlap area).
+   ``model.pt`` is the best epoch by ``--select``; ``last.pt`` (everything needed to continue) and
+   ``history.json`` are rewritten after every epoch, atomically.
+
+Everything is seeded and resumable: epoch ``e`` shuffles with a generator seeded from
+``(seed, e)``, and no other randomness is used (the head starts as the identity, the probability
+mapping from the data), so ``--resume`` continues exactly where ``last.pt`` stopped.
+
+Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) training runs as DistributedDataParallel (gloo on
+CPU, nccl on GPU). Every process walks the same shuffled global batches and takes every
+``world_size``-th pair of each; the loss is scaled so that the averaged gradient is the one-process
+gradient of the whole batch, so N processes train the same model as one, up to float rounding. Only
+rank 0 measures val and writes files. On a GPU, the forward pass runs in float16 autocast (AMP).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .backbones import DEFAULT_BACKBONE, get_spec
+from .distances import get_distance
+from .errors import InputError, KfaceError
+from .faces import DETECTORS, FALLBACKS
+from .features import CUTS, FeatureSpec, FeatureStore, feature_shape
+from .metrics import accuracy_at, bce_loss, choose_threshold, overlap_area, parse_rule
+from .siamese import PairModel, build_pair_model, get_head, get_loss, loss_class, trainable_parameters
+
+log = logging.getLogger("kface")
+
+SELECT_METRICS = {"overlap": "lower", "accuracy": "higher"}
+#: Pairs per forward pass when measuring val (no gradients, so larger than a training batch).
+EVAL_BATCH = 4096
+#: Gather an epoch's features up front (then batches are views) while that takes at most this much memory.
+PREGATHER_BYTES = 1 << 30
+DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
+LAST = "last.pt"
+MODEL = "model.pt"
+HISTORY = "history.json"
+
+
+# -- 1. the configuration ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every training setting; the defaults reproduce the study. Checked when made (bad values fail).
+
+    ``device``, ``workers``, ``max_pixels`` and ``out`` say how and where to run, not what to train:
+    only they may differ when a run is resumed.
+    """
+
+    pairs: str
+    out: str
+    root: Optional[str] = None
+    backbone: str = DEFAULT_BACKBONE
+    weights: Optional[str] = None
+    head: str = "siamese"
+    distance: str = "euclidean"
+    loss: str = "bce"
+    margin: float = 1.0
+    unfreeze: str = "none"
+    tta: str = "none"
+    detector: str = "dlib"
+    upsample: int = 1
+    fallback: str = "none"
+    epochs: int = 200
+    batch_size: int = 32
+    lr: float = 0.01
+    min_lr: float = 0.001
+    seed: int = 0
+    select: str = "overlap"
+    threshold_rule: str = "intersection"
+    device: str = "auto"
+    workers: int = DEFAULT_WORKERS
+    max_pixels: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _check_int("epochs", self.epochs, 1)
+        _check_int("batch-size", self.batch_size, 1)
+        _check_int("seed", self.seed, 0)
+        _check_int("workers", self.workers, 0)
+        _check_int("upsample", self.upsample, 0)
+        if self.max_pixels is not None:
+            _check_int("max-pixels", self.max_pixels, 1)
+        _check_positive("lr", self.lr)
+        _check_positive("margin", self.margin)
+        if not (isinstance(self.min_lr, (int, float)) and 0 <= self.min_lr <= self.lr):
+            raise InputError(f"--min-lr must lie in [0, --lr={self.lr}], got {self.min_lr!r}")
+        if self.select not in SELECT_METRICS:
+            raise InputError(f"unknown --select {self.select!r}; choose one of: {', '.join(SELECT_METRICS)}")
+        if self.detector not in DETECTORS:
+            raise InputError(f"unknown --detector {self.detector!r}; choose one of: {', '.join(DETECTORS)}")
+        if self.fallback not in FALLBACKS:
+            raise InputError(f"unknown --fallback {self.fallback!r}; choose one of: {', '.join(FALLBACKS)}")
+        if self.tta not in ("none", "flip"):
+            raise InputError(f"unknown --tta {self.tta!r}; choose one of: none, flip")
+        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+            raise InputError(f"unknown --device {self.device!r}; choose one of: auto, cpu, cuda")
+        parse_rule(self.threshold_rule)
+        get_head(self.head)
+        get_distance(self.distance)
+        loss_class(self.loss)
+        get_spec(self.backbone)
+        self.feature_spec()
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """A config from a dict (a saved run's, or options); unknown keys are an error, not ignored."""
+        known = {item.name for item in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise InputError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        missing = [name for name in ("pairs", "out") if values.get(name) is None]
+        if missing:
+            raise InputError(f"training needs {' and '.join('--' + name for name in missing)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def feature_spec(self) -> FeatureSpec:
+        """What decides the stored features (the frozen part of the network and the face stage)."""
+        return FeatureSpec(self.backbone, self.unfreeze, self.tta, self.detector, self.upsample, self.fallback,
+                           self.weights)
+
+    def differences(self, other: "TrainConfig") -> list[str]:
+        """``name: ours != theirs`` for each setting that changes what is trained (paths compared resolved)."""
+        def normal(config: TrainConfig) -> dict:
+            values = {key: value for key, value in config.to_dict().items() if key not in RUN_FIELDS}
+            for key in ("pairs", "root", "weights"):
+                if values[key] is not None:
+                    values[key] = os.path.abspath(values[key])
+            return values
+
+        ours, theirs = normal(self), normal(other)
+        return [f"{key}: {theirs[key]!r} -> {ours[key]!r}" for key in ours if ours[key] != theirs[key]]
+
+
+RUN_FIELDS = ("out", "device", "workers", "max_pixels")
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InputError(f"--{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
+        raise InputError(f"--{name} must be a positive number, got {value!r}")
+
+
+# -- 2. the data -------------------------------------------------------------------------------------
+@dataclass
+class SplitPairs:
+    """One split's pairs as row indices into :attr:`TrainingData.features`, and labels (1 = same)."""
+
+    a: np.ndarray
+    b: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def check(self, split: str, minimum: int) -> None:
+        n_same, n_diff = int(np.sum(self.labels == 1)), int(np.sum(self.labels == 0))
+        if n_same < minimum or n_diff < minimum:
+            raise InputError(f"the {split} split needs at least {minimum} same-person and {minimum} different-person "
+                             f"pair(s) with usable images; it has {n_same} and {n_diff}")
+
+
+@dataclass
+class TrainingData:
+    """What :func:`fit` trains on: the features of every image and the train/val pairs over them.
+
+    ``features`` is (images, *shape) (float32 vectors or float16 maps); ``embedding_size`` is the size
+    of the head's input; ``summary`` records where it came from (counts, dropped pairs, stages).
+    """
+
+    features: np.ndarray
+    train: SplitPairs
+    val: SplitPairs
+    embedding_size: int
+    summary: dict = field(default_factory=dict)
+
+
+def load_training_data(config: TrainConfig, *, progress: bool = False) -> TrainingData:
+    """The train and val pairs of ``config.pairs`` with the stored frozen features of their images.
+
+    Pairs with an image that could not be read or had no face are dropped, counted per split and
+    reported (``note:`` lines); too few usable pairs is an :class:`InputError`.
+    """
+    from .pairs import read_pairs
+
+    pairs = read_pairs(config.pairs, config.root)
+    splits = {name: pairs.select(name) for name in ("train", "val")}
+    for name, split in splits.items():
+        if len(split) == 0:
+            raise InputError(f"{config.pairs}: no {name} pairs (training needs train and val splits)")
+    paths = sorted({p for split in splits.values() for p in split.abs_path_a + split.abs_path_b})
+    store = FeatureStore(config.feature_spec(), device=config.device, workers=config.workers, progress=progress,
+                         max_pixels=config.max_pixels)
+    found = store.features(paths)
+    row = {path: i for i, path in enumerate(found.paths)}
+    indexed, dropped = {}, {}
+    for name, split in splits.items():
+        a = np.array([row[p] for p in split.abs_path_a], dtype=np.int64)
+        b = np.array([row[p] for p in split.abs_path_b], dtype=np.int64)
+        usable = found.ok[a] & found.ok[b]
+        indexed[name] = SplitPairs(a[usable], b[usable], split.label[usable].astype(np.int8))
+        dropped[name] = int((~usable).sum())
+    failed = {path: message for path, message in found.errors.items()}
+    summary = {"pairs_file": str(config.pairs), "pairs_sha256": file_sha256(config.pairs), "root": str(pairs.root),
+               "images": len(paths), "images_failed": len(failed), "stages": found.stage_counts(),
+               "computed": found.computed, "pairs": {name: len(split) for name, split in indexed.items()},
+               "pairs_dropped": dropped, "feature_store": str(store.folder)}
+    _report(summary, failed)
+    indexed["train"].check("train", 1)
+    indexed["val"].check("val", 2)
+    return TrainingData(found.features, indexed["train"], indexed["val"], get_spec(config.backbone).embedding_size,
+                        summary)
+
+
+def _report(summary: dict, failed: dict[str, str]) -> None:
+    stages = ", ".join(f"{stage} {count}" for stage, count in sorted(summary["stages"].items()))
+    log.info("features: %d images (%d computed now, the rest from the store); stages: %s",
+             summary["images"], summary["computed"], stages)
+    if failed:
+        shown = "; ".join(list(failed.values())[:3]) + ("; ..." if len(failed) > 3 else "")
+        dropped = ", ".join(f"{name} {count}" for name, count in summary["pairs_dropped"].items())
+        log.info("%d image(s) failed and their pairs were dropped (%s): %s", len(failed), dropped, shown)
+
+
+def file_sha256(path: os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- processes ---------------------------------------------------------------------------------------
+@dataclass
+class Processes:
+    """This process's place in a (possibly one-process) training job."""
+
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls, device: str) -> "Processes":
+        """One process, or DDP when launched by torchrun (``WORLD_SIZE`` > 1): gloo on CPU, nccl on GPU."""
+        from .devices import resolve_device
+
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        resolved = torch.device(resolve_device(device))
+        if world_size == 1:
+            return cls(resolved)
+        import torch.distributed as dist
+
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if resolved.type == "cuda":
+            resolved = torch.device("cuda", local_rank)
+            torch.cuda.set_device(resolved)
+        owns = not dist.is_initialized()
+        if owns:
+            dist.init_process_group("nccl" if resolved.type == "cuda" else "gloo")
+        return cls(resolved, rank, local_rank, world_size, owns)
+
+    def all_sum(self, values: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            values = values.to(self.device)
+            dist.all_reduce(values)
+        return values
+
+    def local_first(self, work: Callable[[bool], object]):
+        """``work(progress)`` on each machine's first process, then on the others (which then find the
+        cache full). A failure anywhere stops every process, the failing one with its own error."""
+        if self.world_size == 1:
+            return work(True)
+        import torch.distributed as dist
+
+        result, error = None, None
+        for turn in (True, False):
+            if (self.local_rank == 0) == turn:
+                try:
+                    result = work(turn)
+                except Exception as exc:  # every process must reach the barrier, whatever happened
+                    error = exc
+            dist.barrier()
+        failed = self.all_sum(torch.tensor([float(error is not None)]))
+        if error is not None:
+            raise error
+        if failed.item() > 0:
+            raise KfaceError("another training process failed (see its error)")
+        return result
+
+    def close(self) -> None:
+        if self.owns_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+# -- 3. the loop -------------------------------------------------------------------------------------
+@dataclass
+class PairTensors:
+    a: torch.Tensor
+    b: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def of(cls, split: SplitPairs, device: torch.device) -> "PairTensors":
+        return cls(torch.from_numpy(split.a).to(device), torch.from_numpy(split.b).to(device),
+                   torch.from_numpy(split.labels.astype(np.float32)).to(device))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The shuffle seed of one epoch: depends on (seed, epoch) only, so a resumed run draws the same."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(count, generator=generator)
+
+
+def batches(features: torch.Tensor, pairs: PairTensors, order: torch.Tensor, batch_size: int, rank: int = 0,
+            world_size: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+    """(features a, features b, labels, global batch size) of this process's share of each batch.
+
+    Batches follow ``order``; each process takes every ``world_size``-th pair of each batch, from its
+    ``rank``-th on.
+    """
+    order = order.to(pairs.a.device)
+    a, b, labels = pairs.a[order], pairs.b[order], pairs.labels[order]
+    row_bytes = features[:1].numel() * features.element_size()
+    if 2 * len(order) * row_bytes <= PREGATHER_BYTES:
+        # One gather per epoch instead of two per batch: batches become views.
+        a, b = features.index_select(0, a), features.index_select(0, b)
+        take = lambda rows: rows  # noqa: E731
+    else:
+        take = lambda rows: features.index_select(0, rows)  # noqa: E731
+    for start in range(0, len(order), batch_size):
+        stop = min(start + batch_size, len(order))
+        mine = slice(start + rank, stop, world_size)
+        yield take(a[mine]), take(b[mine]), labels[mine], stop - start
+
+
+@dataclass
+class EpochOutput:
+    """What one pass over pairs gives: the mean loss and accuracy (P(same) >= 0.5), and in eval mode
+    each pair's distance and P(same)."""
+
+    loss: float
+    accuracy: float
+    count: int
+    distances: Optional[np.ndarray] = None
+    probabilities: Optional[np.ndarray] = None
+
+
+def run_epoch(model: torch.nn.Module, batch_iter, criterion, *, optimizer=None, scaler=None, amp: bool = False,
+              world_size: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> EpochOutput:
+    """One pass over ``batch_iter`` (see :func:`batches`): trains when given an ``optimizer``, else measures.
+
+    The training loss of a batch is the sum of its per-pair losses times ``world_size`` over the global
+    batch size, so DDP's gradient average equals the one-process mean. ``reduce`` sums the loss and
+    accuracy totals over processes.
+    """
+    training = optimizer is not None
+    model.train(training)
+    losses, logits_all, labels_all, distances_all = [], [], [], []
+    device_type = next(model.parameters()).device.type
+    with torch.set_grad_enabled(training):
+        for features_a, features_b, labels, global_size in batch_iter:
+            with torch.autocast(device_type, dtype=torch.float16, enabled=amp):
+                distances, logits = model(features_a, features_b)
+            pair_losses = criterion(distances.float(), logits.float(), labels)
+            if training:
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(pair_losses.sum() * (world_size / global_size)).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                distances_all.append(distances.detach().float())
+            losses.append(pair_losses.detach())
+            logits_all.append(logits.detach().float())
+            labels_all.append(labels)
+    if not losses:
+        return EpochOutput(math.nan, math.nan, 0)
+    logits, labels = torch.cat(logits_all), torch.cat(labels_all)
+    totals = reduce(torch.stack([torch.cat(losses).sum(), ((logits >= 0).float() == labels).float().sum(),
+                                 torch.tensor(float(len(labels)), device=labels.device)]).double())
+    count = int(totals[2].item())
+    output = EpochOutput(float(totals[0] / count), float(totals[1] / count), count)
+    if not training:
+        output.distances = torch.cat(distances_all).cpu().numpy().astype(np.float64)
+        output.probabilities = torch.sigmoid(logits).cpu().numpy().astype(np.float64)
+    return output
+
+
+#: Val measurements by name: each takes the pass's output, the labels and the threshold chosen on val.
+VAL_METRICS: dict[str, Callable] = {
+    "loss": lambda out, labels, threshold: out.loss,
+    "bce": lambda out, labels, threshold: bce_loss(out.probabilities, labels),
+    "accuracy": lambda out, labels, threshold: accuracy_at(out.distances, labels, threshold.value),
+    "overlap": lambda out, labels, threshold: overlap_area(out.distances[labels == 1], out.distances[labels == 0]),
+}
+
+
+def measure(model: PairModel, features: torch.Tensor, pairs: PairTensors, criterion, rule: str,
+            amp: bool = False) -> tuple[dict, object]:
+    """Val metrics of ``model`` (see :data:`VAL_METRICS`) and the threshold chosen on val by ``rule``."""
+    order = torch.arange(len(pairs.labels))
+    output = run_epoch(model, batches(features, pairs, order, EVAL_BATCH), criterion, amp=amp)
+    labels = pairs.labels.cpu().numpy().astype(np.int8)
+    threshold = choose_threshold(output.distances, labels, rule, split="val")
+    values = {name: float(metric(output, labels, threshold)) for name, metric in VAL_METRICS.items()}
+    return values, threshold
+
+
+@dataclass
+class TrainResult:
+    """The outcome of :func:`fit`: where the files are, the best epoch and the whole history."""
+
+    out: Path
+    best: dict
+    history: list[dict]
+    summary: dict
+    timing: dict
+    main: bool = True
+
+    @property
+    def model_path(self) -> Path:
+        return self.out / MODEL
+
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
+          on_epoch_end: Optional[Callable[[dict], None]] = None) -> TrainResult:
+    """Train as ``config`` says (the whole of ``kface train``); see the module docstring.
+
+    ``on_epoch_end(record)`` is called after each epoch's files are written (``record`` is the
+    history row; on ranks other than 0 it has no val metrics).
+    """
+    processes = Processes.from_env(config.device)
+    try:
+        _check_out(Path(config.out), resume)
+        started = time.perf_counter()
+        data = processes.local_first(lambda show: load_training_data(config, progress=progress and show))
+        features_seconds = time.perf_counter() - started
+        result = fit(config, data, resume=resume, progress=progress and processes.main, on_epoch_end=on_epoch_end,
+                     processes=processes)
+        result.timing["features_s"] = features_seconds
+        if processes.main:
+            _write_history(result.out, config, result.history, result.best, data.summary, result.timing)
+        return result
+    finally:
+        processes.close()
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if resume and not (out / LAST).is_file():
+        raise InputError(f"--resume: {out / LAST} does not exist (nothing to resume)")
+    if not resume and ((out / LAST).exists() or (out / MODEL).exists()):
+        raise InputError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
+
+
+def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progress: bool = False,
+        on_epoch_end: Optional[Callable[[dict], None]] = None, processes: Optional[Processes] = None) -> TrainResult:
+    """Train a pair model on ``data`` and write ``model.pt``, ``last.pt`` and ``history.json`` to ``config.out``."""
+    from .checkpoints import model_checkpoint, save_checkpoint
+
+    processes = processes or Processes.from_env(config.device)
+    device = processes.device
+    amp = device.type == "cuda"
+    out = Path(config.out)
+    model = build_pair_model(config.head, data.embedding_size, config.distance, config.unfreeze, config.loss,
+                             network=_pretrained_network(config)).to(device)
+    criterion = get_loss(config.loss, config.margin)
+    features = torch.from_numpy(data.features).to(device)
+    train_pairs, val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr)
+    # The first epoch trains at lr, the last at min_lr.
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - 1),
+                                                           eta_min=config.min_lr)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    timing = {"train_s": 0.0, "validation_s": 0.0}
+
+    def validate(epoch: int, record: dict) -> None:
+        started = time.perf_counter()
+        values, threshold = measure(model, features, val_pairs, criterion, config.threshold_rule, amp)
+        timing["validation_s"] += time.perf_counter() - started
+        record.update({f"val_{name}": value for name, value in values.items()})
+        record["threshold"] = threshold.value
+        nonlocal best
+        value = values[config.select]
+        if best is None or _better(value, best["value"], SELECT_METRICS[config.select]):
+            best = {"epoch": epoch, "metric": config.select, "value": value, "threshold": threshold.to_dict()}
+            save_checkpoint(out / MODEL, model_checkpoint(config, model, feature_shape(config.backbone, config.unfreeze),
+                                                          threshold, values, epoch, data.summary))
+
+    if resume:
+        state = load_last(out / LAST, config, data.summary["pairs_sha256"])
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history, best, start = state["history"], state["best"], state["epoch"] + 1
+    else:
+        with torch.no_grad():
+            initial = run_epoch(model, batches(features, train_pairs, torch.arange(len(data.train)), EVAL_BATCH),
+                                criterion, amp=amp)
+        model.probability.calibrate_(torch.from_numpy(initial.distances).float().to(device), train_pairs.labels)
+        history, best, start = [], None, 1
+        record = {"epoch": 0, "lr": None, "train_loss": None, "train_accuracy": None}
+        if processes.main:
+            validate(0, record)
+            _save_last(out, config, model, optimizer, scheduler, scaler, 0, history + [record], best, data.summary)
+        history.append(record)
+    trained = model
+    if processes.world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    from .progress import progress_bar
+
+    bar = progress_bar(config.epochs - start + 1, "training", enabled=progress)
+    try:
+        with _threads_for(data.features):
+            for epoch in range(start, config.epochs + 1):
+                started = time.perf_counter()
+                lr = optimizer.param_groups[0]["lr"]
+                order = epoch_order(len(data.train), config.seed, epoch)
+                output = run_epoch(trained, batches(features, train_pairs, order, config.batch_size, processes.rank,
+                                                    processes.world_size),
+                                   criterion, optimizer=optimizer, scaler=scaler, amp=amp,
+                                   world_size=processes.world_size, reduce=processes.all_sum)
+                scheduler.step()
+                timing["train_s"] += time.perf_counter() - started
+                record = {"epoch": epoch, "lr": lr, "train_loss": output.loss, "train_accuracy": output.accuracy}
+                if processes.main:
+                    validate(epoch, record)
+                    _save_last(out, config, model, optimizer, scheduler, scaler, epoch, history + [record], best,
+                               data.summary)
+                record["seconds"] = time.perf_counter() - started
+                history.append(record)
+                bar.update(1)
+                bar.set_postfix(**_postfix(record))
+                if on_epoch_end is not None:
+                    on_epoch_end(record)
+    finally:
+        bar.close()
+    return TrainResult(out, best or {}, history, data.summary, timing, processes.main)
+
+
+def _better(value: Optional[float], best: Optional[float], direction: str) -> bool:
+    if value is None or not math.isfinite(value):
+        return False
+    if best is None or not math.isfinite(best):
+        return True
+    return value < best if direction == "lower" else value > best
+
+
+def _postfix(record: dict) -> dict:
+    names = {"train_loss": "loss", "train_accuracy": "acc", "val_loss": "val_loss", "val_accuracy": "val_acc",
+             "val_overlap": "overlap"}
+    return {short: f"{record[key]:.4f}" for key, short in names.items() if record.get(key) is not None}
+
+
+def _pretrained_network(config: TrainConfig):
+    """The unfolded dlib-torch network whose suffix trains (None when nothing of the backbone trains)."""
+    if config.unfreeze == "none":
+        return None
+    from .backbones.dlib_torch import load_dlib_resnet
+
+    return load_dlib_resnet(config.weights)
+
+
+@contextlib.contextmanager
+def _threads_for(features: np.ndarray):
+    """One CPU thread while training on vectors: their tiny matrix products gain nothing from more, and
+    on a busy machine waiting threads cost several times the work itself."""
+    if features.ndim > 2:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+# -- files -------------------------------------------------------------------------------------------
+def _save_last(out: Path, config: TrainConfig, model, optimizer, scheduler, scaler, epoch: int, history: list,
+               best: Optional[dict], summary: dict) -> None:
+    from .checkpoints import plain, save_checkpoint, versions
+
+    save_checkpoint(out / LAST, {
+        "format": "kface-train-state", "format_version": 1, "epoch": epoch, "config": plain(config.to_dict()),
+        "pairs_sha256": summary["pairs_sha256"], "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(), "scheduler": plain(scheduler.state_dict()), "scaler": scaler.state_dict(),
+        "history": plain(history), "best": plain(best), "versions": versions()})
+    _write_history(out, config, history, best, summary, None)
+
+
+def load_last(path: Path, config: TrainConfig, pairs_sha256: str) -> dict:
+    """The training state in ``last.pt``, checked against the config and pair file of this run."""
+    from .checkpoints import load_checkpoint
+
+    state = load_checkpoint(path, expected="kface-train-state")
+    saved = TrainConfig.from_dict(state["config"])
+    differences = config.differences(saved)
+    if differences:
+        raise InputError(f"--resume: {path.parent} was trained with other settings ({'; '.join(differences)}); "
+                         f"resume with the same settings or train into another --out")
+    if state["pairs_sha256"] != pairs_sha256:
+        raise InputError(f"--resume: {config.pairs} changed since {path.parent} started training")
+    return state
+
+
+def saved_config(out: os.PathLike) -> dict:
+    """The settings of the run in ``out`` (from its ``last.pt``), for resuming without repeating them."""
+    from .checkpoints import load_checkpoint
+
+    path = Path(out) / LAST
+    if not path.is_file():
+        raise InputError(f"--resume: {path} does not exist (nothing to resume)")
+    return dict(load_checkpoint(path, expected="kface-train-state")["config"])
+
+
+def _write_history(out: Path, config: TrainConfig, history: list, best: Optional[dict], summary: dict,
+                   timing: Optional[dict]) -> None:
+    from .outputs import write_json
+
+    payload = {"config": config.to_dict(), "seed": config.seed, "select": config.select, "best": best,
+               "epochs": history, "data": summary}
+    if timing is not None:
+        payload["timing"] = timing
+    write_json(out / HISTORY, payload)
