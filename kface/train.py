@@ -507,7 +507,8 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
     criterion = get_loss(config.loss, config.margin)
     features = torch.from_numpy(data.features).to(device)
     train_pairs, val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
-    optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr)
+    # Fused Adam: one kernel for all parameters, the fastest step for a small head on CPU and GPU.
+    optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, fused=True)
     # The first epoch trains at lr, the last at min_lr.
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - 1),
                                                            eta_min=config.min_lr)
@@ -543,8 +544,9 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
         record = {"epoch": 0, "lr": None, "train_loss": None, "train_accuracy": None}
         if processes.main:
             validate(0, record)
-            _save_last(out, config, model, optimizer, scheduler, scaler, 0, history + [record], best, data.summary)
         history.append(record)
+        if processes.main:
+            _save_last(out, config, model, optimizer, scheduler, scaler, 0, history, best, data.summary)
     trained = model
     if processes.world_size > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -568,10 +570,10 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
                 record = {"epoch": epoch, "lr": lr, "train_loss": output.loss, "train_accuracy": output.accuracy}
                 if processes.main:
                     validate(epoch, record)
-                    _save_last(out, config, model, optimizer, scheduler, scaler, epoch, history + [record], best,
-                               data.summary)
                 record["seconds"] = time.perf_counter() - started
                 history.append(record)
+                if processes.main:
+                    _save_last(out, config, model, optimizer, scheduler, scaler, epoch, history, best, data.summary)
                 bar.update(1)
                 bar.set_postfix(**_postfix(record))
                 if on_epoch_end is not None:
