@@ -278,6 +278,81 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
         click.echo(f"wrote {len(pairs)} pairs (different/same: {shown}) to {out_path} and {manifest_path}", err=True)
 
 
+# -- training --------------------------------------------------------------------------------------
+@cli.command()
+@click.option("--pairs", type=click.Path(dir_okay=False), help="Pair file from make-pairs (its train and val splits).")
+@click.option("--root", type=click.Path(file_okay=False), help="Dataset root for the pair file's relative paths.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Run folder: model.pt (best on val), last.pt, history.json.")
+@backbone_option
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
+@click.option("--head", default="siamese", show_default=True,
+              help="Trainable head: siamese (d->d linear + tanh on the frozen embedding).")
+@click.option("--distance", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True)
+@click.option("--loss", default="bce", show_default=True,
+              help="bce (P(same) from the distance, binary cross-entropy) or contrastive.")
+@click.option("--margin", type=float, default=1.0, show_default=True, help="--loss contrastive: the margin.")
+@click.option("--unfreeze", type=click.Choice(["none", "fc", "last-block", "last-stage"]), default="none",
+              show_default=True, help="Also train dlib-torch's final layer, last residual block or last stage.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: average each embedding with its mirrored chip's.")
+@detector_options()
+@click.option("--upsample", type=click.IntRange(0, 3), default=1, show_default=True,
+              help="HOG upsampling (0 is faster and finds faces above about 80 px).")
+@click.option("--epochs", type=int, default=200, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate at the first epoch.")
+@click.option("--min-lr", type=float, default=0.001, show_default=True,
+              help="Learning rate at the last epoch (cosine schedule in between).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order.")
+@click.option("--select", type=click.Choice(["overlap", "accuracy"]), default="overlap", show_default=True,
+              help="Val metric that picks model.pt's epoch.")
+@click.option("--threshold-rule", default="intersection", show_default=True,
+              help="How the saved threshold is chosen on val: intersection, max-accuracy, eer or far=X.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same settings).")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Face-detection worker processes [default: CPU cores, at most 8].")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
+@click.pass_context
+@handle_errors
+def train(ctx, resume, as_json, quiet, **options):
+    """Fine-tune a Siamese head on a frozen backbone with a pair file's train split; select on val.
+
+    Runs on several processes or machines with torchrun:
+    torchrun --nproc_per_node 2 -m kface train --pairs p.csv --out runs/x
+    """
+    import os
+
+    from .train import TrainConfig, saved_config, train as run
+
+    main_process = os.environ.get("RANK", "0") == "0"
+    setup_logging(quiet or not main_process)
+    if options["workers"] is None:
+        options.pop("workers")
+    if resume:
+        # Settings come from the run; those given on the command line must agree with it.
+        given = {name: value for name, value in options.items()
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
+        options = {**saved_config(options["out"]), **given}
+    config = TrainConfig.from_dict(options)
+    result = run(config, resume=resume, progress=not quiet)
+    if not result.main:
+        return
+    best = result.best
+    summary = {"out": str(result.out), "model": str(result.model_path), "best_epoch": best.get("epoch"),
+               "select": config.select, "best_value": best.get("value"), "threshold": best.get("threshold"),
+               "epochs": config.epochs, "last": result.history[-1], "data": result.summary, "timing": result.timing}
+    if as_json:
+        print_json(summary)
+    elif not quiet:
+        last = result.history[-1]
+        click.echo(f"trained {config.epochs} epochs; best epoch {best.get('epoch')} by val {config.select} "
+                   f"({best.get('value'):.4f}); last epoch val accuracy {last.get('val_accuracy', float('nan')):.4f}, "
+                   f"loss {last.get('val_loss', float('nan')):.4f}; wrote {result.out}", err=True)
+
+
 @cli.group()
 def benchmark() -> None:
     """Standard benchmarks with their official protocols."""

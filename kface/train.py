@@ -27,7 +27,6 @@ rank 0 measures val and writes files. On a GPU, the forward pass runs in float16
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import os
@@ -40,10 +39,11 @@ import numpy as np
 import torch
 
 from .backbones import DEFAULT_BACKBONE, get_spec
+from .checkpoints import file_sha256, load_checkpoint, model_checkpoint, plain, save_checkpoint, versions
 from .distances import get_distance
 from .errors import InputError, KfaceError
 from .faces import DETECTORS, FALLBACKS
-from .features import CUTS, FeatureSpec, FeatureStore, feature_shape
+from .features import FeatureSpec, FeatureStore, feature_shape
 from .metrics import accuracy_at, bce_loss, choose_threshold, overlap_area, parse_rule
 from .siamese import PairModel, build_pair_model, get_head, get_loss, loss_class, trainable_parameters
 
@@ -248,14 +248,6 @@ def _report(summary: dict, failed: dict[str, str]) -> None:
         shown = "; ".join(list(failed.values())[:3]) + ("; ..." if len(failed) > 3 else "")
         dropped = ", ".join(f"{name} {count}" for name, count in summary["pairs_dropped"].items())
         log.info("%d image(s) failed and their pairs were dropped (%s): %s", len(failed), dropped, shown)
-
-
-def file_sha256(path: os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # -- processes ---------------------------------------------------------------------------------------
@@ -496,8 +488,6 @@ def _check_out(out: Path, resume: bool) -> None:
 def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progress: bool = False,
         on_epoch_end: Optional[Callable[[dict], None]] = None, processes: Optional[Processes] = None) -> TrainResult:
     """Train a pair model on ``data`` and write ``model.pt``, ``last.pt`` and ``history.json`` to ``config.out``."""
-    from .checkpoints import model_checkpoint, save_checkpoint
-
     processes = processes or Processes.from_env(config.device)
     device = processes.device
     amp = device.type == "cuda"
@@ -624,8 +614,6 @@ def _threads_for(features: np.ndarray):
 # -- files -------------------------------------------------------------------------------------------
 def _save_last(out: Path, config: TrainConfig, model, optimizer, scheduler, scaler, epoch: int, history: list,
                best: Optional[dict], summary: dict) -> None:
-    from .checkpoints import plain, save_checkpoint, versions
-
     save_checkpoint(out / LAST, {
         "format": "kface-train-state", "format_version": 1, "epoch": epoch, "config": plain(config.to_dict()),
         "pairs_sha256": summary["pairs_sha256"], "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -636,8 +624,6 @@ def _save_last(out: Path, config: TrainConfig, model, optimizer, scheduler, scal
 
 def load_last(path: Path, config: TrainConfig, pairs_sha256: str) -> dict:
     """The training state in ``last.pt``, checked against the config and pair file of this run."""
-    from .checkpoints import load_checkpoint
-
     state = load_checkpoint(path, expected="kface-train-state")
     saved = TrainConfig.from_dict(state["config"])
     differences = config.differences(saved)
@@ -651,8 +637,6 @@ def load_last(path: Path, config: TrainConfig, pairs_sha256: str) -> dict:
 
 def saved_config(out: os.PathLike) -> dict:
     """The settings of the run in ``out`` (from its ``last.pt``), for resuming without repeating them."""
-    from .checkpoints import load_checkpoint
-
     path = Path(out) / LAST
     if not path.is_file():
         raise InputError(f"--resume: {path} does not exist (nothing to resume)")

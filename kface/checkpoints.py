@@ -1,0 +1,211 @@
+"""Self-describing model checkpoints: everything ``kface verify --model`` needs, in one file.
+
+A model checkpoint (``runs/NAME/model.pt``) holds:
+
+- ``backbone``, ``weights`` (path and sha256, for backbones that take a weights file), ``features``
+  (the :class:`~kface.features.FeatureSpec`: cut point, test-time augmentation, face settings, and the
+  feature shape);
+- ``head``: its kind, the cut point, the embedding size, the loss it was trained with and the state
+  dict of the whole :class:`~kface.siamese.PairModel` (trainable backbone layers, head, probability
+  mapping);
+- ``distance``; ``threshold`` ``{value, rule, split, note}`` (chosen on the val split unless
+  rewritten by :func:`save_threshold`); ``metrics`` (val, at the saved epoch) and ``epoch``;
+- ``config`` (every training setting), ``seed``, ``data`` (pair file, counts, dropped pairs) and
+  ``versions`` (kface, torch, numpy, python).
+
+Only tensors, numbers, strings, lists and dicts are stored, so every file loads with
+``torch.load(weights_only=True)``: opening a checkpoint never runs code from it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import InputError
+from .outputs import atomic_path
+
+FORMAT = "kface-model"
+FORMAT_VERSION = 1
+
+
+def file_sha256(path: os.PathLike) -> str:
+    """sha256 of a file's bytes (pair files and weights files are recorded by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def versions() -> dict:
+    """The library versions a checkpoint was written with."""
+    return {"kface": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def plain(value: Any) -> Any:
+    """``value`` with NumPy scalars and arrays, tuples and paths turned into what ``weights_only`` loads."""
+    if isinstance(value, dict):
+        return {str(key) if isinstance(key, Path) else key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def save_checkpoint(path: os.PathLike, payload: dict) -> None:
+    """Write ``payload`` with ``torch.save``, atomically (a temp file in the same folder, then a rename)."""
+    with atomic_path(path, suffix=".pt") as temp:
+        torch.save(payload, temp)
+
+
+def load_checkpoint(path: os.PathLike, expected: str = FORMAT) -> dict:
+    """Load a kface checkpoint with ``weights_only=True`` (on the CPU) and check what it is."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise InputError(f"{path}: not a readable kface checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+    if not isinstance(payload, dict) or payload.get("format") != expected:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise InputError(f"{path}: expected a {expected} checkpoint, found {found!r}")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise InputError(f"{path}: written by a newer kface (format {payload['format_version']}); upgrade kface")
+    return payload
+
+
+def threshold_record(threshold) -> dict:
+    """``{value, rule, split, note}`` from a :class:`kface.metrics.Threshold`, its ``to_dict()``, or this form."""
+    if hasattr(threshold, "value") and hasattr(threshold, "rule"):
+        return {"value": float(threshold.value), "rule": str(threshold.rule), "split": threshold.split,
+                "note": threshold.note}
+    if isinstance(threshold, dict):
+        value = threshold.get("value", threshold.get("threshold"))
+        if value is None or "rule" not in threshold:
+            raise InputError(f"a threshold needs a value and a rule; got {sorted(threshold)}")
+        return {"value": float(value), "rule": str(threshold["rule"]),
+                "split": threshold.get("split", threshold.get("threshold_chosen_on")),
+                "note": threshold.get("note", threshold.get("threshold_note"))}
+    raise InputError(f"not a threshold: {threshold!r}")
+
+
+def model_checkpoint(config, model: torch.nn.Module, feature_shape, threshold, metrics: dict, epoch: int,
+                     data: dict) -> dict:
+    """The model checkpoint of a :class:`~kface.siamese.PairModel` trained with ``config`` (a TrainConfig)."""
+    from .backbones import get_spec
+
+    spec = config.feature_spec()
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "backbone": config.backbone,
+        "weights": {"path": os.path.abspath(config.weights), "sha256": file_sha256(config.weights)}
+        if config.weights else None,
+        "features": {**spec.to_dict(), "shape": list(feature_shape)},
+        "head": {"kind": config.head, "cut": config.unfreeze, "embedding_size": get_spec(config.backbone).embedding_size,
+                 "loss": config.loss, "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+        "distance": config.distance,
+        "threshold": threshold_record(threshold),
+        "metrics": plain(metrics),
+        "epoch": int(epoch),
+        "config": plain(config.to_dict()),
+        "seed": int(config.seed),
+        "data": plain(data),
+        "versions": versions(),
+    }
+
+
+def pair_model_from_checkpoint(checkpoint: dict):
+    """The :class:`~kface.siamese.PairModel` of a loaded checkpoint, in eval mode on the CPU."""
+    from .siamese import build_pair_model
+
+    head = checkpoint["head"]
+    model = build_pair_model(head["kind"], head["embedding_size"], checkpoint["distance"], head["cut"], head["loss"])
+    model.load_state_dict(head["state"])
+    return model.eval()
+
+
+def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dlib",
+                             threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
+                             cache: bool = True, progress: bool = False, max_pixels: Optional[int] = None):
+    """A :class:`~kface.api.Verifier` for the trained model in ``model`` (a model.pt).
+
+    The backbone, cut point, test-time augmentation, upsampling and distance come from the
+    checkpoint; ``detector`` and ``fallback`` from the caller (a note says when they differ from
+    training); the threshold is the checkpoint's unless ``threshold`` is given.
+    """
+    import logging
+
+    from .api import Verifier
+    from .embeddings import Embedder
+    from .features import PrefixEmbedder
+
+    checkpoint = load_checkpoint(model)
+    features = checkpoint["features"]
+    weights = _weights_file(checkpoint, model)
+    for name, given in (("detector", detector), ("fallback", fallback)):
+        if given != features[name]:
+            logging.getLogger("kface").info("%s was trained with --%s %s; verifying with --%s %s",
+                                            model, name, features[name], name, given)
+    embedder = Embedder(checkpoint["backbone"], detector=detector, upsample=features["upsample"], fallback=fallback,
+                        tta=features["tta"], device=device, weights=weights, cache=cache, progress=progress,
+                        max_pixels=max_pixels)
+    if features["cut"] != "none":
+        embedder = PrefixEmbedder(embedder, features["cut"], device)
+    pair_model = pair_model_from_checkpoint(checkpoint)
+    shape = tuple(features["shape"])
+
+    def head(vectors: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            inputs = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).view(-1, *shape)
+            return pair_model.embed(inputs).numpy()
+
+    def probability(distances: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return pair_model.probability(torch.as_tensor(np.asarray(distances, dtype=np.float32))).numpy()
+
+    saved = checkpoint["threshold"]
+    if threshold is None:
+        value = saved["value"]
+        source = f"{model}: {saved['rule']} rule on the {saved['split'] or 'given'} split"
+    else:
+        value, source = threshold, "--threshold"
+    return Verifier(embedder, value, source, distance=checkpoint["distance"], head=head, probability=probability,
+                    model_path=str(model))
+
+
+def _weights_file(checkpoint: dict, model) -> Optional[str]:
+    weights = checkpoint.get("weights")
+    if not weights:
+        return None
+    path = weights["path"]
+    if not os.path.isfile(path):
+        raise InputError(f"{model} needs its backbone weights file {path}, which is missing")
+    if file_sha256(path) != weights["sha256"]:
+        raise InputError(f"{path} changed since {model} was trained (sha256 differs)")
+    return path
+
+
+def save_threshold(path: Union[str, os.PathLike], threshold) -> dict:
+    """Rewrite the model checkpoint at ``path`` with a new threshold, atomically; return the stored record.
+
+    ``threshold`` is a :class:`kface.metrics.Threshold`, its ``to_dict()``, or ``{value, rule, split, note}``.
+    """
+    checkpoint = load_checkpoint(path)
+    checkpoint["threshold"] = threshold_record(threshold)
+    save_checkpoint(path, checkpoint)
+    return checkpoint["threshold"]
