@@ -493,6 +493,154 @@ def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_
         click.echo(f"{', '.join(parts)}; face {tuple(face['box'])} found by {face['stage']}")
 
 
+# -- reports and sweeps ----------------------------------------------------------------------------
+def _command_line(ctx: click.Context) -> str:
+    """The command as typed (the options given on the command line), for a report's "Reproduce" section."""
+    import shlex
+
+    parts = ["kface", ctx.info_name]
+    for param in ctx.command.params:
+        if param.name in ("as_json", "quiet") or \
+                ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        flag = max(param.opts, key=len)
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            parts += [flag] if value else []
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)
+
+
+@cli.command("overlap-report")
+@click.option("--pairs", "pairs_file", required=True, type=click.Path(dir_okay=False),
+              help="Pair file (make-pairs); the threshold is chosen on its val split, the numbers come from --split.")
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="A trained model (runs/NAME/model.pt) [default: the untrained --backbone].")
+@backbone_option
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
+@detector_options(fallback="whole-image")
+@click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="The split every reported number is measured on.")
+@click.option("--val-split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]),
+              help="The split the threshold is chosen on (never the one scored).")
+@click.option("--rule", default="intersection", show_default=True,
+              help="Threshold rule on the val split: intersection (the study's), max-accuracy, eer or far=X.")
+@click.option("--samples", default="400", show_default=True,
+              help="Pairs per class drawn from each split (the study used 400), or 'all'.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the per-class draws.")
+@click.option("--threshold", type=float,
+              help="Use this threshold instead of choosing one (needed when the pair file has no val split "
+                   "and the backbone has no threshold of its own).")
+@click.option("--save-threshold", is_flag=True,
+              help="Write the threshold chosen on val into --model, so kface verify uses it.")
+@click.option("--root", type=click.Path(file_okay=False), help="Dataset root for the pair file's relative paths.")
+@click.option("--attributes-dataset",
+              help="Dataset kind whose labels (gender, age, lighting, accessory, pose) group the pairs in the "
+                   "subgroup table, e.g. lfw-gender [default: the pair manifest's dataset].")
+@click.option("--attributes-root", type=click.Path(file_okay=False), help="That dataset's root folder.")
+@device_option
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Report folder: metrics.json, distributions.png, roc.png, report.md.")
+@click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content on stdout.")
+@common_options
+@click.pass_context
+@handle_errors
+def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback, max_pixels, split, val_split, rule,
+                   samples, seed, threshold, save_threshold, root, attributes_dataset, attributes_root, device, out,
+                   as_json, quiet, no_cache):
+    """Accuracy, loss, AUC, EER, TAR@FAR and the overlap area of a model on a pair file, with plots.
+
+    The threshold is chosen on the val split and every number is measured on the test split.
+    Example: kface overlap-report --pairs pairs/lfw-4to6.csv --out reports/lfw-base
+    """
+    setup_logging(quiet)
+    if save_threshold and not model:
+        raise click.UsageError("--save-threshold writes into a trained model: give --model runs/NAME/model.pt")
+    if save_threshold and threshold is not None:
+        raise click.UsageError("--save-threshold saves a threshold chosen on val; it cannot be combined with --threshold")
+    from .report import overlap_report as run, report_verifier, save_report_threshold
+
+    verifier = report_verifier(model, backbone=backbone, detector=detector, fallback=fallback, device=device,
+                               weights=weights, cache=not no_cache, progress=not quiet, max_pixels=max_pixels)
+    body = run(pairs_file, verifier, split=split, val_split=val_split, rule=rule, samples=samples, seed=seed,
+               out_dir=out, root=root, threshold=threshold, attributes_dataset=attributes_dataset,
+               attributes_root=attributes_root, command=_command_line(ctx), progress=not quiet)
+    if save_threshold:
+        body["saved_threshold"] = save_report_threshold(model, body)
+    if as_json:
+        print_json(body)
+        return
+    where = f"chosen on {body['threshold_chosen_on']}" if body["threshold_chosen_on"] else "not chosen here"
+    loss = f", loss {body['loss']:.4f}" if body["loss"] is not None else ""
+    overlap = "—" if body["overlap"] is None else f"{body['overlap']:.4f}"
+    click.echo(f"{split} split ({body['n_same']} same / {body['n_diff']} different pairs): accuracy "
+               f"{100 * body['accuracy']:.2f}% at threshold {body['threshold']:.4f} ({body['rule']}, {where}){loss}, "
+               f"AUC {body['auc']:.4f}, EER {100 * body['eer']:.2f}%, overlap {overlap} "
+               f"(histogram {body['overlap_histogram']:.4f}); wrote {out}/")
+    if save_threshold:
+        click.echo(f"saved threshold {body['threshold']:.4f} into {model}", err=True)
+
+
+@cli.command()
+@dataset_options(["folder", "kface", "aging", "csv"])
+@click.option("--ratios", default="1:9,2:8,3:7,4:6,5:5,6:4,7:3,8:2,9:1", show_default=True,
+              help="Different:same ratios to sweep, comma-separated.")
+@click.option("--images-per-identity", help="K values to sweep, e.g. 5,10 ('all' for every image) [default: all].")
+@click.option("--pairs", "pair_count", type=click.IntRange(1), default=2000, show_default=True,
+              help="Pairs per setting, over all splits.")
+@click.option("--split", default="0.8:0.1:0.1", show_default=True, help="train:val:test shares (by identity).")
+@click.option("--hard-negatives", is_flag=True, help="Different-person pairs of the same gender and age band.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling, training and reports.")
+@click.option("--epochs", type=click.IntRange(1), default=200, show_default=True)
+@backbone_option
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--min-lr", type=float, default=0.001, show_default=True)
+@detector_options()
+@click.option("--rule", default="intersection", show_default=True,
+              help="Threshold rule on each setting's val split: intersection, max-accuracy, eer or far=X.")
+@click.option("--samples", default="400", show_default=True, help="Test pairs per class in each report, or 'all'.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Face-detection worker processes [default: CPU cores, at most 8].")
+@device_option
+@click.option("--resume", is_flag=True, help="Continue the sweep in --out: reuse finished settings.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Sweep folder: sweep.csv, sweep.md, sweep.png, and pairs/, runs/ and a report per setting.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows of sweep.csv as JSON on stdout.")
+@common_options
+@click.pass_context
+@handle_errors
+def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_count, split, hard_negatives, seed,
+          epochs, backbone, batch_size, lr, min_lr, detector, fallback, max_pixels, rule, samples, workers, device,
+          resume, out, as_json, quiet, no_cache):
+    """For each ratio (and images-per-identity setting): make pairs, train, report; then tabulate.
+
+    Example: kface sweep --dataset kface --root K-Face --cameras frontal --images-per-identity 5,10
+    --out reports/kface-sweep
+    """
+    setup_logging(quiet)
+    from .datasets import dataset_options as checked_dataset_options
+    from .metrics import parse_rule, parse_samples
+    from .pairs import parse_split
+    from .sweep import SweepConfig, parse_images_per_identity, parse_ratios, run_sweep
+
+    train_options = {"epochs": epochs, "backbone": backbone, "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
+                     "detector": detector, "fallback": fallback, "max_pixels": max_pixels, "device": device}
+    if workers is not None:
+        train_options["workers"] = workers
+    config = SweepConfig(dataset=dataset, root=root, out=out,
+                         dataset_options=checked_dataset_options(dataset, **layout_options),
+                         ratios=parse_ratios(ratios), images_per_identity=parse_images_per_identity(images_per_identity),
+                         pairs=pair_count, split=parse_split(split), hard_negatives=hard_negatives, seed=seed,
+                         rule=str(parse_rule(rule)), samples=parse_samples(samples), train=train_options)
+    rows = run_sweep(config, resume=resume, progress=not quiet, cache=not no_cache, command=_command_line(ctx))
+    if as_json:
+        print_json({"out": out, "rows": rows})
+    elif not quiet:
+        click.echo(f"swept {len(rows)} settings; wrote {out}/sweep.csv, sweep.md and sweep.png", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="kface")

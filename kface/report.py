@@ -115,7 +115,7 @@ def _attributes_for_pairs(pairs, attributes_dataset: Optional[str], attributes_r
         if attributes_root is None:
             raise InputError("--attributes-dataset needs --attributes-root (the folder that dataset indexes)")
         return load_image_attributes(attributes_dataset, attributes_root, progress=progress), \
-            f"{attributes_dataset} dataset at {attributes_root}"
+            f"the {attributes_dataset} dataset at {attributes_root}"
     dataset = pairs.manifest.get("dataset") if isinstance(pairs.manifest.get("dataset"), dict) else {}
     kind, root = dataset.get("kind"), dataset.get("root")
     if not kind or not root:
@@ -124,7 +124,7 @@ def _attributes_for_pairs(pairs, attributes_dataset: Optional[str], attributes_r
     if not os.path.isdir(root):
         return None, f"the pair manifest's dataset root {root} is not here; pass --attributes-root"
     try:
-        return load_image_attributes(kind, root, filters, progress), f"the pair manifest's {kind} dataset"
+        return load_image_attributes(kind, root, filters, progress), f"the pair manifest's {kind} dataset at {root}"
     except InputError as error:
         return None, f"could not index the pair manifest's {kind} dataset ({error})"
 
@@ -317,7 +317,7 @@ def overlap_report(pairs_file: Union[str, os.PathLike], verifier, *, split: str 
         attributes_source = why
     if not groups:
         body["notes"]["subgroups"] = (why if attributes is None else
-                                      f"no subgroup table: the {why} labels none of "
+                                      f"no subgroup table: {why} labels none of "
                                       f"{', '.join(SUBGROUP_ATTRIBUTES)} for these images")
     reference = None
     if math.isfinite(verifier.threshold):
@@ -405,7 +405,7 @@ def report_markdown(body: dict) -> str:
     if reference and reference["threshold"] != body["threshold"]:
         whose = "the model's saved" if body.get("trained") else "the backbone's default"
         source = f"; {reference['source']}" if reference["source"] else ""
-        rows.append((f"accuracy at {whose} threshold {reference['threshold']:.4f}{source}",
+        rows.append((f"accuracy at {whose} threshold ({reference['threshold']:.4f}{source})",
                      _percent(reference["accuracy"]), split))
     sample = body["test_sample"]
     lines = [
@@ -463,7 +463,7 @@ def _subgroup_markdown(body: dict) -> list[str]:
     lines = [
         "## By subgroup",
         "",
-        f"The same {body['split']} pairs and threshold, grouped by what {body['subgroups_from']} labels. A pair "
+        f"The same {body['split']} pairs and threshold, grouped by the labels of {body['subgroups_from']}. A pair "
         f"belongs to a group when both its images share the value; pairs of two different values are "
         f"`{MIXED}` (for a person's own attributes only different-person pairs can be mixed). FAR: share "
         f"of different-person pairs accepted; FRR: share of same-person pairs rejected. Small groups give "
@@ -529,7 +529,8 @@ def _plot_distributions(path: Path, distances: np.ndarray, same: np.ndarray, bod
                        f"accuracy {_percent(body['accuracy'], 1)}")
     axis.set_xlabel(f"{body['distance']} distance (smaller = more alike)")
     axis.set_ylabel("density")
-    axis.set_ylim(bottom=0)
+    # Head room above the peaks keeps the legend off the curves.
+    axis.set_ylim(0, 1.35 * axis.get_ylim()[1])
     axis.set_title(f"{model_title(body)}: {body['split']} split of {Path(body['pairs_file']).name}", fontsize=10)
     axis.legend(loc="upper right", fontsize=8, framealpha=0.9)
     figure.tight_layout()
@@ -579,3 +580,20 @@ def _plot_roc(path: Path, distances: np.ndarray, same: np.ndarray, body: dict) -
     figure.suptitle(f"{model_title(body)}: {body['split']} split of {Path(body['pairs_file']).name}", fontsize=10)
     figure.tight_layout()
     _save(figure, path)
+
+
+def save_report_threshold(model: Union[str, os.PathLike], body: dict) -> dict:
+    """Write the report's threshold into the model checkpoint ``model``, so ``kface verify`` uses it.
+
+    Only a threshold chosen on a val split is saved; returns the stored ``{value, rule, split, note}``.
+    """
+    from .checkpoints import save_threshold
+
+    if not body.get("threshold_chosen_on"):
+        raise InputError("--save-threshold saves a threshold chosen on a val split; this report's was not "
+                         f"({body['notes'].get('threshold', body['rule'])})")
+    val = body.get("val_sample") or {}
+    note = (f"chosen by kface overlap-report on {body['pairs_file']} ({val.get('n_same')} same-person / "
+            f"{val.get('n_diff')} different-person {body['threshold_chosen_on']} pairs, seed {body['seed']})")
+    return save_threshold(model, {"value": body["threshold"], "rule": body["rule"],
+                                  "split": body["threshold_chosen_on"], "note": note})

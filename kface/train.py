@@ -52,6 +52,9 @@ log = logging.getLogger("kface")
 SELECT_METRICS = {"overlap": "lower", "accuracy": "higher"}
 #: Pairs per forward pass when measuring val (no gradients, so larger than a training batch).
 EVAL_BATCH = 4096
+#: KDE grid of the per-epoch val overlap and threshold (refined where a density is narrow, see
+#: kface.metrics.kde_densities): a quarter of the report's default, 4x cheaper, equal to ~1e-6 here.
+VAL_GRID = 512
 #: Gather an epoch's features up front (then batches are views) while that takes at most this much memory.
 PREGATHER_BYTES = 1 << 30
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -424,7 +427,8 @@ VAL_METRICS: dict[str, Callable] = {
     "loss": lambda out, labels, threshold: out.loss,
     "bce": lambda out, labels, threshold: bce_loss(out.probabilities, labels),
     "accuracy": lambda out, labels, threshold: accuracy_at(out.distances, labels, threshold.value),
-    "overlap": lambda out, labels, threshold: overlap_area(out.distances[labels == 1], out.distances[labels == 0]),
+    "overlap": lambda out, labels, threshold: overlap_area(out.distances[labels == 1], out.distances[labels == 0],
+                                                           grid=VAL_GRID),
 }
 
 
@@ -434,7 +438,7 @@ def measure(model: PairModel, features: torch.Tensor, pairs: PairTensors, criter
     order = torch.arange(len(pairs.labels))
     output = run_epoch(model, batches(features, pairs, order, EVAL_BATCH), criterion, amp=amp)
     labels = pairs.labels.cpu().numpy().astype(np.int8)
-    threshold = choose_threshold(output.distances, labels, rule, split="val")
+    threshold = choose_threshold(output.distances, labels, rule, split="val", grid=VAL_GRID)
     values = {name: float(metric(output, labels, threshold)) for name, metric in VAL_METRICS.items()}
     return values, threshold
 
@@ -487,90 +491,143 @@ def _check_out(out: Path, resume: bool) -> None:
 
 def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progress: bool = False,
         on_epoch_end: Optional[Callable[[dict], None]] = None, processes: Optional[Processes] = None) -> TrainResult:
-    """Train a pair model on ``data`` and write ``model.pt``, ``last.pt`` and ``history.json`` to ``config.out``."""
-    processes = processes or Processes.from_env(config.device)
-    device = processes.device
-    amp = device.type == "cuda"
-    out = Path(config.out)
-    model = build_pair_model(config.head, data.embedding_size, config.distance, config.unfreeze, config.loss,
-                             network=_pretrained_network(config)).to(device)
-    criterion = get_loss(config.loss, config.margin)
-    features = torch.from_numpy(data.features).to(device)
-    train_pairs, val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
-    # Fused Adam: one kernel for all parameters, the fastest step for a small head on CPU and GPU.
-    optimizer = torch.optim.Adam(trainable_parameters(model), lr=config.lr, fused=True)
-    # The first epoch trains at lr, the last at min_lr.
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.epochs - 1),
-                                                           eta_min=config.min_lr)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp)
-    timing = {"train_s": 0.0, "validation_s": 0.0}
+    """Train a pair model on ``data``; write ``model.pt``, ``last.pt`` and ``history.json`` to ``config.out``.
 
-    def validate(epoch: int, record: dict) -> None:
-        started = time.perf_counter()
-        values, threshold = measure(model, features, val_pairs, criterion, config.threshold_rule, amp)
-        timing["validation_s"] += time.perf_counter() - started
-        record.update({f"val_{name}": value for name, value in values.items()})
-        record["threshold"] = threshold.value
-        nonlocal best
-        value = values[config.select]
-        if best is None or _better(value, best["value"], SELECT_METRICS[config.select]):
-            best = {"epoch": epoch, "metric": config.select, "value": value, "threshold": threshold.to_dict()}
-            save_checkpoint(out / MODEL, model_checkpoint(config, model, feature_shape(config.backbone, config.unfreeze),
-                                                          threshold, values, epoch, data.summary))
-
-    if resume:
-        state = load_last(out / LAST, config, data.summary["pairs_sha256"])
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        history, best, start = state["history"], state["best"], state["epoch"] + 1
-    else:
-        with torch.no_grad():
-            initial = run_epoch(model, batches(features, train_pairs, torch.arange(len(data.train)), EVAL_BATCH),
-                                criterion, amp=amp)
-        model.probability.calibrate_(torch.from_numpy(initial.distances).float().to(device), train_pairs.labels)
-        history, best, start = [], None, 1
-        record = {"epoch": 0, "lr": None, "train_loss": None, "train_accuracy": None}
-        if processes.main:
-            validate(0, record)
-        history.append(record)
-        if processes.main:
-            _save_last(out, config, model, optimizer, scheduler, scaler, 0, history, best, data.summary)
-    trained = model
-    if processes.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    ``on_epoch_end(record)`` is called after each epoch's files are written.
+    """
     from .progress import progress_bar
 
-    bar = progress_bar(config.epochs - start + 1, "training", enabled=progress)
-    try:
-        with _threads_for(data.features):
-            for epoch in range(start, config.epochs + 1):
-                started = time.perf_counter()
-                lr = optimizer.param_groups[0]["lr"]
-                order = epoch_order(len(data.train), config.seed, epoch)
-                output = run_epoch(trained, batches(features, train_pairs, order, config.batch_size, processes.rank,
-                                                    processes.world_size),
-                                   criterion, optimizer=optimizer, scaler=scaler, amp=amp,
-                                   world_size=processes.world_size, reduce=processes.all_sum)
-                scheduler.step()
-                timing["train_s"] += time.perf_counter() - started
-                record = {"epoch": epoch, "lr": lr, "train_loss": output.loss, "train_accuracy": output.accuracy}
-                if processes.main:
-                    validate(epoch, record)
-                record["seconds"] = time.perf_counter() - started
-                history.append(record)
-                if processes.main:
-                    _save_last(out, config, model, optimizer, scheduler, scaler, epoch, history, best, data.summary)
+    processes = processes or Processes.from_env(config.device)
+    with _threads_for(data.features):
+        run = TrainingRun(config, data, processes)
+        if resume:
+            run.resume()
+        else:
+            run.start()
+        bar = progress_bar(config.epochs - run.epoch, "training", enabled=progress)
+        try:
+            while run.epoch < config.epochs:
+                record = run.next_epoch()
                 bar.update(1)
                 bar.set_postfix(**_postfix(record))
                 if on_epoch_end is not None:
                     on_epoch_end(record)
-    finally:
-        bar.close()
-    return TrainResult(out, best or {}, history, data.summary, timing, processes.main)
+        finally:
+            bar.close()
+    return TrainResult(Path(config.out), run.best or {}, run.history, data.summary, run.timing, processes.main)
+
+
+class TrainingRun:
+    """One run's state: model, optimiser, schedule, history and best epoch, and the steps that move it on.
+
+    :meth:`start` (epoch 0: calibrate, measure, save) or :meth:`resume` (load ``last.pt``), then
+    :meth:`next_epoch` until ``epoch == config.epochs``. Only the main process measures and writes.
+    """
+
+    def __init__(self, config: TrainConfig, data: TrainingData, processes: Processes):
+        self.config, self.data, self.processes = config, data, processes
+        device = processes.device
+        self.amp = device.type == "cuda"
+        self.out = Path(config.out)
+        self.model = build_pair_model(config.head, data.embedding_size, config.distance, config.unfreeze, config.loss,
+                                      network=_pretrained_network(config)).to(device)
+        self.criterion = get_loss(config.loss, config.margin)
+        self.features = torch.from_numpy(data.features).to(device)
+        self.train_pairs, self.val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
+        # Fused Adam: one kernel for all parameters, the fastest step for a small head on CPU and GPU.
+        self.optimizer = torch.optim.Adam(trainable_parameters(self.model), lr=config.lr, fused=True)
+        # The first epoch trains at lr, the last at min_lr.
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, config.epochs - 1), eta_min=config.min_lr)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
+        self.history: list[dict] = []
+        self.best: Optional[dict] = None
+        self.epoch = 0
+        self.timing = {"train_s": 0.0, "validation_s": 0.0}
+        self._trained: Optional[torch.nn.Module] = None
+
+    def start(self) -> None:
+        """Epoch 0: calibrate P(same) on the train distances of the untrained head, measure val, save."""
+        train_order = torch.arange(len(self.data.train))
+        initial = run_epoch(self.model, batches(self.features, self.train_pairs, train_order, EVAL_BATCH),
+                            self.criterion, amp=self.amp)
+        distances = torch.from_numpy(initial.distances).float().to(self.processes.device)
+        self.model.probability.calibrate_(distances, self.train_pairs.labels)
+        self._finish_epoch({"epoch": 0, "lr": None, "train_loss": None, "train_accuracy": None}, time.perf_counter())
+
+    def resume(self) -> None:
+        """Continue from ``last.pt`` exactly (model, optimiser, schedule, scaler, history, best)."""
+        state = load_last(self.out / LAST, self.config, self.data.summary["pairs_sha256"])
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
+
+    def next_epoch(self) -> dict:
+        """Train one epoch on this process's share of the seeded shuffle, then measure and save."""
+        started = time.perf_counter()
+        epoch = self.epoch + 1
+        lr = self.optimizer.param_groups[0]["lr"]
+        order = epoch_order(len(self.data.train), self.config.seed, epoch)
+        output = run_epoch(self._trained_model(), batches(self.features, self.train_pairs, order,
+                                                          self.config.batch_size, self.processes.rank,
+                                                          self.processes.world_size),
+                           self.criterion, optimizer=self.optimizer, scaler=self.scaler, amp=self.amp,
+                           world_size=self.processes.world_size, reduce=self.processes.all_sum)
+        self.scheduler.step()
+        self.timing["train_s"] += time.perf_counter() - started
+        record = {"epoch": epoch, "lr": lr, "train_loss": output.loss, "train_accuracy": output.accuracy}
+        return self._finish_epoch(record, started)
+
+    def _trained_model(self) -> torch.nn.Module:
+        """The model the optimiser steps through: itself, or wrapped in DDP under torchrun."""
+        if self._trained is None:
+            self._trained = self.model
+            if self.processes.world_size > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                device = self.processes.device
+                self._trained = DistributedDataParallel(self.model,
+                                                        device_ids=[device.index] if device.type == "cuda" else None)
+        return self._trained
+
+    def _finish_epoch(self, record: dict, started: float) -> dict:
+        self.epoch = record["epoch"]
+        if self.processes.main:
+            self._validate(record)
+        record["seconds"] = time.perf_counter() - started
+        self.history.append(record)
+        if self.processes.main:
+            self._save_last()
+        return record
+
+    def _validate(self, record: dict) -> None:
+        """Measure val, add it to ``record``, and save ``model.pt`` when this epoch is the best so far."""
+        started = time.perf_counter()
+        values, threshold = measure(self.model, self.features, self.val_pairs, self.criterion,
+                                    self.config.threshold_rule, self.amp)
+        self.timing["validation_s"] += time.perf_counter() - started
+        record.update({f"val_{name}": value for name, value in values.items()})
+        record["threshold"] = threshold.value
+        value = values[self.config.select]
+        if self.best is None or _better(value, self.best["value"], SELECT_METRICS[self.config.select]):
+            self.best = {"epoch": record["epoch"], "metric": self.config.select, "value": value,
+                         "threshold": threshold.to_dict()}
+            shape = feature_shape(self.config.backbone, self.config.unfreeze)
+            save_checkpoint(self.out / MODEL, model_checkpoint(self.config, self.model, shape, threshold, values,
+                                                               record["epoch"], self.data.summary))
+
+    def _save_last(self) -> None:
+        """``last.pt`` (everything :meth:`resume` needs) and ``history.json``, both atomically."""
+        save_checkpoint(self.out / LAST, {
+            "format": "kface-train-state", "format_version": 1, "epoch": self.epoch,
+            "config": plain(self.config.to_dict()), "pairs_sha256": self.data.summary["pairs_sha256"],
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(), "scheduler": plain(self.scheduler.state_dict()),
+            "scaler": self.scaler.state_dict(), "history": plain(self.history), "best": plain(self.best),
+            "versions": versions()})
+        _write_history(self.out, self.config, self.history, self.best, self.data.summary, None)
 
 
 def _better(value: Optional[float], best: Optional[float], direction: str) -> bool:
@@ -598,30 +655,22 @@ def _pretrained_network(config: TrainConfig):
 
 @contextlib.contextmanager
 def _threads_for(features: np.ndarray):
-    """One CPU thread while training on vectors: their tiny matrix products gain nothing from more, and
-    on a busy machine waiting threads cost several times the work itself."""
-    if features.ndim > 2:
-        yield
-        return
+    """One CPU thread for the small work of a training loop: torch's while the features are vectors, and
+    NumPy's BLAS (the val KDEs) always. Products this small gain nothing from more threads, and on a busy
+    machine threads waiting for each other cost several times the work itself (3-5x measured here)."""
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if features.ndim == 2:
+        torch.set_num_threads(1)
     try:
-        yield
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(threads)
 
 
 # -- files -------------------------------------------------------------------------------------------
-def _save_last(out: Path, config: TrainConfig, model, optimizer, scheduler, scaler, epoch: int, history: list,
-               best: Optional[dict], summary: dict) -> None:
-    save_checkpoint(out / LAST, {
-        "format": "kface-train-state", "format_version": 1, "epoch": epoch, "config": plain(config.to_dict()),
-        "pairs_sha256": summary["pairs_sha256"], "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(), "scheduler": plain(scheduler.state_dict()), "scaler": scaler.state_dict(),
-        "history": plain(history), "best": plain(best), "versions": versions()})
-    _write_history(out, config, history, best, summary, None)
-
-
 def load_last(path: Path, config: TrainConfig, pairs_sha256: str) -> dict:
     """The training state in ``last.pt``, checked against the config and pair file of this run."""
     state = load_checkpoint(path, expected="kface-train-state")

@@ -1,0 +1,288 @@
+"""``kface sweep``: the study's grid of negative:positive ratios (and images per identity), end to end.
+
+For every setting (each ``images_per_identity`` value x each ratio) the sweep
+
+1. samples a pair file from the dataset, indexed once (``OUT/pairs/<setting>.csv``);
+2. trains a model on it with :func:`kface.train.train` (``OUT/runs/<setting>/model.pt``);
+3. writes that model's overlap report (``OUT/<setting>/``): threshold chosen on val, scored on test;
+
+then lays the results out as the study's tables: ``sweep.csv`` (one row per setting), ``sweep.md``
+(one table per images-per-identity setting: ratio, accuracy, loss, overlap, threshold) and
+``sweep.png`` (each measure against the share of different-person pairs). ``sweep.json`` holds the
+configuration and every row.
+
+Every pair file is sampled before anything trains, so a ratio the data cannot support fails at once.
+With ``resume`` a setting whose report exists is reused and an interrupted training run continues.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import InputError
+from .outputs import atomic_path, write_json, write_text
+
+log = logging.getLogger("kface")
+
+#: The study's grid: 1:9 ... 9:1 (different-person : same-person pairs).
+DEFAULT_RATIOS = tuple(f"{n}:{10 - n}" for n in range(1, 10))
+#: Columns of sweep.csv, in order.
+COLUMNS = ("setting", "ratio", "negative_fraction", "images_per_identity", "accuracy", "loss", "overlap",
+           "overlap_histogram", "threshold", "rule", "auc", "eer", "n_same", "n_diff", "best_epoch", "report")
+
+
+def parse_ratios(text: Union[str, Sequence[str]]):
+    """``"1:9,2:8"`` (or a list) as :class:`~kface.pairs.Ratio` objects, repeats refused."""
+    from .pairs import parse_ratio
+
+    items = [part.strip() for part in (text.split(",") if isinstance(text, str) else text) if str(part).strip()]
+    if not items:
+        raise InputError("--ratios: give at least one ratio, e.g. 1:9,5:5,9:1")
+    ratios = [parse_ratio(item) for item in items]
+    if len({ratio.reduced for ratio in ratios}) != len(ratios):
+        raise InputError(f"--ratios: the same ratio is listed twice in {','.join(items)}")
+    return tuple(ratios)
+
+
+def parse_images_per_identity(text: Union[str, Sequence, None]) -> tuple[Optional[int], ...]:
+    """``"5,10"`` as ``(5, 10)``; ``None``/empty as ``(None,)`` (all images); ``all`` as None in a list."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return (None,)
+    items = text.split(",") if isinstance(text, str) else list(text)
+    values: list[Optional[int]] = []
+    for item in items:
+        word = str(item).strip().lower()
+        if word == "all":
+            values.append(None)
+            continue
+        try:
+            value = int(word)
+        except ValueError:
+            raise InputError(f"--images-per-identity: expected numbers such as 5,10 (or all), got {item!r}") from None
+        if value < 2:
+            raise InputError(f"--images-per-identity: a same-person pair needs 2 or more images, got {value}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise InputError(f"--images-per-identity: a value is listed twice in {text!r}")
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """A sweep: the dataset, the grid, the pair sampling, and the settings passed on to training and reports.
+
+    ``train`` holds :class:`kface.train.TrainConfig` settings (``epochs``, ``backbone``, ``lr``, ...;
+    an unknown key fails when the first run is configured); ``pairs``/``out``/``seed`` there are set
+    by the sweep.
+    """
+
+    dataset: str
+    root: str
+    out: str
+    dataset_options: dict = field(default_factory=dict)
+    ratios: tuple = DEFAULT_RATIOS
+    images_per_identity: tuple = (None,)
+    pairs: int = 2000
+    split: tuple = (0.8, 0.1, 0.1)
+    hard_negatives: bool = False
+    seed: int = 0
+    rule: str = "intersection"
+    samples: Union[int, str] = 400
+    train: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        values = asdict(self)
+        values["ratios"] = [str(ratio) for ratio in self.ratios]
+        values["images_per_identity"] = list(self.images_per_identity)
+        values["split"] = list(self.split)
+        return values
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One cell of the grid and where its files go."""
+
+    ratio: object  # kface.pairs.Ratio
+    images_per_identity: Optional[int]
+
+    @property
+    def name(self) -> str:
+        """``k5-ratio-4-6`` (or ``ratio-4-6`` with every image)."""
+        ratio = f"ratio-{self.ratio.negatives}-{self.ratio.positives}"
+        return f"k{self.images_per_identity}-{ratio}" if self.images_per_identity else ratio
+
+
+def settings_of(config: SweepConfig) -> list[Setting]:
+    """The grid in table order: images per identity outermost, then the ratios as given."""
+    from .pairs import parse_ratio
+
+    return [Setting(parse_ratio(ratio), k) for k in config.images_per_identity for ratio in config.ratios]
+
+
+def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = False,
+              cache: bool = True, command: Optional[str] = None) -> list[dict]:
+    """Run every setting of ``config`` (sample, train, report) and write the sweep tables; return the rows."""
+    from .datasets import load_dataset
+    from .pairs import PairRequest, sample_pairs, write_pairs
+
+    out = Path(config.out)
+    if not resume and out.is_dir() and any(out.iterdir()):
+        raise InputError(f"{out} is not empty; add --resume to continue that sweep, or choose another --out")
+    settings = settings_of(config)
+    index = load_dataset(config.dataset, config.root, progress=progress, **config.dataset_options)
+    for line in index.problems.lines():
+        log.warning("%s", line)
+    pair_files = {}
+    for setting in settings:  # all pair files first: an impossible setting fails before any training
+        request = PairRequest(setting.ratio, config.pairs, tuple(config.split), setting.images_per_identity,
+                              config.seed, config.hard_negatives)
+        try:
+            pairs = sample_pairs(index, request)
+        except InputError as error:
+            raise InputError(f"setting {setting.name}: {error}") from None
+        pair_files[setting.name] = out / "pairs" / f"{setting.name}.csv"
+        write_pairs(pairs, pair_files[setting.name])
+    rows = []
+    for number, setting in enumerate(settings, start=1):
+        log.info("sweep %d/%d: %s", number, len(settings), setting.name)
+        rows.append(_run_setting(config, setting, pair_files[setting.name], resume=resume, progress=progress,
+                                 cache=cache))
+    write_sweep(out, config, rows, command)
+    return rows
+
+
+def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resume: bool, progress: bool,
+                 cache: bool) -> dict:
+    from .report import overlap_report, report_verifier
+    from .train import HISTORY, LAST, MODEL, TrainConfig, train
+
+    run_dir = Path(config.out) / "runs" / setting.name
+    report_dir = Path(config.out) / setting.name
+    train_config = TrainConfig.from_dict({**config.train, "pairs": str(pair_file), "out": str(run_dir),
+                                          "seed": config.seed, "threshold_rule": config.rule})
+    metrics_file = report_dir / "metrics.json"
+    if resume and metrics_file.is_file() and (run_dir / MODEL).is_file():
+        body = json.loads(metrics_file.read_text(encoding="utf-8"))
+    else:
+        result = train(train_config, resume=resume and (run_dir / LAST).is_file(), progress=progress)
+        verifier = report_verifier(str(result.model_path), detector=train_config.detector,
+                                   fallback=train_config.fallback,
+                                   device=train_config.device, cache=cache, progress=progress,
+                                   max_pixels=train_config.max_pixels)
+        body = overlap_report(pair_file, verifier, rule=config.rule, samples=config.samples, seed=config.seed,
+                              out_dir=report_dir, command=None, progress=progress)
+    history = json.loads((run_dir / HISTORY).read_text(encoding="utf-8"))
+    best = history.get("best") or {}
+    return {
+        "setting": setting.name,
+        "ratio": str(setting.ratio),
+        "negative_fraction": setting.ratio.negative_fraction,
+        "images_per_identity": setting.images_per_identity,
+        **{key: body.get(key) for key in ("accuracy", "loss", "overlap", "overlap_histogram", "threshold", "rule",
+                                          "auc", "eer", "n_same", "n_diff")},
+        "best_epoch": best.get("epoch"),
+        "report": os.path.relpath(report_dir, config.out),
+    }
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def write_sweep(out: Path, config: SweepConfig, rows: list[dict], command: Optional[str] = None) -> None:
+    """Write ``sweep.csv``, ``sweep.md``, ``sweep.png`` and ``sweep.json`` into ``out``."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: "" if row.get(key) is None else row[key] for key in COLUMNS})
+    write_text(out / "sweep.csv", buffer.getvalue())
+    _plot_sweep(out / "sweep.png", rows)
+    write_text(out / "sweep.md", sweep_markdown(config, rows, command))
+    write_json(out / "sweep.json", {"config": config.to_dict(), "command": command, "rows": rows})
+
+
+def _k_label(k: Optional[int]) -> str:
+    return "every image per identity" if k is None else f"{k} images per identity"
+
+
+def _best(rows: list[dict], key: str, lower: bool) -> Optional[float]:
+    values = [row[key] for row in rows if row.get(key) is not None]
+    if not values:
+        return None
+    return min(values) if lower else max(values)
+
+
+def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str] = None) -> str:
+    """``sweep.md``: one table per images-per-identity setting, laid out like the study's (best in bold)."""
+    train = config.train
+    lines = [
+        "# Ratio sweep",
+        "",
+        f"Dataset `{config.dataset}` at `{config.root}`; {config.pairs} pairs per setting (split "
+        f"{':'.join(f'{share:g}' for share in config.split)}, seed {config.seed}); "
+        f"{train.get('epochs', 'default')} epochs on {train.get('backbone', 'dlib-resnet')}. For each setting "
+        f"the threshold is chosen by the `{config.rule}` rule on the val split; accuracy, loss (test BCE) and "
+        f"overlap (Gaussian KDE) are measured on the test split ({config.samples} pairs per class at most). "
+        f"Ratio = different-person : same-person pairs. Best value per column in bold.",
+        "",
+    ]
+    for k in dict.fromkeys(row["images_per_identity"] for row in rows):
+        group = [row for row in rows if row["images_per_identity"] == k]
+        best = {"accuracy": _best(group, "accuracy", False), "loss": _best(group, "loss", True),
+                "overlap": _best(group, "overlap", True)}
+
+        def cell(row: dict, key: str, text: str) -> str:
+            return f"**{text}**" if row.get(key) is not None and row[key] == best.get(key) else text
+
+        lines += [f"## {_k_label(k)}", "",
+                  "| ratio | accuracy | loss | overlap | threshold | AUC | EER | report |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for row in group:
+            accuracy = "—" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}%"
+            loss = "—" if row["loss"] is None else f"{row['loss']:.4f}"
+            overlap = "—" if row["overlap"] is None else f"{row['overlap']:.4f}"
+            lines.append(f"| {row['ratio']} | {cell(row, 'accuracy', accuracy)} | {cell(row, 'loss', loss)} | "
+                         f"{cell(row, 'overlap', overlap)} | {row['threshold']:.4f} | {row['auc']:.4f} | "
+                         f"{100 * row['eer']:.2f}% | [{row['setting']}]({row['report']}/report.md) |")
+        lines.append("")
+    lines += ["![accuracy, loss, overlap and threshold against the ratio](sweep.png)", ""]
+    if command:
+        lines += ["## Reproduce", "", "```", command, "```", ""]
+    return "\n".join(lines)
+
+
+def _plot_sweep(path: Path, rows: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("accuracy", "accuracy (test)"), ("loss", "BCE loss (test)"), ("overlap", "overlap area (test, KDE)"),
+              ("threshold", "threshold (chosen on val)"))
+    figure, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
+    ratios = list(dict.fromkeys((row["negative_fraction"], row["ratio"]) for row in rows))
+    for k in dict.fromkeys(row["images_per_identity"] for row in rows):
+        group = sorted((row for row in rows if row["images_per_identity"] == k), key=lambda row: row["negative_fraction"])
+        x = [row["negative_fraction"] for row in group]
+        for axis, (key, _) in zip(axes.flat, panels):
+            y = [np.nan if row[key] is None else row[key] for row in group]
+            axis.plot(x, y, "o-", label=_k_label(k))
+    for axis, (key, title) in zip(axes.flat, panels):
+        axis.set_title(title, fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.set_xticks([fraction for fraction, _ in ratios], [ratio for _, ratio in ratios])
+    for axis in axes[1]:
+        axis.set_xlabel("different : same pairs")
+    axes[0, 0].legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path, suffix=".png") as temp:
+        figure.savefig(temp, dpi=120)
+    plt.close(figure)
