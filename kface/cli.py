@@ -555,10 +555,12 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
     Example: kface overlap-report --pairs pairs/lfw-4to6.csv --out reports/lfw-base
     """
     setup_logging(quiet)
+    from .errors import InputError
+
     if save_threshold and not model:
-        raise click.UsageError("--save-threshold writes into a trained model: give --model runs/NAME/model.pt")
+        raise InputError("--save-threshold writes into a trained model: give --model runs/NAME/model.pt")
     if save_threshold and threshold is not None:
-        raise click.UsageError("--save-threshold saves a threshold chosen on val; it cannot be combined with --threshold")
+        raise InputError("--save-threshold saves a threshold chosen on val; it cannot be combined with --threshold")
     from .report import overlap_report as run, report_verifier, save_report_threshold
 
     verifier = report_verifier(model, backbone=backbone, detector=detector, fallback=fallback, device=device,

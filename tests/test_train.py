@@ -1,0 +1,291 @@
+"""Siamese training end to end on real LFW faces: features, the loop, resume, torchrun, checkpoints, verify.
+
+The pair file is sampled from 48 LFW people (4 images each) with identity-disjoint train/val/test
+splits. HOG runs without upsampling (LFW faces are ~100 px) to keep the one-time embedding short.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import LFW, require
+from kface.checkpoints import load_checkpoint, pair_model_from_checkpoint, save_threshold
+from kface.cli import cli
+from kface.errors import InputError
+from kface.features import FeatureSpec, FeatureStore
+from kface.siamese import ContrastiveLoss, DistanceToProbability, SiameseHead, build_pair_model, get_loss
+from kface.train import PairTensors, SplitPairs, TrainConfig, batches, epoch_order, run_epoch, train
+
+PEOPLE, IMAGES_EACH = 48, 4
+FAST = {"upsample": 0, "device": "cpu", "workers": 2}
+# Two processes sum each gradient in another order than one; after a few Adam epochs on this data the
+# weights differ by ~1e-7 (measured); 1e-5 leaves room for other BLAS builds.
+TORCHRUN_TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def lfw_pairs(tmp_path_factory) -> Path:
+    """A pair file over a tree of 48 LFW people (hard links), with its features computed once."""
+    from kface.datasets import load_dataset
+    from kface.pairs import PairRequest, parse_ratio, sample_pairs, write_pairs
+    from kface.train import load_training_data
+
+    images = require(LFW) / "images"
+    folder = tmp_path_factory.mktemp("lfw-subset")
+    people = [p for p in sorted(images.iterdir()) if p.is_dir() and len(os.listdir(p)) >= IMAGES_EACH][:PEOPLE]
+    for person in people:
+        (folder / "tree" / person.name).mkdir(parents=True)
+        for image in sorted(person.iterdir())[:IMAGES_EACH]:
+            try:
+                os.link(image, folder / "tree" / person.name / image.name)
+            except OSError:
+                shutil.copy(image, folder / "tree" / person.name / image.name)
+    pairs = sample_pairs(load_dataset("folder", folder / "tree"),
+                         PairRequest(parse_ratio("1:1"), 500, (0.6, 0.2, 0.2), seed=0))
+    write_pairs(pairs, folder / "pairs.csv")
+    load_training_data(TrainConfig(pairs=str(folder / "pairs.csv"), out=str(folder / "unused"), **FAST))
+    return folder / "pairs.csv"
+
+
+def config_for(pairs: Path, out: Path, **settings) -> TrainConfig:
+    return TrainConfig(pairs=str(pairs), out=str(out), **{**FAST, "epochs": 4, **settings})
+
+
+def state_of(run: Path, name: str = "last.pt") -> dict:
+    return torch.load(run / name, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def reference_run(lfw_pairs, tmp_path_factory) -> Path:
+    """4 epochs in one process, uninterrupted: the run others are compared with."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    train(config_for(lfw_pairs, out))
+    return out
+
+
+# -- the loop, end to end ----------------------------------------------------------------------------
+def test_cli_training_lowers_val_loss_and_verify_uses_the_checkpoint(lfw_pairs, tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["train", "--pairs", str(lfw_pairs), "--out", str(out), "--upsample", "0",
+                                      "--epochs", "3", "--device", "cpu", "--workers", "0", "--json", "--quiet"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    history = json.loads((out / "history.json").read_text())
+    losses = [row["val_loss"] for row in history["epochs"]]
+    assert [row["epoch"] for row in history["epochs"]] == [0, 1, 2, 3]
+    assert min(losses[1:]) < losses[0], losses
+    assert history["seed"] == 0 and history["timing"]["features_s"] >= 0
+    data = summary["data"]
+    kept = sum(data["pairs"].values()) + sum(data["pairs_dropped"].values())
+    assert kept == 400  # every train and val pair is either used or counted as dropped
+
+    checkpoint = torch.load(out / "model.pt", weights_only=True)
+    assert checkpoint["threshold"]["split"] == "val" and checkpoint["threshold"]["rule"] == "intersection"
+    assert checkpoint["backbone"] == "dlib-resnet" and checkpoint["features"]["upsample"] == 0
+    assert checkpoint["epoch"] == summary["best_epoch"] and checkpoint["seed"] == 0
+    assert set(checkpoint["versions"]) >= {"kface", "torch", "numpy"}
+
+    tree = lfw_pairs.parent / "tree"
+    person = sorted(p for p in tree.iterdir())[-1]
+    a, b = sorted(person.iterdir())[:2]
+    verified = CliRunner().invoke(cli, ["verify", "--model", str(out / "model.pt"), str(a), str(b), "--json",
+                                        "--quiet"])
+    assert verified.exit_code == 0, verified.output
+    answer = json.loads(verified.stdout)
+    assert answer["threshold"] == pytest.approx(checkpoint["threshold"]["value"])
+    assert "val split" in answer["threshold_source"]
+    # verify measures the distance between the head's outputs, as training did.
+    model = pair_model_from_checkpoint(checkpoint)
+    features = FeatureStore(FeatureSpec(upsample=0)).features([str(a), str(b)]).features
+    with torch.no_grad():
+        distance, _ = model(torch.from_numpy(features[:1]), torch.from_numpy(features[1:]))
+    assert answer["distance"] == pytest.approx(float(distance), abs=1e-5)
+    assert answer["same"] == (answer["distance"] <= answer["threshold"])
+
+
+def test_resume_after_interruption_ends_with_the_same_weights(lfw_pairs, reference_run, tmp_path):
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_second(record):
+        if record["epoch"] == 2:
+            raise Interrupted
+
+    config = config_for(lfw_pairs, tmp_path / "run")
+    with pytest.raises(Interrupted):
+        train(config, on_epoch_end=stop_after_second)
+    assert state_of(tmp_path / "run")["epoch"] == 2
+    train(config, resume=True)
+    resumed, uninterrupted = state_of(tmp_path / "run"), state_of(reference_run)
+    assert resumed["epoch"] == uninterrupted["epoch"] == 4
+    for name, weight in uninterrupted["model"].items():
+        assert torch.allclose(resumed["model"][name], weight, rtol=0, atol=1e-6), name
+    assert [r["val_loss"] for r in resumed["history"]] == pytest.approx([r["val_loss"] for r in uninterrupted["history"]])
+
+    with pytest.raises(InputError, match="lr"):
+        train(replace(config, lr=0.02), resume=True)
+    with pytest.raises(InputError, match="already holds a training run"):
+        train(config)
+
+
+def test_two_torchrun_processes_train_the_model_of_one(lfw_pairs, reference_run, tmp_path):
+    out = tmp_path / "run"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.exists() else [sys.executable, "-m", "torch.distributed.run"]
+    command = [*launcher, "--standalone", "--nproc_per_node", "2", "-m", "kface", "train", "--pairs", str(lfw_pairs),
+               "--out", str(out), "--upsample", "0", "--epochs", "4", "--device", "cpu", "--workers", "2", "--quiet"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    two, one = state_of(out), state_of(reference_run)
+    assert two["epoch"] == one["epoch"] == 4
+    for name, weight in one["model"].items():
+        assert torch.allclose(two["model"][name], weight, rtol=0, atol=TORCHRUN_TOLERANCE), name
+    assert [r["train_loss"] for r in two["history"][1:]] == pytest.approx(
+        [r["train_loss"] for r in one["history"][1:]], rel=1e-5)
+
+
+def test_unfrozen_final_layer_trains_and_verifies_like_training(lfw_pairs, tmp_path):
+    out = tmp_path / "run"
+    train(config_for(lfw_pairs, out, backbone="dlib-torch", unfreeze="fc", epochs=2))
+    checkpoint = load_checkpoint(out / "model.pt")
+    assert checkpoint["features"]["cut"] == "fc" and checkpoint["features"]["shape"] == [256]
+    last = state_of(out)
+    from kface.backbones.dlib_torch import load_dlib_resnet
+
+    pretrained = load_dlib_resnet().fc.weight
+    assert not torch.allclose(last["model"]["suffix.0.weight"], pretrained)  # the backbone's layer trained
+
+    from kface.api import load_verifier
+
+    tree = lfw_pairs.parent / "tree"
+    a, b = (sorted(p.iterdir())[0] for p in sorted(tree.iterdir())[-2:])
+    answer = load_verifier(str(out / "model.pt"), detector="dlib", device="cpu").verify(a, b)
+    model = pair_model_from_checkpoint(checkpoint)
+    features = FeatureStore(FeatureSpec("dlib-torch", "fc", upsample=0)).features([str(a), str(b)]).features
+    with torch.no_grad():
+        distance, _ = model(torch.from_numpy(features[:1]), torch.from_numpy(features[1:]))
+    assert answer.distance == pytest.approx(float(distance), abs=1e-5)
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+def test_save_threshold_rewrites_only_the_threshold(reference_run, tmp_path):
+    from kface.metrics import Threshold
+
+    copy = tmp_path / "model.pt"
+    shutil.copy(reference_run / "model.pt", copy)
+    before = load_checkpoint(copy)
+    stored = save_threshold(copy, Threshold(0.5, "eer", "test"))
+    after = torch.load(copy, weights_only=True)
+    assert stored == after["threshold"] == {"value": 0.5, "rule": "eer", "split": "test", "note": None}
+    for name, weight in before["head"]["state"].items():
+        assert torch.equal(after["head"]["state"][name], weight)
+    assert after["config"] == before["config"]
+
+
+def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
+    bogus = tmp_path / "model.pt"
+    torch.save({"format": "something-else"}, bogus)
+    result = CliRunner().invoke(cli, ["verify", "--model", str(bogus), "a.jpg", "b.jpg"])
+    assert result.exit_code == 2 and "expected a kface-model checkpoint" in result.output
+
+
+# -- the feature store ----------------------------------------------------------------------------------
+def test_feature_store_reuses_rows_and_reports_failures(lfw_pairs, tmp_path):
+    good = sorted((lfw_pairs.parent / "tree").rglob("*.jpg"))[:3]
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("not an image")
+    store = FeatureStore(FeatureSpec(upsample=0))
+    found = store.features([str(p) for p in good] + [str(bad)])
+    assert found.computed == 0  # the fixture stored these images already
+    assert found.ok.tolist() == [True, True, True, False] and str(bad) in found.errors
+    assert found.stages[-1] == "error" and found.features.dtype == np.float32
+    assert not found.features[-1].any()
+
+
+# -- configuration and command line ---------------------------------------------------------------------
+@pytest.mark.parametrize("settings, message", [
+    ({"epochs": 0}, "--epochs"),
+    ({"min_lr": 0.1}, "--min-lr"),
+    ({"select": "loss"}, "--select"),
+    ({"head": "lda"}, "unknown head"),
+    ({"loss": "triplet"}, "unknown loss"),
+    ({"unfreeze": "fc"}, "--backbone dlib-torch"),
+    ({"backbone": "dlib-torch", "unfreeze": "fc", "tta": "flip"}, "--tta flip"),
+    ({"threshold_rule": "far=2"}, "far"),
+])
+def test_bad_settings_are_refused_when_the_config_is_made(settings, message):
+    with pytest.raises(InputError, match=message):
+        TrainConfig(pairs="p.csv", out="runs/x", **settings)
+
+
+def test_unknown_config_keys_are_refused():
+    with pytest.raises(InputError, match="unknown training setting"):
+        TrainConfig.from_dict({"pairs": "p.csv", "out": "runs/x", "learning_rate": 0.1})
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    runner = CliRunner()
+    missing = runner.invoke(cli, ["train", "--pairs", str(tmp_path / "none.csv"), "--out", str(tmp_path / "r")])
+    assert missing.exit_code == 2 and missing.output.startswith("error:") and "no such pair file" in missing.output
+    resume = runner.invoke(cli, ["train", "--out", str(tmp_path / "r"), "--resume"])
+    assert resume.exit_code == 2 and "nothing to resume" in resume.output
+
+
+# -- the parts -------------------------------------------------------------------------------------------
+def test_siamese_head_starts_as_tanh_of_the_embedding():
+    x = torch.randn(5, 8) * 0.3
+    assert torch.allclose(SiameseHead(8)(x), torch.tanh(x))
+
+
+def test_probability_falls_with_distance_and_calibrates_between_the_classes():
+    mapping = DistanceToProbability()
+    distances = torch.tensor([0.3, 0.35, 0.4, 0.8, 0.9, 1.0])
+    mapping.calibrate_(distances, torch.tensor([1, 1, 1, 0, 0, 0]))
+    assert float(mapping.offset) == pytest.approx((0.35 + 0.9) / 2)
+    p = mapping(distances)
+    assert torch.all(p[1:] <= p[:-1]) and float(mapping(mapping.offset)) == pytest.approx(0.5)
+
+
+def test_losses_match_their_formulas():
+    distances = torch.tensor([0.2, 1.5, 0.4, 0.7])
+    logits = torch.tensor([2.0, -1.0, 0.5, -0.3])
+    labels = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    p = torch.sigmoid(logits)
+    bce = -(labels * torch.log(p) + (1 - labels) * torch.log(1 - p))
+    assert torch.allclose(get_loss("bce")(distances, logits, labels), bce)
+    expected = [0.2 ** 2, 0.0, (1.0 - 0.4) ** 2, 0.7 ** 2]
+    assert torch.allclose(ContrastiveLoss(1.0)(distances, logits, labels), torch.tensor(expected) + bce)
+
+
+def test_process_shares_of_a_batch_give_the_one_process_gradient():
+    """The DDP rule (each process: sum of its pairs' losses x world / global batch) averaged over 3
+    processes equals the mean over the whole batch, including a last batch that does not divide."""
+    rng = np.random.default_rng(0)
+    features = torch.from_numpy(rng.normal(0, 0.05, (20, 8)).astype(np.float32))
+    split = SplitPairs(rng.integers(0, 20, 11), rng.integers(0, 20, 11), rng.integers(0, 2, 11).astype(np.int8))
+    pairs = PairTensors.of(split, torch.device("cpu"))
+    order = epoch_order(11, seed=0, epoch=1)
+
+    def gradients(rank: int, world: int) -> list[torch.Tensor]:
+        model = build_pair_model("siamese", 8)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+        before = [p.detach().clone() for p in model.parameters()]
+        run_epoch(model, batches(features, pairs, order, 11, rank, world), get_loss("bce"), optimizer=optimizer,
+                  scaler=torch.amp.GradScaler("cpu", enabled=False), world_size=world)
+        return [b - p.detach() for b, p in zip(before, model.parameters())]  # lr 1: the step is the gradient
+
+    whole = gradients(0, 1)
+    shares = [gradients(rank, 3) for rank in range(3)]
+    for index, expected in enumerate(whole):
+        assert torch.allclose(sum(share[index] for share in shares) / 3, expected, atol=1e-6)
+    assert sorted(int(i) for rank in range(3) for i in range(len(list(batches(features, pairs, order, 4, rank, 3)))))
