@@ -101,10 +101,13 @@ def _markdown(metrics: dict) -> str:
                   "| " + " | ".join(test[task][key]) + " |", "|" + "---|" * len(test[task][key]),
                   "| " + " | ".join(f"{_percent(v['accuracy'])} (n={v['n']})" for v in test[task][key].values())
                   + " |"]
-    lines += ["", "![confusion matrices on the test split](confusion.png)", "",
-              "Age: accuracy is the exact group; adjacent-group accuracy allows one group off; MAE in years uses "
-              "the predicted group's representative age (group) or the probability-weighted age (expected). "
-              "Class imbalance is handled with inverse-frequency weights in the loss.", ""]
+    lines += ["", "![confusion matrices on the test split](confusion.png)", ""]
+    if "age" in test:
+        lines += ["Age: accuracy is the exact group; adjacent-group accuracy allows one group off; MAE in years "
+                  "uses the predicted group's representative age (group) or the probability-weighted age "
+                  "(expected).", ""]
+    lines += ["Class imbalance is handled with inverse-frequency class weights in the loss; the best epoch is "
+              "chosen on val, the figures above for test come from people never seen in training.", ""]
     images = metrics["images"]
     lines.append(f"Images: {images['indexed']} indexed, {images['embedded']} embedded, {images['skipped']} "
                  f"skipped; face stages {images['stages']}; labels left out {images['labels_left_out']}.")

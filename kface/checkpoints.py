@@ -46,7 +46,7 @@ def file_sha256(path: os.PathLike) -> str:
 
 def versions() -> dict:
     """The library versions a checkpoint was written with."""
-    return {"kface": __version__, "torch": torch.__version__, "numpy": np.__version__,
+    return {"kface": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
             "python": platform.python_version()}
 
 

@@ -643,6 +643,42 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
         click.echo(f"swept {len(rows)} settings; wrote {out}/sweep.csv, sweep.md and sweep.png", err=True)
 
 
+@cli.command()
+@click.option("--model", type=click.Path(dir_okay=False), help="A trained model (runs/NAME/model.pt).")
+@click.option("--attributes-model", type=click.Path(dir_okay=False),
+              help="An attribute model from kface train-attributes, for age group and gender (POST /analyze).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; anything but loopback lets other machines upload faces (a warning says so).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one).")
+@backbone_option
+@detector_options()
+@click.option("--threshold", type=float, help="Distance threshold (default: the model's or the backbone's measured one).")
+@click.option("--distances", type=click.Path(dir_okay=False),
+              help="Labelled distances to draw on the page (CSV with label,distance[,split], e.g. from "
+                   "kface verify --pairs FILE --out results.csv with the same model).")
+@click.option("--distances-split", help="Use only this split's rows of --distances (e.g. test).")
+@click.option("--max-upload-mb", type=click.FloatRange(min=0.01), default=20.0, show_default=True,
+              help="Largest request accepted (both photos together).")
+@click.option("--workers", type=click.IntRange(1), help="Requests worked on at once (default: CPU cores, at most 4).")
+@device_option
+@click.option("--quiet", "-q", is_flag=True, help="No request log.")
+@handle_errors
+def serve(model, attributes_model, host, port, backbone, detector, fallback, max_pixels, threshold, distances,
+          distances_split, max_upload_mb, workers, device, quiet):
+    """Serve a local web page and JSON API for verify and analyze (page at /, API docs at /docs).
+
+    POST /verify (fields image_a, image_b), POST /analyze (field image), GET /health. Photos are
+    processed in memory, never stored or logged. Example: kface serve --port 8000, then open
+    http://127.0.0.1:8000/
+    """
+    setup_logging(quiet)
+    from .serve import run_server
+
+    run_server(model, attributes_model, host=host, port=port, backbone=backbone, detector=detector, fallback=fallback,
+               threshold=threshold, device=device, max_pixels=max_pixels, max_request_mb=max_upload_mb,
+               workers=workers, distances=distances, distances_split=distances_split, quiet=quiet)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="kface")

@@ -321,7 +321,10 @@ class FeatureStore:
         stages = ["error"] * len(paths)
         wanted = [(i, rows[hashes[p]]) for i, p in enumerate(paths) if p not in errors and hashes.get(p) in rows]
         if wanted:
-            stored = np.memmap(self._rows_path, dtype=self.dtype, mode="r", shape=(len(rows), *self.shape))
+            try:
+                stored = np.memmap(self._rows_path, dtype=self.dtype, mode="r", shape=(len(rows), *self.shape))
+            except (OSError, ValueError) as exc:
+                raise InputError(f"{self.folder}: damaged feature store ({exc}); delete the folder") from None
             positions = np.array([i for i, _ in wanted])
             features[positions] = stored[np.array([row for _, (row, _) in wanted])]
             ok[positions] = True
@@ -398,6 +401,12 @@ class PrefixEmbedder:
             boxes=[entry.box if entry is not None else None for entry in entries],
             n_faces=np.array([entry.n_faces if entry is not None else 0 for entry in entries], dtype=np.int64),
             errors=errors, computed=len(kept))
+
+    def __getattr__(self, name: str):
+        # Everything else (settings, tta, device, ...) is the wrapped Embedder's.
+        if name == "embedder":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.embedder, name)
 
     def close(self) -> None:
         self.embedder.close()

@@ -189,6 +189,33 @@ def subgroup_table(distances: np.ndarray, same: np.ndarray, threshold: float,
 
 # --------------------------------------------------------------------------- the protocol
 
+#: The rules compared side by side in every report that has a val split.
+COMPARED_RULES = ("intersection", "max-accuracy", "eer", "far=1e-2")
+
+
+def compare_rules(val_distances: np.ndarray, val_same: np.ndarray, test_distances: np.ndarray,
+                  test_same: np.ndarray, rules: Sequence[str] = COMPARED_RULES) -> list[dict]:
+    """Each rule's threshold chosen on val, and the test accuracy, FAR and FRR it gives.
+
+    A rule the val pairs cannot support (``far=X`` with fewer than 1/X negatives) gets a ``note``.
+    """
+    from .metrics import choose_threshold
+
+    rows = []
+    for rule in rules:
+        try:
+            chosen = choose_threshold(val_distances, val_same, rule)
+        except InputError as error:
+            rows.append({"rule": rule, "threshold": None, "accuracy": None, "false_accept_rate": None,
+                         "false_reject_rate": None, "note": str(error)})
+            continue
+        accepted = test_distances <= chosen.value
+        rows.append({"rule": rule, "threshold": chosen.value, "accuracy": float(np.mean(accepted == test_same)),
+                     "false_accept_rate": float(np.mean(accepted[~test_same])),
+                     "false_reject_rate": float(np.mean(~accepted[test_same])), "note": chosen.note})
+    return rows
+
+
 
 @dataclass
 class _ScoredSplit:
@@ -297,7 +324,8 @@ def overlap_report(pairs_file: Union[str, os.PathLike], verifier, *, split: str 
 
     if threshold is not None:
         chosen = _fallback_threshold(verifier, threshold, val_split,
-                                     f"the --rule {parsed_rule} was not applied")
+                                     f"the pair file has no {val_split} split" if val is None
+                                     else f"the --rule {parsed_rule} was not applied")
     elif val is None:
         chosen = _fallback_threshold(verifier, None, val_split, f"the pair file has no {val_split} split")
     else:
@@ -343,6 +371,7 @@ def overlap_report(pairs_file: Union[str, os.PathLike], verifier, *, split: str 
         "detection_stages": embedded.stage_counts(),
         "subgroups_from": attributes_source,
         "subgroups": subgroup_table(test.distances, test.same, chosen.value, groups),
+        "rules_compared": compare_rules(val.distances, val.same, test.distances, test.same) if val else [],
         "kface_version": __version__,
         "command": command,
     })
@@ -404,8 +433,8 @@ def report_markdown(body: dict) -> str:
     reference = body.get("verifier_threshold")
     if reference and reference["threshold"] != body["threshold"]:
         whose = "the model's saved" if body.get("trained") else "the backbone's default"
-        source = f"; {reference['source']}" if reference["source"] else ""
-        rows.append((f"accuracy at {whose} threshold ({reference['threshold']:.4f}{source})",
+        source = f", {reference['source']}" if reference["source"] else ""
+        rows.append((f"accuracy at {whose} threshold {reference['threshold']:.4f}{source}",
                      _percent(reference["accuracy"]), split))
     sample = body["test_sample"]
     lines = [
@@ -426,6 +455,7 @@ def report_markdown(body: dict) -> str:
         "",
         "![ROC](roc.png)",
         "",
+        *_rules_markdown(body),
         *_subgroup_markdown(body),
         "## How the numbers are made",
         "",
@@ -454,6 +484,30 @@ def _sample_words(sample: dict) -> str:
     if sample["samples"] == "all":
         return "every pair"
     return f"up to {sample['samples']} per class drawn from {sample['available_same']} / {sample['available_diff']}"
+
+
+def _rules_markdown(body: dict) -> list[str]:
+    rows = body.get("rules_compared") or []
+    if not rows:
+        return []
+    lines = [
+        "## The threshold rules side by side",
+        "",
+        f"Each rule chooses its threshold on the same {body['threshold_chosen_on']} pairs; the accuracy, FAR "
+        f"(different-person pairs accepted) and FRR (same-person pairs rejected) are measured on the "
+        f"{body['split']} pairs.",
+        "",
+        "| rule | threshold | accuracy | FAR | FRR |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row["threshold"] is None:
+            lines.append(f"| {row['rule']} | — | — ({row['note']}) | | |")
+            continue
+        rule = f"**{row['rule']}** (used above)" if row["rule"] == body["rule"] else row["rule"]
+        lines.append(f"| {rule} | {row['threshold']:.4f} | {_percent(row['accuracy'])} | "
+                     f"{_percent(row['false_accept_rate'], 1)} | {_percent(row['false_reject_rate'], 1)} |")
+    return lines + [""]
 
 
 def _subgroup_markdown(body: dict) -> list[str]:

@@ -41,7 +41,7 @@ class SiameseHead(nn.Module):
 
     def __init__(self, features: int):
         super().__init__()
-        self.linear = nn.Linear(features, features)
+        self.linear = nn.utils.skip_init(nn.Linear, features, features)  # no random draw: set just below
         with torch.no_grad():
             self.linear.weight.copy_(torch.eye(features))
             self.linear.bias.zero_()
@@ -116,9 +116,10 @@ class PairLoss(nn.Module):
     """Per-pair loss from distances, P(same) logits and labels (1 = same person, 0 = different).
 
     Template: :meth:`forward` checks the shapes and hands float labels to :meth:`compute`, which
-    subclasses write. ``uses_margin`` says whether the constructor takes ``margin``. ``trains_through_probability`` says whether the loss reaches the embedding through
-    the probability mapping (BCE) or only through the distance (then the trainer detaches the distance
-    before the mapping, which still learns, as a calibration, from the BCE term these losses add).
+    subclasses write. ``uses_margin`` says whether the constructor takes ``margin``.
+    ``trains_through_probability`` says whether the loss reaches the embedding through the probability
+    mapping (BCE) or only through the distance (then the model detaches the distance before the
+    mapping, which still learns, as a calibration, from the BCE term such losses add).
     """
 
     name = ""

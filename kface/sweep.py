@@ -99,6 +99,7 @@ class SweepConfig:
     train: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
+        """JSON-ready settings (ratios as text), recorded in sweep.json."""
         values = asdict(self)
         values["ratios"] = [str(ratio) for ratio in self.ratios]
         values["images_per_identity"] = list(self.images_per_identity)
@@ -223,6 +224,7 @@ def _best(rows: list[dict], key: str, lower: bool) -> Optional[float]:
 def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str] = None) -> str:
     """``sweep.md``: one table per images-per-identity setting, laid out like the study's (best in bold)."""
     train = config.train
+    samples = "every pair" if config.samples == "all" else f"at most {config.samples} pairs per class"
     lines = [
         "# Ratio sweep",
         "",
@@ -230,7 +232,7 @@ def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str]
         f"{':'.join(f'{share:g}' for share in config.split)}, seed {config.seed}); "
         f"{train.get('epochs', 'default')} epochs on {train.get('backbone', 'dlib-resnet')}. For each setting "
         f"the threshold is chosen by the `{config.rule}` rule on the val split; accuracy, loss (test BCE) and "
-        f"overlap (Gaussian KDE) are measured on the test split ({config.samples} pairs per class at most). "
+        f"overlap (Gaussian KDE) are measured on the test split ({samples}). "
         f"Ratio = different-person : same-person pairs. Best value per column in bold.",
         "",
     ]
@@ -264,6 +266,7 @@ def _plot_sweep(path: Path, rows: list[dict]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     panels = (("accuracy", "accuracy (test)"), ("loss", "BCE loss (test)"), ("overlap", "overlap area (test, KDE)"),
               ("threshold", "threshold (chosen on val)"))
@@ -275,6 +278,7 @@ def _plot_sweep(path: Path, rows: list[dict]) -> None:
         for axis, (key, _) in zip(axes.flat, panels):
             y = [np.nan if row[key] is None else row[key] for row in group]
             axis.plot(x, y, "o-", label=_k_label(k))
+    axes[0, 0].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1))
     for axis, (key, title) in zip(axes.flat, panels):
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)

@@ -231,7 +231,7 @@ def load_training_data(config: TrainConfig, *, progress: bool = False) -> Traini
         usable = found.ok[a] & found.ok[b]
         indexed[name] = SplitPairs(a[usable], b[usable], split.label[usable].astype(np.int8))
         dropped[name] = int((~usable).sum())
-    failed = {path: message for path, message in found.errors.items()}
+    failed = found.errors
     summary = {"pairs_file": str(config.pairs), "pairs_sha256": file_sha256(config.pairs), "root": str(pairs.root),
                "images": len(paths), "images_failed": len(failed), "stages": found.stage_counts(),
                "computed": found.computed, "pairs": {name: len(split) for name, split in indexed.items()},

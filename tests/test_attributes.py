@@ -216,7 +216,8 @@ def test_csv_run_splits_by_identity_and_reports(csv_run):
     report = out / "report"
     metrics = json.loads((report / "metrics.json").read_text())
     test = metrics["test"]
-    assert test["age"]["n"] == metrics["split"]["counts"]["test"]["images"] == summary["split"]["counts"]["test"]["images"]
+    test_images = metrics["split"]["counts"]["test"]["images"]
+    assert test["age"]["n"] == test_images == summary["split"]["counts"]["test"]["images"]
     assert np.array(test["age"]["confusion"]).shape == (7, 7) and np.sum(test["age"]["confusion"]) == test["age"]["n"]
     assert 0 <= test["age"]["accuracy"] <= test["age"]["adjacent_accuracy"] <= 1
     assert test["age"]["mae_years_expected"] > 0 and set(test["age"]["per_group"]) == set(AgeBins().labels)
@@ -301,25 +302,25 @@ def test_train_attributes_refuses_bad_options(tmp_path):
 # -- the aging and aaf layouts feed train-attributes -----------------------------------------------------
 def test_aging_layout_trains_both_heads_from_label_boxes(tmp_path):
     people = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder"] + WOMEN
-    root = build_aging_tree(tmp_path / "aging", people)
+    root = build_aging_tree(tmp_path / "aging", people, per_person=4)
     result = invoke("train-attributes", "--dataset", "aging", "--root", root, "--epochs", 3, "--age-bins",
                     "0,20,40,60", "--out", tmp_path / "run", "--json", "--quiet")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["tasks"] == ["age", "gender"] and summary["split"]["by"] == "identity"
-    assert summary["images"]["stages"] == {"label": 60}  # the JSON boxes replaced detection
+    assert summary["images"]["stages"] == {"label": 40}  # the JSON boxes replaced detection
     assert summary["split"]["counts"]["train"]["age_groups"] and len(summary["test"]["age"]["labels"]) == 4
     model = load_attribute_model(tmp_path / "run" / "model.pt")
     assert model.age_labels == ["0-19", "20-39", "40-59", "60+"]
 
 
 def test_aaf_layout_splits_image_by_image(tmp_path):
-    root = build_aaf_tree(tmp_path / "aaf", count=20)
+    root = build_aaf_tree(tmp_path / "aaf", count=16)
     result = invoke("train-attributes", "--dataset", "aaf", "--root", root, "--epochs", 3, "--out",
                     tmp_path / "run", "--json", "--quiet")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["tasks"] == ["age", "gender"] and summary["split"]["by"] == "image"
     counts = summary["split"]["counts"]
-    assert sum(part["images"] for part in counts.values()) == 20
+    assert sum(part["images"] for part in counts.values()) == 16
     assert all(part["identities"] == part["images"] for part in counts.values())

@@ -78,122 +78,152 @@ def write_pair_file(folder: Path, splits=("val", "test"), identities=8, images=4
     return path
 
 
-def split_distances(verifier: FakeVerifier, pair_file: Path, split: str):
+FAILING = "3.jpg"  # every identity's fourth image cannot be embedded in the shared report
+
+
+def probability(distances):
+    return 1 / (1 + np.exp(4 * (np.asarray(distances) - 1.5)))
+
+
+def expected_split(pair_file: Path, split: str, failing=()):
+    """Distances, labels and identities of a split's pairs, recomputed without the report's code path."""
     from kface.pairs import read_pairs
 
+    verifier = FakeVerifier()
     part = read_pairs(pair_file).select(split)
+    kept = np.array([Path(a).name not in failing and Path(b).name not in failing
+                     for a, b in zip(part.path_a, part.path_b)])
     d = verifier.distances(np.array([verifier.vector(p) for p in part.abs_path_a]),
                            np.array([verifier.vector(p) for p in part.abs_path_b]))
-    return d, part.label
+    return SimpleNamespace(d=d[kept], labels=part.label[kept], identity_a=part.identity_a[kept],
+                           identity_b=part.identity_b[kept], dropped=int((~kept).sum()))
 
 
-def test_threshold_is_chosen_on_val_and_every_number_comes_from_test(tmp_path):
-    pair_file = write_pair_file(tmp_path)
-    verifier = FakeVerifier()
-    body = overlap_report(pair_file, verifier, rule="max-accuracy", samples="all", out_dir=tmp_path / "report")
+GENDERS = {f"{split}{i}": ("female" if i % 2 else "male") for split in ("val", "test") for i in range(8)}
 
-    val_d, val_l = split_distances(verifier, pair_file, "val")
-    test_d, test_l = split_distances(verifier, pair_file, "test")
-    expected = metrics.choose_threshold(val_d, val_l, "max-accuracy").value
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One report with everything on: a manifest naming a csv dataset with genders, P(same), a failing image."""
+    folder = tmp_path_factory.mktemp("report")
+    pair_file = write_pair_file(folder)
+    with open(folder / "people.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "identity", "gender"])
+        for identity, gender in GENDERS.items():
+            for n in range(4):
+                image = folder / identity[:-1] / identity / f"{n}.jpg"
+                image.parent.mkdir(parents=True, exist_ok=True)
+                image.touch()  # the csv layout checks that images exist; the fake verifier never reads them
+                writer.writerow([image.relative_to(folder).as_posix(), identity, gender])
+    manifest = {"dataset": {"kind": "csv", "root": str(folder)}, "filters": {"manifest": str(folder / "people.csv")}}
+    (folder / "pairs.json").write_text(json.dumps(manifest))
+    verifier = FakeVerifier(probability=probability, failing={FAILING})
+    body = overlap_report(pair_file, verifier, rule="max-accuracy", samples="all", out_dir=folder / "report")
+    return SimpleNamespace(folder=folder, pair_file=pair_file, body=body)
+
+
+def test_threshold_is_chosen_on_val_and_every_number_comes_from_test(shared):
+    body = shared.body
+    val = expected_split(shared.pair_file, "val", {FAILING})
+    test = expected_split(shared.pair_file, "test", {FAILING})
+    expected = metrics.choose_threshold(val.d, val.labels, "max-accuracy").value
     assert body["threshold"] == pytest.approx(expected)
-    # The planted noise shift makes test's own best threshold a different one: the report did not use it.
-    assert metrics.choose_threshold(test_d, test_l, "max-accuracy").value != pytest.approx(expected)
-    assert body["accuracy"] == pytest.approx(metrics.accuracy_at(test_d, test_l, expected))
-    assert body["auc"] == pytest.approx(metrics.auc(test_d, test_l))
-    assert body["overlap"] == pytest.approx(metrics.overlap_area(test_d[test_l == 1], test_d[test_l == 0]))
+    # Test images are noisier than val's, so test's own best threshold differs: the report did not use it.
+    assert metrics.choose_threshold(test.d, test.labels, "max-accuracy").value != pytest.approx(expected)
+    assert body["accuracy"] == pytest.approx(metrics.accuracy_at(test.d, test.labels, expected))
+    assert body["auc"] == pytest.approx(metrics.auc(test.d, test.labels))
+    assert body["overlap"] == pytest.approx(metrics.overlap_area(test.d[test.labels == 1], test.d[test.labels == 0]))
     assert (body["split"], body["threshold_chosen_on"], body["rule"]) == ("test", "val", "max-accuracy")
-    assert body["n_same"] == int(test_l.sum()) and body["n_diff"] == int((test_l == 0).sum())
-    assert CONTRACT_KEYS <= body.keys() and body["loss"] is None and "loss" in body["notes"]
+    assert body["n_same"] == int(test.labels.sum()) and body["n_diff"] == int((test.labels == 0).sum())
+    assert CONTRACT_KEYS <= body.keys()
+    rules = {row["rule"]: row for row in body["rules_compared"]}
+    assert rules["max-accuracy"]["threshold"] == body["threshold"]
+    assert rules["max-accuracy"]["accuracy"] == body["accuracy"]
+    eer = metrics.choose_threshold(val.d, val.labels, "eer").value
+    assert rules["eer"]["false_accept_rate"] == pytest.approx(np.mean(test.d[test.labels == 0] <= eer))
+    assert rules["far=1e-2"]["threshold"] is None and "100 different-person pairs" in rules["far=1e-2"]["note"]
 
-    folder = tmp_path / "report"
+    folder = shared.folder / "report"
     assert json.loads((folder / "metrics.json").read_text()) == json.loads(json.dumps(body))
     for image in ("distributions.png", "roc.png"):
         assert (folder / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = (folder / "report.md").read_text()
     assert f"| accuracy at the threshold | {100 * body['accuracy']:.2f}% | test |" in text
-    assert "chosen on val" in text and "no manifest" in body["notes"]["subgroups"]
+    assert "chosen by the `max-accuracy` rule on the **val** split" in text
+
+
+def test_loss_uses_the_models_probability(shared):
+    test = expected_split(shared.pair_file, "test", {FAILING})
+    assert shared.body["loss"] == pytest.approx(metrics.bce_loss(probability(test.d), test.labels))
+
+
+def test_pairs_with_failed_images_are_dropped_and_counted(shared):
+    body = shared.body
+    test = expected_split(shared.pair_file, "test", {FAILING})
+    assert body["test_sample"]["dropped"] == test.dropped > 0
+    assert body["val_sample"]["dropped"] == expected_split(shared.pair_file, "val", {FAILING}).dropped
+    assert "could not be embedded" in body["notes"]["dropped"]
+
+
+def test_subgroups_by_brute_force(shared):
+    body = shared.body
+    test = expected_split(shared.pair_file, "test", {FAILING})
+    groups = np.array([GENDERS[a] if GENDERS[a] == GENDERS[b] else "mixed"
+                       for a, b in zip(test.identity_a, test.identity_b)])
+    rows = {row["group"]: row for row in body["subgroups"]}
+    assert list(rows) == ["female", "male", "mixed"] and body["subgroups_from"].startswith("the pair manifest's csv")
+    for name, row in rows.items():
+        member = groups == name
+        same = test.labels[member] == 1
+        accepted = test.d[member] <= body["threshold"]
+        assert (row["n_same"], row["n_diff"]) == (int(same.sum()), int((~same).sum()))
+        assert row["accuracy"] == pytest.approx(np.mean(accepted == same))
+        if same.any() and (~same).any():
+            assert row["overlap"] == pytest.approx(metrics.overlap_area(test.d[member][same], test.d[member][~same]))
+    assert rows["mixed"]["n_same"] == 0 and rows["mixed"]["overlap"] is None
+    assert rows["mixed"]["false_reject_rate"] is None
+    assert "| gender | male |" in (shared.folder / "report" / "report.md").read_text()
+
+
+def test_save_threshold_rewrites_the_checkpoint(shared, tmp_path):
+    torch = pytest.importorskip("torch")
+    from kface.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
+
+    model = tmp_path / "model.pt"
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION,
+                "threshold": {"value": 0.5, "rule": "intersection", "split": "val", "note": None}}, model)
+    saved = save_report_threshold(model, shared.body)
+    assert load_checkpoint(model)["threshold"] == saved
+    assert (saved["value"], saved["rule"], saved["split"]) == (shared.body["threshold"], "max-accuracy", "val")
 
 
 def test_samples_per_class_are_seeded_and_recorded(tmp_path):
     pair_file = write_pair_file(tmp_path)
-    first = overlap_report(pair_file, FakeVerifier(), samples=5, seed=3, out_dir=tmp_path / "a")
-    again = overlap_report(pair_file, FakeVerifier(), samples=5, seed=3, out_dir=tmp_path / "b")
-    assert (first["n_same"], first["n_diff"]) == (5, 5)
-    assert (first["val_sample"]["n_same"], first["val_sample"]["n_diff"]) == (5, 5)
-    assert first["test_sample"]["available_same"] == 48 and (first["samples"], first["seed"]) == (5, 3)
-    assert (first["threshold"], first["accuracy"], first["overlap"]) == \
-        (again["threshold"], again["accuracy"], again["overlap"])
+    body = overlap_report(pair_file, FakeVerifier(), samples=5, seed=3, out_dir=tmp_path / "a")
+    val = expected_split(pair_file, "val")
+    drawn = metrics.sample_per_class(val.labels, 5, 3).indices
+    assert body["threshold"] == pytest.approx(metrics.choose_threshold(val.d[drawn], val.labels[drawn]).value)
+    assert (body["n_same"], body["n_diff"], body["samples"], body["seed"]) == (5, 5, 5, 3)
+    assert (body["val_sample"]["n_same"], body["val_sample"]["n_diff"]) == (5, 5)
     assert "up to 5 per class drawn from 48 / 48, seed 3" in (tmp_path / "a" / "report.md").read_text()
+    assert "no manifest" in body["notes"]["subgroups"]
 
 
 def test_without_a_val_split_the_threshold_is_labelled_as_not_chosen_here(tmp_path):
     pair_file = write_pair_file(tmp_path, splits=("test",))
+    with pytest.raises(InputError, match="--threshold"):
+        overlap_report(pair_file, FakeVerifier(), out_dir=tmp_path / "none")
+    assert not (tmp_path / "none").exists()
     body = overlap_report(pair_file, FakeVerifier(threshold=1.25), out_dir=tmp_path / "own")
     assert (body["threshold"], body["rule"], body["threshold_chosen_on"]) == (1.25, "verifier default", None)
     assert "no val split" in body["notes"]["threshold"]
     assert "no val split" in (tmp_path / "own" / "report.md").read_text()
-
-    fixed = overlap_report(pair_file, FakeVerifier(), threshold=0.9, out_dir=tmp_path / "fixed")
-    assert (fixed["threshold"], fixed["rule"]) == (0.9, "fixed")
-    with pytest.raises(InputError, match="--threshold"):
-        overlap_report(pair_file, FakeVerifier(), out_dir=tmp_path / "none")
     with pytest.raises(InputError, match="saves a threshold chosen on a val split"):
         save_report_threshold(tmp_path / "model.pt", body)
 
-
-def test_loss_uses_the_models_probability(tmp_path):
-    pair_file = write_pair_file(tmp_path)
-    probability = lambda d: 1 / (1 + np.exp(4 * (np.asarray(d) - 1.5)))  # noqa: E731
-    body = overlap_report(pair_file, FakeVerifier(probability=probability), samples="all", out_dir=tmp_path / "r")
-    test_d, test_l = split_distances(FakeVerifier(), pair_file, "test")
-    assert body["loss"] == pytest.approx(metrics.bce_loss(probability(test_d), test_l))
-
-
-def test_pairs_with_failed_images_are_dropped_and_counted(tmp_path):
-    pair_file = write_pair_file(tmp_path)
-    body = overlap_report(pair_file, FakeVerifier(failing={"0.jpg"}), samples="all", out_dir=tmp_path / "r")
-    test_d, test_l = split_distances(FakeVerifier(), pair_file, "test")
-    from kface.pairs import read_pairs
-
-    part = read_pairs(pair_file).select("test")
-    uses_failed = np.array([a.endswith("/0.jpg") or b.endswith("/0.jpg") for a, b in zip(part.path_a, part.path_b)])
-    assert body["test_sample"]["dropped"] == uses_failed.sum() > 0
-    assert body["n_same"] + body["n_diff"] == (~uses_failed).sum()
-    assert "could not be embedded" in body["notes"]["dropped"]
-
-
-def test_subgroups_by_brute_force(tmp_path):
-    """Attributes come from the dataset the pair manifest names (here a csv manifest with genders)."""
-    pair_file = write_pair_file(tmp_path, identities=6)
-    gender = {f"{split}{i}": ("female" if i % 2 else "male") for split in ("val", "test") for i in range(6)}
-    with open(tmp_path / "people.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "identity", "gender"])
-        for identity, value in gender.items():
-            for n in range(4):
-                image = tmp_path / identity[:-1] / identity / f"{n}.jpg"
-                image.parent.mkdir(parents=True, exist_ok=True)
-                image.touch()
-                writer.writerow([image.relative_to(tmp_path).as_posix(), identity, value])
-    manifest = {"dataset": {"kind": "csv", "root": str(tmp_path)}, "filters": {"manifest": str(tmp_path / "people.csv")}}
-    (tmp_path / "pairs.json").write_text(json.dumps(manifest))
-
-    body = overlap_report(pair_file, FakeVerifier(), samples="all", out_dir=tmp_path / "r")
-    test_d, test_l = split_distances(FakeVerifier(), pair_file, "test")
-    from kface.pairs import read_pairs
-
-    part = read_pairs(pair_file).select("test")
-    groups = [gender[a] if gender[a] == gender[b] else "mixed" for a, b in zip(part.identity_a, part.identity_b)]
-    rows = {row["group"]: row for row in body["subgroups"]}
-    assert list(rows) == ["female", "male", "mixed"]
-    for name, row in rows.items():
-        member = np.array(groups) == name
-        accepted = test_d[member] <= body["threshold"]
-        assert (row["n_same"], row["n_diff"]) == (int(test_l[member].sum()), int((test_l[member] == 0).sum()))
-        assert row["accuracy"] == pytest.approx(np.mean(accepted == (test_l[member] == 1)))
-    assert rows["mixed"]["n_same"] == 0 and rows["mixed"]["overlap"] is None
-    assert rows["mixed"]["false_reject_rate"] is None
-    assert "| gender | male |" in (tmp_path / "r" / "report.md").read_text()
+    fixed = overlap_report(pair_file, FakeVerifier(), threshold=0.9, out_dir=tmp_path / "fixed")
+    assert (fixed["threshold"], fixed["rule"], fixed["threshold_chosen_on"]) == (0.9, "fixed", None)
 
 
 def test_pair_groups_mixed_and_unlabelled():

@@ -28,9 +28,9 @@ from kface.train import PairTensors, SplitPairs, TrainConfig, batches, epoch_ord
 
 PEOPLE, IMAGES_EACH = 48, 4
 FAST = {"upsample": 0, "device": "cpu", "workers": 2}
-# Two processes sum each gradient in another order than one; after a few Adam epochs on this data the
-# weights differ by ~1e-7 (measured); 1e-5 leaves room for other BLAS builds.
-TORCHRUN_TOLERANCE = 1e-5
+# Two processes sum each gradient in another order than one, and Adam's normalised steps carry that
+# rounding on: after 4 epochs here the weights differ by at most 2.3e-6 (measured); 2e-5 leaves room.
+TORCHRUN_TOLERANCE = 2e-5
 
 
 @pytest.fixture(scope="module")
@@ -154,9 +154,19 @@ def test_two_torchrun_processes_train_the_model_of_one(lfw_pairs, reference_run,
         [r["train_loss"] for r in one["history"][1:]], rel=1e-5)
 
 
+def first_pairs(pairs: Path, out: Path, train: int, val: int) -> Path:
+    """The first ``train`` train and ``val`` val rows of a pair file, with its manifest (for its root)."""
+    header, *rows = pairs.read_text().splitlines()
+    kept = [r for r in rows if r.startswith("train,")][:train] + [r for r in rows if r.startswith("val,")][:val]
+    out.write_text("\n".join([header, *kept]) + "\n")
+    shutil.copy(pairs.with_suffix(".json"), out.with_suffix(".json"))
+    return out
+
+
 def test_unfrozen_final_layer_trains_and_verifies_like_training(lfw_pairs, tmp_path):
     out = tmp_path / "run"
-    train(config_for(lfw_pairs, out, backbone="dlib-torch", unfreeze="fc", epochs=2))
+    pairs = first_pairs(lfw_pairs, tmp_path / "few.csv", train=48, val=24)  # the prefix runs on fewer images
+    train(config_for(pairs, out, backbone="dlib-torch", unfreeze="fc", epochs=2))
     checkpoint = load_checkpoint(out / "model.pt")
     assert checkpoint["features"]["cut"] == "fc" and checkpoint["features"]["shape"] == [256]
     last = state_of(out)
@@ -167,11 +177,13 @@ def test_unfrozen_final_layer_trains_and_verifies_like_training(lfw_pairs, tmp_p
 
     from kface.api import load_verifier
 
-    tree = lfw_pairs.parent / "tree"
-    a, b = (sorted(p.iterdir())[0] for p in sorted(tree.iterdir())[-2:])
+    from kface.pairs import read_pairs
+
+    first = read_pairs(pairs).select("train")
+    a, b = first.abs_path_a[0], first.abs_path_b[0]
     answer = load_verifier(str(out / "model.pt"), detector="dlib", device="cpu").verify(a, b)
     model = pair_model_from_checkpoint(checkpoint)
-    features = FeatureStore(FeatureSpec("dlib-torch", "fc", upsample=0)).features([str(a), str(b)]).features
+    features = FeatureStore(FeatureSpec("dlib-torch", "fc", upsample=0)).features([a, b]).features
     with torch.no_grad():
         distance, _ = model(torch.from_numpy(features[:1]), torch.from_numpy(features[1:]))
     assert answer.distance == pytest.approx(float(distance), abs=1e-5)
@@ -201,11 +213,13 @@ def test_a_file_that_is_not_a_checkpoint_is_one_clear_error(tmp_path):
 
 # -- the feature store ----------------------------------------------------------------------------------
 def test_feature_store_reuses_rows_and_reports_failures(lfw_pairs, tmp_path):
-    good = sorted((lfw_pairs.parent / "tree").rglob("*.jpg"))[:3]
+    from kface.pairs import read_pairs
+
+    good = read_pairs(lfw_pairs).select("train").abs_path_a[:3]
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image")
     store = FeatureStore(FeatureSpec(upsample=0))
-    found = store.features([str(p) for p in good] + [str(bad)])
+    found = store.features([*good, str(bad)])
     assert found.computed == 0  # the fixture stored these images already
     assert found.ok.tolist() == [True, True, True, False] and str(bad) in found.errors
     assert found.stages[-1] == "error" and found.features.dtype == np.float32
@@ -251,9 +265,10 @@ def test_probability_falls_with_distance_and_calibrates_between_the_classes():
     mapping = DistanceToProbability()
     distances = torch.tensor([0.3, 0.35, 0.4, 0.8, 0.9, 1.0])
     mapping.calibrate_(distances, torch.tensor([1, 1, 1, 0, 0, 0]))
-    assert float(mapping.offset) == pytest.approx((0.35 + 0.9) / 2)
-    p = mapping(distances)
-    assert torch.all(p[1:] <= p[:-1]) and float(mapping(mapping.offset)) == pytest.approx(0.5)
+    with torch.no_grad():
+        assert float(mapping.offset) == pytest.approx((0.35 + 0.9) / 2)
+        p = mapping(distances)
+        assert torch.all(p[1:] <= p[:-1]) and float(mapping(mapping.offset)) == pytest.approx(0.5)
 
 
 def test_losses_match_their_formulas():
@@ -288,4 +303,14 @@ def test_process_shares_of_a_batch_give_the_one_process_gradient():
     shares = [gradients(rank, 3) for rank in range(3)]
     for index, expected in enumerate(whole):
         assert torch.allclose(sum(share[index] for share in shares) / 3, expected, atol=1e-6)
-    assert sorted(int(i) for rank in range(3) for i in range(len(list(batches(features, pairs, order, 4, rank, 3)))))
+
+
+def test_process_shares_partition_every_batch():
+    pairs = PairTensors(torch.arange(11), torch.arange(11), torch.zeros(11))
+    rows = torch.arange(11, dtype=torch.float32)[:, None]  # feature row i holds i: shows which pair came
+    order = epoch_order(11, seed=3, epoch=2)
+    shares = [list(batches(rows, pairs, order, 4, rank, 3)) for rank in range(3)]
+    for number, start in enumerate(range(0, 11, 4)):
+        taken = torch.cat([shares[rank][number][0] for rank in range(3)]).flatten().long()
+        assert sorted(taken.tolist()) == sorted(order[start:start + 4].tolist())
+        assert all(shares[rank][number][3] == len(order[start:start + 4]) for rank in range(3))
