@@ -98,8 +98,14 @@ class FaceFinder:
             import dlib
 
             self._hog = dlib.get_frontal_face_detector()
-            self._landmarks = dlib.shape_predictor(str(model_file(DLIB_LANDMARKS_5)))
         return self._hog
+
+    def _landmark_model(self):
+        if self._landmarks is None:
+            import dlib
+
+            self._landmarks = dlib.shape_predictor(str(model_file(DLIB_LANDMARKS_5)))
+        return self._landmarks
 
     def _mtcnn_model(self):
         if self._mtcnn is None:
@@ -211,8 +217,7 @@ class FaceFinder:
     def _face(self, image: np.ndarray, box: Box, stage: str, n_faces: int) -> Face:
         import dlib
 
-        self._dlib()
-        shape = self._landmarks(image, dlib.rectangle(*[int(v) for v in box]))
+        shape = self._landmark_model()(image, dlib.rectangle(*[int(v) for v in box]))
         landmarks = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
         chip = dlib.get_face_chip(image, shape, size=self.settings.chip_size, padding=self.settings.chip_padding)
         return Face(tuple(int(v) for v in box), landmarks, np.ascontiguousarray(chip), stage, n_faces)

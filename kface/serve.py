@@ -15,7 +15,9 @@ to a temporary file), the on-disk cache is replaced by a per-request store that 
 request ends, nothing about an upload is logged, and the server listens on 127.0.0.1 unless told
 otherwise. Requests are capped in bytes and images in pixels; every bad upload is a JSON error with a
 4xx status and a readable message. The blocking work (decoding, detection, embedding) runs in worker
-threads, so the event loop keeps serving the page and other requests meanwhile.
+threads, so the event loop keeps serving the page and other requests meanwhile; each worker has its own
+:class:`Pipeline` (dlib's face detector must not be called from two threads at once: it crashes or
+returns other images' faces).
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ import logging
 import math
 import os
 import platform
+import queue
 import socket
 import sys
-import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -67,16 +69,19 @@ NO_ATTRIBUTES_MESSAGE = ("this server has no attribute model: start it with --at
 # --------------------------------------------------------------------------- limits and errors
 
 
+#: Requests worked on at once by default: one per core, at most 4 (each holds its own models).
+DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
 @dataclass(frozen=True)
 class ServeLimits:
-    """What one request may send and how many run at once."""
+    """What one request may send."""
 
     max_request_bytes: int = int(DEFAULT_MAX_REQUEST_MB * 1024 * 1024)
     max_pixels: int = MAX_PIXELS
-    workers: int = max(1, min(4, os.cpu_count() or 1))
 
     def to_dict(self) -> dict:
-        return {"max_request_bytes": self.max_request_bytes, "max_pixels": self.max_pixels, "workers": self.workers}
+        return {"max_request_bytes": self.max_request_bytes, "max_pixels": self.max_pixels}
 
 
 class ApiError(Exception):
@@ -237,39 +242,37 @@ def _named_errors(upload: Upload) -> Iterator[None]:
         raise ApiError(422, message, field=upload.field) from None
 
 
-# --------------------------------------------------------------------------- per-request face store
+# --------------------------------------------------------------------------- pipelines
 
 
 class RequestMemory:
-    """The embedder's cache while serving: the current request's faces and embeddings, in memory only.
+    """A pipeline's cache while serving: the current request's faces and embeddings, in memory only.
 
-    An anyio worker thread serves one request at a time, and what a request stores is seen only by its
-    own thread and dropped when :meth:`request` ends: uploads never reach the on-disk cache and never
-    outlive their request. Within a request it lets the chips shown on the page and the verdict come
-    from one detection.
+    It replaces the embedders' on-disk cache, so uploads never reach the disk, and :meth:`request`
+    drops what a request stored when it ends, so they never outlive it. Within a request it lets the
+    chips shown on the page and the verdict come from one detection.
     """
 
     path = None
 
     def __init__(self):
-        self._local = threading.local()
+        self._tables: Optional[dict[str, dict]] = None
 
     @contextmanager
     def request(self) -> Iterator[None]:
-        self._local.tables = {}
+        self._tables = {}
         try:
             yield
         finally:
-            self._local.tables = None
+            self._tables = None
 
     def get_many(self, table: str, keys) -> dict:
-        stored = (getattr(self._local, "tables", None) or {}).get(table, {})
+        stored = (self._tables or {}).get(table, {})
         return {key: stored[key] for key in keys if key in stored}
 
     def put_many(self, table: str, items: dict) -> None:
-        tables = getattr(self._local, "tables", None)
-        if tables is not None:
-            tables.setdefault(table, {}).update(items)
+        if self._tables is not None:
+            self._tables.setdefault(table, {}).update(items)
 
     def close(self) -> None:
         pass
@@ -280,11 +283,43 @@ def base_embedder(embedder):
     return getattr(embedder, "embedder", embedder)
 
 
-def attach_memory(embedder, memory: RequestMemory) -> None:
-    """Make ``memory`` the embedder's cache (Embedder takes only on/off, so its store is swapped)."""
-    base = base_embedder(embedder)
-    base.close()
-    base._cache = memory
+class Pipeline:
+    """One verifier (and analyzer, when the server has an attribute model) with its request memory.
+
+    A pipeline serves one request at a time (:class:`PipelinePool`); its embedders' cache is swapped
+    for the memory (Embedder takes only caching on or off).
+    """
+
+    def __init__(self, verifier, analyzer=None):
+        self.verifier = verifier
+        self.analyzer = analyzer
+        self.memory = RequestMemory()
+        for embedder in [verifier.embedder] + ([analyzer.embedder] if analyzer is not None else []):
+            base = base_embedder(embedder)
+            base.close()
+            base._cache = self.memory
+
+
+class PipelinePool:
+    """Hands each request a pipeline no other request is using."""
+
+    def __init__(self, pipelines: Sequence[Pipeline]):
+        if not pipelines:
+            raise ValueError("a server needs at least one pipeline")
+        self.first = pipelines[0]
+        self.size = len(pipelines)
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        for pipeline in pipelines:
+            self._free.put(pipeline)
+
+    @contextmanager
+    def checkout(self) -> Iterator[Pipeline]:
+        pipeline = self._free.get()
+        try:
+            with pipeline.memory.request():
+                yield pipeline
+        finally:
+            self._free.put(pipeline)
 
 
 def warm_up(embedder) -> None:
@@ -384,18 +419,15 @@ def load_distances(path: os.PathLike, split: Optional[str] = None,
 
 
 class FaceService:
-    """The loaded models and what each endpoint does with them (run in worker threads)."""
+    """The pipelines and what each endpoint does with them (run in worker threads)."""
 
-    def __init__(self, verifier, analyzer=None, limits: ServeLimits = ServeLimits(),
+    def __init__(self, pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(),
                  distribution: Optional[Distribution] = None):
-        self.verifier = verifier
-        self.analyzer = analyzer
+        self.pool = PipelinePool(pipelines)
         self.limits = limits
-        self.memory = RequestMemory()
-        attach_memory(verifier.embedder, self.memory)
-        if analyzer is not None:
-            attach_memory(analyzer.embedder, self.memory)
-        self.distribution = (distribution.to_dict(verifier.threshold, verifier.distance.name) if distribution
+        first = self.pool.first.verifier
+        self.has_analyzer = self.pool.first.analyzer is not None
+        self.distribution = (distribution.to_dict(first.threshold, first.distance.name) if distribution
                              else {"available": False,
                                    "note": "this model has no stored distance distributions; start the server with "
                                            "--distances results.csv (from kface verify --pairs FILE --out "
@@ -410,9 +442,10 @@ class FaceService:
 
     def verify(self, image_a: Upload, image_b: Upload, chips: bool = False) -> dict:
         uploads = (image_a, image_b)
-        with self.memory.request():
-            entries = [self._face(self.verifier.embedder, upload) for upload in uploads]
-            answer = self.verifier.verify(image_a.data, image_b.data).to_dict()
+        with self.pool.checkout() as pipeline:
+            verifier = pipeline.verifier
+            entries = [self._face(verifier.embedder, upload) for upload in uploads]
+            answer = verifier.verify(image_a.data, image_b.data).to_dict()
         for face, upload in zip(answer["faces"], uploads):
             face["path"], face["filename"] = upload.field, upload.filename
         if chips:
@@ -420,35 +453,36 @@ class FaceService:
         return answer
 
     def analyze(self, image: Upload, all_faces: bool = False, chips: bool = False) -> dict:
-        if self.analyzer is None:
+        if not self.has_analyzer:
             raise ApiError(501, NO_ATTRIBUTES_MESSAGE)
-        with self.memory.request():
+        with self.pool.checkout() as pipeline:
+            analyzer = pipeline.analyzer
             if all_faces:
                 _check_pixels(image, self.limits.max_pixels)
                 entry = None
             else:
-                entry = self._face(self.analyzer.embedder, image)
+                entry = self._face(analyzer.embedder, image)
             with _named_errors(image):
-                answer = self.analyzer.analyze(image.data, all_faces=all_faces)
+                answer = analyzer.analyze(image.data, all_faces=all_faces)
         answer["image"], answer["filename"] = image.field, image.filename
         if chips and entry is not None:
             answer["chips"] = [png_data_url(entry.chip)]
         return answer
 
     def health(self) -> dict:
-        base = base_embedder(self.verifier.embedder)
+        verifier, analyzer = self.pool.first.verifier, self.pool.first.analyzer
+        base = base_embedder(verifier.embedder)
         attributes = None
-        if self.analyzer is not None:
-            model = self.analyzer.model
-            attributes = {"model": self.analyzer.model_path, "tasks": model.tasks, "backbone": model.backbone,
+        if analyzer is not None:
+            model = analyzer.model
+            attributes = {"model": analyzer.model_path, "tasks": model.tasks, "backbone": model.backbone,
                           "age_groups": model.age_labels}
-        return {"status": "ok", "backbone": base.spec.name, "model": self.verifier.model_path,
-                "trained": self.verifier.model_path is not None, "threshold": self.verifier.threshold,
-                "threshold_source": self.verifier.threshold_source,
-                "distance_metric": self.verifier.distance.name, "detector": base.settings.detector,
-                "fallback": base.settings.fallback, "attributes": attributes,
-                "distribution": self.distribution["available"], "limits": self.limits.to_dict(),
-                "versions": versions()}
+        return {"status": "ok", "backbone": base.spec.name, "model": verifier.model_path,
+                "trained": verifier.model_path is not None, "threshold": verifier.threshold,
+                "threshold_source": verifier.threshold_source, "distance_metric": verifier.distance.name,
+                "detector": base.settings.detector, "fallback": base.settings.fallback, "attributes": attributes,
+                "distribution": self.distribution["available"],
+                "limits": {**self.limits.to_dict(), "workers": self.pool.size}, "versions": versions()}
 
 
 def versions() -> dict:
@@ -521,18 +555,19 @@ def _multipart_body(fields: dict[str, str]) -> dict:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
-def create_app(verifier, analyzer=None, limits: ServeLimits = ServeLimits(),
+def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(),
                distribution: Optional[Distribution] = None) -> FastAPI:
-    """The ASGI app serving ``verifier`` (a :class:`~kface.api.Verifier`) and ``analyzer`` (an
-    :class:`~kface.attributes.Analyzer`, or None: ``/analyze`` then answers 501).
+    """The ASGI app serving ``pipelines``: as many requests are worked on at once as there are pipelines.
 
-    The verifier's and analyzer's embedders get a :class:`RequestMemory` in place of their cache.
+    Each :class:`Pipeline` holds a :class:`~kface.api.Verifier` and, or None (``/analyze`` then answers
+    501), an :class:`~kface.attributes.Analyzer`, all loaded alike (see :func:`load_pipelines`).
+    ``distribution``: the labelled distances the page draws (see :func:`load_distances`).
     """
     import anyio
     from fastapi_offline import FastAPIOffline
 
-    service = FaceService(verifier, analyzer, limits, distribution)
-    limiter = anyio.CapacityLimiter(limits.workers)
+    service = FaceService(pipelines, limits, distribution)
+    limiter = anyio.CapacityLimiter(service.pool.size)
     app = FastAPIOffline(title="kface", version=__version__,
                          description="Face verification (same person or not) and age group / gender, on this "
                                      "machine. Uploads are processed in memory and never stored.")
@@ -592,7 +627,7 @@ def create_app(verifier, analyzer=None, limits: ServeLimits = ServeLimits(),
                          501: {"model": ErrorAnswer, "description": "The server has no attribute model."}},
               openapi_extra=_multipart_body({"image": "A photo with one face (the largest is used)."}))
     async def analyze(request: Request, all_faces: bool = False, chips: bool = False) -> JSONResponse:
-        if service.analyzer is None:
+        if not service.has_analyzer:
             raise ApiError(501, NO_ATTRIBUTES_MESSAGE)
         uploads = await read_uploads(request, ANALYZE_FIELDS, limits.max_request_bytes)
         answer = await in_worker(service.analyze, uploads["image"], all_faces, chips)
