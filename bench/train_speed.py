@@ -8,8 +8,10 @@
    optimiser steps and the per-epoch validation (loss, accuracy at the val threshold, KDE overlap)
    separately. Target: head training <= 60 s on the CPU.
 
-The baseline in the same run is the naive loop that runs the frozen backbone in every epoch: its
-estimated time is (extraction time per image x images x epochs) + head training.
+Two baselines in the same run: (a) a minimal hand-written PyTorch loop of the same math (no
+modules, no metrics, no checkpoints) timed for a few epochs, the per-step floor on this machine, and
+(b) the naive loop that runs the frozen backbone in every epoch, estimated as (extraction time per
+image x images x epochs) + head training.
 
     python bench/train_speed.py [--pairs 10000] [--epochs 200] [--images 160] [--workers N] [--device cpu]
 
@@ -83,6 +85,39 @@ def time_training(train_pairs: int, val_pairs: int, epochs: int, device: str, ou
             "val_overlap_end": last["val_overlap"], "val_accuracy_end": last["val_accuracy"]}
 
 
+def minimal_step_seconds(train_pairs: int, epochs: int = 3) -> float:
+    """Seconds per step of the same training math written as plainly as PyTorch allows."""
+    import torch
+    import torch.nn.functional as F
+
+    data = synthetic_data(train_pairs, 10)
+    features = torch.from_numpy(data.features)
+    a, b = torch.from_numpy(data.train.a), torch.from_numpy(data.train.b)
+    labels = torch.from_numpy(data.train.labels.astype(np.float32))
+    weight, bias = torch.eye(128, requires_grad=True), torch.zeros(128, requires_grad=True)
+    offset, log_sharpness = torch.tensor(0.6, requires_grad=True), torch.tensor(2.0, requires_grad=True)
+    parameters = [weight, bias, offset, log_sharpness]
+    optimizer = torch.optim.Adam(parameters, lr=0.01, fused=True)
+    steps, started = 0, time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for epoch in range(epochs):
+        order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(epoch))
+        xa, xb, y = features.index_select(0, a[order]), features.index_select(0, b[order]), labels[order]
+        for start in range(0, len(order), 32):
+            n = len(y[start:start + 32])
+            e = torch.tanh(F.linear(torch.cat([xa[start:start + 32], xb[start:start + 32]]), weight, bias))
+            d = torch.linalg.vector_norm(e[:n] - e[n:], dim=-1)
+            loss = F.binary_cross_entropy_with_logits(log_sharpness.exp() * (offset - d), y[start:start + 32])
+            for p in parameters:
+                p.grad = None
+            loss.backward()
+            optimizer.step()
+            steps += 1
+    torch.set_num_threads(threads)
+    return (time.perf_counter() - started) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pairs", type=int, default=10_000, help="train pairs (default 10,000)")
@@ -105,12 +140,17 @@ def main() -> None:
         print(f"feature extraction: {extraction['images']} LFW images in {extraction['cold_s']:.1f} s "
               f"({1 / per_image:.1f} images/s, {args.workers} detection workers; stages {extraction['stages']}); "
               f"again from the store: {extraction['warm_s']:.2f} s")
+        minimal = minimal_step_seconds(args.pairs) if args.device == "cpu" else None
         head = time_training(args.pairs, args.val_pairs, args.epochs, args.device, Path(scratch) / "run")
         steps = args.epochs * -(-args.pairs // 32)
         print(f"head training: {args.epochs} epochs x {args.pairs} pairs ({steps} steps) in {head['total_s']:.1f} s: "
               f"optimiser {head['train_s']:.1f} s ({1e6 * head['train_s'] / steps:.0f} us/step), "
               f"validation {head['validation_s']:.1f} s ({1e3 * head['validation_s'] / (args.epochs + 1):.0f} ms/epoch "
               f"on {args.val_pairs} pairs); target <= 60 s: {'met' if head['total_s'] <= 60 else 'NOT met'}")
+        if minimal is not None:
+            ours = head["train_s"] / steps
+            print(f"  minimal PyTorch loop of the same math: {1e6 * minimal:.0f} us/step "
+                  f"({minimal * steps:.1f} s for {steps} steps); kface's step / minimal: {ours / minimal:.2f}")
         print(f"  val loss {head['val_loss_start']:.4f} -> {head['val_loss_end']:.4f}, "
               f"overlap {head['val_overlap_end']:.4f}, accuracy {head['val_accuracy_end']:.4f}")
         images = 2 * args.pairs  # at most: every pair with two images of its own

@@ -659,7 +659,8 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
 @click.option("--distances-split", help="Use only this split's rows of --distances (e.g. test).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.01), default=20.0, show_default=True,
               help="Largest request accepted (both photos together).")
-@click.option("--workers", type=click.IntRange(1), help="Requests worked on at once (default: CPU cores, at most 4).")
+@click.option("--workers", type=click.IntRange(1),
+              help="Requests worked on at once, each with its own copy of the models (default: CPU cores, at most 4).")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No request log.")
 @handle_errors

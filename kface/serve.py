@@ -26,7 +26,6 @@ import csv
 import io
 import ipaddress
 import logging
-import math
 import os
 import platform
 import queue
@@ -286,8 +285,9 @@ def base_embedder(embedder):
 class Pipeline:
     """One verifier (and analyzer, when the server has an attribute model) with its request memory.
 
-    A pipeline serves one request at a time (:class:`PipelinePool`); its embedders' cache is swapped
-    for the memory (Embedder takes only caching on or off).
+    A pipeline serves one request at a time (:class:`PipelinePool`), and its verifier and analyzer
+    belong to it alone: their embedders' cache is swapped for the pipeline's memory (Embedder takes
+    only caching on or off).
     """
 
     def __init__(self, verifier, analyzer=None):
@@ -453,8 +453,7 @@ class FaceService:
         return answer
 
     def analyze(self, image: Upload, all_faces: bool = False, chips: bool = False) -> dict:
-        if not self.has_analyzer:
-            raise ApiError(501, NO_ATTRIBUTES_MESSAGE)
+        """Needs an analyzer in every pipeline (the endpoint answers 501 without one)."""
         with self.pool.checkout() as pipeline:
             analyzer = pipeline.analyzer
             if all_faces:
@@ -559,8 +558,8 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
                distribution: Optional[Distribution] = None) -> FastAPI:
     """The ASGI app serving ``pipelines``: as many requests are worked on at once as there are pipelines.
 
-    Each :class:`Pipeline` holds a :class:`~kface.api.Verifier` and, or None (``/analyze`` then answers
-    501), an :class:`~kface.attributes.Analyzer`, all loaded alike (see :func:`load_pipelines`).
+    Each :class:`Pipeline` holds a :class:`~kface.api.Verifier` and an :class:`~kface.attributes.Analyzer`
+    (or None: ``/analyze`` then answers 501), all loaded alike (see :func:`load_pipelines`).
     ``distribution``: the labelled distances the page draws (see :func:`load_distances`).
     """
     import anyio
@@ -571,7 +570,6 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
     app = FastAPIOffline(title="kface", version=__version__,
                          description="Face verification (same person or not) and age group / gender, on this "
                                      "machine. Uploads are processed in memory and never stored.")
-    app.state.service = service
 
     async def in_worker(function, *args):
         return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
@@ -663,6 +661,29 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+def load_pipelines(count: int, model: Optional[str] = None, attributes_model: Optional[str] = None, *,
+                   backbone: str = "dlib-resnet", detector: str = "dlib", fallback: str = "none",
+                   threshold: Optional[float] = None, device: str = "auto",
+                   max_pixels: Optional[int] = None) -> list[Pipeline]:
+    """``count`` alike pipelines, their models loaded and warmed up, caching nothing on disk."""
+    from .api import load_verifier
+
+    pipelines = []
+    for _ in range(count):
+        verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=False,
+                                 max_pixels=max_pixels)
+        analyzer = None
+        if attributes_model is not None:
+            from .attributes import load_analyzer
+
+            analyzer = load_analyzer(attributes_model, detector=detector, fallback=fallback, device=device,
+                                     cache=False, max_pixels=max_pixels)
+        for embedder in [verifier.embedder] + ([analyzer.embedder] if analyzer else []):
+            warm_up(embedder)
+        pipelines.append(Pipeline(verifier, analyzer))
+    return pipelines
+
+
 def run_server(model: Optional[str] = None, attributes_model: Optional[str] = None, *, host: str = DEFAULT_HOST,
                port: int = DEFAULT_PORT, backbone: str = "dlib-resnet", detector: str = "dlib",
                fallback: str = "none", threshold: Optional[float] = None, device: str = "auto",
@@ -672,35 +693,25 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
     """Load the models once, then serve the page and the API on ``host:port`` until interrupted."""
     import uvicorn
 
-    from .api import load_verifier
-
-    limits = ServeLimits(int(max_request_mb * 1024 * 1024), max_pixels or MAX_PIXELS,
-                         workers or ServeLimits().workers)
-    verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=False,
-                             max_pixels=limits.max_pixels)
-    analyzer = None
-    if attributes_model is not None:
-        from .attributes import load_analyzer
-
-        analyzer = load_analyzer(attributes_model, detector=detector, fallback=fallback, device=device, cache=False,
-                                 max_pixels=limits.max_pixels)
+    limits = ServeLimits(int(max_request_mb * 1024 * 1024), max_pixels or MAX_PIXELS)
+    sock = listen(host, port)
+    pipelines = load_pipelines(workers or DEFAULT_WORKERS, model, attributes_model, backbone=backbone,
+                               detector=detector, fallback=fallback, threshold=threshold, device=device,
+                               max_pixels=limits.max_pixels)
+    verifier = pipelines[0].verifier
     distribution = load_distances(distances, distances_split, verifier.threshold) if distances else None
     for note in distribution.notes if distribution else []:
         log.warning("%s: %s", distances, note)
-    sock = listen(host, port)
     if not is_loopback(host):
         print(f"warning: listening on {host}, not on this machine only: anyone who can reach it can upload face "
               f"photos (biometric data) and read the answers; use --host 127.0.0.1 unless you mean it",
               file=sys.stderr)
-    warm_up(verifier.embedder)
-    if analyzer is not None:
-        warm_up(analyzer.embedder)
-    app = create_app(verifier, analyzer, limits, distribution)
+    app = create_app(pipelines, limits, distribution)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     print(f"kface serve: http://{shown}:{bound_port}/ ({verifier.embedder.spec.name}, threshold "
-          f"{verifier.threshold:.4f}{', age/gender' if analyzer else ''}); API docs at /docs; Ctrl-C stops it",
-          file=sys.stderr, flush=True)
+          f"{verifier.threshold:.4f}{', age/gender' if pipelines[0].analyzer else ''}, {len(pipelines)} workers); "
+          f"API docs at /docs; Ctrl-C stops it", file=sys.stderr, flush=True)
     config = uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=not quiet,
                             server_header=False)
     uvicorn.Server(config).run(sockets=[sock])

@@ -394,16 +394,26 @@ def run_epoch(model: torch.nn.Module, batch_iter, criterion, *, optimizer=None, 
     model.train(training)
     losses, logits_all, labels_all, distances_all = [], [], [], []
     device_type = next(model.parameters()).device.type
+    # Small steps are bound by per-call overhead: skip what does nothing (autocast and loss scaling
+    # off the GPU, the optimiser's zero_grad bookkeeping).
+    parameters = [p for group in optimizer.param_groups for p in group["params"]] if training else []
+    scaling = scaler is not None and scaler.is_enabled()
     with torch.set_grad_enabled(training):
         for features_a, features_b, labels, global_size in batch_iter:
-            with torch.autocast(device_type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device_type, dtype=torch.float16) if amp else contextlib.nullcontext():
                 distances, logits = model(features_a, features_b)
             pair_losses = criterion(distances.float(), logits.float(), labels)
             if training:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(pair_losses.sum() * (world_size / global_size)).backward()
-                scaler.step(optimizer)
-                scaler.update()
+                for parameter in parameters:
+                    parameter.grad = None
+                loss = pair_losses.sum() * (world_size / global_size)
+                if scaling:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
             else:
                 distances_all.append(distances.detach().float())
             losses.append(pair_losses.detach())

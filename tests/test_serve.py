@@ -19,7 +19,7 @@ from PIL import Image
 
 from kface.api import load_verifier
 from kface.errors import InputError
-from kface.serve import ServeLimits, create_app, load_distances
+from kface.serve import Pipeline, ServeLimits, create_app, load_distances
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -77,7 +77,7 @@ def analyzer(tmp_path_factory):
 def client(verifier, analyzer):
     from fastapi.testclient import TestClient
 
-    app = create_app(verifier, analyzer, ServeLimits(MAX_REQUEST_BYTES, MAX_PIXELS, workers=2))
+    app = create_app([Pipeline(verifier, analyzer)], ServeLimits(MAX_REQUEST_BYTES, MAX_PIXELS))
     with TestClient(app) as test_client:
         yield test_client
 
@@ -141,7 +141,7 @@ def test_analyze_all_faces_lists_the_faces(client):
 def test_analyze_without_an_attribute_model_is_501_with_the_way_out(verifier):
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app(verifier)) as bare:
+    with TestClient(create_app([Pipeline(load_verifier(cache=False))])) as bare:
         response = bare.post("/analyze", files={"image": ("obama.jpg", photo("obama.jpg"))})
         assert response.status_code == 501 and "--attributes-model" in response.json()["detail"]
         assert bare.get("/health").json()["attributes"] is None
@@ -151,7 +151,7 @@ def test_health_names_the_model_threshold_rule_limits_and_versions(client):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["backbone"] == "dlib-resnet" and health["model"] is None
     assert health["threshold"] == pytest.approx(0.6144) and "LFW" in health["threshold_source"]
-    assert health["limits"] == {"max_request_bytes": MAX_REQUEST_BYTES, "max_pixels": MAX_PIXELS, "workers": 2}
+    assert health["limits"] == {"max_request_bytes": MAX_REQUEST_BYTES, "max_pixels": MAX_PIXELS, "workers": 1}
     assert health["attributes"]["tasks"] == ["age", "gender"]
     assert {"kface", "python", "fastapi", "uvicorn"} <= set(health["versions"])
 
@@ -274,25 +274,28 @@ class GatedVerifier:
         return self._inner.verify(image_a, image_b)
 
 
-def test_verifications_run_in_parallel_off_the_event_loop(verifier):
+def test_verifications_run_in_parallel_off_the_event_loop():
+    """Two pipelines (each its own models: dlib's detector is not thread-safe) work on two requests at once,
+    and the page and /health answer meanwhile."""
     from fastapi.testclient import TestClient
 
-    gated = GatedVerifier(verifier)
-    with TestClient(create_app(gated, limits=ServeLimits(workers=2))) as concurrent:
+    gated = [GatedVerifier(load_verifier(cache=False)) for _ in range(2)]
+    with TestClient(create_app([Pipeline(one) for one in gated])) as concurrent:
         answers = []
         threads = [threading.Thread(target=lambda: answers.append(post_verify(concurrent, photo("obama2.jpg"))))
                    for _ in range(2)]
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while gated.inside < 2 and time.monotonic() < deadline:
+        while sum(one.inside for one in gated) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert gated.inside == 2  # both requests are inside verify at once
+        assert [one.inside for one in gated] == [1, 1]  # both requests are inside verify at once
         started = time.monotonic()
         assert concurrent.get("/health").status_code == 200
         assert concurrent.get("/").status_code == 200
         assert time.monotonic() - started < 5  # answered while both verifications wait
-        gated.gate.set()
+        for one in gated:
+            one.gate.set()
         for thread in threads:
             thread.join(60)
         assert [answer.status_code for answer in answers] == [200, 200]
@@ -307,18 +310,20 @@ def write_scores(path: Path, threshold: float = 0.6144, seed: int = 0) -> Path:
     for split in ("val", "test"):
         for label, centre in ((1, 0.4), (0, 0.85)):
             for distance in rng.normal(centre, 0.07, 50):
-                lines.append(f"{split},a.jpg,b.jpg,{label},{distance:.6f},{int(distance <= threshold)},{threshold},1,1,")
+                same = int(distance <= threshold)
+                lines.append(f"{split},a.jpg,b.jpg,{label},{distance:.6f},{same},{threshold},1,1,")
     lines.append("test,a.jpg,bad.jpg,1,,,0.6144,1,0,bad.jpg: no face found")  # a failed pair: left out
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def test_distribution_from_scored_pairs_reaches_the_page(verifier, tmp_path):
+def test_distribution_from_scored_pairs_reaches_the_page(tmp_path):
     from fastapi.testclient import TestClient
 
+    verifier = load_verifier(cache=False)
     distribution = load_distances(write_scores(tmp_path / "scores.csv"), "test", verifier.threshold)
     assert distribution.same.size == 50 and distribution.different.size == 50 and distribution.notes == []
-    with TestClient(create_app(verifier, distribution=distribution)) as with_plot:
+    with TestClient(create_app([Pipeline(verifier)], distribution=distribution)) as with_plot:
         body = with_plot.get("/distribution").json()
         assert with_plot.get("/health").json()["distribution"] is True
     assert body["available"] is True and body["n_same"] == 50 and body["n_diff"] == 50
@@ -347,3 +352,27 @@ def test_distances_file_problems_are_clear(tmp_path):
     (tmp_path / "nosplit.csv").write_text("label,distance\n1,0.3\n0,0.9\n")
     with pytest.raises(InputError, match="no 'split' column"):
         load_distances(tmp_path / "nosplit.csv", "test")
+
+
+# -- the command ---------------------------------------------------------------------------------------
+def test_only_loopback_addresses_count_as_this_machine():
+    from kface.serve import is_loopback
+
+    assert all(is_loopback(host) for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "::", "192.168.0.10", "example.org"))
+
+
+def test_serve_on_a_port_in_use_is_one_error_line_before_loading_models():
+    import socket
+
+    from click.testing import CliRunner
+
+    from kface.cli import cli
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(cli, ["serve", "--port", str(port)])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port} (Address already in use)"

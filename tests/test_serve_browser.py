@@ -8,7 +8,7 @@ server's error. It skips, saying why, where Chromium or Playwright is missing, e
 Run as a script, the same code takes the README's screenshot:
 
     .venv/bin/python tests/test_serve_browser.py --out docs/serve.png \\
-        --distances results.csv --distances-split test
+        --distances results.csv --distances-split test --attributes-model runs/gender/model.pt
 """
 from __future__ import annotations
 
@@ -167,13 +167,21 @@ def test_page_says_same_person_then_shows_the_error_for_a_text_file(tmp_path):
         assert page.errors == []
 
 
-def take_screenshot(out: Path, distances: Optional[str], split: Optional[str]) -> None:
-    """The README's screenshot: the page after comparing obama.jpg with obama2.jpg."""
+def take_screenshot(out: Path, distances: Optional[str], split: Optional[str], attributes_model: Optional[str]) -> None:
+    """The README's screenshot: the page after comparing obama.jpg with obama2.jpg (and analyzing biden.jpg
+    when an attribute model is given)."""
+    from playwright.sync_api import expect
+
     options = ["--distances", distances] + (["--distances-split", split] if split else []) if distances else []
+    options += ["--attributes-model", attributes_model] if attributes_model else []
     with running_server(*options) as url, browser_page() as page:
         print(f"verdict: {compare_on_page(page, url, EXAMPLES / 'obama.jpg', EXAMPLES / 'obama2.jpg')}")
+        if attributes_model:
+            page.set_input_files("#file-c", str(EXAMPLES / "biden.jpg"))
+            expect(page.locator("#analyze-result")).to_be_visible(timeout=ANSWER_TIMEOUT_MS)
         out.parent.mkdir(parents=True, exist_ok=True)
-        page.locator("main section").first.screenshot(path=str(out))
+        page.screenshot(path=str(out), full_page=True)
+        assert page.errors == [], page.errors
     print(f"wrote {out}")
 
 
@@ -182,5 +190,6 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "serve.png")
     parser.add_argument("--distances", help="labelled distances for the plot (kface serve --distances)")
     parser.add_argument("--distances-split", help="kface serve --distances-split")
+    parser.add_argument("--attributes-model", help="kface serve --attributes-model")
     arguments = parser.parse_args()
-    take_screenshot(arguments.out, arguments.distances, arguments.distances_split)
+    take_screenshot(arguments.out, arguments.distances, arguments.distances_split, arguments.attributes_model)
