@@ -103,11 +103,10 @@ def threshold_record(threshold) -> dict:
     raise InputError(f"not a threshold: {threshold!r}")
 
 
-def model_checkpoint(config, model: torch.nn.Module, feature_shape, threshold, metrics: dict, epoch: int,
-                     data: dict) -> dict:
-    """The model checkpoint of a :class:`~kface.siamese.PairModel` trained with ``config`` (a TrainConfig)."""
-    from .backbones import get_spec
-
+def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_size: int, threshold, metrics: dict,
+                     epoch: int, data: dict) -> dict:
+    """The model checkpoint of a :class:`~kface.siamese.PairModel` trained with ``config`` (a TrainConfig)
+    on features of ``feature_shape`` whose embeddings (the head's input) have ``embedding_size`` values."""
     spec = config.feature_spec()
     return {
         "format": FORMAT,
@@ -115,8 +114,8 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, threshold, m
         "backbone": config.backbone,
         "weights": {"path": os.path.abspath(config.weights), "sha256": file_sha256(config.weights)}
         if config.weights else None,
-        "features": {**spec.to_dict(), "shape": list(feature_shape)},
-        "head": {"kind": config.head, "cut": config.unfreeze, "embedding_size": get_spec(config.backbone).embedding_size,
+        "features": {**spec.to_dict(), "shape": [int(size) for size in feature_shape]},
+        "head": {"kind": config.head, "cut": config.unfreeze, "embedding_size": int(embedding_size),
                  "loss": config.loss, "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
         "distance": config.distance,
         "threshold": threshold_record(threshold),

@@ -320,7 +320,9 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 def train(ctx, resume, as_json, quiet, **options):
     """Fine-tune a Siamese head on a frozen backbone with a pair file's train split; select on val.
 
-    Runs on several processes or machines with torchrun:
+    Several processes or machines (DDP: gloo on CPU, nccl on GPU) through torchrun:
+
+    \b
     torchrun --nproc_per_node 2 -m kface train --pairs p.csv --out runs/x
     """
     import os

@@ -42,6 +42,7 @@ from .embeddings import EmbeddingResult, Embedder
 from .errors import InputError
 from .images import ImageSource, content_hash, read_bytes
 from .outputs import write_json
+from .progress import progress_bar
 
 log = logging.getLogger("kface")
 
@@ -53,6 +54,8 @@ TRAINABLE_BACKBONE = "dlib-torch"
 PREFIX_BATCH = 64
 #: Images per task handed to a detection worker.
 DETECT_CHUNK = 16
+#: Images computed and stored at a time.
+COMPUTE_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ class FeatureStore:
         self.shape = feature_shape(spec.backbone, spec.cut)
         self.dtype = store_dtype(self.shape)
         self.tag = self._tag()
+        self._prefix: Optional[PrefixNetwork] = None
         root = Path(folder) if folder is not None else cache_dir()
         self.folder = root / "features" / hashlib.sha256(self.tag.encode()).hexdigest()[:20]
 
@@ -202,13 +206,22 @@ class FeatureStore:
         hashes, errors = _hash_files(paths)
         rows = self._read_index()["rows"]
         missing = list(dict.fromkeys(p for p in paths if p in hashes and hashes[p] not in rows))
-        computed: dict[str, tuple[np.ndarray, str]] = {}
-        if missing:
-            computed, failed = self._compute(missing)
-            errors.update(failed)
-            self._append({hashes[p]: value for p, value in computed.items()})
-        index = self._read_index()
-        return self._gather(paths, hashes, index, errors, len(computed))
+        if self.workers > 0 and len(missing) > DETECT_CHUNK:
+            self._detect_in_workers(missing)
+        computed = 0
+        bar = progress_bar(len(missing) if len(missing) > COMPUTE_CHUNK else 0, "features", enabled=self.progress)
+        try:
+            # In chunks: memory stays bounded (chips are 67 kB each) and an interruption keeps what is done.
+            for start in range(0, len(missing), COMPUTE_CHUNK):
+                chunk = missing[start:start + COMPUTE_CHUNK]
+                done, failed = self._compute(chunk)
+                errors.update(failed)
+                self._append({hashes[p]: value for p, value in done.items()})
+                computed += len(done)
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        return self._gather(paths, hashes, self._read_index(), errors, computed)
 
     # -- computing -------------------------------------------------------------------------------
     def _embedder(self, progress: bool) -> Embedder:
@@ -216,8 +229,7 @@ class FeatureStore:
                         max_pixels=self.max_pixels)
 
     def _compute(self, paths: list[str]) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]:
-        if self.workers > 0 and len(paths) > DETECT_CHUNK:
-            self._detect_in_workers(paths)
+        """Features of ``paths`` (none stored yet) and the errors of those that failed."""
         embedder = self._embedder(self.progress)
         try:
             if self.spec.cut == "none":
@@ -231,21 +243,21 @@ class FeatureStore:
         kept = [(path, entry) for path, entry in zip(paths, entries) if entry is not None]
         if not kept:
             return {}, errors
-        from .progress import progress_bar
-
         bar = progress_bar(len(kept), f"frozen layers up to {self.spec.cut}", enabled=self.progress)
         try:
-            features = PrefixNetwork(self.spec.cut, self.device, self.spec.weights)(
-                np.stack([entry.chip for _, entry in kept]), bar)
+            features = self._prefix_network()(np.stack([entry.chip for _, entry in kept]), bar)
         finally:
             bar.close()
         return {path: (features[i], entry.stage) for i, (path, entry) in enumerate(kept)}, errors
 
+    def _prefix_network(self) -> "PrefixNetwork":
+        if self._prefix is None:
+            self._prefix = PrefixNetwork(self.spec.cut, self.device, self.spec.weights)
+        return self._prefix
+
     def _detect_in_workers(self, paths: list[str]) -> None:
         """Fill the face cache in parallel worker processes (dlib's detector uses one core)."""
         from torch.utils.data import DataLoader
-
-        from .progress import progress_bar
 
         chunks = [paths[i:i + DETECT_CHUNK] for i in range(0, len(paths), DETECT_CHUNK)]
         options = {**self.spec.embedder_options(), "device": "cpu", "max_pixels": self.max_pixels}

@@ -47,7 +47,7 @@ class SiameseHead(nn.Module):
             self.linear.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.linear(x))
+        return torch.tanh(F.linear(x, self.linear.weight, self.linear.bias))  # F.linear: one module call less
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,18 @@
 """``kface sweep``: the study's grid of negative:positive ratios (and images per identity), end to end.
 
-For every setting (each ``images_per_identity`` value x each ratio) the sweep
+For every setting (each ``images_per_identity`` value x each ratio x each head x each distance) the sweep
 
-1. samples a pair file from the dataset, indexed once (``OUT/pairs/<setting>.csv``);
+1. samples a pair file from the dataset, indexed once (``OUT/pairs/<k and ratio>.csv``, shared by
+   the heads and distances of that cell, so they are compared on the very same pairs);
 2. trains a model on it with :func:`kface.train.train` (``OUT/runs/<setting>/model.pt``);
 3. writes that model's overlap report (``OUT/<setting>/``): threshold chosen on val, scored on test;
 
 then lays the results out as the study's tables: ``sweep.csv`` (one row per setting), ``sweep.md``
-(one table per images-per-identity setting: ratio, accuracy, loss, overlap, threshold) and
-``sweep.png`` (each measure against the share of different-person pairs). ``sweep.json`` holds the
-configuration and every row.
+(one table per images-per-identity setting: ratio, [head, distance,] accuracy, loss, overlap,
+threshold) and ``sweep.png`` (each measure against the share of different-person pairs, one line per
+head and distance). ``sweep.json`` holds the configuration and every row. With the defaults (the
+paper's siamese head, Euclidean distance) settings are named ``k5-ratio-4-6``; as soon as another
+head or distance is swept every name ends in ``-<head>-<distance>``.
 
 Every pair file is sampled before anything trains, so a ratio the data cannot support fails at once.
 With ``resume`` a setting whose report exists is reused and an interrupted training run continues.
@@ -35,7 +38,8 @@ log = logging.getLogger("kface")
 #: The study's grid: 1:9 ... 9:1 (different-person : same-person pairs).
 DEFAULT_RATIOS = tuple(f"{n}:{10 - n}" for n in range(1, 10))
 #: Columns of sweep.csv, in order.
-COLUMNS = ("setting", "ratio", "negative_fraction", "images_per_identity", "accuracy", "loss", "overlap",
+COLUMNS = ("setting", "ratio", "negative_fraction", "images_per_identity", "head", "distance", "accuracy", "loss",
+           "overlap",
            "overlap_histogram", "threshold", "rule", "auc", "eer", "n_same", "n_diff", "best_epoch", "report")
 
 
@@ -50,6 +54,33 @@ def parse_ratios(text: Union[str, Sequence[str]]):
     if len({ratio.reduced for ratio in ratios}) != len(ratios):
         raise InputError(f"--ratios: the same ratio is listed twice in {','.join(items)}")
     return tuple(ratios)
+
+
+def parse_choices(text: Union[str, Sequence[str]], valid: Sequence[str], option: str) -> tuple[str, ...]:
+    """``"a,b"`` (or a list) as a tuple of names, each one of ``valid``, none repeated."""
+    items = [part.strip() for part in (text.split(",") if isinstance(text, str) else text) if str(part).strip()]
+    if not items:
+        raise InputError(f"{option}: give at least one of {', '.join(valid)}")
+    unknown = [item for item in items if item not in valid]
+    if unknown:
+        raise InputError(f"{option}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
+    if len(set(items)) != len(items):
+        raise InputError(f"{option}: a value is listed twice in {','.join(items)}")
+    return tuple(items)
+
+
+def parse_heads(text: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """``"siamese,lda"`` as head names of :data:`kface.siamese.HEADS`."""
+    from .siamese import HEADS
+
+    return parse_choices(text, list(HEADS), "--heads")
+
+
+def parse_distances(text: Union[str, Sequence[str]]) -> tuple[str, ...]:
+    """``"euclidean,cosine"`` as distance names of :data:`kface.distances.DISTANCES`."""
+    from .distances import DISTANCES
+
+    return parse_choices(text, list(DISTANCES), "--distance")
 
 
 def parse_images_per_identity(text: Union[str, Sequence, None]) -> tuple[Optional[int], ...]:
@@ -80,8 +111,8 @@ class SweepConfig:
     """A sweep: the dataset, the grid, the pair sampling, and the settings passed on to training and reports.
 
     ``train`` holds :class:`kface.train.TrainConfig` settings (``epochs``, ``backbone``, ``lr``, ...;
-    an unknown key fails when the first run is configured); ``pairs``/``out``/``seed`` there are set
-    by the sweep.
+    an unknown key fails when the first run is configured); ``pairs``/``out``/``seed`` and
+    ``head``/``distance`` there are set by the sweep (from ``heads`` and ``distances``).
     """
 
     dataset: str
@@ -90,6 +121,8 @@ class SweepConfig:
     dataset_options: dict = field(default_factory=dict)
     ratios: tuple = DEFAULT_RATIOS
     images_per_identity: tuple = (None,)
+    heads: tuple = ("siamese",)
+    distances: tuple = ("euclidean",)
     pairs: int = 2000
     split: tuple = (0.8, 0.1, 0.1)
     hard_negatives: bool = False
@@ -103,6 +136,8 @@ class SweepConfig:
         values = asdict(self)
         values["ratios"] = [str(ratio) for ratio in self.ratios]
         values["images_per_identity"] = list(self.images_per_identity)
+        values["heads"] = list(self.heads)
+        values["distances"] = list(self.distances)
         values["split"] = list(self.split)
         return values
 
@@ -113,19 +148,33 @@ class Setting:
 
     ratio: object  # kface.pairs.Ratio
     images_per_identity: Optional[int]
+    head: str = "siamese"
+    distance: str = "euclidean"
+    tagged: bool = False  # the name carries the head and distance (several, or not the paper's, are swept)
 
     @property
-    def name(self) -> str:
-        """``k5-ratio-4-6`` (or ``ratio-4-6`` with every image)."""
+    def pairs_name(self) -> str:
+        """``k5-ratio-4-6`` (or ``ratio-4-6`` with every image): the pair file, shared by heads and distances."""
         ratio = f"ratio-{self.ratio.negatives}-{self.ratio.positives}"
         return f"k{self.images_per_identity}-{ratio}" if self.images_per_identity else ratio
 
+    @property
+    def name(self) -> str:
+        """The pair name, then ``-<head>-<distance>`` when the setting is tagged."""
+        return f"{self.pairs_name}-{self.head}-{self.distance}" if self.tagged else self.pairs_name
 
 def settings_of(config: SweepConfig) -> list[Setting]:
-    """The grid in table order: images per identity outermost, then the ratios as given."""
+    """The grid in table order: images per identity outermost, then the ratios as given, heads, distances."""
     from .pairs import parse_ratio
 
-    return [Setting(parse_ratio(ratio), k) for k in config.images_per_identity for ratio in config.ratios]
+    tagged = _tagged(config)
+    return [Setting(parse_ratio(ratio), k, head, distance, tagged) for k in config.images_per_identity
+            for ratio in config.ratios for head in config.heads for distance in config.distances]
+
+
+def _tagged(config: SweepConfig) -> bool:
+    """Whether heads and distances are part of the grid (anything but the paper's siamese + Euclidean)."""
+    return tuple(config.heads) != ("siamese",) or tuple(config.distances) != ("euclidean",)
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = False,
@@ -143,18 +192,20 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
         log.warning("%s", line)
     pair_files = {}
     for setting in settings:  # all pair files first: an impossible setting fails before any training
+        if setting.pairs_name in pair_files:
+            continue
         request = PairRequest(setting.ratio, config.pairs, tuple(config.split), setting.images_per_identity,
                               config.seed, config.hard_negatives)
         try:
             pairs = sample_pairs(index, request)
         except InputError as error:
-            raise InputError(f"setting {setting.name}: {error}") from None
-        pair_files[setting.name] = out / "pairs" / f"{setting.name}.csv"
-        write_pairs(pairs, pair_files[setting.name])
+            raise InputError(f"setting {setting.pairs_name}: {error}") from None
+        pair_files[setting.pairs_name] = out / "pairs" / f"{setting.pairs_name}.csv"
+        write_pairs(pairs, pair_files[setting.pairs_name])
     rows = []
     for number, setting in enumerate(settings, start=1):
         log.info("sweep %d/%d: %s", number, len(settings), setting.name)
-        rows.append(_run_setting(config, setting, pair_files[setting.name], resume=resume, progress=progress,
+        rows.append(_run_setting(config, setting, pair_files[setting.pairs_name], resume=resume, progress=progress,
                                  cache=cache))
     write_sweep(out, config, rows, command)
     return rows
@@ -168,7 +219,8 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
     run_dir = Path(config.out) / "runs" / setting.name
     report_dir = Path(config.out) / setting.name
     train_config = TrainConfig.from_dict({**config.train, "pairs": str(pair_file), "out": str(run_dir),
-                                          "seed": config.seed, "threshold_rule": config.rule})
+                                          "seed": config.seed, "threshold_rule": config.rule,
+                                          "head": setting.head, "distance": setting.distance})
     metrics_file = report_dir / "metrics.json"
     if resume and metrics_file.is_file() and (run_dir / MODEL).is_file():
         body = json.loads(metrics_file.read_text(encoding="utf-8"))
@@ -187,6 +239,8 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
         "ratio": str(setting.ratio),
         "negative_fraction": setting.ratio.negative_fraction,
         "images_per_identity": setting.images_per_identity,
+        "head": setting.head,
+        "distance": setting.distance,
         **{key: body.get(key) for key in ("accuracy", "loss", "overlap", "overlap_histogram", "threshold", "rule",
                                           "auc", "eer", "n_same", "n_diff")},
         "best_epoch": best.get("epoch"),
@@ -205,7 +259,7 @@ def write_sweep(out: Path, config: SweepConfig, rows: list[dict], command: Optio
     for row in rows:
         writer.writerow({key: "" if row.get(key) is None else row[key] for key in COLUMNS})
     write_text(out / "sweep.csv", buffer.getvalue())
-    _plot_sweep(out / "sweep.png", rows)
+    _plot_sweep(out / "sweep.png", rows, _tagged(config))
     write_text(out / "sweep.md", sweep_markdown(config, rows, command))
     write_json(out / "sweep.json", {"config": config.to_dict(), "command": command, "rows": rows})
 
@@ -230,12 +284,14 @@ def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str]
         "",
         f"Dataset `{config.dataset}` at `{config.root}`; {config.pairs} pairs per setting (split "
         f"{':'.join(f'{share:g}' for share in config.split)}, seed {config.seed}); "
-        f"{train.get('epochs', 'default')} epochs on {train.get('backbone', 'dlib-resnet')}. For each setting "
+        f"{train.get('epochs', 'default')} epochs on {train.get('backbone', 'dlib-resnet')}; heads "
+        f"{', '.join(config.heads)}; distances {', '.join(config.distances)}. For each setting "
         f"the threshold is chosen by the `{config.rule}` rule on the val split; accuracy, loss (test BCE) and "
         f"overlap (Gaussian KDE) are measured on the test split ({samples}). "
         f"Ratio = different-person : same-person pairs. Best value per column in bold.",
         "",
     ]
+    tagged = _tagged(config)
     for k in dict.fromkeys(row["images_per_identity"] for row in rows):
         group = [row for row in rows if row["images_per_identity"] == k]
         best = {"accuracy": _best(group, "accuracy", False), "loss": _best(group, "loss", True),
@@ -245,13 +301,15 @@ def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str]
             return f"**{text}**" if row.get(key) is not None and row[key] == best.get(key) else text
 
         lines += [f"## {_k_label(k)}", "",
-                  "| ratio | accuracy | loss | overlap | threshold | AUC | EER | report |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+                  "| ratio | " + ("head | distance | " if tagged else "")
+                  + "accuracy | loss | overlap | threshold | AUC | EER | report |",
+                  "|---|" + ("---|---|" if tagged else "") + "---:|---:|---:|---:|---:|---:|---|"]
         for row in group:
             accuracy = "—" if row["accuracy"] is None else f"{100 * row['accuracy']:.2f}%"
             loss = "—" if row["loss"] is None else f"{row['loss']:.4f}"
             overlap = "—" if row["overlap"] is None else f"{row['overlap']:.4f}"
-            lines.append(f"| {row['ratio']} | {cell(row, 'accuracy', accuracy)} | {cell(row, 'loss', loss)} | "
+            model = f"{row['head']} | {row['distance']} | " if tagged else ""
+            lines.append(f"| {row['ratio']} | {model}{cell(row, 'accuracy', accuracy)} | {cell(row, 'loss', loss)} | "
                          f"{cell(row, 'overlap', overlap)} | {row['threshold']:.4f} | {row['auc']:.4f} | "
                          f"{100 * row['eer']:.2f}% | [{row['setting']}]({row['report']}/report.md) |")
         lines.append("")
@@ -261,7 +319,7 @@ def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str]
     return "\n".join(lines)
 
 
-def _plot_sweep(path: Path, rows: list[dict]) -> None:
+def _plot_sweep(path: Path, rows: list[dict], tagged: bool = False) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,12 +330,16 @@ def _plot_sweep(path: Path, rows: list[dict]) -> None:
               ("threshold", "threshold (chosen on val)"))
     figure, axes = plt.subplots(2, 2, figsize=(10, 7), sharex=True)
     ratios = list(dict.fromkeys((row["negative_fraction"], row["ratio"]) for row in rows))
-    for k in dict.fromkeys(row["images_per_identity"] for row in rows):
-        group = sorted((row for row in rows if row["images_per_identity"] == k), key=lambda row: row["negative_fraction"])
+    # One line per images-per-identity setting (and per head and distance when those are swept).
+    lines = dict.fromkeys((row["images_per_identity"], row["head"], row["distance"]) for row in rows)
+    for k, head, distance in lines:
+        group = sorted((row for row in rows if (row["images_per_identity"], row["head"], row["distance"])
+                        == (k, head, distance)), key=lambda row: row["negative_fraction"])
         x = [row["negative_fraction"] for row in group]
+        label = f"{_k_label(k)}, {head}, {distance}" if tagged else _k_label(k)
         for axis, (key, _) in zip(axes.flat, panels):
             y = [np.nan if row[key] is None else row[key] for row in group]
-            axis.plot(x, y, "o-", label=_k_label(k))
+            axis.plot(x, y, "o-", label=label)
     axes[0, 0].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1))
     for axis, (key, title) in zip(axes.flat, panels):
         axis.set_title(title, fontsize=10)

@@ -10,7 +10,9 @@ cosine schedule from 0.01 to 0.001, 200 epochs). The steps, in order:
    images from the :mod:`feature store <kface.features>` (computed once per image, ever); pairs
    whose image failed are dropped and counted.
 3. :func:`fit`: epoch 0 measures the untrained head; each epoch then trains on a seeded shuffle of
-   the train pairs and measures val (loss, accuracy at the threshold chosen on val, overlap area).
+   the train pairs and measures val: loss and accuracy on every val pair, the accuracy at the
+   threshold that ``--threshold-rule`` chooses, and that threshold and the overlap area on the
+   study's sample of val (at most 400 pairs of each class, drawn once with the seed).
    ``model.pt`` is the best epoch by ``--select``; ``last.pt`` (everything needed to continue) and
    ``history.json`` are rewritten after every epoch, atomically.
 
@@ -43,8 +45,9 @@ from .checkpoints import file_sha256, load_checkpoint, model_checkpoint, plain, 
 from .distances import get_distance
 from .errors import InputError, KfaceError
 from .faces import DETECTORS, FALLBACKS
-from .features import FeatureSpec, FeatureStore, feature_shape
-from .metrics import accuracy_at, bce_loss, choose_threshold, overlap_area, parse_rule
+from .features import FeatureSpec, FeatureStore
+from .metrics import (DEFAULT_SAMPLES, accuracy_at, bce_loss, choose_threshold, overlap_area, parse_rule,
+                      sample_per_class)
 from .siamese import PairModel, build_pair_model, get_head, get_loss, loss_class, trainable_parameters
 
 log = logging.getLogger("kface")
@@ -269,14 +272,21 @@ class Processes:
         return self.rank == 0
 
     @classmethod
+    def single(cls, device: str) -> "Processes":
+        """This process alone, on ``device`` (auto, cpu or cuda)."""
+        from .devices import resolve_device
+
+        return cls(torch.device(resolve_device(device)))
+
+    @classmethod
     def from_env(cls, device: str) -> "Processes":
         """One process, or DDP when launched by torchrun (``WORLD_SIZE`` > 1): gloo on CPU, nccl on GPU."""
         from .devices import resolve_device
 
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        resolved = torch.device(resolve_device(device))
         if world_size == 1:
-            return cls(resolved)
+            return cls.single(device)
+        resolved = torch.device(resolve_device(device))
         import torch.distributed as dist
 
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
@@ -406,13 +416,14 @@ def run_epoch(model: torch.nn.Module, batch_iter, criterion, *, optimizer=None, 
             if training:
                 for parameter in parameters:
                     parameter.grad = None
-                loss = pair_losses.sum() * (world_size / global_size)
+                # d(batch loss)/d(pair loss): backward from the pair losses directly spares two graph nodes.
+                weights = torch.full_like(pair_losses, world_size / global_size)
                 if scaling:
-                    scaler.scale(loss).backward()
+                    scaler.scale(pair_losses).backward(weights)
                     scaler.step(optimizer)
                     scaler.update()
                 else:
-                    loss.backward()
+                    pair_losses.backward(weights)
                     optimizer.step()
             else:
                 distances_all.append(distances.detach().float())
@@ -432,25 +443,46 @@ def run_epoch(model: torch.nn.Module, batch_iter, criterion, *, optimizer=None, 
     return output
 
 
-#: Val measurements by name: each takes the pass's output, the labels and the threshold chosen on val.
+@dataclass
+class ValPass:
+    """One pass over the val pairs, and ``sample``: the pairs (at most ``DEFAULT_SAMPLES`` of each class,
+    drawn once with the seed, as the study did) on which the threshold is chosen and the overlap measured,
+    which bounds the cost of their density estimates on large val splits."""
+
+    distances: np.ndarray
+    probabilities: np.ndarray
+    loss: float
+    labels: np.ndarray
+    sample: np.ndarray
+
+    def sampled(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.distances[self.sample], self.labels[self.sample]
+
+
+def _sampled_overlap(val: ValPass) -> float:
+    distances, labels = val.sampled()
+    return overlap_area(distances[labels == 1], distances[labels == 0], grid=VAL_GRID)
+
+
+#: Val measurements by name: each takes the pass and the threshold chosen on the val sample.
 VAL_METRICS: dict[str, Callable] = {
-    "loss": lambda out, labels, threshold: out.loss,
-    "bce": lambda out, labels, threshold: bce_loss(out.probabilities, labels),
-    "accuracy": lambda out, labels, threshold: accuracy_at(out.distances, labels, threshold.value),
-    "overlap": lambda out, labels, threshold: overlap_area(out.distances[labels == 1], out.distances[labels == 0],
-                                                           grid=VAL_GRID),
+    "loss": lambda val, threshold: val.loss,
+    "bce": lambda val, threshold: bce_loss(val.probabilities, val.labels),
+    "accuracy": lambda val, threshold: accuracy_at(val.distances, val.labels, threshold.value),
+    "overlap": lambda val, threshold: _sampled_overlap(val),
 }
 
 
-def measure(model: PairModel, features: torch.Tensor, pairs: PairTensors, criterion, rule: str,
+def measure(model: PairModel, features: torch.Tensor, pairs: PairTensors, criterion, rule: str, sample: np.ndarray,
             amp: bool = False) -> tuple[dict, object]:
-    """Val metrics of ``model`` (see :data:`VAL_METRICS`) and the threshold chosen on val by ``rule``."""
+    """Val metrics of ``model`` (see :data:`VAL_METRICS`) and the threshold chosen by ``rule`` on the
+    ``sample`` of val pairs (indices)."""
     order = torch.arange(len(pairs.labels))
     output = run_epoch(model, batches(features, pairs, order, EVAL_BATCH), criterion, amp=amp)
-    labels = pairs.labels.cpu().numpy().astype(np.int8)
-    threshold = choose_threshold(output.distances, labels, rule, split="val", grid=VAL_GRID)
-    values = {name: float(metric(output, labels, threshold)) for name, metric in VAL_METRICS.items()}
-    return values, threshold
+    val = ValPass(output.distances, output.probabilities, output.loss, pairs.labels.cpu().numpy().astype(np.int8),
+                  sample)
+    threshold = choose_threshold(*val.sampled(), rule, split="val", grid=VAL_GRID)
+    return {name: float(metric(val, threshold)) for name, metric in VAL_METRICS.items()}, threshold
 
 
 @dataclass
@@ -478,7 +510,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
     """
     processes = Processes.from_env(config.device)
     try:
-        _check_out(Path(config.out), resume)
+        _check_out(config, resume)
         started = time.perf_counter()
         data = processes.local_first(lambda show: load_training_data(config, progress=progress and show))
         features_seconds = time.perf_counter() - started
@@ -492,10 +524,16 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
         processes.close()
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    if resume and not (out / LAST).is_file():
-        raise InputError(f"--resume: {out / LAST} does not exist (nothing to resume)")
-    if not resume and ((out / LAST).exists() or (out / MODEL).exists()):
+def _check_out(config: TrainConfig, resume: bool) -> None:
+    """Before any work: a resume has a compatible run to continue; a new run overwrites none."""
+    out = Path(config.out)
+    if resume:
+        if not (out / LAST).is_file():
+            raise InputError(f"--resume: {out / LAST} does not exist (nothing to resume)")
+        if not Path(config.pairs).is_file():
+            raise InputError(f"{config.pairs}: no such pair file")
+        load_last(out / LAST, config, file_sha256(config.pairs))
+    elif (out / LAST).exists() or (out / MODEL).exists():
         raise InputError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
 
 
@@ -503,12 +541,13 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
         on_epoch_end: Optional[Callable[[dict], None]] = None, processes: Optional[Processes] = None) -> TrainResult:
     """Train a pair model on ``data``; write ``model.pt``, ``last.pt`` and ``history.json`` to ``config.out``.
 
-    ``on_epoch_end(record)`` is called after each epoch's files are written.
+    ``on_epoch_end(record)`` is called after each epoch's files are written. ``processes`` (from
+    :meth:`Processes.from_env`) makes it one process of a DDP job; by default it runs alone.
     """
     from .progress import progress_bar
 
-    processes = processes or Processes.from_env(config.device)
-    with _threads_for(data.features):
+    processes = processes or Processes.single(config.device)
+    with _threads_for(data.features), _single_threaded_blas():
         run = TrainingRun(config, data, processes)
         if resume:
             run.resume()
@@ -544,6 +583,7 @@ class TrainingRun:
         self.criterion = get_loss(config.loss, config.margin)
         self.features = torch.from_numpy(data.features).to(device)
         self.train_pairs, self.val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
+        self.val_sample = sample_per_class(data.val.labels, DEFAULT_SAMPLES, config.seed).indices
         # Fused Adam: one kernel for all parameters, the fastest step for a small head on CPU and GPU.
         self.optimizer = torch.optim.Adam(trainable_parameters(self.model), lr=config.lr, fused=True)
         # The first epoch trains at lr, the last at min_lr.
@@ -616,7 +656,7 @@ class TrainingRun:
         """Measure val, add it to ``record``, and save ``model.pt`` when this epoch is the best so far."""
         started = time.perf_counter()
         values, threshold = measure(self.model, self.features, self.val_pairs, self.criterion,
-                                    self.config.threshold_rule, self.amp)
+                                    self.config.threshold_rule, self.val_sample, self.amp)
         self.timing["validation_s"] += time.perf_counter() - started
         record.update({f"val_{name}": value for name, value in values.items()})
         record["threshold"] = threshold.value
@@ -624,9 +664,9 @@ class TrainingRun:
         if self.best is None or _better(value, self.best["value"], SELECT_METRICS[self.config.select]):
             self.best = {"epoch": record["epoch"], "metric": self.config.select, "value": value,
                          "threshold": threshold.to_dict()}
-            shape = feature_shape(self.config.backbone, self.config.unfreeze)
-            save_checkpoint(self.out / MODEL, model_checkpoint(self.config, self.model, shape, threshold, values,
-                                                               record["epoch"], self.data.summary))
+            save_checkpoint(self.out / MODEL, model_checkpoint(
+                self.config, self.model, self.data.features.shape[1:], self.data.embedding_size, threshold, values,
+                record["epoch"], self.data.summary))
 
     def _save_last(self) -> None:
         """``last.pt`` (everything :meth:`resume` needs) and ``history.json``, both atomically."""
@@ -665,19 +705,26 @@ def _pretrained_network(config: TrainConfig):
 
 @contextlib.contextmanager
 def _threads_for(features: np.ndarray):
-    """One CPU thread for the small work of a training loop: torch's while the features are vectors, and
-    NumPy's BLAS (the val KDEs) always. Products this small gain nothing from more threads, and on a busy
-    machine threads waiting for each other cost several times the work itself (3-5x measured here)."""
-    from threadpoolctl import threadpool_limits  # installed with scikit-learn
-
+    """One torch CPU thread while the features are vectors: products this small gain nothing from more,
+    and on a busy machine threads waiting for each other cost several times the work (3-5x measured)."""
+    if features.ndim > 2:
+        yield
+        return
     threads = torch.get_num_threads()
-    if features.ndim == 2:
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            yield
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _single_threaded_blas():
+    """NumPy's and SciPy's BLAS on one thread for the small val KDEs (an idle BLAS thread spins, taking
+    a third of a core here). SciPy is loaded first, since the limit only reaches libraries loaded by then."""
+    import scipy.stats  # noqa: F401
+    from threadpoolctl import threadpool_limits  # installed with scikit-learn
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 # -- files -------------------------------------------------------------------------------------------

@@ -189,6 +189,41 @@ def test_unfrozen_final_layer_trains_and_verifies_like_training(lfw_pairs, tmp_p
     assert answer.distance == pytest.approx(float(distance), abs=1e-5)
 
 
+def synthetic_data(seed: int = 0):
+    """Features of 60 made-up identities, 5 images each: 8 dimensions carry the identity, 8 only noise that
+    hides it (like lighting), which a head can learn to ignore for new people too. Pairs of identities
+    0-39 train, 40-59 val."""
+    from kface.train import TrainingData
+
+    rng = np.random.default_rng(seed)
+    identity = np.repeat(rng.normal(0, 0.1, (60, 8)), 5, axis=0) + rng.normal(0, 0.02, (300, 8))
+    features = np.hstack([identity, rng.normal(0, 0.15, (300, 8))]).astype(np.float32)
+
+    def split(count: int, first: int, last: int) -> SplitPairs:
+        who, other = rng.integers(first, last, count), rng.integers(first, last - 1, count)
+        other = other + (other >= who)  # someone else
+        same = rng.random(count) < 0.5
+        a = who * 5 + rng.integers(0, 5, count)
+        b = np.where(same, who * 5 + (a % 5 + rng.integers(1, 5, count)) % 5, other * 5 + rng.integers(0, 5, count))
+        return SplitPairs(a, b, same.astype(np.int8))
+
+    return TrainingData(features, split(400, 0, 40), split(200, 40, 60), 16, {"pairs_sha256": "synthetic"})
+
+
+def test_contrastive_loss_with_cosine_distance_trains_on_synthetic_features(tmp_path):
+    from kface.train import fit
+
+    config = TrainConfig(pairs="synthetic.csv", out=str(tmp_path / "run"), loss="contrastive", distance="cosine",
+                         margin=0.5, epochs=5, lr=0.003, min_lr=0.0003, device="cpu")
+    result = fit(config, synthetic_data())
+    losses = [row["val_loss"] for row in result.history]
+    assert min(losses[1:]) < losses[0], losses
+    checkpoint = load_checkpoint(tmp_path / "run" / "model.pt")
+    assert checkpoint["distance"] == "cosine" and checkpoint["head"]["loss"] == "contrastive"
+    model = pair_model_from_checkpoint(checkpoint)
+    assert model.detach_probability  # contrastive trains the distance; P(same) only calibrates on it
+
+
 # -- checkpoints ---------------------------------------------------------------------------------------
 def test_save_threshold_rewrites_only_the_threshold(reference_run, tmp_path):
     from kface.metrics import Threshold

@@ -7,7 +7,7 @@ Weights come from ``dlib_face_recognition_resnet_model_v1.dat`` (face_recognitio
 conversion runs once and is cached as a torch state dict keyed by the file's sha256.
 
 Training can cut the network in two (:data:`CUT_POINTS`): run the frozen prefix once and train the
-suffix (the fc layer, the last residual block, or the last stage).
+suffix (the fc layer, the last residual block, the last stage, or everything).
 """
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ STAGE_LAYOUT: tuple[tuple[int, tuple[bool, ...]], ...] = (
 )
 #: Where training may cut the network: the suffix after the cut is trainable.
 #: ``none`` = all frozen, ``fc`` = only the final layer, ``last-block`` = the last residual block and
-#: fc, ``last-stage`` = the last stage's blocks and fc.
-CUT_POINTS = ("none", "fc", "last-block", "last-stage")
+#: fc, ``last-stage`` = the last stage's blocks and fc, ``all`` = every layer (the prefix is empty).
+CUT_POINTS = ("none", "fc", "last-block", "last-stage", "all")
 #: Bump when the module's parameter layout changes, so old cached conversions are not loaded.
 CONVERSION_VERSION = 1
 
@@ -114,6 +114,8 @@ class DlibResNet(nn.Module):
     and returns the raw 128-d descriptor (not L2-normalised, as dlib returns it).
     """
 
+    pixel_scale = PIXEL_SCALE
+
     def __init__(self) -> None:
         super().__init__()
         # dlib's per-channel means (red, green, blue); overwritten by the converted weights.
@@ -140,7 +142,7 @@ class DlibResNet(nn.Module):
         """(N, 150, 150, 3) uint8 RGB chips -> the network's input, as dlib's input layer makes it:
         NCHW float32, (pixel - channel mean) / 256."""
         x = chips.permute(0, 3, 1, 2).to(self.input_mean.device, torch.float32)
-        return (x - self.input_mean.view(1, 3, 1, 1)) / PIXEL_SCALE
+        return (x - self.input_mean.view(1, 3, 1, 1)) / self.pixel_scale
 
     def _steps(self) -> list[nn.Module]:
         return [self.stem, *(block for stage in self.stages for block in stage), self.pool, self.fc]
@@ -149,7 +151,7 @@ class DlibResNet(nn.Module):
         """Index into :meth:`_steps` where the trainable suffix starts."""
         steps = len(self._steps())
         indices = {"none": steps, "fc": steps - 1, "last-block": steps - 3,
-                   "last-stage": steps - 2 - len(self.stages[-1])}
+                   "last-stage": steps - 2 - len(self.stages[-1]), "all": 0}
         if cut not in indices:
             raise InputError(f"unknown cut point {cut!r}; choose one of: {', '.join(CUT_POINTS)}")
         return indices[cut]

@@ -32,27 +32,34 @@ def _load_weights_file(model, path: str) -> None:
                          f"{len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[0]})")
 
 
+def load_inception_resnet(name: str, weights: Optional[str] = None):
+    """The InceptionResnetV1 of backbone ``name`` (without its classifier), on the CPU, in eval mode:
+    from ``weights`` (a state dict file) when given, else facenet-pytorch's download or its cached copy."""
+    from facenet_pytorch import InceptionResnetV1
+
+    if weights:
+        model = InceptionResnetV1(classify=False)
+        _load_weights_file(model, weights)
+        return model.eval()
+    try:
+        model = InceptionResnetV1(pretrained=PRETRAINED[name], classify=False)
+    except Exception as exc:  # the download's network errors come in many types
+        raise KfaceError(
+            f"{name}: facenet-pytorch could not load or download its {PRETRAINED[name]} "
+            f"weights ({exc.__class__.__name__}); offline, pass --weights FILE") from None
+    return model.eval()
+
+
 class FacenetBackbone:
     def __init__(self, spec, device: str = "auto", weights: Optional[str] = None):
         import torch
-        from facenet_pytorch import InceptionResnetV1
 
         from ..devices import resolve_device
 
         self.name = spec.name
         self.spec = spec
         self.device = resolve_device(device)
-        if weights:
-            model = InceptionResnetV1(classify=False)
-            _load_weights_file(model, weights)
-        else:
-            try:
-                model = InceptionResnetV1(pretrained=PRETRAINED[spec.name], classify=False)
-            except Exception as exc:  # the download's network errors come in many types
-                raise KfaceError(
-                    f"{spec.name}: facenet-pytorch could not load or download its {PRETRAINED[spec.name]} "
-                    f"weights ({exc.__class__.__name__}); offline, pass --weights FILE") from None
-        self._model = model.eval().to(self.device)
+        self._model = load_inception_resnet(spec.name, weights).to(self.device)
         self._torch = torch
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:

@@ -1,0 +1,79 @@
+"""facenet-pytorch's InceptionResnetV1 as a sequence of steps, so that training can cut it.
+
+The cut points mean what they mean for ``dlib-torch`` (see :mod:`kface.backbones.trainable`):
+``fc`` = the final linear layer and its batch norm, ``last-block`` = the last Inception-ResNet-C
+block (``block8``) and after, ``last-stage`` = the last stage (the five ``repeat_3`` blocks and
+``block8``) and after, ``all`` = everything. The output is L2-normalised, as facenet-pytorch returns it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InputError
+from .trainable import CUT_POINTS
+
+
+class PoolAndFlatten(nn.Module):
+    """The global average pool, as a (N, C) vector."""
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x).flatten(1)
+
+
+class L2Normalize(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(x, p=2, dim=1)
+
+
+class FacenetNetwork(nn.Module):
+    """An InceptionResnetV1 (``model``, without classifier) split into steps; dropout, which only acts
+    in training, is left out so that a tuned suffix computes what the pretrained network computes."""
+
+    #: facenet-pytorch's ``fixed_image_standardization``: (pixel - 127.5) / 128.
+    pixel_scale = 128.0
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.register_buffer("input_mean", torch.full((3,), 127.5))
+
+    def prepare_chips(self, chips: torch.Tensor) -> torch.Tensor:
+        """(N, 160, 160, 3) uint8 RGB chips -> NCHW float32, standardised as facenet-pytorch does."""
+        x = chips.permute(0, 3, 1, 2).to(self.input_mean.device, torch.float32)
+        return (x - self.input_mean.view(1, 3, 1, 1)) / self.pixel_scale
+
+    def _steps(self) -> list[nn.Module]:
+        m = self.model
+        return [m.conv2d_1a, m.conv2d_2a, m.conv2d_2b, m.maxpool_3a, m.conv2d_3b, m.conv2d_4a, m.conv2d_4b,
+                m.repeat_1, m.mixed_6a, m.repeat_2, m.mixed_7a, *m.repeat_3, m.block8,
+                PoolAndFlatten(m.avgpool_1a), m.last_linear, m.last_bn, L2Normalize()]
+
+    def _cut_index(self, cut: str) -> int:
+        steps = len(self._steps())
+        fc = steps - 3  # last_linear, last_bn, normalise
+        indices = {"none": steps, "fc": fc, "last-block": fc - 2, "last-stage": fc - 2 - len(self.model.repeat_3),
+                   "all": 0}
+        if cut not in indices:
+            raise InputError(f"unknown cut point {cut!r}; choose one of: {', '.join(CUT_POINTS)}")
+        return indices[cut]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for step in self._steps():
+            x = step(x)
+        return x
+
+    def forward_prefix(self, x: torch.Tensor, cut: str) -> torch.Tensor:
+        """The frozen part before ``cut``."""
+        for step in self._steps()[:self._cut_index(cut)]:
+            x = step(x)
+        return x
+
+    def suffix_modules(self, cut: str) -> list[nn.Module]:
+        """The steps after ``cut`` (empty for ``none``)."""
+        return self._steps()[self._cut_index(cut):]
