@@ -20,21 +20,19 @@ LFW_IMAGES = (Path(__file__).parents[1] / ".." / "shared" / "data" / "lfw" / "im
 
 def lfw_chips(count: int) -> np.ndarray:
     """Aligned 150x150 chips of the first image of the first ``count`` LFW people with a detection."""
-    import dlib
+    from kface.errors import NoFaceError
+    from kface.faces import FaceFinder
+    from kface.images import load_image
 
-    from kface.models_path import DLIB_LANDMARKS_5, model_file
-
-    detector = dlib.get_frontal_face_detector()
-    landmarks = dlib.shape_predictor(str(model_file(DLIB_LANDMARKS_5)))
+    finder = FaceFinder()
     chips = []
     for person in sorted(p for p in LFW_IMAGES.iterdir() if p.is_dir()):
-        image = dlib.load_rgb_image(str(min(person.glob("*.jpg"))))
-        detections = detector(image, 1)
-        if detections:
-            face = max(detections, key=lambda rect: rect.area())
-            chips.append(dlib.get_face_chip(image, landmarks(image, face), size=150, padding=0.25))
-            if len(chips) == count:
-                break
+        try:
+            chips.append(finder.find(load_image(min(person.glob("*.jpg")))).chip)
+        except NoFaceError:
+            continue
+        if len(chips) == count:
+            break
     return np.stack(chips)
 
 
