@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import shlex
+import shutil
 import sys
 import time
 import zlib
@@ -49,6 +50,11 @@ ROWS: list[tuple[str, str, dict]] = [
     ("lda+siamese-cosine", "lda+siamese, cosine", {"head": "lda+siamese", "distance": "cosine"}),
     ("siamese-flip", "siamese, euclidean, flip", {"head": "siamese", "distance": "euclidean", "tta": "flip"}),
     ("lda-cosine-flip", "lda, cosine, flip", {"head": "lda", "distance": "cosine", "tta": "flip"}),
+    # dlib-torch's last layers trained too (kface train --unfreeze), with the unfrozen defaults
+    # (epochs None: 15 with early stopping, lr 1e-4, mirror augmentation, no head).
+    *[(f"unfreeze-{cut}-{loss}", f"dlib-torch {cut} + fc tuned, {loss} loss",
+       {"backbone": "dlib-torch", "unfreeze": cut, "loss": loss, "epochs": None})
+      for cut in ("last-block", "last-stage") for loss in ("metric", "bce")],
 ]
 
 
@@ -116,7 +122,8 @@ def base_row(key: str, name: str, distance: str, tta: str, pair_file: Path, out:
     # No threshold of its own: the report chooses one on val, like for every other row.
     verifier = Verifier(embedder, math.nan, "chosen on val", distance=distance)
     body = overlap_report(pair_file, verifier, samples="all", seed=seed, out_dir=out / "reports" / key)
-    return _row(key, name, {"head": "none", "distance": distance, "tta": tta}, body, None, time.perf_counter() - started)
+    return _row(key, name, {"head": "none", "distance": distance, "tta": tta, "unfreeze": "none", "trained": False},
+                body, None, time.perf_counter() - started)
 
 
 def trained_row(key: str, name: str, settings: dict, pair_file: Path, out: Path, seed: int, epochs: int) -> dict:
@@ -126,13 +133,16 @@ def trained_row(key: str, name: str, settings: dict, pair_file: Path, out: Path,
     run = out / "runs" / key
     config = TrainConfig.from_dict({"pairs": str(pair_file), "out": str(run), "epochs": epochs, "seed": seed,
                                     "detector": DETECTOR, "fallback": FALLBACK, "device": "cpu", **settings})
+    if run.is_dir():  # a run of an earlier invocation, perhaps with other settings: train afresh
+        shutil.rmtree(run)
     started = time.perf_counter()
-    result = train(config, resume=(run / "last.pt").is_file())
+    result = train(config)
     fit_seconds = time.perf_counter() - started
     verifier = report_verifier(str(result.model_path), detector=DETECTOR, fallback=FALLBACK, device="cpu")
     body = overlap_report(pair_file, verifier, samples="all", seed=seed, out_dir=out / "reports" / key)
-    return _row(key, name, {"head": config.head, "distance": config.distance, "tta": config.tta}, body,
-                result.timing, fit_seconds)
+    return _row(key, name, {"head": config.head, "distance": config.distance, "tta": config.tta,
+                            "unfreeze": config.unfreeze, "trained": True, "epochs": result.history[-1]["epoch"],
+                            "best_epoch": result.best.get("epoch")}, body, result.timing, fit_seconds)
 
 
 def _row(key: str, name: str, settings: dict, body: dict, timing, seconds: float) -> dict:
@@ -199,7 +209,8 @@ def main() -> None:
     summary = (f"Degraded LFW: {built['images']} images of {built['identities']} people (>= {args.min_images} "
                f"images each, at most {args.max_images or 'all'}), seed {args.seed}; {args.pairs} pairs at "
                f"{args.ratio} (different:same), split {args.split} by identity; {args.epochs} epochs per trained "
-               f"head; threshold by the intersection rule on val, every figure on the test split "
+               f"head (rows that tune backbone layers: kface's --unfreeze defaults, at most 15 epochs with early "
+               f"stopping on val); threshold by the intersection rule on val, every figure on the test split "
                f"({rows[0]['n_same'] if rows else 0} same / {rows[0]['n_diff'] if rows else 0} different pairs). "
                f"Detector {DETECTOR} over the scored images: "
                + ", ".join(f"{stage} {count}" for stage, count in sorted(stages.items())) + ".")
@@ -207,10 +218,19 @@ def main() -> None:
     base = next((row for row in rows if row["key"] == "base"), None)
     verdict = ""
     if base is not None:
-        trained = [row for row in rows if row["head"] != "none"]
+        trained = [row for row in rows if row["trained"]]
         losers = [row["row"] for row in trained if not row["accuracy"] > base["accuracy"]]
         verdict = (f"Every trained head beats the base backbone's test accuracy ({100 * base['accuracy']:.2f}%): "
                    + ("yes" if not losers else f"no ({', '.join(losers)})") + ".")
+    frozen = [row for row in rows if row["trained"] and row["unfreeze"] == "none"]
+    tuned = [row for row in rows if row["unfreeze"] != "none"]
+    if frozen and tuned:
+        best_tuned = max(tuned, key=lambda row: row["accuracy"])
+        best_frozen = max(frozen, key=lambda row: row["accuracy"])
+        verdict += (f" The best row that tunes backbone layers ({best_tuned['row']}, "
+                    f"{100 * best_tuned['accuracy']:.2f}%) beats every frozen head (best: {best_frozen['row']}, "
+                    f"{100 * best_frozen['accuracy']:.2f}%): "
+                    + ("yes" if best_tuned["accuracy"] > best_frozen["accuracy"] else "no") + ".")
     total = time.perf_counter() - started
     report = "\n\n".join([summary, text, verdict,
                           f"Wall time {total / 60:.1f} min on this machine (building the tree {build_seconds:.0f} s).",

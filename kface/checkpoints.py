@@ -5,9 +5,10 @@ A model checkpoint (``runs/NAME/model.pt``) holds:
 - ``backbone``, ``weights`` (path and sha256, for backbones that take a weights file), ``features``
   (the :class:`~kface.features.FeatureSpec`: cut point, test-time augmentation, face settings, and the
   feature shape);
-- ``head``: its kind, the cut point, the embedding size, the loss it was trained with and the state
-  dict of the whole :class:`~kface.siamese.PairModel` (trainable backbone layers, head, probability
-  mapping);
+- ``head``: its kind, the cut point, the embedding size, the loss it was trained with, ``dims`` (the
+  output size of a closed-form head's LDA projection, else None) and the state dict of the whole
+  :class:`~kface.siamese.PairModel` (trainable backbone layers, head with any fitted projection,
+  probability mapping);
 - ``distance``; ``threshold`` ``{value, rule, split, note}`` (chosen on the val split unless
   rewritten by :func:`save_threshold`); ``metrics`` (val, at the saved epoch) and ``epoch``;
 - ``config`` (every training setting), ``seed``, ``data`` (pair file, counts, dropped pairs) and
@@ -116,7 +117,8 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
         if config.weights else None,
         "features": {**spec.to_dict(), "shape": [int(size) for size in feature_shape]},
         "head": {"kind": config.head, "cut": config.unfreeze, "embedding_size": int(embedding_size),
-                 "loss": config.loss, "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
+                 "loss": config.loss, "dims": _projection_dims(model),
+                 "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
         "distance": config.distance,
         "threshold": threshold_record(threshold),
         "metrics": plain(metrics),
@@ -128,12 +130,20 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
     }
 
 
+def _projection_dims(model: torch.nn.Module) -> Optional[int]:
+    from .siamese import lda_head_of
+
+    projection = lda_head_of(model.head)
+    return None if projection is None else int(projection.projection.shape[1])
+
+
 def pair_model_from_checkpoint(checkpoint: dict):
     """The :class:`~kface.siamese.PairModel` of a loaded checkpoint, in eval mode on the CPU."""
     from .siamese import build_pair_model
 
     head = checkpoint["head"]
-    model = build_pair_model(head["kind"], head["embedding_size"], checkpoint["distance"], head["cut"], head["loss"])
+    model = build_pair_model(head["kind"], head["embedding_size"], checkpoint["distance"], head["cut"], head["loss"],
+                             backbone=checkpoint["backbone"], dims=head.get("dims"))
     model.load_state_dict(head["state"])
     return model.eval()
 
@@ -160,18 +170,21 @@ def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dl
         if given != features[name]:
             logging.getLogger("kface").info("%s was trained with --%s %s; verifying with --%s %s",
                                             model, name, features[name], name, given)
+    # With trained backbone layers the model averages the views itself (--tta flip), after those layers.
+    embedder_tta = features["tta"] if features["cut"] == "none" else "none"
     embedder = Embedder(checkpoint["backbone"], detector=detector, upsample=features["upsample"], fallback=fallback,
-                        tta=features["tta"], device=device, weights=weights, cache=cache, progress=progress,
+                        tta=embedder_tta, device=device, weights=weights, cache=cache, progress=progress,
                         max_pixels=max_pixels)
     if features["cut"] != "none":
         embedder = PrefixEmbedder(embedder, features["cut"], device)
     pair_model = pair_model_from_checkpoint(checkpoint)
     shape = tuple(features["shape"])
+    views = slice(None) if features["cut"] == "none" or features["tta"] == "flip" else slice(0, 1)
 
     def head(vectors: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             inputs = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).view(-1, *shape)
-            return pair_model.embed(inputs).numpy()
+            return pair_model.embed(inputs[:, views]).numpy()
 
     def probability(distances: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -280,30 +280,58 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 
 # -- training --------------------------------------------------------------------------------------
 @cli.command()
-@click.option("--pairs", type=click.Path(dir_okay=False), help="Pair file from make-pairs (its train and val splits).")
-@click.option("--root", type=click.Path(file_okay=False), help="Dataset root for the pair file's relative paths.")
+@click.option("--pairs", type=click.Path(dir_okay=False),
+              help="Pair file from make-pairs (its train and val splits); or train from --dataset/--root.")
+@click.option("--root", type=click.Path(file_okay=False),
+              help="With --dataset: the dataset's root; with --pairs: the root its relative paths resolve against.")
+@click.option("--dataset", type=click.Choice(["folder", "kface", "aging", "csv"]),
+              help="Train from a dataset instead of a pair file: identity-disjoint train/val/test pairs are "
+                   "sampled into OUT/pairs.csv, and --loss metric uses every image of the train identities.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="--dataset csv: the manifest (path,identity,...).")
+@click.option("--dataset-pairs", type=int, default=None, help="--dataset: pairs to sample over all splits [default: 6000].")
+@click.option("--ratio", default=None, help="--dataset: different:same pairs in every split [default: 4:6].")
+@click.option("--split", default=None, help="--dataset: train:val:test shares of identities [default: 0.8:0.1:0.1].")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: model.pt (best on val), last.pt, history.json.")
 @backbone_option
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
-@click.option("--head", default="siamese", show_default=True,
-              help="Trainable head: siamese (d->d linear + tanh on the frozen embedding).")
+@click.option("--head", default=None,
+              help="Head: siamese (d->d linear + tanh on the frozen embedding), lda (within-class whitening + "
+                   "LDA projection, fitted in closed form on the train identities, its size chosen on val; no "
+                   "training loop), lda+siamese (siamese trained on that projection), or none (the backbone's "
+                   "own embedding, with --unfreeze) [default: siamese; none with --unfreeze].")
 @click.option("--distance", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True)
 @click.option("--loss", default="bce", show_default=True,
-              help="bce (P(same) from the distance, binary cross-entropy) or contrastive.")
-@click.option("--margin", type=float, default=1.0, show_default=True, help="--loss contrastive: the margin.")
-@click.option("--unfreeze", type=click.Choice(["none", "fc", "last-block", "last-stage"]), default="none",
-              show_default=True, help="Also train dlib-torch's final layer, last residual block or last stage.")
+              help="bce (P(same) from the distance, binary cross-entropy), contrastive, or metric (dlib's margin "
+                   "loss around distance 0.6 on P x K identity batches: every same-person pair and as many of "
+                   "the hardest different-person pairs).")
+@click.option("--margin", type=float, default=None,
+              help="--loss contrastive: the margin [default: 1.0]; --loss metric: the margin on each side of 0.6 "
+                   "[default: 0.04].")
+@click.option("--unfreeze", type=click.Choice(["none", "fc", "last-block", "last-stage", "all"]), default="none",
+              show_default=True,
+              help="Also train the backbone's final layer, last residual block, last stage, or (GPU only) every "
+                   "layer (dlib-torch, facenet-*). The frozen part runs once per image and mirror image and is "
+                   "cached. Changes the defaults of --head, --lr, --min-lr, --weight-decay, --epochs, "
+                   "--patience and --augment (see kface.train.UNFROZEN_DEFAULTS).")
+@click.option("--augment", type=click.Choice(["none", "mirror"]), default=None,
+              help="mirror: train on the mirrored chip half of the time [default: mirror with --unfreeze, else none].")
+@click.option("--ids-per-batch", type=int, default=32, show_default=True, help="--loss metric: identities per batch (P).")
+@click.option("--images-per-id", type=int, default=4, show_default=True, help="--loss metric: images per identity (K).")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: average each embedding with its mirrored chip's.")
-@detector_options()
+@detector_options(default="auto")
 @click.option("--upsample", type=click.IntRange(0, 3), default=1, show_default=True,
               help="HOG upsampling (0 is faster and finds faces above about 80 px).")
-@click.option("--epochs", type=int, default=200, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True, help="Adam learning rate at the first epoch.")
-@click.option("--min-lr", type=float, default=0.001, show_default=True,
-              help="Learning rate at the last epoch (cosine schedule in between).")
+@click.option("--epochs", type=int, default=None, help="Epochs [default: 200; 15 with --unfreeze].")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per batch (pair losses).")
+@click.option("--lr", type=float, default=None,
+              help="Adam learning rate at the first epoch [default: 0.01; 1e-4 with --unfreeze].")
+@click.option("--min-lr", type=float, default=None,
+              help="Learning rate at the last epoch, cosine schedule in between [default: 0.001; 1e-5 with --unfreeze].")
+@click.option("--weight-decay", type=float, default=None, help="Adam weight decay [default: 0; 1e-4 with --unfreeze].")
+@click.option("--patience", type=int, default=None,
+              help="Stop after this many epochs without a better val --select value [default: none; 5 with --unfreeze].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order.")
 @click.option("--select", type=click.Choice(["overlap", "accuracy"]), default="overlap", show_default=True,
               help="Val metric that picks model.pt's epoch.")
@@ -350,7 +378,7 @@ def train(ctx, resume, as_json, quiet, **options):
         print_json(summary)
     elif not quiet:
         last = result.history[-1]
-        click.echo(f"trained {config.epochs} epochs; best epoch {best.get('epoch')} by val {config.select} "
+        click.echo(f"trained {last['epoch']} epochs; best epoch {best.get('epoch')} by val {config.select} "
                    f"({best.get('value'):.4f}); last epoch val accuracy {last.get('val_accuracy', float('nan')):.4f}, "
                    f"loss {last.get('val_loss', float('nan')):.4f}; wrote {result.out}", err=True)
 
@@ -412,7 +440,7 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 @click.option("--dropout", type=float, default=0.3, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and batches.")
 @backbone_option
-@detector_options(fallback="whole-image")
+@detector_options(default="auto", fallback="whole-image")
 @device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: model.pt (best on val), history.json, split.csv, report/.")
@@ -521,7 +549,7 @@ def _command_line(ctx: click.Context) -> str:
               help="A trained model (runs/NAME/model.pt) [default: the untrained --backbone].")
 @backbone_option
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
-@detector_options(fallback="whole-image")
+@detector_options(default="auto", fallback="whole-image")
 @click.option("--split", default="test", show_default=True, type=click.Choice(["train", "val", "test"]),
               help="The split every reported number is measured on.")
 @click.option("--val-split", default="val", show_default=True, type=click.Choice(["train", "val", "test"]),
@@ -596,12 +624,19 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
 @click.option("--split", default="0.8:0.1:0.1", show_default=True, help="train:val:test shares (by identity).")
 @click.option("--hard-negatives", is_flag=True, help="Different-person pairs of the same gender and age band.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling, training and reports.")
-@click.option("--epochs", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--epochs", type=click.IntRange(1), default=None, help="[default: 200; 15 with --unfreeze]")
 @backbone_option
+@click.option("--unfreeze", type=click.Choice(["none", "fc", "last-block", "last-stage", "all"]), default="none",
+              show_default=True, help="Also train the backbone's last layers (as kface train --unfreeze).")
+@click.option("--loss", default="bce", show_default=True, help="bce, contrastive or metric (as kface train --loss).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--min-lr", type=float, default=0.001, show_default=True)
-@detector_options()
+@click.option("--lr", type=float, default=None, help="[default: 0.01; 1e-4 with --unfreeze]")
+@click.option("--min-lr", type=float, default=None, help="[default: 0.001; 1e-5 with --unfreeze]")
+@click.option("--heads", default="siamese", show_default=True,
+              help="Heads to compare, comma-separated: siamese, lda, lda+siamese (as kface train --head).")
+@click.option("--distance", "distances", default="euclidean", show_default=True,
+              help="Distances to compare, comma-separated: euclidean, cosine.")
+@detector_options(default="auto")
 @click.option("--rule", default="intersection", show_default=True,
               help="Threshold rule on each setting's val split: intersection, max-accuracy, eer or far=X.")
 @click.option("--samples", default="400", show_default=True, help="Test pairs per class in each report, or 'all'.")
@@ -616,27 +651,31 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
 @click.pass_context
 @handle_errors
 def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_count, split, hard_negatives, seed,
-          epochs, backbone, batch_size, lr, min_lr, detector, fallback, max_pixels, rule, samples, workers, device,
-          resume, out, as_json, quiet, no_cache):
-    """For each ratio (and images-per-identity setting): make pairs, train, report; then tabulate.
+          epochs, backbone, unfreeze, loss, batch_size, lr, min_lr, heads, distances, detector, fallback, max_pixels,
+          rule, samples, workers, device, resume, out, as_json, quiet, no_cache):
+    """For each ratio (and images-per-identity setting, head, distance): make pairs, train, report; then tabulate.
 
     Example: kface sweep --dataset kface --root K-Face --cameras frontal --images-per-identity 5,10
-    --out reports/kface-sweep
+    --out reports/kface-sweep; compare heads on one ratio with --ratios 4:6 --heads siamese,lda,lda+siamese
+    --distance euclidean,cosine
     """
     setup_logging(quiet)
     from .datasets import dataset_options as checked_dataset_options
     from .metrics import parse_rule, parse_samples
     from .pairs import parse_split
-    from .sweep import SweepConfig, parse_images_per_identity, parse_ratios, run_sweep
+    from .sweep import SweepConfig, parse_distances, parse_heads, parse_images_per_identity, parse_ratios, run_sweep
 
-    train_options = {"epochs": epochs, "backbone": backbone, "batch_size": batch_size, "lr": lr, "min_lr": min_lr,
-                     "detector": detector, "fallback": fallback, "max_pixels": max_pixels, "device": device}
+    train_options = {"epochs": epochs, "backbone": backbone, "unfreeze": unfreeze, "loss": loss,
+                     "batch_size": batch_size, "lr": lr, "min_lr": min_lr, "detector": detector, "fallback": fallback,
+                     "max_pixels": max_pixels, "device": device}
+    # Left out when not given, so that the defaults of the chosen recipe (--unfreeze) apply.
+    train_options = {name: value for name, value in train_options.items() if value is not None}
     if workers is not None:
         train_options["workers"] = workers
     config = SweepConfig(dataset=dataset, root=root, out=out,
                          dataset_options=checked_dataset_options(dataset, **layout_options),
                          ratios=parse_ratios(ratios), images_per_identity=parse_images_per_identity(images_per_identity),
-                         pairs=pair_count, split=parse_split(split), hard_negatives=hard_negatives, seed=seed,
+                         heads=parse_heads(heads), distances=parse_distances(distances), pairs=pair_count, split=parse_split(split), hard_negatives=hard_negatives, seed=seed,
                          rule=str(parse_rule(rule)), samples=parse_samples(samples), train=train_options)
     rows = run_sweep(config, resume=resume, progress=not quiet, cache=not no_cache, command=_command_line(ctx))
     if as_json:

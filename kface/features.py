@@ -6,9 +6,12 @@ the network's frozen part:
 - cut ``none`` (nothing of the backbone trains): the backbone's embedding, computed through
   :class:`~kface.embeddings.Embedder`, so its SQLite cache of faces and embeddings is reused and
   filled;
-- ``dlib-torch`` cuts ``fc``, ``last-block``, ``last-stage``: the output of
-  :meth:`~kface.backbones.dlib_torch.DlibResNet.forward_prefix` on the aligned chip (chips come from
-  :meth:`Embedder.faces`, also cached); the layers after the cut train from it.
+- cuts ``fc``, ``last-block``, ``last-stage`` of a trainable backbone (:mod:`kface.backbones.trainable`):
+  the output of the network's frozen prefix, for two views of the image: the aligned chip and the
+  chip mirrored left-right (chips come from :meth:`Embedder.faces`, also cached). The layers after
+  the cut train from it; the mirror view serves as augmentation in training and for ``--tta flip``;
+- cut ``all`` stores nothing: its "features" are the two views of the chip itself, read from the face
+  cache each time (the whole network trains, on a GPU).
 
 A store is one folder per setting (backbone weights, cut, test-time augmentation, face settings),
 ``<cache dir>/features/<tag hash>/``, holding ``rows.bin`` (the rows, back to back, read as a
@@ -37,20 +40,18 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, get_spec
+from .backbones.trainable import VIEWS, check_cut
 from .cache import cache_dir
 from .embeddings import EmbeddingResult, Embedder
 from .errors import InputError
+from .faces import mirror
 from .images import ImageSource, content_hash, read_bytes
 from .outputs import write_json
 from .progress import progress_bar
 
 log = logging.getLogger("kface")
 
-STORE_VERSION = 1
-#: Cut points of the ``dlib-torch`` network (see kface.backbones.dlib_torch.CUT_POINTS).
-CUTS = ("none", "fc", "last-block", "last-stage")
-#: The backbone whose last layers can train (the others give embeddings only).
-TRAINABLE_BACKBONE = "dlib-torch"
+STORE_VERSION = 2
 PREFIX_BATCH = 64
 #: Images per task handed to a detection worker.
 DETECT_CHUNK = 16
@@ -72,14 +73,7 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         get_spec(self.backbone)  # an unknown name fails here, listing the valid ones
-        if self.cut not in CUTS:
-            raise InputError(f"unknown --unfreeze {self.cut!r}; choose one of: {', '.join(CUTS)}")
-        if self.cut != "none" and self.backbone != TRAINABLE_BACKBONE:
-            raise InputError(f"--unfreeze {self.cut} trains the backbone's last layers, which needs "
-                             f"--backbone {TRAINABLE_BACKBONE} (got {self.backbone})")
-        if self.cut != "none" and self.tta != "none":
-            raise InputError(f"--tta {self.tta} averages finished embeddings; it cannot be combined with "
-                             f"--unfreeze {self.cut} (use --tta none)")
+        check_cut(self.backbone, self.cut)
 
     def embedder_options(self) -> dict:
         """Keyword arguments for :class:`~kface.embeddings.Embedder`."""
@@ -117,46 +111,57 @@ def store_dtype(shape: Sequence[int]) -> np.dtype:
     return np.dtype(np.float32 if len(shape) == 1 else np.float16)
 
 
+def feature_dtype(cut: str, shape: Sequence[int]) -> np.dtype:
+    """What a cut's features are held as: the store's dtype, or uint8 chips for ``all``."""
+    return np.dtype(np.uint8) if cut == "all" else store_dtype(shape)
+
+
 @functools.lru_cache(maxsize=None)
 def feature_shape(backbone: str, cut: str) -> tuple[int, ...]:
-    """The shape of one image's feature for ``backbone`` cut at ``cut``."""
+    """The shape of one image's feature for ``backbone`` cut at ``cut``: (D,) for ``none``, else
+    (views, ...) with the chip's and the mirrored chip's prefix output (for ``all``, the chips)."""
+    check_cut(backbone, cut)
+    spec = get_spec(backbone)
     if cut == "none":
-        return (get_spec(backbone).embedding_size,)
+        return (spec.embedding_size,)
+    if cut == "all":
+        return (VIEWS, spec.input_size, spec.input_size, 3)
     import torch
 
-    from .backbones.dlib_torch import CHIP_SIZE, DlibResNet
+    from .backbones.trainable import empty_network
 
     with torch.no_grad():
-        probe = DlibResNet().forward_prefix(torch.zeros(1, 3, CHIP_SIZE, CHIP_SIZE), cut)
-    return tuple(probe.shape[1:])
+        probe = empty_network(backbone).forward_prefix(torch.zeros(1, 3, spec.input_size, spec.input_size), cut)
+    return (VIEWS, *probe.shape[1:])
 
 
 class PrefixNetwork:
-    """The frozen layers before a cut of the ``dlib-torch`` network, batched, on one device."""
+    """The frozen layers before a cut of a trainable backbone's network, batched, on one device."""
 
-    def __init__(self, cut: str, device: str = "auto", weights: Optional[str] = None):
+    def __init__(self, backbone: str, cut: str, device: str = "auto", weights: Optional[str] = None):
         import torch
 
-        from .backbones.dlib_torch import fold_affine, load_dlib_resnet
+        from .backbones.trainable import inference_network, load_network
         from .devices import resolve_device
 
-        self.cut = cut
+        self.backbone, self.cut = backbone, cut
         self.device = torch.device(resolve_device(device))
-        # The prefix never trains, so it may run folded (about twice as fast; same function to rounding).
-        network = fold_affine(load_dlib_resnet(weights))
+        # The prefix never trains, so it may run in its fastest equivalent form.
+        network = inference_network(load_network(backbone, weights))
         self.network = network.to(self.device, memory_format=torch.channels_last).eval()
 
     def __call__(self, chips: np.ndarray, bar=None) -> np.ndarray:
-        """(N, 150, 150, 3) uint8 chips -> (N, *shape) features in the store's dtype."""
+        """(N, S, S, 3) uint8 chips -> (N, 2, ...) features of each chip and its mirror image."""
         import torch
 
-        shape = feature_shape(TRAINABLE_BACKBONE, self.cut)
+        shape = feature_shape(self.backbone, self.cut)
         out = np.empty((len(chips), *shape), dtype=store_dtype(shape))
         with torch.inference_mode():
             for start in range(0, len(chips), PREFIX_BATCH):
-                batch = torch.from_numpy(np.ascontiguousarray(chips[start:start + PREFIX_BATCH])).to(self.device)
-                features = self.network.forward_prefix(self.network.prepare_chips(batch), self.cut)
-                out[start:start + len(batch)] = features.float().cpu().numpy()
+                batch = np.ascontiguousarray(chips[start:start + PREFIX_BATCH])
+                for view, pixels in enumerate((batch, mirror(batch))):
+                    x = self.network.prepare_chips(torch.from_numpy(pixels).to(self.device))
+                    out[start:start + len(batch), view] = self.network.forward_prefix(x, self.cut).float().cpu().numpy()
                 if bar is not None:
                     bar.update(len(batch))
         return out
@@ -184,7 +189,7 @@ class FeatureStore:
         self.progress = progress
         self.max_pixels = max_pixels
         self.shape = feature_shape(spec.backbone, spec.cut)
-        self.dtype = store_dtype(self.shape)
+        self.dtype = feature_dtype(spec.cut, self.shape)
         self.tag = self._tag()
         self._prefix: Optional[PrefixNetwork] = None
         root = Path(folder) if folder is not None else cache_dir()
@@ -196,13 +201,18 @@ class FeatureStore:
         if self.spec.weights:
             digest = hashlib.sha256(Path(self.spec.weights).read_bytes()).hexdigest()[:16]
             weights = f"@{digest}"
-        return (f"v{STORE_VERSION};bb={backbone.family}{weights};cut={self.spec.cut};tta={self.spec.tta};"
+        # Cut rows hold both views, whatever --tta: flip averaging happens after the trainable layers.
+        tta = self.spec.tta if self.spec.cut == "none" else "views"
+        return (f"v{STORE_VERSION};bb={backbone.family}{weights};cut={self.spec.cut};tta={tta};"
                 f"det={self.spec.detector};up={self.spec.upsample};fb={self.spec.fallback};"
                 f"chip={backbone.input_size};pad={backbone.chip_padding}")
 
     # -- public ----------------------------------------------------------------------------------
     def features(self, paths: Sequence[str]) -> FeatureSet:
-        """Features of ``paths`` (image files), from the store or computed now and added to it."""
+        """Features of ``paths`` (image files), from the store or computed now and added to it
+        (for cut ``all``: the chips, from the face cache, never stored here)."""
+        if self.spec.cut == "all":
+            return self._chips(paths)
         hashes, errors = _hash_files(paths)
         rows = self._read_index()["rows"]
         missing = list(dict.fromkeys(p for p in paths if p in hashes and hashes[p] not in rows))
@@ -252,8 +262,28 @@ class FeatureStore:
 
     def _prefix_network(self) -> "PrefixNetwork":
         if self._prefix is None:
-            self._prefix = PrefixNetwork(self.spec.cut, self.device, self.spec.weights)
+            self._prefix = PrefixNetwork(self.spec.backbone, self.spec.cut, self.device, self.spec.weights)
         return self._prefix
+
+    def _chips(self, paths: Sequence[str]) -> FeatureSet:
+        """Cut ``all``: each image's chip and its mirror image, as (N, 2, S, S, 3) uint8."""
+        unique = list(dict.fromkeys(paths))
+        if self.workers > 0 and len(unique) > DETECT_CHUNK:
+            self._detect_in_workers(unique)
+        embedder = self._embedder(self.progress)
+        try:
+            entries, errors = embedder.faces(unique, on_error="skip")
+        finally:
+            embedder.close()
+        found = {path: entry for path, entry in zip(unique, entries) if entry is not None}
+        features = np.zeros((len(paths), *self.shape), dtype=self.dtype)
+        for i, path in enumerate(paths):
+            if path in found:
+                features[i, 0] = found[path].chip
+                features[i, 1] = mirror(found[path].chip[None])[0]
+        ok = np.array([path in found for path in paths], dtype=bool)
+        stages = [found[path].stage if path in found else "error" for path in paths]
+        return FeatureSet(list(paths), features, ok, stages, dict(errors), len(found))
 
     def _detect_in_workers(self, paths: list[str]) -> None:
         """Fill the face cache in parallel worker processes (dlib's detector uses one core)."""
@@ -385,27 +415,36 @@ def _hash_files(paths: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
 
 
 class PrefixEmbedder:
-    """Images -> flattened frozen-prefix features, with :class:`~kface.embeddings.Embedder`'s interface.
+    """Images -> flattened frozen-prefix features of both views, with :class:`~kface.embeddings.Embedder`'s
+    interface.
 
     Lets a :class:`~kface.api.Verifier` serve a model that trained the backbone's last layers: its
-    head receives exactly what training read from the store (same network, same dtype).
+    model receives exactly what training read from the store (same network, same dtype, both views;
+    for cut ``all``, the chips).
     """
 
     def __init__(self, embedder: Embedder, cut: str, device: str = "auto"):
         self.embedder = embedder
         self.spec = embedder.spec
         self.cut = cut
-        self._prefix = PrefixNetwork(cut, device, embedder.weights)
+        self.shape = feature_shape(embedder.spec.name, cut)
+        self.dtype = feature_dtype(cut, self.shape)
+        self._prefix = None if cut == "all" else PrefixNetwork(embedder.spec.name, cut, device, embedder.weights)
+
+    def _features(self, chips: np.ndarray) -> np.ndarray:
+        if self._prefix is not None:
+            return self._prefix(chips)
+        return np.stack([chips, mirror(chips)], axis=1)
 
     def embed(self, sources: Sequence[ImageSource], on_error: str = "raise") -> EmbeddingResult:
         entries, errors = self.embedder.faces(sources, on_error=on_error)
         names = [_source_name(source, i, len(sources)) for i, source in enumerate(sources)]
         kept = [i for i, entry in enumerate(entries) if entry is not None]
-        shape = feature_shape(TRAINABLE_BACKBONE, self.cut)
-        vectors = np.full((len(sources), int(np.prod(shape))), np.nan, dtype=np.float32)
+        vectors = np.full((len(sources), int(np.prod(self.shape))), np.nan, dtype=np.float32)
         if kept:
-            features = self._prefix(np.stack([entries[i].chip for i in kept]))
-            vectors[kept] = features.reshape(len(kept), -1).astype(np.float32)
+            features = self._features(np.stack([entries[i].chip for i in kept]))
+            # Through the training dtype first, so the model sees the values it trained on.
+            vectors[kept] = features.astype(self.dtype).reshape(len(kept), -1).astype(np.float32)
         return EmbeddingResult(
             paths=names, embeddings=vectors,
             found=np.array([entry is not None and entry.found for entry in entries], dtype=bool),

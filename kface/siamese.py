@@ -5,9 +5,14 @@ their distance and the logit of P(same)::
 
     features ─► [backbone suffix] ─► head ─► distance(a, b) ─► DistanceToProbability ─► logit
 
-- the *suffix* is empty unless the last layers of the ``dlib-torch`` network train too
-  (``--unfreeze fc|last-block|last-stage``); it then holds copies of those layers;
-- the *head* comes from :data:`HEADS` (``siamese``: a d->d linear layer ending in tanh, the study's);
+- the *suffix* is empty unless the backbone's last layers train too (``--unfreeze
+  fc|last-block|last-stage|all``, :mod:`kface.backbones.trainable`); it then holds copies of those
+  layers, and its input has a view axis, (N, views, ...): one view (the chip or its mirror image) or
+  both, whose outputs are averaged (``--tta flip``);
+- the *head* comes from :data:`HEADS` (``siamese``: a d->d linear layer ending in tanh, the study's;
+  ``lda``: the closed-form projection of :mod:`kface.lda`, fitted on the train identities, nothing
+  trained; ``lda+siamese``: the study's head trained on that projection; ``none``: the embedding as
+  it is, for training the backbone's own layers);
 - the *distance* is one of :mod:`kface.distances` (smaller = more alike);
 - :class:`DistanceToProbability` turns a distance into P(same) = sigmoid(s * (t - d)), s > 0 and t
   learnt, so the mapping always says "closer is more likely the same person".
@@ -17,7 +22,6 @@ Losses (:data:`LOSSES`) return one value per pair, so the trainer decides how a 
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
@@ -50,13 +54,49 @@ class SiameseHead(nn.Module):
         return torch.tanh(F.linear(x, self.linear.weight, self.linear.bias))  # F.linear: one module call less
 
 
+class LdaHead(nn.Module):
+    """The closed-form head, fixed: ``(x - mean) @ projection``, D -> K (see :mod:`kface.lda`).
+
+    Buffers, not parameters: nothing here trains, and the fitted values travel in the state dict.
+    """
+
+    def __init__(self, features: int, dims: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("projection", torch.zeros(features, dims))
+
+    def load_projection_(self, projection) -> None:
+        """Take the values of a fitted :class:`kface.lda.LdaProjection` of the same shape."""
+        if tuple(projection.matrix.shape) != tuple(self.projection.shape):
+            raise ValueError(f"projection {projection.matrix.shape} does not fit head {tuple(self.projection.shape)}")
+        with torch.no_grad():
+            self.mean.copy_(torch.from_numpy(projection.mean))
+            self.projection.copy_(torch.from_numpy(projection.matrix))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.projection
+
+
+def lda_head_of(head: nn.Module) -> Optional[LdaHead]:
+    """The :class:`LdaHead` inside a head (``lda``, ``lda+siamese``), or None."""
+    return next((module for module in head.modules() if isinstance(module, LdaHead)), None)
+
+
 @dataclass(frozen=True)
 class HeadSpec:
-    """A head kind: ``build(features)`` makes the module for ``features``-d embeddings."""
+    """A head kind: ``build(features)`` makes the module for ``features``-d embeddings.
+
+    A ``closed_form`` head starts with an :class:`LdaHead` that is fitted before training (on the
+    train identities, its size chosen on val); its ``build`` takes ``(features, dims)``. A head that
+    does not ``train`` has no parameters of its own: training stops after epoch 0 (the fit and the
+    calibration of P(same)).
+    """
 
     name: str
-    build: Callable[[int], nn.Module]
+    build: Callable[..., nn.Module]
     description: str
+    closed_form: bool = False
+    trains: bool = True
 
 
 #: Head kinds by name (``--head``). A new head is a module plus one line here.
@@ -64,6 +104,11 @@ HEADS: dict[str, HeadSpec] = {
     spec.name: spec
     for spec in [
         HeadSpec("siamese", SiameseHead, "d->d linear layer ending in tanh on the frozen embedding (the study's)"),
+        HeadSpec("none", lambda features: nn.Identity(), "no head: the (tuned) backbone's embedding as it is"),
+        HeadSpec("lda", LdaHead, "within-class whitening + LDA projection, fitted in closed form on the train "
+                 "identities (no training loop)", closed_form=True, trains=False),
+        HeadSpec("lda+siamese", lambda features, dims: nn.Sequential(LdaHead(features, dims), SiameseHead(dims)),
+                 "the study's tanh head trained on the LDA projection", closed_form=True),
     ]
 }
 
@@ -125,6 +170,8 @@ class PairLoss(nn.Module):
     name = ""
     trains_through_probability = True
     uses_margin = False
+    #: True when training draws identity batches instead of pairs (``batch_loss`` gives the loss).
+    identity_batches = False
 
     def forward(self, distances: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if distances.shape != logits.shape or distances.shape != labels.shape or distances.ndim != 1:
@@ -169,8 +216,38 @@ class ContrastiveLoss(PairLoss):
         return pull + push + calibration
 
 
+class MetricLoss(PairLoss):
+    """dlib's metric loss (:class:`~kface.metric_loss.MarginMetricLoss`, ``--loss metric``).
+
+    It trains on P x K identity batches (``identity_batches``: see :meth:`batch_loss`); on pairs, as
+    here, each pair's own margin term is the loss that val reports: same-person pairs beyond
+    ``threshold - margin``, different-person pairs within ``threshold + margin``.
+    """
+
+    name = "metric"
+    trains_through_probability = False
+    uses_margin = True
+    identity_batches = True
+
+    def __init__(self, margin: float = 0.04):
+        super().__init__()
+        from .metric_loss import DEFAULT_THRESHOLD, MarginMetricLoss
+
+        self.batch = MarginMetricLoss(DEFAULT_THRESHOLD, margin)
+        self.margin = float(margin)
+
+    def batch_loss(self, distance: str | Distance = "euclidean"):
+        """The loss over an identity batch's embeddings, measuring with ``distance``."""
+        from .metric_loss import MarginMetricLoss
+
+        return MarginMetricLoss(self.batch.threshold, self.margin, distance)
+
+    def compute(self, distances, logits, labels):
+        return self.batch.pair_terms(distances.float(), labels.bool())
+
+
 #: Losses by name (``--loss``).
-LOSSES: dict[str, type[PairLoss]] = {loss.name: loss for loss in (BinaryCrossEntropyLoss, ContrastiveLoss)}
+LOSSES: dict[str, type[PairLoss]] = {loss.name: loss for loss in (BinaryCrossEntropyLoss, ContrastiveLoss, MetricLoss)}
 
 
 def loss_class(name: str) -> type[PairLoss]:
@@ -181,10 +258,10 @@ def loss_class(name: str) -> type[PairLoss]:
         raise InputError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}") from None
 
 
-def get_loss(name: str, margin: float = 1.0) -> PairLoss:
-    """The loss called ``name``, with ``margin`` where it takes one."""
+def get_loss(name: str, margin: Optional[float] = None) -> PairLoss:
+    """The loss called ``name``, with ``margin`` where it takes one (None: the loss's own default)."""
     cls = loss_class(name)
-    return cls(margin) if cls.uses_margin else cls()
+    return cls(margin) if cls.uses_margin and margin is not None else cls()
 
 
 # -- the model -------------------------------------------------------------------------------------------
@@ -195,6 +272,7 @@ class PairModel(nn.Module):
         head: the module applied to each image's embedding (e.g. :class:`SiameseHead`).
         distance: a name from :mod:`kface.distances` or a :class:`~kface.distances.Distance`.
         suffix: trainable backbone layers run before the head (None: the features are embeddings).
+            With a suffix, features are (N, views, ...) and the views' outputs are averaged.
         detach_probability: feed the mapping a detached distance (losses that train the distance
             directly, see :attr:`PairLoss.trains_through_probability`).
     """
@@ -210,10 +288,13 @@ class PairModel(nn.Module):
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
         """Features (N, ...) in any float dtype -> embeddings in the space the distance is measured in."""
-        x = features.float()
-        if self.suffix is not None:
-            x = self.suffix(x)
-        return self.head(x)
+        if self.suffix is None:
+            return self.head(features.float())
+        count, views = features.shape[:2]
+        # uint8 chips (cut ``all``) convert themselves; stored maps are float16.
+        x = features.flatten(0, 1)
+        x = self.suffix(x if x.dtype == torch.uint8 else x.float())
+        return self.head(x.view(count, views, -1).mean(dim=1))
 
     def forward(self, features_a: torch.Tensor, features_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # One pass over both sides: half the kernel launches of two calls, same result.
@@ -224,27 +305,31 @@ class PairModel(nn.Module):
         return distances, self.probability.logits(source)
 
 
-def backbone_suffix(cut: str, network: Optional[nn.Module] = None) -> Optional[nn.Module]:
-    """Trainable copies of the ``dlib-torch`` layers after ``cut`` (None for ``none``).
+def backbone_suffix(cut: str, network: Optional[nn.Module] = None, backbone: str = "dlib-torch") -> Optional[nn.Module]:
+    """Trainable copies of ``backbone``'s layers after ``cut`` (None for ``none``).
 
-    ``network`` is a :class:`~kface.backbones.dlib_torch.DlibResNet` holding the pretrained weights;
-    without one the layers are built empty, to receive a checkpoint's state dict.
+    ``network`` holds the pretrained weights (:func:`kface.backbones.trainable.load_network`); without
+    one the layers are built untrained, to receive a checkpoint's state dict.
     """
     if cut == "none":
         return None
-    from .backbones.dlib_torch import DlibResNet
+    from .backbones.trainable import build_suffix, empty_network
 
-    source = network if network is not None else DlibResNet()
-    suffix = nn.Sequential(*copy.deepcopy(source.suffix_modules(cut)))
-    for parameter in suffix.parameters():
-        parameter.requires_grad_(True)
-    return suffix
+    return build_suffix(network if network is not None else empty_network(backbone), cut)
 
 
 def build_pair_model(head: str, embedding_size: int, distance: str = "euclidean", cut: str = "none",
-                     loss: str = "bce", network: Optional[nn.Module] = None) -> PairModel:
-    """A :class:`PairModel` for the given head kind, embedding size, distance, cut point and loss."""
-    return PairModel(get_head(head).build(embedding_size), distance, backbone_suffix(cut, network),
+                     loss: str = "bce", network: Optional[nn.Module] = None, backbone: str = "dlib-torch",
+                     dims: Optional[int] = None) -> PairModel:
+    """A :class:`PairModel` for the given head kind, embedding size, distance, cut point and loss.
+
+    ``dims`` is the output size of a closed-form head's projection (required for those, unused otherwise).
+    """
+    spec = get_head(head)
+    if spec.closed_form and dims is None:
+        raise ValueError(f"head {head} needs the size of its projection (dims)")
+    module = spec.build(embedding_size, dims) if spec.closed_form else spec.build(embedding_size)
+    return PairModel(module, distance, backbone_suffix(cut, network, backbone),
                      detach_probability=not loss_class(loss).trains_through_probability)
 
 

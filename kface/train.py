@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from .backbones import DEFAULT_BACKBONE, get_spec
+from .backbones.trainable import VIEWS, check_cut_device
 from .checkpoints import file_sha256, load_checkpoint, model_checkpoint, plain, save_checkpoint, versions
 from .distances import get_distance
 from .errors import InputError, KfaceError
@@ -48,7 +49,8 @@ from .faces import DETECTORS, FALLBACKS
 from .features import FeatureSpec, FeatureStore
 from .metrics import (DEFAULT_SAMPLES, accuracy_at, bce_loss, choose_threshold, overlap_area, parse_rule,
                       sample_per_class)
-from .siamese import PairModel, build_pair_model, get_head, get_loss, loss_class, trainable_parameters
+from .samplers import IdentityBatchSampler
+from .siamese import PairModel, build_pair_model, get_head, get_loss, lda_head_of, loss_class, trainable_parameters
 
 log = logging.getLogger("kface")
 
@@ -75,24 +77,34 @@ class TrainConfig:
     only they may differ when a run is resumed.
     """
 
-    pairs: str
+    pairs: Optional[str]
     out: str
     root: Optional[str] = None
+    dataset: Optional[str] = None
+    manifest: Optional[str] = None
+    dataset_pairs: int = 6000
+    ratio: str = "4:6"
+    split: str = "0.8:0.1:0.1"
     backbone: str = DEFAULT_BACKBONE
     weights: Optional[str] = None
     head: str = "siamese"
     distance: str = "euclidean"
     loss: str = "bce"
-    margin: float = 1.0
+    margin: Optional[float] = None
     unfreeze: str = "none"
+    augment: str = "none"
+    ids_per_batch: int = 32
+    images_per_id: int = 4
     tta: str = "none"
-    detector: str = "dlib"
+    detector: str = "auto"
     upsample: int = 1
     fallback: str = "none"
     epochs: int = 200
     batch_size: int = 32
     lr: float = 0.01
     min_lr: float = 0.001
+    weight_decay: float = 0.0
+    patience: Optional[int] = None
     seed: int = 0
     select: str = "overlap"
     threshold_rule: str = "intersection"
@@ -106,10 +118,27 @@ class TrainConfig:
         _check_int("seed", self.seed, 0)
         _check_int("workers", self.workers, 0)
         _check_int("upsample", self.upsample, 0)
+        _check_int("ids-per-batch", self.ids_per_batch, 2)
+        _check_int("images-per-id", self.images_per_id, 2)
+        _check_int("dataset-pairs", self.dataset_pairs, 1)
         if self.max_pixels is not None:
             _check_int("max-pixels", self.max_pixels, 1)
+        if self.patience is not None:
+            _check_int("patience", self.patience, 1)
         _check_positive("lr", self.lr)
-        _check_positive("margin", self.margin)
+        if self.margin is not None:
+            _check_positive("margin", self.margin)
+        if isinstance(self.weight_decay, bool) or not isinstance(self.weight_decay, (int, float)) \
+                or not 0 <= self.weight_decay < math.inf:
+            raise InputError(f"--weight-decay must be a number >= 0, got {self.weight_decay!r}")
+        self._check_source()
+        if self.augment not in AUGMENTATIONS:
+            raise InputError(f"unknown --augment {self.augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+        if self.augment == "mirror" and self.unfreeze == "none":
+            raise InputError("--augment mirror trains on mirrored chips, which needs --unfreeze (the frozen "
+                             "embeddings are not stored mirrored)")
+        if self.unfreeze == "all" and self.device == "cpu":
+            check_cut_device(self.unfreeze, "cpu")
         if not (isinstance(self.min_lr, (int, float)) and 0 <= self.min_lr <= self.lr):
             raise InputError(f"--min-lr must lie in [0, --lr={self.lr}], got {self.min_lr!r}")
         if self.select not in SELECT_METRICS:
@@ -125,21 +154,52 @@ class TrainConfig:
         parse_rule(self.threshold_rule)
         get_head(self.head)
         get_distance(self.distance)
-        loss_class(self.loss)
+        get_loss(self.loss, self.margin)  # an unknown loss or a margin it cannot take fails here
         get_spec(self.backbone)
         self.feature_spec()
+        if self.head == "none" and self.unfreeze == "none":
+            raise InputError("--head none with --unfreeze none leaves nothing to train")
+        if get_head(self.head).closed_form and self.unfreeze != "none":
+            raise InputError(f"--head {self.head} is fitted on frozen embeddings; it cannot be combined with "
+                             f"--unfreeze {self.unfreeze}")
+
+    def _check_source(self) -> None:
+        if (self.pairs is None) == (self.dataset is None):
+            raise InputError("training needs either --pairs FILE or --dataset KIND --root DIR (not both)")
+        if self.dataset is not None:
+            from .datasets import get_adapter
+            from .pairs import parse_ratio, parse_split, require_identities
+
+            get_adapter(self.dataset)
+            require_identities(self.dataset)
+            if self.root is None:
+                raise InputError(f"--dataset {self.dataset} needs --root DIR")
+            if (self.dataset == "csv") != (self.manifest is not None):
+                raise InputError("--manifest goes with --dataset csv, and --dataset csv needs --manifest")
+            parse_ratio(self.ratio)
+            parse_split(self.split)
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        """A config from a dict (a saved run's, or options); unknown keys are an error, not ignored."""
+        """A config from a dict (a saved run's, or options); unknown keys are an error, not ignored.
+
+        Settings given as None take their defaults: the study's, or, when ``unfreeze`` trains backbone
+        layers, :data:`UNFROZEN_DEFAULTS` where those differ.
+        """
         known = {item.name for item in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown training setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        missing = [name for name in ("pairs", "out") if values.get(name) is None]
-        if missing:
-            raise InputError(f"training needs {' and '.join('--' + name for name in missing)}")
-        return cls(**values)
+        if values.get("out") is None:
+            raise InputError("training needs --out")
+        given = {key: value for key, value in values.items() if value is not None}
+        if given.get("unfreeze", "none") != "none":
+            given = {**UNFROZEN_DEFAULTS, **given}
+        return cls(**{"pairs": None, **given})
+
+    def pair_file(self) -> Path:
+        """The pair file read: ``--pairs``, or the one sampled from ``--dataset`` into the run folder."""
+        return Path(self.pairs) if self.pairs is not None else Path(self.out) / DATASET_PAIRS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -153,7 +213,7 @@ class TrainConfig:
         """``name: ours != theirs`` for each setting that changes what is trained (paths compared resolved)."""
         def normal(config: TrainConfig) -> dict:
             values = {key: value for key, value in config.to_dict().items() if key not in RUN_FIELDS}
-            for key in ("pairs", "root", "weights"):
+            for key in ("pairs", "root", "weights", "manifest"):
                 if values[key] is not None:
                     values[key] = os.path.abspath(values[key])
             return values
@@ -163,6 +223,14 @@ class TrainConfig:
 
 
 RUN_FIELDS = ("out", "device", "workers", "max_pixels")
+AUGMENTATIONS = ("none", "mirror")
+#: Defaults that differ when backbone layers train (``--unfreeze``), chosen on LFW-derived data so that
+#: they work without tuning: the pretrained layers move slowly (Adam, lr 1e-4 down to 1e-5, a little
+#: weight decay), no head on top, mirror augmentation, and early stopping on val.
+UNFROZEN_DEFAULTS = {"head": "none", "lr": 1e-4, "min_lr": 1e-5, "weight_decay": 1e-4, "epochs": 15,
+                     "patience": 5, "augment": "mirror"}
+#: The pair file a --dataset run samples into its folder.
+DATASET_PAIRS = "pairs.csv"
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -207,22 +275,42 @@ class TrainingData:
     val: SplitPairs
     embedding_size: int
     summary: dict = field(default_factory=dict)
+    #: For identity batches (``--loss metric``): rows of ``features`` and the identity of each.
+    identity_rows: Optional[np.ndarray] = None
+    identities: Optional[list] = None
 
 
 def load_training_data(config: TrainConfig, *, progress: bool = False) -> TrainingData:
-    """The train and val pairs of ``config.pairs`` with the stored frozen features of their images.
+    """The train and val pairs of the pair file with the stored frozen features of their images, and for
+    identity batches the images of the train identities (see :mod:`kface.identity_training`).
 
-    Pairs with an image that could not be read or had no face are dropped, counted per split and
-    reported (``note:`` lines); too few usable pairs is an :class:`InputError`.
+    With ``--dataset`` the pairs are sampled first, into ``<out>/pairs.csv``. Pairs with an image that
+    could not be read or had no face are dropped, counted per split and reported (``note:`` lines);
+    too few usable pairs is an :class:`InputError`.
     """
+    from .identity_training import train_identity_images, write_dataset_pairs
     from .pairs import read_pairs
 
-    pairs = read_pairs(config.pairs, config.root)
+    pair_file, index = config.pair_file(), None
+    if config.dataset is not None:
+        options = {"manifest": config.manifest} if config.manifest else {}
+        pairs, index = write_dataset_pairs(config.dataset, config.root, pair_file, ratio=config.ratio,
+                                           pair_count=config.dataset_pairs, split=config.split, seed=config.seed,
+                                           options=options, progress=progress)
+    else:
+        pairs = read_pairs(pair_file, config.root)
     splits = {name: pairs.select(name) for name in ("train", "val")}
     for name, split in splits.items():
         if len(split) == 0:
-            raise InputError(f"{config.pairs}: no {name} pairs (training needs train and val splits)")
-    paths = sorted({p for split in splits.values() for p in split.abs_path_a + split.abs_path_b})
+            raise InputError(f"{pair_file}: no {name} pairs (training needs train and val splits)")
+    # Identities of the train images: for identity batches, and for fitting a closed-form head (which,
+    # on a pair file without identity names, falls back to the groups its same-person pairs link).
+    named = all(splits["train"].identity_a) and all(splits["train"].identity_b)
+    wants_identities = get_head(config.head).closed_form and named
+    identity_images = (train_identity_images(pairs, index)
+                       if loss_class(config.loss).identity_batches or wants_identities else None)
+    paths = sorted({p for split in splits.values() for p in split.abs_path_a + split.abs_path_b}
+                   | set(identity_images.paths if identity_images else ()))
     store = FeatureStore(config.feature_spec(), device=config.device, workers=config.workers, progress=progress,
                          max_pixels=config.max_pixels)
     found = store.features(paths)
@@ -235,21 +323,41 @@ def load_training_data(config: TrainConfig, *, progress: bool = False) -> Traini
         indexed[name] = SplitPairs(a[usable], b[usable], split.label[usable].astype(np.int8))
         dropped[name] = int((~usable).sum())
     failed = found.errors
-    summary = {"pairs_file": str(config.pairs), "pairs_sha256": file_sha256(config.pairs), "root": str(pairs.root),
+    summary = {"pairs_file": str(pair_file), "pairs_sha256": file_sha256(pair_file), "root": str(pairs.root),
                "images": len(paths), "images_failed": len(failed), "stages": found.stage_counts(),
                "computed": found.computed, "pairs": {name: len(split) for name, split in indexed.items()},
                "pairs_dropped": dropped, "feature_store": str(store.folder)}
+    identity_rows = identities = None
+    if identity_images is not None:
+        usable = [(row[path], name) for path, name in zip(identity_images.paths, identity_images.identities)
+                  if found.ok[row[path]]]
+        identity_rows = np.array([r for r, _ in usable], dtype=np.int64)
+        identities = [name for _, name in usable]
+        if loss_class(config.loss).identity_batches:
+            summary["identity_batches"] = {"images": len(usable), "identities": len(set(identities))}
+    if get_head(config.head).closed_form:
+        source = "identities of the train split"
+        if identity_images is None:
+            from .lda import image_classes
+
+            train = indexed["train"]
+            identity_rows, classes, source = image_classes(train.a, train.b, train.labels)
+            identities = [str(code) for code in classes.tolist()]
+        summary["lda"] = {"classes_from": source}
     _report(summary, failed)
     indexed["train"].check("train", 1)
     indexed["val"].check("val", 2)
     return TrainingData(found.features, indexed["train"], indexed["val"], get_spec(config.backbone).embedding_size,
-                        summary)
+                        summary, identity_rows, identities)
 
 
 def _report(summary: dict, failed: dict[str, str]) -> None:
     stages = ", ".join(f"{stage} {count}" for stage, count in sorted(summary["stages"].items()))
     log.info("features: %d images (%d computed now, the rest from the store); stages: %s",
              summary["images"], summary["computed"], stages)
+    if "identity_batches" in summary:
+        log.info("identity batches: %d images of %d train identities", summary["identity_batches"]["images"],
+                 summary["identity_batches"]["identities"])
     if failed:
         shown = "; ".join(list(failed.values())[:3]) + ("; ..." if len(failed) > 3 else "")
         dropped = ", ".join(f"{name} {count}" for name, count in summary["pairs_dropped"].items())
@@ -510,6 +618,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
     """
     processes = Processes.from_env(config.device)
     try:
+        check_cut_device(config.unfreeze, processes.device.type)
         _check_out(config, resume)
         started = time.perf_counter()
         data = processes.local_first(lambda show: load_training_data(config, progress=progress and show))
@@ -530,9 +639,9 @@ def _check_out(config: TrainConfig, resume: bool) -> None:
     if resume:
         if not (out / LAST).is_file():
             raise InputError(f"--resume: {out / LAST} does not exist (nothing to resume)")
-        if not Path(config.pairs).is_file():
-            raise InputError(f"{config.pairs}: no such pair file")
-        load_last(out / LAST, config, file_sha256(config.pairs))
+        if not config.pair_file().is_file():
+            raise InputError(f"{config.pair_file()}: no such pair file")
+        load_last(out / LAST, config, file_sha256(config.pair_file()))
     elif (out / LAST).exists() or (out / MODEL).exists():
         raise InputError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
 
@@ -553,9 +662,11 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
             run.resume()
         else:
             run.start()
-        bar = progress_bar(config.epochs - run.epoch, "training", enabled=progress)
+        # A head without parameters of its own (lda) is finished after epoch 0: fitted and calibrated.
+        last_epoch = config.epochs if get_head(config.head).trains else 0
+        bar = progress_bar(last_epoch - run.epoch, "training", enabled=progress)
         try:
-            while run.epoch < config.epochs:
+            while run.epoch < last_epoch and not run.should_stop():
                 record = run.next_epoch()
                 bar.update(1)
                 bar.set_postfix(**_postfix(record))
@@ -563,7 +674,28 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
                     on_epoch_end(record)
         finally:
             bar.close()
+    if run.epoch < last_epoch and processes.main:
+        log.info("stopped early after epoch %d: val %s has not improved for %d epochs (best: epoch %d)",
+                 run.epoch, config.select, config.patience, run.best["epoch"])
     return TrainResult(Path(config.out), run.best or {}, run.history, data.summary, run.timing, processes.main)
+
+
+def fit_projection(config: TrainConfig, data: TrainingData, val_sample: np.ndarray):
+    """A closed-form head's projection (:mod:`kface.lda`): fitted on the train identities' embeddings,
+    truncated to the number of dimensions that the val pairs (``val_sample`` for the threshold and
+    overlap) choose by ``--select``; what was fitted and chosen is added to ``data.summary["lda"]``."""
+    from .lda import choose_dimensions, fit_lda
+
+    features = data.features
+    full = fit_lda(features[data.identity_rows], np.asarray(data.identities))
+    choice = choose_dimensions(full, features[data.val.a], features[data.val.b], data.val.labels,
+                               distance=config.distance, criterion=config.select, rule=config.threshold_rule,
+                               sample=val_sample, grid=VAL_GRID)
+    data.summary["lda"].update({"classes": full.classes, "images": full.images, "max_dims": full.dims,
+                                "scale": full.scale, **choice.to_dict()})
+    log.info("lda: fitted on %d images of %d identities; kept %d of %d dimensions (best val %s)",
+             full.images, full.classes, choice.dims, full.dims, choice.criterion)
+    return full.truncated(choice.dims)
 
 
 class TrainingRun:
@@ -578,14 +710,28 @@ class TrainingRun:
         device = processes.device
         self.amp = device.type == "cuda"
         self.out = Path(config.out)
-        self.model = build_pair_model(config.head, data.embedding_size, config.distance, config.unfreeze, config.loss,
-                                      network=_pretrained_network(config)).to(device)
-        self.criterion = get_loss(config.loss, config.margin)
-        self.features = torch.from_numpy(data.features).to(device)
-        self.train_pairs, self.val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
         self.val_sample = sample_per_class(data.val.labels, DEFAULT_SAMPLES, config.seed).indices
+        projection = fit_projection(config, data, self.val_sample) if get_head(config.head).closed_form else None
+        self.model = build_pair_model(config.head, data.embedding_size, config.distance, config.unfreeze, config.loss,
+                                      network=_pretrained_network(config), backbone=config.backbone,
+                                      dims=projection.dims if projection is not None else None)
+        if projection is not None:
+            lda_head_of(self.model.head).load_projection_(projection)
+        self.model.to(device)
+        self.criterion = get_loss(config.loss, config.margin)
+        self.identity_batches = self.criterion.identity_batches
+        if self.identity_batches:
+            # Identity batches train the embedding only; P(same) is calibrated on their distances instead.
+            self.model.probability.requires_grad_(False)
+            self.batch_criterion = self.criterion.batch_loss(self.model.distance)
+            self.sampler = IdentityBatchSampler(data.identities, config.ids_per_batch, config.images_per_id,
+                                                mirror=config.augment == "mirror", seed=config.seed)
+        self.features = torch.from_numpy(data.features).to(device)
+        self.views = config.unfreeze != "none"  # features are (images, views, ...): the chip, its mirror
+        self.train_pairs, self.val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
         # Fused Adam: one kernel for all parameters, the fastest step for a small head on CPU and GPU.
-        self.optimizer = torch.optim.Adam(trainable_parameters(self.model), lr=config.lr, fused=True)
+        self.optimizer = torch.optim.Adam(trainable_parameters(self.model), lr=config.lr,
+                                          weight_decay=config.weight_decay, fused=True)
         # The first epoch trains at lr, the last at min_lr.
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, config.epochs - 1), eta_min=config.min_lr)
@@ -599,7 +745,7 @@ class TrainingRun:
     def start(self) -> None:
         """Epoch 0: calibrate P(same) on the train distances of the untrained head, measure val, save."""
         train_order = torch.arange(len(self.data.train))
-        initial = run_epoch(self.model, batches(self.features, self.train_pairs, train_order, EVAL_BATCH),
+        initial = run_epoch(self.model, batches(self.eval_features(), self.train_pairs, train_order, EVAL_BATCH),
                             self.criterion, amp=self.amp)
         distances = torch.from_numpy(initial.distances).float().to(self.processes.device)
         self.model.probability.calibrate_(distances, self.train_pairs.labels)
@@ -619,16 +765,76 @@ class TrainingRun:
         started = time.perf_counter()
         epoch = self.epoch + 1
         lr = self.optimizer.param_groups[0]["lr"]
-        order = epoch_order(len(self.data.train), self.config.seed, epoch)
-        output = run_epoch(self._trained_model(), batches(self.features, self.train_pairs, order,
-                                                          self.config.batch_size, self.processes.rank,
-                                                          self.processes.world_size),
-                           self.criterion, optimizer=self.optimizer, scaler=self.scaler, amp=self.amp,
-                           world_size=self.processes.world_size, reduce=self.processes.all_sum)
+        if self.identity_batches:
+            output = self._identity_epoch(epoch)
+        else:
+            order = epoch_order(len(self.data.train), self.config.seed, epoch)
+            features, pairs = self._train_features(epoch)
+            output = run_epoch(self._trained_model(), batches(features, pairs, order, self.config.batch_size,
+                                                              self.processes.rank, self.processes.world_size),
+                               self.criterion, optimizer=self.optimizer, scaler=self.scaler, amp=self.amp,
+                               world_size=self.processes.world_size, reduce=self.processes.all_sum)
         self.scheduler.step()
         self.timing["train_s"] += time.perf_counter() - started
         record = {"epoch": epoch, "lr": lr, "train_loss": output.loss, "train_accuracy": output.accuracy}
         return self._finish_epoch(record, started)
+
+    def eval_features(self) -> torch.Tensor:
+        """The features a pair model measures with: with backbone layers training, the chip's view alone,
+        or both views for ``--tta flip`` (their outputs are averaged)."""
+        if not self.views or self.config.tta == "flip":
+            return self.features
+        return self.features[:, :1]
+
+    def _train_features(self, epoch: int) -> tuple[torch.Tensor, PairTensors]:
+        """The features and pairs of one pair-loss epoch. With ``--augment mirror`` every image of every
+        pair takes a view drawn with the epoch's seed: image ``i`` in view ``v`` is row ``2 i + v`` of
+        the features seen as one view per row."""
+        if not self.views:
+            return self.features, self.train_pairs
+        if self.config.augment == "none":
+            return self.features[:, :1], self.train_pairs
+        # A stream of its own (third key), apart from the epoch's shuffle.
+        rng = np.random.default_rng([self.config.seed, epoch, 1])
+        flips = torch.from_numpy(rng.integers(0, VIEWS, (2, len(self.train_pairs.labels)))).to(self.features.device)
+        one_view = self.features.flatten(0, 1).unsqueeze(1)
+        pairs = self.train_pairs
+        return one_view, PairTensors(VIEWS * pairs.a + flips[0], VIEWS * pairs.b + flips[1], pairs.labels)
+
+    def _identity_epoch(self, epoch: int):
+        """One epoch of P x K identity batches (this process's share); then P(same) is calibrated on the
+        distances of the epoch's batches (so it follows the embedding as it moves)."""
+        from .identity_training import run_identity_epoch
+
+        share = self.sampler.epoch_batches(epoch, self.processes.rank, self.processes.world_size)
+        output = run_identity_epoch(self._trained_embedding(), self.features, self.data.identity_rows, share,
+                                    self.batch_criterion, self.optimizer, scaler=self.scaler, amp=self.amp,
+                                    reduce=self.processes.all_sum, seed=epoch_seed(self.config.seed, epoch))
+        self.model.probability.calibrate_(torch.from_numpy(output.distances).float().to(self.processes.device),
+                                          torch.from_numpy(output.labels).to(self.processes.device))
+        return output
+
+    def _trained_embedding(self) -> torch.nn.Module:
+        """The embedding the optimiser steps through on identity batches: alone, or wrapped in DDP."""
+        if self._trained is None:
+            from .identity_training import Embedding
+
+            self._trained = Embedding(self.model)
+            if self.processes.world_size > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                device = self.processes.device
+                self._trained = DistributedDataParallel(self._trained,
+                                                        device_ids=[device.index] if device.type == "cuda" else None)
+        return self._trained
+
+    def should_stop(self) -> bool:
+        """Early stopping: ``--patience`` epochs have passed without a better val ``--select`` value
+        (decided by the main process, which measures val, for every process)."""
+        patience = self.config.patience
+        stop = (self.processes.main and patience is not None and self.best is not None
+                and self.epoch - self.best["epoch"] >= patience)
+        return bool(self.processes.all_sum(torch.tensor([float(stop)])).item() > 0)
 
     def _trained_model(self) -> torch.nn.Module:
         """The model the optimiser steps through: itself, or wrapped in DDP under torchrun."""
@@ -655,7 +861,7 @@ class TrainingRun:
     def _validate(self, record: dict) -> None:
         """Measure val, add it to ``record``, and save ``model.pt`` when this epoch is the best so far."""
         started = time.perf_counter()
-        values, threshold = measure(self.model, self.features, self.val_pairs, self.criterion,
+        values, threshold = measure(self.model, self.eval_features(), self.val_pairs, self.criterion,
                                     self.config.threshold_rule, self.val_sample, self.amp)
         self.timing["validation_s"] += time.perf_counter() - started
         record.update({f"val_{name}": value for name, value in values.items()})
@@ -695,12 +901,12 @@ def _postfix(record: dict) -> dict:
 
 
 def _pretrained_network(config: TrainConfig):
-    """The unfolded dlib-torch network whose suffix trains (None when nothing of the backbone trains)."""
+    """The unfolded network whose suffix trains (None when nothing of the backbone trains)."""
     if config.unfreeze == "none":
         return None
-    from .backbones.dlib_torch import load_dlib_resnet
+    from .backbones.trainable import load_network
 
-    return load_dlib_resnet(config.weights)
+    return load_network(config.backbone, config.weights)
 
 
 @contextlib.contextmanager

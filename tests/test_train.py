@@ -168,7 +168,7 @@ def test_unfrozen_final_layer_trains_and_verifies_like_training(lfw_pairs, tmp_p
     pairs = first_pairs(lfw_pairs, tmp_path / "few.csv", train=48, val=24)  # the prefix runs on fewer images
     train(config_for(pairs, out, backbone="dlib-torch", unfreeze="fc", epochs=2))
     checkpoint = load_checkpoint(out / "model.pt")
-    assert checkpoint["features"]["cut"] == "fc" and checkpoint["features"]["shape"] == [256]
+    assert checkpoint["features"]["cut"] == "fc" and checkpoint["features"]["shape"] == [2, 256]  # chip, mirror
     last = state_of(out)
     from kface.backbones.dlib_torch import load_dlib_resnet
 
@@ -185,7 +185,7 @@ def test_unfrozen_final_layer_trains_and_verifies_like_training(lfw_pairs, tmp_p
     model = pair_model_from_checkpoint(checkpoint)
     features = FeatureStore(FeatureSpec("dlib-torch", "fc", upsample=0)).features([a, b]).features
     with torch.no_grad():
-        distance, _ = model(torch.from_numpy(features[:1]), torch.from_numpy(features[1:]))
+        distance, _ = model(torch.from_numpy(features[:1, :1]), torch.from_numpy(features[1:, :1]))  # the chip's view
     assert answer.distance == pytest.approx(float(distance), abs=1e-5)
 
 
@@ -266,10 +266,13 @@ def test_feature_store_reuses_rows_and_reports_failures(lfw_pairs, tmp_path):
     ({"epochs": 0}, "--epochs"),
     ({"min_lr": 0.1}, "--min-lr"),
     ({"select": "loss"}, "--select"),
-    ({"head": "lda"}, "unknown head"),
+    ({"head": "ldx"}, "unknown head"),
+    ({"head": "lda", "backbone": "dlib-torch", "unfreeze": "fc"}, "fitted on frozen embeddings"),
     ({"loss": "triplet"}, "unknown loss"),
     ({"unfreeze": "fc"}, "--backbone dlib-torch"),
-    ({"backbone": "dlib-torch", "unfreeze": "fc", "tta": "flip"}, "--tta flip"),
+    ({"backbone": "dlib-torch", "unfreeze": "all", "device": "cpu"}, "needs a CUDA GPU"),
+    ({"augment": "mirror"}, "--augment mirror trains on mirrored chips, which needs --unfreeze"),
+    ({"loss": "metric", "margin": 0.7}, "--margin for --loss metric"),
     ({"threshold_rule": "far=2"}, "far"),
 ])
 def test_bad_settings_are_refused_when_the_config_is_made(settings, message):

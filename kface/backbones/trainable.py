@@ -78,6 +78,8 @@ def inference_network(network):
 def build_suffix(network, cut: str):
     """Trainable copies of ``network``'s layers after ``cut`` (None for ``none``), as one
     :class:`~kface.backbones.suffix.Suffix`. For ``all`` the suffix starts from uint8 chips."""
+    import torch
+
     from .suffix import ChipInput, Suffix
 
     if cut == "none":
@@ -85,7 +87,9 @@ def build_suffix(network, cut: str):
     modules = [copy.deepcopy(module) for module in network.suffix_modules(cut)]
     if cut == "all":
         modules.insert(0, ChipInput(network.input_mean.detach().clone(), network.pixel_scale))
-    suffix = Suffix(*modules)
+    # Channels-last convolution weights: about a quarter faster to train on CPU here (measured on
+    # dlib-torch's last stage), and what GPUs prefer; the input may keep either layout.
+    suffix = Suffix(*modules).to(memory_format=torch.channels_last)
     for parameter in suffix.parameters():
         parameter.requires_grad_(True)
     return suffix
