@@ -74,8 +74,12 @@ def build_album_lfw(lfw_images: Path, out: Path, *, min_images: int, max_images:
     done = out / "build.json"
     if done.is_file():
         recorded = json.loads(done.read_text(encoding="utf-8"))
-        if recorded.get("settings") == settings:
+        if recorded.get("settings") == settings and recorded.get("complete"):
             return recorded
+        shutil.rmtree(out)  # our own tree, unfinished or with other settings: its images must not linger
+    elif out.exists() and any(out.iterdir()):
+        raise SystemExit(f"{out} holds files this script did not write; choose another --work")
+    write_json(done, {"settings": settings, "complete": False})
     rng = np.random.default_rng(seed)
     people = sorted(folder for folder in lfw_images.iterdir()
                     if folder.is_dir() and sum(1 for _ in folder.glob("*.jpg")) >= min_images)
@@ -94,7 +98,7 @@ def build_album_lfw(lfw_images: Path, out: Path, *, min_images: int, max_images:
             with atomic_path(target, suffix=".png") as temp:
                 Image.fromarray(old_album_crop(load_image(file), image_rng)).save(temp, format="PNG")
             images += 1
-    record = {"settings": settings, "identities": len(people), "images": images}
+    record = {"settings": settings, "complete": True, "identities": len(people), "images": images}
     write_json(done, record)
     return record
 
@@ -217,8 +221,8 @@ def main() -> None:
     text = table(rows) if rows else "(no rows)"
     base = next((row for row in rows if row["key"] == "base"), None)
     verdict = ""
-    if base is not None:
-        trained = [row for row in rows if row["trained"]]
+    trained = [row for row in rows if row["trained"]]
+    if base is not None and trained:
         losers = [row["row"] for row in trained if not row["accuracy"] > base["accuracy"]]
         verdict = (f"Every trained head beats the base backbone's test accuracy ({100 * base['accuracy']:.2f}%): "
                    + ("yes" if not losers else f"no ({', '.join(losers)})") + ".")

@@ -25,7 +25,7 @@ from torch import nn
 
 from .errors import InputError
 
-#: The calibration of P(same) looks at most this many distances of each kind from an epoch's batches.
+#: How many in-batch distances (about) an epoch keeps for calibrating P(same).
 CALIBRATION_SAMPLES = 20000
 
 

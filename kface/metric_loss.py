@@ -70,16 +70,20 @@ class EmbeddingLoss(nn.Module):
         if embeddings.ndim != 2 or labels.ndim != 1 or len(embeddings) != len(labels):
             raise ValueError(f"expected (N, D) embeddings and (N,) labels; got {tuple(embeddings.shape)} and "
                              f"{tuple(labels.shape)}")
-        first, second = torch.triu_indices(len(labels), len(labels), offset=1, device=labels.device)
-        same = labels[first] == labels[second]
+        count = len(labels)
+        upper = torch.ones(count, count, dtype=torch.bool, device=labels.device).triu(diagonal=1)
+        same = (labels[:, None] == labels[None, :])[upper]  # the pairs i < j, row by row
         if not bool(same.any()) or bool(same.all()):
             raise ValueError("a metric-learning batch needs at least two images of one identity and images of "
                              "two identities")
-        # Row-wise distances of the index pairs, not a distance matrix: exact, and safe to
-        # differentiate where two embeddings coincide (a matrix's sqrt of ~0 is not).
         # Half-precision outputs (autocast) are measured in float32; float64 stays float64.
         embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
-        distances = self.distance.pairwise(embeddings[first], embeddings[second])
+        # Row-wise distances of every (i, j), not a cdist matrix: exact, and safe to differentiate where
+        # two embeddings coincide. Broadcasting, not gathering rows by index: the gradient of a gather
+        # with repeated indices is summed in a thread-dependent order on CPU, which made runs differ.
+        rows = embeddings[:, None, :].expand(count, count, -1).reshape(count * count, -1)
+        columns = embeddings[None, :, :].expand(count, count, -1).reshape(count * count, -1)
+        distances = self.distance.pairwise(rows, columns).view(count, count)[upper]
         return self.compute(distances, same)
 
     def compute(self, distances: torch.Tensor, same: torch.Tensor) -> BatchLoss:

@@ -14,7 +14,9 @@ cosine schedule from 0.01 to 0.001, 200 epochs). The steps, in order:
    threshold that ``--threshold-rule`` chooses, and that threshold and the overlap area on the
    study's sample of val (at most 400 pairs of each class, drawn once with the seed).
    ``model.pt`` is the best epoch by ``--select``; ``last.pt`` (everything needed to continue) and
-   ``history.json`` are rewritten after every epoch, atomically.
+   ``history.json`` are rewritten after every epoch, atomically. A closed-form head (``--head lda``,
+   ``lda+siamese``) is fitted first, on the train identities, its size chosen on val
+   (:func:`fit_projection`); ``lda`` has nothing left to train and stops after epoch 0.
 
 Everything is seeded and resumable: epoch ``e`` shuffles with a generator seeded from
 ``(seed, e)``, and no other randomness is used (the head starts as the identity, the probability
@@ -60,6 +62,8 @@ EVAL_BATCH = 4096
 #: KDE grid of the per-epoch val overlap and threshold (refined where a density is narrow, see
 #: kface.metrics.kde_densities): a quarter of the report's default, 4x cheaper, equal to ~1e-6 here.
 VAL_GRID = 512
+#: Images per forward pass when measuring through trainable backbone layers.
+EMBED_BATCH = 256
 #: Gather an epoch's features up front (then batches are views) while that takes at most this much memory.
 PREGATHER_BYTES = 1 << 30
 DEFAULT_WORKERS = min(8, os.cpu_count() or 1)
@@ -581,12 +585,38 @@ VAL_METRICS: dict[str, Callable] = {
 }
 
 
+def evaluate_pairs(model: PairModel, features: torch.Tensor, pairs: PairTensors, criterion,
+                   amp: bool = False) -> EpochOutput:
+    """Every pair's distance, P(same) and loss, without training (as :func:`run_epoch` measures them).
+
+    With trainable backbone layers in the model each image is embedded once, not once per pair: those
+    layers cost far more than a distance (val pairs share their images about three times over).
+    """
+    if model.suffix is None:
+        return run_epoch(model, batches(features, pairs, torch.arange(len(pairs.labels)), EVAL_BATCH), criterion,
+                         amp=amp)
+    count = len(pairs.labels)
+    if count == 0:
+        return EpochOutput(math.nan, math.nan, 0)
+    model.train(False)
+    rows, where = torch.unique(torch.cat([pairs.a, pairs.b]), return_inverse=True)
+    with torch.inference_mode():
+        with torch.autocast(features.device.type, dtype=torch.float16) if amp else contextlib.nullcontext():
+            embeddings = torch.cat([model.embed(features.index_select(0, rows[start:start + EMBED_BATCH])).float()
+                                    for start in range(0, len(rows), EMBED_BATCH)])
+        distances = model.distance.pairwise(embeddings[where[:count]], embeddings[where[count:]])
+        logits = model.probability.logits(distances)
+        losses = criterion(distances, logits, pairs.labels)
+        correct = ((logits >= 0).float() == pairs.labels).float()
+    return EpochOutput(float(losses.mean()), float(correct.mean()), count, distances.double().cpu().numpy(),
+                       torch.sigmoid(logits).double().cpu().numpy())
+
+
 def measure(model: PairModel, features: torch.Tensor, pairs: PairTensors, criterion, rule: str, sample: np.ndarray,
             amp: bool = False) -> tuple[dict, object]:
     """Val metrics of ``model`` (see :data:`VAL_METRICS`) and the threshold chosen by ``rule`` on the
     ``sample`` of val pairs (indices)."""
-    order = torch.arange(len(pairs.labels))
-    output = run_epoch(model, batches(features, pairs, order, EVAL_BATCH), criterion, amp=amp)
+    output = evaluate_pairs(model, features, pairs, criterion, amp)
     val = ValPass(output.distances, output.probabilities, output.loss, pairs.labels.cpu().numpy().astype(np.int8),
                   sample)
     threshold = choose_threshold(*val.sampled(), rule, split="val", grid=VAL_GRID)
@@ -744,9 +774,7 @@ class TrainingRun:
 
     def start(self) -> None:
         """Epoch 0: calibrate P(same) on the train distances of the untrained head, measure val, save."""
-        train_order = torch.arange(len(self.data.train))
-        initial = run_epoch(self.model, batches(self.eval_features(), self.train_pairs, train_order, EVAL_BATCH),
-                            self.criterion, amp=self.amp)
+        initial = evaluate_pairs(self.model, self.eval_features(), self.train_pairs, self.criterion, self.amp)
         distances = torch.from_numpy(initial.distances).float().to(self.processes.device)
         self.model.probability.calibrate_(distances, self.train_pairs.labels)
         self._finish_epoch({"epoch": 0, "lr": None, "train_loss": None, "train_accuracy": None}, time.perf_counter())

@@ -120,6 +120,24 @@ def test_cosine_distance_pulls_same_person_directions_together():
     assert cosine(stepped[0], stepped[1], dim=0) > cosine(embeddings[0], embeddings[1], dim=0)
 
 
+def test_the_gradient_is_bitwise_the_same_on_every_run():
+    # Gathering rows by repeated indices sums their gradients in a thread-dependent order on CPU;
+    # the loss must not, or two trainings with one seed end with different weights.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(2, threads))
+    x = torch.randn(128, 128, generator=torch.Generator().manual_seed(0)) * 0.1
+    labels = torch.arange(32).repeat_interleave(4)
+    gradients = []
+    try:
+        for _ in range(10):
+            embeddings = x.clone().requires_grad_(True)
+            MarginMetricLoss()(embeddings, labels).loss.backward()
+            gradients.append(embeddings.grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(gradient, gradients[0]) for gradient in gradients)
+
+
 @pytest.mark.parametrize("labels", [[0, 1, 2, 3], [4, 4, 4, 4]])
 def test_a_batch_without_both_kinds_of_pair_is_refused(labels):
     with pytest.raises(ValueError, match="at least two images of one identity"):

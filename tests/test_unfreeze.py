@@ -105,6 +105,27 @@ def test_last_block_with_metric_loss_trains_and_does_not_lose_to_the_frozen_back
     assert not torch.allclose(last["suffix.0.conv1.weight"], pretrained)  # the block itself trained
 
 
+def test_resume_of_identity_batches_ends_with_the_same_weights(metric_run, pair_file, tmp_path):
+    from kface.train import TrainConfig, saved_config, train
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_second(record):
+        if record["epoch"] == 2:
+            raise Interrupted
+
+    config = TrainConfig.from_dict({**saved_config(metric_run), "out": str(tmp_path / "run")})
+    with pytest.raises(Interrupted):
+        train(config, on_epoch_end=stop_after_second)
+    train(config, resume=True)
+    resumed = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    uninterrupted = torch.load(metric_run / "last.pt", weights_only=True)
+    assert resumed["epoch"] == uninterrupted["epoch"] == 4
+    for name, weight in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], weight), name  # bitwise: nothing depends on thread timing
+
+
 def test_the_checkpoint_round_trips_through_verify_with_and_without_flip(metric_run, pair_file, tmp_path):
     val = read_pairs(pair_file).select("val")
     a, b = val.abs_path_a[0], val.abs_path_b[0]
