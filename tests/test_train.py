@@ -253,9 +253,9 @@ def test_feature_store_reuses_rows_and_reports_failures(lfw_pairs, tmp_path):
     good = read_pairs(lfw_pairs).select("train").abs_path_a[:3]
     bad = tmp_path / "broken.jpg"
     bad.write_text("not an image")
-    store = FeatureStore(FeatureSpec(upsample=0))
+    store = FeatureStore(config_for(lfw_pairs, tmp_path / "unused").feature_spec())
     found = store.features([*good, str(bad)])
-    assert found.computed == 0  # the fixture stored these images already
+    assert found.computed == 0  # the fixture stored these images already, with the same settings
     assert found.ok.tolist() == [True, True, True, False] and str(bad) in found.errors
     assert found.stages[-1] == "error" and found.features.dtype == np.float32
     assert not found.features[-1].any()
