@@ -158,14 +158,16 @@ def _row(key: str, name: str, settings: dict, body: dict, timing, seconds: float
 # -- the table ---------------------------------------------------------------------------------------
 def table(rows: list[dict]) -> str:
     best_accuracy = max(row["accuracy"] for row in rows)
-    lines = ["| model | accuracy | ROC AUC | EER | overlap (KDE) | threshold |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | accuracy | ROC AUC | EER | overlap (KDE) | threshold | model.pt epoch |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         accuracy = f"{100 * row['accuracy']:.2f}%"
         if row["accuracy"] == best_accuracy:
             accuracy = f"**{accuracy}**"
+        # The epoch that val chose (0: the head as initialised, or as fitted for lda).
+        epoch = "—" if row.get("best_epoch") is None else f"{row['best_epoch']} of {row['epochs']}"
         lines.append(f"| {row['row']} | {accuracy} | {row['auc']:.4f} | {100 * row['eer']:.2f}% | "
-                     f"{row['overlap']:.4f} | {row['threshold']:.4f} |")
+                     f"{row['overlap']:.4f} | {row['threshold']:.4f} | {epoch} |")
     return "\n".join(lines)
 
 
@@ -223,9 +225,12 @@ def main() -> None:
     verdict = ""
     trained = [row for row in rows if row["trained"]]
     if base is not None and trained:
-        losers = [row["row"] for row in trained if not row["accuracy"] > base["accuracy"]]
-        verdict = (f"Every trained head beats the base backbone's test accuracy ({100 * base['accuracy']:.2f}%): "
-                   + ("yes" if not losers else f"no ({', '.join(losers)})") + ".")
+        # Each against the base backbone with the same distance and test-time augmentation, where it ran.
+        bases = {(row["distance"], row["tta"]): row for row in rows if not row["trained"]}
+        losers = [row["row"] for row in trained
+                  if not row["accuracy"] > bases.get((row["distance"], row["tta"]), base)["accuracy"]]
+        verdict = ("Every trained head beats the base backbone's test accuracy (with the same distance and "
+                   "test-time augmentation): " + ("yes" if not losers else f"no ({'; '.join(losers)})") + ".")
     frozen = [row for row in rows if row["trained"] and row["unfreeze"] == "none"]
     tuned = [row for row in rows if row["unfreeze"] != "none"]
     if frozen and tuned:
