@@ -323,12 +323,12 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @detector_options(default="auto")
 @click.option("--upsample", type=click.IntRange(0, 3), default=1, show_default=True,
               help="HOG upsampling (0 is faster and finds faces above about 80 px).")
-@click.option("--epochs", type=int, default=None, help="Epochs [default: 200; 15 with --unfreeze].")
+@click.option("--epochs", type=int, default=None, help="Epochs [default: 200; 20 with --unfreeze].")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Pairs per batch (pair losses).")
 @click.option("--lr", type=float, default=None,
-              help="Adam learning rate at the first epoch [default: 0.01; 1e-4 with --unfreeze].")
+              help="Adam learning rate at the first epoch [default: 0.01; 1e-5 with --unfreeze].")
 @click.option("--min-lr", type=float, default=None,
-              help="Learning rate at the last epoch, cosine schedule in between [default: 0.001; 1e-5 with --unfreeze].")
+              help="Learning rate at the last epoch, cosine schedule in between [default: 0.001; 1e-6 with --unfreeze].")
 @click.option("--weight-decay", type=float, default=None, help="Adam weight decay [default: 0; 1e-4 with --unfreeze].")
 @click.option("--patience", type=int, default=None,
               help="Stop after this many epochs without a better val --select value [default: none; 5 with --unfreeze].")
@@ -347,6 +347,9 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @handle_errors
 def train(ctx, resume, as_json, quiet, **options):
     """Fine-tune a Siamese head on a frozen backbone with a pair file's train split; select on val.
+
+    With --unfreeze the backbone's last layers train too (dlib-torch or facenet-*), e.g. dlib's metric
+    loss on its last residual block: --backbone dlib-torch --unfreeze last-block --loss metric.
 
     Several processes or machines (DDP: gloo on CPU, nccl on GPU) through torchrun:
 
@@ -624,14 +627,14 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
 @click.option("--split", default="0.8:0.1:0.1", show_default=True, help="train:val:test shares (by identity).")
 @click.option("--hard-negatives", is_flag=True, help="Different-person pairs of the same gender and age band.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling, training and reports.")
-@click.option("--epochs", type=click.IntRange(1), default=None, help="[default: 200; 15 with --unfreeze]")
+@click.option("--epochs", type=click.IntRange(1), default=None, help="[default: 200; 20 with --unfreeze]")
 @backbone_option
 @click.option("--unfreeze", type=click.Choice(["none", "fc", "last-block", "last-stage", "all"]), default="none",
               show_default=True, help="Also train the backbone's last layers (as kface train --unfreeze).")
 @click.option("--loss", default="bce", show_default=True, help="bce, contrastive or metric (as kface train --loss).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
-@click.option("--lr", type=float, default=None, help="[default: 0.01; 1e-4 with --unfreeze]")
-@click.option("--min-lr", type=float, default=None, help="[default: 0.001; 1e-5 with --unfreeze]")
+@click.option("--lr", type=float, default=None, help="[default: 0.01; 1e-5 with --unfreeze]")
+@click.option("--min-lr", type=float, default=None, help="[default: 0.001; 1e-6 with --unfreeze]")
 @click.option("--heads", default="siamese", show_default=True,
               help="Heads to compare, comma-separated: siamese, lda, lda+siamese (as kface train --head).")
 @click.option("--distance", "distances", default="euclidean", show_default=True,

@@ -97,7 +97,7 @@ def test_last_block_with_metric_loss_trains_and_does_not_lose_to_the_frozen_back
     checkpoint = load_checkpoint(metric_run / "model.pt")
     assert checkpoint["head"]["cut"] == "last-block" and checkpoint["head"]["kind"] == "none"
     assert checkpoint["epoch"] == history["best"]["epoch"]  # the chosen epoch is recorded
-    assert checkpoint["config"]["lr"] == 1e-4 and checkpoint["config"]["augment"] == "mirror"  # unfrozen defaults
+    assert checkpoint["config"]["lr"] == 1e-5 and checkpoint["config"]["augment"] == "mirror"  # unfrozen defaults
     last = torch.load(metric_run / "last.pt", weights_only=True)["model"]
     from kface.backbones.dlib_torch import load_dlib_resnet
 
