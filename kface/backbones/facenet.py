@@ -1,11 +1,15 @@
 """facenet-pytorch's InceptionResnetV1 (512-d), trained on VGGFace2 or CASIA-WebFace.
 
-facenet-pytorch downloads these weights on first use into ``$TORCH_HOME/checkpoints``; kface lets it
-do so when online and uses the file it left there afterwards. Offline, ``--weights FILE`` loads a
-state dict from disk (for example the file facenet-pytorch downloaded on another machine).
+facenet-pytorch keeps its downloaded weights in ``$TORCH_HOME/checkpoints``. kface loads the file from
+there when it is present, without touching the network; ``--weights FILE`` loads a state dict from
+elsewhere. With neither, facenet-pytorch downloads the file when online (and a failure is one clear
+error); ``KFACE_DOWNLOAD_WEIGHTS=0`` forbids that, for machines that must never reach the network, and
+kface then stops at once naming the file and the folder it looked in.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -13,7 +17,34 @@ import numpy as np
 from ..errors import InputError, KfaceError
 
 PRETRAINED = {"facenet-vggface2": "vggface2", "facenet-casia": "casia-webface"}
+#: The name facenet-pytorch gives each downloaded weight set (its release URL's last part).
+WEIGHT_FILES = {"facenet-vggface2": "20180402-114759-vggface2.pt",
+                "facenet-casia": "20180408-102900-casia-webface.pt"}
+#: Set to 0 to forbid facenet-pytorch's download of missing weights (the only path that uses the network).
+DOWNLOAD_VARIABLE = "KFACE_DOWNLOAD_WEIGHTS"
 BATCH = 64
+
+
+def weights_folder() -> Path:
+    """The folder facenet-pytorch downloads into: ``$TORCH_HOME/checkpoints``, with ``TORCH_HOME``
+    defaulting to ``$XDG_CACHE_HOME/torch``, then ``~/.cache/torch``. Its rule, restated so that
+    the check needs no torch import."""
+    torch_home = os.environ.get("TORCH_HOME", os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "torch"))
+    return Path(os.path.expanduser(torch_home)) / "checkpoints"
+
+
+def downloaded_weights(name: str) -> Optional[Path]:
+    """facenet-pytorch's downloaded weights for backbone ``name``: the file when it is present; None
+    when it is absent and may be downloaded; an InputError at once when ``KFACE_DOWNLOAD_WEIGHTS=0``."""
+    path = weights_folder() / WEIGHT_FILES[name]
+    if path.is_file():
+        return path
+    if os.environ.get(DOWNLOAD_VARIABLE, "1") != "0":
+        return None
+    raise InputError(
+        f"{name}: no weights file {path.name} in {path.parent} (facenet-pytorch's download folder, "
+        f"$TORCH_HOME/checkpoints) and {DOWNLOAD_VARIABLE}=0 forbids downloading it; put it there or pass "
+        f"--weights FILE")
 
 
 def _load_weights_file(model, path: str) -> None:
@@ -34,32 +65,36 @@ def _load_weights_file(model, path: str) -> None:
 
 def load_inception_resnet(name: str, weights: Optional[str] = None):
     """The InceptionResnetV1 of backbone ``name`` (without its classifier), on the CPU, in eval mode:
-    from ``weights`` (a state dict file) when given, else facenet-pytorch's download or its cached copy."""
+    from ``weights`` (a state dict file) when given, else from facenet-pytorch's downloaded file
+    (which facenet-pytorch downloads when it is missing, unless ``KFACE_DOWNLOAD_WEIGHTS=0``)."""
+    local = weights or downloaded_weights(name)  # raises before any heavy import when nothing is there
     from facenet_pytorch import InceptionResnetV1
 
-    if weights:
+    if local:
         model = InceptionResnetV1(classify=False)
-        _load_weights_file(model, weights)
+        _load_weights_file(model, str(local))
         return model.eval()
     try:
         model = InceptionResnetV1(pretrained=PRETRAINED[name], classify=False)
     except Exception as exc:  # the download's network errors come in many types
         raise KfaceError(
-            f"{name}: facenet-pytorch could not load or download its {PRETRAINED[name]} "
-            f"weights ({exc.__class__.__name__}); offline, pass --weights FILE") from None
+            f"{name}: facenet-pytorch could not download its {PRETRAINED[name]} weights "
+            f"({exc.__class__.__name__}); offline, put {WEIGHT_FILES[name]} in {weights_folder()} or pass "
+            f"--weights FILE") from None
     return model.eval()
 
 
 class FacenetBackbone:
     def __init__(self, spec, device: str = "auto", weights: Optional[str] = None):
+        self.name = spec.name
+        self.spec = spec
+        model = load_inception_resnet(spec.name, weights)  # first: missing weights fail before torch loads
         import torch
 
         from ..devices import resolve_device
 
-        self.name = spec.name
-        self.spec = spec
         self.device = resolve_device(device)
-        self._model = load_inception_resnet(spec.name, weights).to(self.device)
+        self._model = model.to(self.device)
         self._torch = torch
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
