@@ -6,8 +6,9 @@ The network is dlib's ``dnn_face_recognition_ex`` ResNet: a 7x7/2 convolution wi
 Weights come from ``dlib_face_recognition_resnet_model_v1.dat`` (face_recognition_models); the
 conversion runs once and is cached as a torch state dict keyed by the file's sha256.
 
-Training can cut the network in two (:data:`CUT_POINTS`): run the frozen prefix once and train the
-suffix (the fc layer, the last residual block, the last stage, or everything).
+Training can cut the network in two (:data:`~kface.backbones.trainable.CUT_POINTS`, see
+:class:`~kface.backbones.cut_points.CutPointNetwork`): run the frozen prefix once and train the suffix
+(the fc layer, the last residual block, the last stage, or everything).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from ..cache import cache_dir
 from ..devices import resolve_device
 from ..errors import InputError
 from ..models_path import DLIB_RESNET, model_file
+from .cut_points import CutPointNetwork
 from .dlib_format import FC_NO_BIAS, DlibFormatError, DlibNetwork, LayerRecord, read_network
+from .trainable import CUT_POINTS  # re-exported: the cut points DlibResNet accepts
 
 CHIP_SIZE = 150
 EMBEDDING_SIZE = 128
@@ -42,10 +45,6 @@ STAGE_LAYOUT: tuple[tuple[int, tuple[bool, ...]], ...] = (
     (128, (True, False, False)),
     (256, (True, False, False, True)),
 )
-#: Where training may cut the network: the suffix after the cut is trainable.
-#: ``none`` = all frozen, ``fc`` = only the final layer, ``last-block`` = the last residual block and
-#: fc, ``last-stage`` = the last stage's blocks and fc, ``all`` = every layer (the prefix is empty).
-CUT_POINTS = ("none", "fc", "last-block", "last-stage", "all")
 #: Bump when the module's parameter layout changes, so old cached conversions are not loaded.
 CONVERSION_VERSION = 1
 
@@ -108,7 +107,7 @@ class GlobalAveragePool(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-class DlibResNet(nn.Module):
+class DlibResNet(CutPointNetwork):
     """dlib's face ResNet. Parts: ``stem``, ``stages`` (4 Sequentials of :class:`ResidualBlock`),
     ``pool``, ``fc``. :meth:`forward` takes normalised NCHW float input (see :meth:`prepare_chips`)
     and returns the raw 128-d descriptor (not L2-normalised, as dlib returns it).
@@ -147,47 +146,9 @@ class DlibResNet(nn.Module):
     def _steps(self) -> list[nn.Module]:
         return [self.stem, *(block for stage in self.stages for block in stage), self.pool, self.fc]
 
-    def _cut_index(self, cut: str) -> int:
-        """Index into :meth:`_steps` where the trainable suffix starts."""
-        steps = len(self._steps())
-        indices = {"none": steps, "fc": steps - 1, "last-block": steps - 3,
-                   "last-stage": steps - 2 - len(self.stages[-1]), "all": 0}
-        if cut not in indices:
-            raise InputError(f"unknown cut point {cut!r}; choose one of: {', '.join(CUT_POINTS)}")
-        return indices[cut]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for step in self._steps():
-            x = step(x)
-        return x
-
-    def forward_prefix(self, x: torch.Tensor, cut: str) -> torch.Tensor:
-        """The frozen part before ``cut`` (``none``: the whole network, giving the descriptor)."""
-        for step in self._steps()[:self._cut_index(cut)]:
-            x = step(x)
-        return x
-
-    def forward_suffix(self, h: torch.Tensor, cut: str) -> torch.Tensor:
-        """The trainable part after ``cut``, applied to :meth:`forward_prefix`'s output."""
-        for step in self.suffix_modules(cut):
-            h = step(h)
-        return h
-
-    def suffix_modules(self, cut: str) -> list[nn.Module]:
-        """The modules after ``cut`` (empty for ``none``)."""
-        return self._steps()[self._cut_index(cut):]
-
-    def set_trainable(self, cut: str) -> list[nn.Parameter]:
-        """Freeze every parameter before ``cut`` and unfreeze those after it; return the trainable ones.
-
-        Affine layers hold buffers, not parameters, so they stay frozen either way (as in dlib).
-        """
-        for parameter in self.parameters():
-            parameter.requires_grad_(False)
-        trainable = [p for module in self.suffix_modules(cut) for p in module.parameters()]
-        for parameter in trainable:
-            parameter.requires_grad_(True)
-        return trainable
+    def _suffix_lengths(self) -> dict[str, int]:
+        # fc alone; the last block, pool and fc; the last stage's blocks, pool and fc.
+        return {"fc": 1, "last-block": 3, "last-stage": 2 + len(self.stages[-1])}
 
 
 def fold_affine(net: DlibResNet) -> DlibResNet:

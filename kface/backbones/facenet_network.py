@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
-from .trainable import CUT_POINTS
+from .cut_points import CutPointNetwork
 
 
 class PoolAndFlatten(nn.Module):
@@ -31,7 +30,7 @@ class L2Normalize(nn.Module):
         return F.normalize(x, p=2, dim=1)
 
 
-class FacenetNetwork(nn.Module):
+class FacenetNetwork(CutPointNetwork):
     """An InceptionResnetV1 (``model``, without classifier) split into steps; dropout, which only acts
     in training, is left out so that a tuned suffix computes what the pretrained network computes."""
 
@@ -54,26 +53,7 @@ class FacenetNetwork(nn.Module):
                 m.repeat_1, m.mixed_6a, m.repeat_2, m.mixed_7a, *m.repeat_3, m.block8,
                 PoolAndFlatten(m.avgpool_1a), m.last_linear, m.last_bn, L2Normalize()]
 
-    def _cut_index(self, cut: str) -> int:
-        steps = len(self._steps())
-        fc = steps - 3  # last_linear, last_bn, normalise
-        indices = {"none": steps, "fc": fc, "last-block": fc - 2, "last-stage": fc - 2 - len(self.model.repeat_3),
-                   "all": 0}
-        if cut not in indices:
-            raise InputError(f"unknown cut point {cut!r}; choose one of: {', '.join(CUT_POINTS)}")
-        return indices[cut]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for step in self._steps():
-            x = step(x)
-        return x
-
-    def forward_prefix(self, x: torch.Tensor, cut: str) -> torch.Tensor:
-        """The frozen part before ``cut``."""
-        for step in self._steps()[:self._cut_index(cut)]:
-            x = step(x)
-        return x
-
-    def suffix_modules(self, cut: str) -> list[nn.Module]:
-        """The steps after ``cut`` (empty for ``none``)."""
-        return self._steps()[self._cut_index(cut):]
+    def _suffix_lengths(self) -> dict[str, int]:
+        fc = 3  # last_linear, last_bn, normalise
+        last_block = fc + 2  # block8 and the pool, then the fc steps
+        return {"fc": fc, "last-block": last_block, "last-stage": last_block + len(self.model.repeat_3)}

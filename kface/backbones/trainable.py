@@ -8,7 +8,8 @@
 
 Networks (``dlib-torch``: :class:`~kface.backbones.dlib_torch.DlibResNet`; ``facenet-*``:
 :class:`~kface.backbones.facenet_network.FacenetNetwork`) provide ``prepare_chips``,
-``forward_prefix(x, cut)`` and ``suffix_modules(cut)``; this module builds them and the suffix.
+``forward_prefix(x, cut)`` and ``suffix_modules(cut)`` (the cut-point part from their shared base,
+:class:`~kface.backbones.cut_points.CutPointNetwork`); this module builds them and the suffix.
 """
 from __future__ import annotations
 
