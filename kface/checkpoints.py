@@ -11,6 +11,9 @@ A model checkpoint (``runs/NAME/model.pt``) holds:
   probability mapping);
 - ``distance``; ``threshold`` ``{value, rule, split, note}`` (chosen on the val split unless
   rewritten by :func:`save_threshold`); ``metrics`` (val, at the saved epoch) and ``epoch``;
+- ``val_distances`` ``{split, epoch, distances, labels}``: the model's distance for every val pair
+  (float32) and its label (1 = same), as measured in the saved epoch, for ``kface serve``'s plot.
+  Optional: checkpoints written before it was added have none (:func:`stored_val_distances`);
 - ``config`` (every training setting), ``seed``, ``data`` (pair file, counts, dropped pairs) and
   ``versions`` (kface, torch, numpy, python).
 
@@ -105,9 +108,14 @@ def threshold_record(threshold) -> dict:
 
 
 def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_size: int, threshold, metrics: dict,
-                     epoch: int, data: dict) -> dict:
+                     epoch: int, data: dict, val_distances: Optional[np.ndarray] = None,
+                     val_labels: Optional[np.ndarray] = None) -> dict:
     """The model checkpoint of a :class:`~kface.siamese.PairModel` trained with ``config`` (a TrainConfig)
-    on features of ``feature_shape`` whose embeddings (the head's input) have ``embedding_size`` values."""
+    on features of ``feature_shape`` whose embeddings (the head's input) have ``embedding_size`` values.
+
+    ``val_distances`` and ``val_labels``: the model's distance and the label of every val pair at
+    ``epoch`` (stored as ``val_distances``; left out when not given).
+    """
     spec = config.feature_spec()
     return {
         "format": FORMAT,
@@ -123,11 +131,36 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
         "threshold": threshold_record(threshold),
         "metrics": plain(metrics),
         "epoch": int(epoch),
+        **({} if val_distances is None else
+           {"val_distances": val_distances_record(val_distances, val_labels, epoch)}),
         "config": plain(config.to_dict()),
         "seed": int(config.seed),
         "data": plain(data),
         "versions": versions(),
     }
+
+
+def val_distances_record(distances: np.ndarray, labels: np.ndarray, epoch: int) -> dict:
+    """``{split, epoch, distances, labels}``: val pairs' distances (float32) and labels (0/1) as plain lists."""
+    distances = np.asarray(distances, dtype=np.float32)
+    labels = np.asarray(labels)
+    if distances.shape != labels.shape or distances.ndim != 1:
+        raise ValueError(f"one label per distance needed; got shapes {distances.shape} and {labels.shape}")
+    return {"split": "val", "epoch": int(epoch), "distances": distances.tolist(),
+            "labels": labels.astype(np.int64).tolist()}
+
+
+def stored_val_distances(checkpoint: dict) -> Optional[tuple[np.ndarray, np.ndarray, dict]]:
+    """(distances, labels, record) of the val pairs a checkpoint stores, or None for one without them
+    (written before they were stored)."""
+    record = checkpoint.get("val_distances")
+    if not record:
+        return None
+    distances = np.asarray(record["distances"], dtype=np.float64)
+    labels = np.asarray(record["labels"], dtype=np.int64)
+    if distances.shape != labels.shape:
+        raise InputError(f"damaged checkpoint: {distances.size} val distances but {labels.size} labels")
+    return distances, labels, record
 
 
 def _projection_dims(model: torch.nn.Module) -> Optional[int]:

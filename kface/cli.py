@@ -699,7 +699,8 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
 @click.option("--threshold", type=float, help="Distance threshold (default: the model's or the backbone's measured one).")
 @click.option("--distances", type=click.Path(dir_okay=False),
               help="Labelled distances to draw on the page (CSV with label,distance[,split], e.g. from "
-                   "kface verify --pairs FILE --out results.csv with the same model).")
+                   "kface verify --pairs FILE --out results.csv with the same model; default: a trained "
+                   "model's stored val distances).")
 @click.option("--distances-split", help="Use only this split's rows of --distances (e.g. test).")
 @click.option("--max-upload-mb", type=click.FloatRange(min=0.01), default=20.0, show_default=True,
               help="Largest request accepted (both photos together).")

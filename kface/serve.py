@@ -3,8 +3,9 @@
 One process loads the verifier (and, when given, an attribute model) once, then answers:
 
 - ``GET /`` — the page (``kface/web/``): two drop zones, the verdict, the distance drawn against the
-  threshold and, when known, the model's same/different distance distributions; a third zone for age
-  group and gender. English and Korean labels.
+  threshold and, when known, the model's same/different distance distributions (from ``--distances``,
+  else the val distances a trained model stores); a third zone for age group and gender. English and
+  Korean labels.
 - ``POST /verify`` (multipart fields ``image_a``, ``image_b``) — the fields of ``kface verify --json``;
   ``?chips=true`` adds the aligned face chips that were compared, as PNG data URLs.
 - ``POST /analyze`` (field ``image``) — the fields of ``kface analyze --json``.
@@ -402,10 +403,10 @@ def load_distances(path: os.PathLike, split: Optional[str] = None,
     except ValueError as exc:
         raise InputError(f"{path}: a label or distance is not a number ({exc})") from None
     same, different = distances[labels == 1], distances[labels == 0]
-    where = f" in split {split}" if split is not None else ""
-    if len(np.unique(same)) < 2 or len(np.unique(different)) < 2:
-        raise InputError(f"{path}: needs at least two distinct distances of each label{where} "
-                         f"(found {same.size} same-person and {different.size} different-person pairs)")
+    problem = _too_few(same, different)
+    if problem:
+        where = f" in split {split}" if split is not None else ""
+        raise InputError(f"{path}: needs at least two distinct distances of each label{where} ({problem})")
     notes = []
     if threshold is not None and "threshold" in columns:
         scored_at = {round(float(row["threshold"]), 6) for row in rows if (row.get("threshold") or "").strip()}
@@ -413,6 +414,38 @@ def load_distances(path: os.PathLike, split: Optional[str] = None,
             notes.append(f"these distances were scored at threshold {', '.join(map(str, sorted(scored_at)))}, "
                          f"the server's is {threshold:.6g}: were they made with another model?")
     return Distribution(same, different, f"{path.name}{f' (split {split})' if split else ''}", notes)
+
+
+def _too_few(same: np.ndarray, different: np.ndarray) -> Optional[str]:
+    """Why the densities of ``same`` and ``different`` cannot be estimated, or None when they can."""
+    if len(np.unique(same)) < 2 or len(np.unique(different)) < 2:
+        return f"found {same.size} same-person and {different.size} different-person pairs"
+    return None
+
+
+#: How the page and /health name the distances a trained model stores.
+STORED_SOURCE = "val pairs of the training run"
+
+
+def stored_distribution(model: Optional[os.PathLike]) -> Optional[Distribution]:
+    """The val distances that the model checkpoint ``model`` stores (``kface train`` measured them in the
+    epoch it saved), or None: no model (a base backbone), or a checkpoint written before they were stored."""
+    if model is None:
+        return None
+    from .checkpoints import load_checkpoint, stored_val_distances
+
+    stored = stored_val_distances(load_checkpoint(model))
+    if stored is None:
+        return None
+    distances, labels, record = stored
+    kept = np.isfinite(distances)  # a diverged epoch can hold NaN distances; the densities need numbers
+    same, different = distances[kept & (labels == 1)], distances[kept & (labels == 0)]
+    problem = _too_few(same, different)
+    if problem:
+        log.warning("%s: its stored val distances cannot be drawn (%s)", model, problem)
+        return None
+    notes = [] if kept.all() else [f"{int((~kept).sum())} val pairs without a finite distance are left out"]
+    return Distribution(same, different, f"{STORED_SOURCE} (epoch {record['epoch']}, {record['split']} split)", notes)
 
 
 # --------------------------------------------------------------------------- the service
@@ -427,8 +460,10 @@ class FaceService:
         self.limits = limits
         first = self.pool.first.verifier
         self.has_analyzer = self.pool.first.analyzer is not None
+        if distribution is None:
+            distribution = stored_distribution(first.model_path)
         self.distribution = (distribution.to_dict(first.threshold, first.distance.name) if distribution
-                             else {"available": False,
+                             else {"available": False, "source": None,
                                    "note": "this model has no stored distance distributions; start the server with "
                                            "--distances results.csv (from kface verify --pairs FILE --out "
                                            "results.csv with this model) to draw them"})
@@ -481,6 +516,7 @@ class FaceService:
                 "threshold_source": verifier.threshold_source, "distance_metric": verifier.distance.name,
                 "detector": base.settings.detector, "fallback": base.settings.fallback, "attributes": attributes,
                 "distribution": self.distribution["available"],
+                "distribution_source": self.distribution["source"],
                 "limits": {**self.limits.to_dict(), "workers": self.pool.size}, "versions": versions()}
 
 
@@ -560,7 +596,8 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
 
     Each :class:`Pipeline` holds a :class:`~kface.api.Verifier` and an :class:`~kface.attributes.Analyzer`
     (or None: ``/analyze`` then answers 501), all loaded alike (see :func:`load_pipelines`).
-    ``distribution``: the labelled distances the page draws (see :func:`load_distances`).
+    ``distribution``: the labelled distances the page draws (see :func:`load_distances`); without it,
+    the val distances a trained model stores (:func:`stored_distribution`), if any.
     """
     import anyio
     from fastapi_offline import FastAPIOffline

@@ -13,7 +13,8 @@ cosine schedule from 0.01 to 0.001, 200 epochs). The steps, in order:
    the train pairs and measures val: loss and accuracy on every val pair, the accuracy at the
    threshold that ``--threshold-rule`` chooses, and that threshold and the overlap area on the
    study's sample of val (at most 400 pairs of each class, drawn once with the seed).
-   ``model.pt`` is the best epoch by ``--select``; ``last.pt`` (everything needed to continue) and
+   ``model.pt`` is the best epoch by ``--select``, with that epoch's val distances (the page of
+   ``kface serve`` draws them); ``last.pt`` (everything needed to continue) and
    ``history.json`` are rewritten after every epoch, atomically. A closed-form head (``--head lda``,
    ``lda+siamese``) is fitted first, on the train identities, its size chosen on val
    (:func:`fit_projection`); ``lda`` has nothing left to train and stops after epoch 0.
@@ -620,14 +621,14 @@ def evaluate_pairs(model: PairModel, features: torch.Tensor, pairs: PairTensors,
 
 
 def measure(model: PairModel, features: torch.Tensor, pairs: PairTensors, criterion, rule: str, sample: np.ndarray,
-            amp: bool = False) -> tuple[dict, object]:
-    """Val metrics of ``model`` (see :data:`VAL_METRICS`) and the threshold chosen by ``rule`` on the
-    ``sample`` of val pairs (indices)."""
+            amp: bool = False) -> tuple[dict, object, ValPass]:
+    """Val metrics of ``model`` (see :data:`VAL_METRICS`), the threshold chosen by ``rule`` on the
+    ``sample`` of val pairs (indices), and the pass itself (every val pair's distance and label)."""
     output = evaluate_pairs(model, features, pairs, criterion, amp)
     val = ValPass(output.distances, output.probabilities, output.loss, pairs.labels.cpu().numpy().astype(np.int8),
                   sample)
     threshold = choose_threshold(*val.sampled(), rule, split="val", grid=VAL_GRID)
-    return {name: float(metric(val, threshold)) for name, metric in VAL_METRICS.items()}, threshold
+    return {name: float(metric(val, threshold)) for name, metric in VAL_METRICS.items()}, threshold, val
 
 
 @dataclass
@@ -896,8 +897,8 @@ class TrainingRun:
     def _validate(self, record: dict) -> None:
         """Measure val, add it to ``record``, and save ``model.pt`` when this epoch is the best so far."""
         started = time.perf_counter()
-        values, threshold = measure(self.model, self.eval_features(), self.val_pairs, self.criterion,
-                                    self.config.threshold_rule, self.val_sample, self.amp)
+        values, threshold, val = measure(self.model, self.eval_features(), self.val_pairs, self.criterion,
+                                         self.config.threshold_rule, self.val_sample, self.amp)
         self.timing["validation_s"] += time.perf_counter() - started
         record.update({f"val_{name}": value for name, value in values.items()})
         record["threshold"] = threshold.value
@@ -907,7 +908,7 @@ class TrainingRun:
                          "threshold": threshold.to_dict()}
             save_checkpoint(self.out / MODEL, model_checkpoint(
                 self.config, self.model, self.data.features.shape[1:], self.data.embedding_size, threshold, values,
-                record["epoch"], self.data.summary))
+                record["epoch"], self.data.summary, val.distances, val.labels))
 
     def _save_last(self) -> None:
         """``last.pt`` (everything :meth:`resume` needs) and ``history.json``, both atomically."""

@@ -338,6 +338,59 @@ def test_distribution_from_scored_pairs_reaches_the_page(tmp_path):
 def test_distribution_without_scores_says_how_to_get_one(client):
     body = client.get("/distribution").json()
     assert body["available"] is False and "--distances" in body["note"]
+    assert client.get("/health").json()["distribution_source"] is None
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory):
+    """A model trained (2 epochs) on made-up 128-d dlib-resnet features: identities 0-29 train, 30-44 val."""
+    from kface.train import SplitPairs, TrainConfig, TrainingData, fit
+
+    rng = np.random.default_rng(0)
+    features = (np.repeat(rng.normal(0, 0.1, (45, 128)), 4, axis=0) + rng.normal(0, 0.03, (180, 128)))
+
+    def split(count: int, first: int, last: int) -> SplitPairs:
+        who = rng.integers(first, last, count)
+        same = np.arange(count) % 2 == 0
+        other = np.where(same, who, first + (who - first + rng.integers(1, last - first, count)) % (last - first))
+        return SplitPairs(who * 4 + rng.integers(0, 2, count), other * 4 + rng.integers(2, 4, count),
+                          same.astype(np.int8))
+
+    data = TrainingData(features.astype(np.float32), split(200, 0, 30), split(120, 30, 45), 128,
+                        {"pairs_sha256": "synthetic"})
+    out = tmp_path_factory.mktemp("trained") / "run"
+    fit(TrainConfig(pairs="synthetic.csv", out=str(out), epochs=2, device="cpu"), data)
+    return out / "model.pt", data.val.labels
+
+
+def test_trained_model_draws_its_val_distances_without_a_distances_file(trained_model, tmp_path):
+    import torch
+    from fastapi.testclient import TestClient
+
+    model, val_labels = trained_model
+    verifier = load_verifier(str(model), cache=False)
+    with TestClient(create_app([Pipeline(verifier)])) as served:
+        body = served.get("/distribution").json()
+        health = served.get("/health").json()
+        assert post_verify(served, photo("obama2.jpg")).status_code == 200
+    assert body["available"] is True and health["distribution"] is True
+    assert body["source"].startswith("val pairs of the training run (epoch ")
+    assert health["distribution_source"] == body["source"]
+    assert (body["n_same"], body["n_diff"]) == (int((val_labels == 1).sum()), int((val_labels == 0).sum()))
+    assert body["threshold"] == pytest.approx(verifier.threshold)
+    # --distances still wins over what the model stores.
+    scores = load_distances(write_scores(tmp_path / "scores.csv"), "test")
+    with TestClient(create_app([Pipeline(verifier)], distribution=scores)) as overridden:
+        assert overridden.get("/distribution").json()["source"] == "scores.csv (split test)"
+    # A checkpoint written before val distances were stored serves as before, without the plot.
+    old = torch.load(model, weights_only=True)
+    del old["val_distances"]
+    torch.save(old, tmp_path / "old.pt")
+    with TestClient(create_app([Pipeline(load_verifier(str(tmp_path / "old.pt"), cache=False))])) as old_served:
+        body = old_served.get("/distribution").json()
+        answer = post_verify(old_served, photo("obama2.jpg"))
+    assert body["available"] is False and "--distances" in body["note"]
+    assert answer.status_code == 200 and answer.json()["threshold"] == pytest.approx(verifier.threshold)
 
 
 def test_distances_file_problems_are_clear(tmp_path):

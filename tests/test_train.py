@@ -225,6 +225,35 @@ def test_contrastive_loss_with_cosine_distance_trains_on_synthetic_features(tmp_
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
+def test_model_checkpoint_holds_the_val_distances_of_its_epoch(tmp_path):
+    from kface.metrics import overlap_area
+    from kface.train import VAL_GRID, fit
+
+    data = synthetic_data()
+    # Val accuracy peaks at epoch 3 of 6 here (measured): the saved epoch is not the last one.
+    config = TrainConfig(pairs="synthetic.csv", out=str(tmp_path / "run"), epochs=6, lr=0.003, min_lr=0.0003,
+                         select="accuracy", device="cpu")
+    result = fit(config, data)
+    assert result.best["epoch"] < config.epochs
+    checkpoint = torch.load(tmp_path / "run" / "model.pt", weights_only=True)  # plain lists: loads as is
+    stored = checkpoint["val_distances"]
+    assert stored["split"] == "val" and stored["epoch"] == checkpoint["epoch"] == result.best["epoch"]
+    assert len(stored["distances"]) == len(data.val) == 200
+    assert stored["labels"] == data.val.labels.tolist()
+    # The saved model's own distances on the val pairs...
+    model = pair_model_from_checkpoint(checkpoint)
+    features = torch.from_numpy(data.features)
+    with torch.no_grad():
+        distances, _ = model(features[data.val.a], features[data.val.b])
+    np.testing.assert_allclose(stored["distances"], distances.numpy(), rtol=1e-5, atol=1e-6)
+    # ...the ones that measured the saved epoch, not the last (all 200 val pairs are the overlap's sample here).
+    stored_distances, labels = np.array(stored["distances"]), np.array(stored["labels"])
+    overlap = overlap_area(stored_distances[labels == 1], stored_distances[labels == 0], grid=VAL_GRID)
+    assert overlap == pytest.approx(checkpoint["metrics"]["overlap"], rel=1e-4)
+    assert overlap == pytest.approx(result.history[result.best["epoch"]]["val_overlap"], rel=1e-4)
+    assert overlap != pytest.approx(result.history[-1]["val_overlap"], rel=1e-3)
+
+
 def test_save_threshold_rewrites_only_the_threshold(reference_run, tmp_path):
     from kface.metrics import Threshold
 
