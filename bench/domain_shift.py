@@ -1,10 +1,11 @@
 """Domain-shift benchmark: the base backbone and each head on "old album photo" LFW, no Korean data needed.
 
-1. Builds a seeded degraded copy of LFW (kface.degradations.old_album_crop): for every LFW person with
-   at least ``--min-images`` images (at most ``--max-images`` each, ``--identities`` of them), a tight
-   128 px crop around the face, grey or sepia, downscaled to 64-96 px and back, blurred, JPEG quality
-   20-40, stored losslessly (PNG) as ``<work>/album-lfw/<person>/<image>.png``. Each image's
-   degradation is drawn from (seed, its path), so a subset or a rerun gives the same pixels.
+1. Builds a seeded degraded copy of LFW: for every LFW person with at least ``--min-images`` images
+   (at most ``--max-images`` each, ``--identities`` of them), ``--degradation`` (one of
+   kface.degradations.DEGRADATIONS; default ``old-album``: a tight 128 px crop around the face, grey or
+   sepia, downscaled to 64-96 px and back, blurred, JPEG quality 20-40), stored losslessly (PNG) as
+   ``<work>/album-lfw/<person>/<image>.png``. Each image's degradation is drawn from (seed, its path),
+   so a subset or a rerun gives the same pixels.
 2. Samples identity-disjoint train/val/test pairs from that tree (kface.pairs, ``--ratio`` 4:6 as in
    the paper, ``--split`` by identity).
 3. Reports the base backbone and trains each row of :data:`ROWS` (kface.train), then scores every one
@@ -15,7 +16,8 @@
 Prints a Markdown table (also ``<out>/domain_shift.md``, every figure in ``<out>/domain_shift.json``)
 and says whether every trained head beats the base backbone on the test pairs.
 
-    python bench/domain_shift.py [--identities N] [--max-images K] [--pairs P] [--epochs E] [--seed S]
+    python bench/domain_shift.py [--degradation NAME] [--identities N] [--max-images K] [--pairs P]
+                                 [--epochs E] [--seed S] [--rows KEYS]
 """
 from __future__ import annotations
 
@@ -62,16 +64,16 @@ ROWS: list[tuple[str, str, dict]] = [
 
 # -- 1. the degraded tree ----------------------------------------------------------------------------
 def build_album_lfw(lfw_images: Path, out: Path, *, min_images: int, max_images: int, identities: int,
-                    seed: int) -> dict:
+                    seed: int, degradation: str = "old-album") -> dict:
     """Write the degraded tree into ``out`` (reused when a complete one with the same settings is there)."""
     from PIL import Image
 
-    from kface.degradations import old_album_crop
+    from kface.degradations import DEGRADATIONS
     from kface.images import load_image
     from kface.outputs import atomic_path, write_json
 
     settings = {"source": str(lfw_images), "min_images": min_images, "max_images": max_images,
-                "identities": identities, "seed": seed, "degradation": "kface.degradations.old_album_crop",
+                "identities": identities, "seed": seed, "degradation": f"kface.degradations.DEGRADATIONS[{degradation!r}]",
                 "format": "png"}
     done = out / "build.json"
     if done.is_file():
@@ -81,6 +83,7 @@ def build_album_lfw(lfw_images: Path, out: Path, *, min_images: int, max_images:
         shutil.rmtree(out)  # our own tree, unfinished or with other settings: its images must not linger
     elif out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} holds files this script did not write; choose another --work")
+    degrade = DEGRADATIONS[degradation]
     write_json(done, {"settings": settings, "complete": False})
     rng = np.random.default_rng(seed)
     people = sorted(folder for folder in lfw_images.iterdir()
@@ -98,7 +101,7 @@ def build_album_lfw(lfw_images: Path, out: Path, *, min_images: int, max_images:
             image_rng = np.random.default_rng([seed, zlib.crc32(relative.encode())])
             target = out / f"{relative}.png"
             with atomic_path(target, suffix=".png") as temp:
-                Image.fromarray(old_album_crop(load_image(file), image_rng)).save(temp, format="PNG")
+                Image.fromarray(degrade(load_image(file), image_rng)).save(temp, format="PNG")
             images += 1
     record = {"settings": settings, "complete": True, "identities": len(people), "images": images}
     write_json(done, record)
@@ -174,10 +177,15 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
+    from kface.degradations import DEGRADATIONS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lfw-images", type=Path, default=LFW_IMAGES)
+    parser.add_argument("--degradation", default="old-album", choices=sorted(DEGRADATIONS),
+                        help="how LFW is degraded (kface.degradations.DEGRADATIONS)")
     parser.add_argument("--work", type=Path, default=None,
-                        help="where the degraded tree, pairs, runs and reports go (default: <kface cache>/bench/domain-shift)")
+                        help="where the degraded tree, pairs, runs and reports go "
+                             "(default: <kface cache>/bench/domain-shift/<degradation>)")
     parser.add_argument("--min-images", type=int, default=4, help="LFW people with at least this many images")
     parser.add_argument("--max-images", type=int, default=10, help="at most this many images per person (0: all)")
     parser.add_argument("--identities", type=int, default=0, help="this many of those people, drawn with the seed (0: all)")
@@ -192,11 +200,12 @@ def main() -> None:
     from kface.cache import cache_dir
     from kface.outputs import write_json, write_text
 
-    work = args.work or cache_dir() / "bench" / "domain-shift"
+    work = args.work or cache_dir() / "bench" / "domain-shift" / args.degradation
     command = "python bench/domain_shift.py " + shlex.join(sys.argv[1:])
     started = time.perf_counter()
     built = build_album_lfw(args.lfw_images, work / "album-lfw", min_images=args.min_images,
-                            max_images=args.max_images, identities=args.identities, seed=args.seed)
+                            max_images=args.max_images, identities=args.identities, seed=args.seed,
+                            degradation=args.degradation)
     build_seconds = time.perf_counter() - started
     pair_file = make_pairs(work / "album-lfw", work, ratio=args.ratio, pairs=args.pairs, split=args.split,
                            seed=args.seed)
@@ -214,7 +223,7 @@ def main() -> None:
             print(f"  {name}: accuracy {100 * rows[-1]['accuracy']:.2f}% ({rows[-1]['seconds']:.0f} s)", flush=True)
     manifest = json.loads(pair_file.with_suffix(".json").read_text(encoding="utf-8"))
     stages = rows[0]["detection_stages"] if rows else {}
-    summary = (f"Degraded LFW: {built['images']} images of {built['identities']} people (>= {args.min_images} "
+    summary = (f"Degraded LFW ({args.degradation}): {built['images']} images of {built['identities']} people (>= {args.min_images} "
                f"images each, at most {args.max_images or 'all'}), seed {args.seed}; {args.pairs} pairs at "
                f"{args.ratio} (different:same), split {args.split} by identity; {args.epochs} epochs per trained "
                f"head (rows that tune backbone layers: kface's --unfreeze defaults, at most 20 epochs with early "
