@@ -46,6 +46,9 @@ BASE_ROWS = [("base", "base backbone, euclidean", "euclidean", "none"),
 ROWS: list[tuple[str, str, dict]] = [
     ("siamese", "siamese, euclidean (the paper's)", {"head": "siamese", "distance": "euclidean"}),
     ("siamese-cosine", "siamese, cosine", {"head": "siamese", "distance": "cosine"}),
+    # The paper's lr (0.01 -> 0.001) moves the identity-initialised head far in its first epoch; a slower one:
+    ("siamese-slow", "siamese, euclidean, lr 1e-4 -> 1e-5", {"head": "siamese", "distance": "euclidean",
+                                                             "lr": 1e-4, "min_lr": 1e-5}),
     ("lda", "lda, euclidean", {"head": "lda", "distance": "euclidean"}),
     ("lda-cosine", "lda, cosine", {"head": "lda", "distance": "cosine"}),
     ("lda+siamese", "lda+siamese, euclidean", {"head": "lda+siamese", "distance": "euclidean"}),
