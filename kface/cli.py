@@ -376,7 +376,8 @@ def train(ctx, resume, as_json, quiet, **options):
     best = result.best
     summary = {"out": str(result.out), "model": str(result.model_path), "best_epoch": best.get("epoch"),
                "select": config.select, "best_value": best.get("value"), "threshold": best.get("threshold"),
-               "epochs": config.epochs, "last": result.history[-1], "data": result.summary, "timing": result.timing}
+               "epochs": config.epochs, "last": result.history[-1], "data": result.summary, "timing": result.timing,
+               "baseline": result.baseline, "beats_baseline": result.beats_baseline}
     if as_json:
         print_json(summary)
     elif not quiet:
@@ -384,6 +385,9 @@ def train(ctx, resume, as_json, quiet, **options):
         click.echo(f"trained {last['epoch']} epochs; best epoch {best.get('epoch')} by val {config.select} "
                    f"({best.get('value'):.4f}); last epoch val accuracy {last.get('val_accuracy', float('nan')):.4f}, "
                    f"loss {last.get('val_loss', float('nan')):.4f}; wrote {result.out}", err=True)
+        if result.baseline:
+            click.echo(f"base backbone on val: {config.select} {result.baseline[config.select]:.4f} "
+                       f"({'beaten' if result.beats_baseline else 'not beaten'} by the trained model)", err=True)
 
 
 @cli.group()

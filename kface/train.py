@@ -9,8 +9,10 @@ cosine schedule from 0.01 to 0.001, 200 epochs). The steps, in order:
 2. :func:`load_training_data`: the pair file's train and val pairs and the frozen features of their
    images from the :mod:`feature store <kface.features>` (computed once per image, ever); pairs
    whose image failed are dropped and counted.
-3. :func:`fit`: epoch 0 measures the untrained head; each epoch then trains on a seeded shuffle of
-   the train pairs and measures val: loss and accuracy on every val pair, the accuracy at the
+3. :func:`fit`: epoch 0 measures the untrained head, and the base backbone alone as a baseline
+   (``baseline`` in ``history.json``; a warning when the saved model does not beat it on val); each
+   epoch then trains on a seeded shuffle of the train pairs and measures val: loss and accuracy on
+   every val pair, the accuracy at the
    threshold that ``--threshold-rule`` chooses, and that threshold and the overlap area on the
    study's sample of val (at most 400 pairs of each class, drawn once with the seed).
    ``model.pt`` is the best epoch by ``--select``, with that epoch's val distances (the page of
@@ -38,6 +40,7 @@ rank 0 measures val and writes files. On a GPU, the forward pass runs in float16
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -641,6 +644,15 @@ class TrainResult:
     summary: dict
     timing: dict
     main: bool = True
+    #: The base backbone's val metrics (see :meth:`TrainingRun.measure_baseline`); None on other ranks.
+    baseline: Optional[dict] = None
+
+    @property
+    def beats_baseline(self) -> Optional[bool]:
+        """Whether the saved model is better than the base backbone by the val ``--select`` metric."""
+        if not self.baseline or not self.best:
+            return None
+        return _better(self.best["value"], self.baseline[self.best["metric"]], SELECT_METRICS[self.best["metric"]])
 
     @property
     def model_path(self) -> Path:
@@ -665,7 +677,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
                      processes=processes)
         result.timing["features_s"] = features_seconds
         if processes.main:
-            _write_history(result.out, config, result.history, result.best, data.summary, result.timing)
+            _write_history(result.out, config, result.history, result.best, data.summary, result.timing,
+                           result.baseline)
         return result
     finally:
         processes.close()
@@ -715,7 +728,13 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
     if run.epoch < last_epoch and processes.main:
         log.info("stopped early after epoch %d: val %s has not improved for %d epochs (best: epoch %d)",
                  run.epoch, config.select, config.patience, run.best["epoch"])
-    return TrainResult(Path(config.out), run.best or {}, run.history, data.summary, run.timing, processes.main)
+    result = TrainResult(Path(config.out), run.best or {}, run.history, data.summary, run.timing, processes.main,
+                         run.baseline)
+    if result.beats_baseline is False:
+        log.warning("the trained model (epoch %d) does not beat the base backbone on val by %s (%.4f vs %.4f): "
+                    "on this data the base backbone, without --model, verifies as well or better",
+                    result.best["epoch"], config.select, result.best["value"], result.baseline[config.select])
+    return result
 
 
 def fit_projection(config: TrainConfig, data: TrainingData, val_sample: np.ndarray):
@@ -778,6 +797,7 @@ class TrainingRun:
         self.best: Optional[dict] = None
         self.epoch = 0
         self.timing = {"train_s": 0.0, "validation_s": 0.0}
+        self.baseline: Optional[dict] = None
         self._trained: Optional[torch.nn.Module] = None
 
     def start(self) -> None:
@@ -785,7 +805,22 @@ class TrainingRun:
         initial = evaluate_pairs(self.model, self.eval_features(), self.train_pairs, self.criterion, self.amp)
         distances = torch.from_numpy(initial.distances).float().to(self.processes.device)
         self.model.probability.calibrate_(distances, self.train_pairs.labels)
+        if self.processes.main:
+            self.baseline = self.measure_baseline()
         self._finish_epoch({"epoch": 0, "lr": None, "train_loss": None, "train_accuracy": None}, time.perf_counter())
+
+    def measure_baseline(self) -> dict:
+        """The base backbone on val, measured as every epoch is: the same features (flip-averaged with
+        ``--tta flip``), distance and threshold rule, with no head and the backbone's layers untuned,
+        P(same) calibrated on the train pairs. It tells whether training helped at all."""
+        base = copy.deepcopy(self.model)  # before any step: its backbone layers are still the pretrained ones
+        base.head = torch.nn.Identity()
+        train = evaluate_pairs(base, self.eval_features(), self.train_pairs, self.criterion, self.amp)
+        base.probability.calibrate_(torch.from_numpy(train.distances).float().to(self.processes.device),
+                                    self.train_pairs.labels)
+        values, threshold, _ = measure(base, self.eval_features(), self.val_pairs, self.criterion,
+                                       self.config.threshold_rule, self.val_sample, self.amp)
+        return {**values, "threshold": threshold.value}
 
     def resume(self) -> None:
         """Continue from ``last.pt`` exactly (model, optimiser, schedule, scaler, history, best)."""
@@ -795,6 +830,7 @@ class TrainingRun:
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
+        self.baseline = state.get("baseline")  # absent in runs started before it was measured
 
     def next_epoch(self) -> dict:
         """Train one epoch on this process's share of the seeded shuffle, then measure and save."""
@@ -918,8 +954,8 @@ class TrainingRun:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": plain(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict(), "history": plain(self.history), "best": plain(self.best),
-            "versions": versions()})
-        _write_history(self.out, self.config, self.history, self.best, self.data.summary, None)
+            "baseline": plain(self.baseline), "versions": versions()})
+        _write_history(self.out, self.config, self.history, self.best, self.data.summary, None, self.baseline)
 
 
 def _better(value: Optional[float], best: Optional[float], direction: str) -> bool:
@@ -992,11 +1028,11 @@ def saved_config(out: os.PathLike) -> dict:
 
 
 def _write_history(out: Path, config: TrainConfig, history: list, best: Optional[dict], summary: dict,
-                   timing: Optional[dict]) -> None:
+                   timing: Optional[dict], baseline: Optional[dict] = None) -> None:
     from .outputs import write_json
 
     payload = {"config": config.to_dict(), "seed": config.seed, "select": config.select, "best": best,
-               "epochs": history, "data": summary}
+               "baseline": baseline, "epochs": history, "data": summary}
     if timing is not None:
         payload["timing"] = timing
     write_json(out / HISTORY, payload)

@@ -6,6 +6,7 @@ splits. HOG runs without upsampling (LFW faces are ~100 px) to keep the one-time
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -381,3 +382,32 @@ def test_process_shares_partition_every_batch():
         taken = torch.cat([shares[rank][number][0] for rank in range(3)]).flatten().long()
         assert sorted(taken.tolist()) == sorted(order[start:start + 4].tolist())
         assert all(shares[rank][number][3] == len(order[start:start + 4]) for rank in range(3))
+
+
+def test_training_measures_the_base_backbone_on_val_as_its_baseline(tmp_path, caplog):
+    from kface.metrics import accuracy_at, choose_threshold, overlap_area
+    from kface.train import VAL_GRID, fit
+
+    data = synthetic_data()
+    config = TrainConfig(pairs="synthetic.csv", out=str(tmp_path / "run"), epochs=6, lr=0.003, min_lr=0.0003,
+                         device="cpu")
+    result = fit(config, data)
+    # The raw features' own distances on the val pairs (all 200 are the overlap's sample here).
+    a, b = data.features[data.val.a], data.features[data.val.b]
+    distances, labels = np.linalg.norm(a - b, axis=1), data.val.labels
+    threshold = choose_threshold(distances, labels == 1, config.threshold_rule, split="val", grid=VAL_GRID)
+    assert result.baseline["overlap"] == pytest.approx(
+        overlap_area(distances[labels == 1], distances[labels == 0], grid=VAL_GRID), rel=1e-4)
+    assert result.baseline["accuracy"] == pytest.approx(accuracy_at(distances, labels, threshold.value))
+    assert result.beats_baseline == (result.best["value"] < result.baseline["overlap"])
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert history["baseline"] == pytest.approx(result.baseline)
+
+    # A head that cannot move (lr 1e-12) matches the base backbone at best: the run says so.
+    caplog.clear()
+    still = TrainConfig(pairs="synthetic.csv", out=str(tmp_path / "still"), epochs=2, lr=1e-12, min_lr=1e-12,
+                        select="accuracy", device="cpu")
+    with caplog.at_level(logging.WARNING, logger="kface"):
+        stuck = fit(still, data)
+    assert stuck.beats_baseline is False
+    assert any("does not beat the base backbone on val" in record.getMessage() for record in caplog.records)
