@@ -643,6 +643,9 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
               help="Heads to compare, comma-separated: siamese, lda, lda+siamese (as kface train --head).")
 @click.option("--distance", "distances", default="euclidean", show_default=True,
               help="Distances to compare, comma-separated: euclidean, cosine.")
+@click.option("--baseline/--no-baseline", default=None,
+              help="Also score the base backbone (head 'base', nothing trained) on each pair file and distance "
+                   "[default: when heads or distances are compared].")
 @detector_options(default="auto")
 @click.option("--rule", default="intersection", show_default=True,
               help="Threshold rule on each setting's val split: intersection, max-accuracy, eer or far=X.")
@@ -658,7 +661,8 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
 @click.pass_context
 @handle_errors
 def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_count, split, hard_negatives, seed,
-          epochs, backbone, unfreeze, loss, batch_size, lr, min_lr, heads, distances, detector, fallback, max_pixels,
+          epochs, backbone, unfreeze, loss, batch_size, lr, min_lr, heads, distances, baseline, detector, fallback,
+          max_pixels,
           rule, samples, workers, device, resume, out, as_json, quiet, no_cache):
     """For each ratio (and images-per-identity setting, head, distance): make pairs, train, report; then tabulate.
 
@@ -683,7 +687,8 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
                          dataset_options=checked_dataset_options(dataset, **layout_options),
                          ratios=parse_ratios(ratios), images_per_identity=parse_images_per_identity(images_per_identity),
                          heads=parse_heads(heads), distances=parse_distances(distances), pairs=pair_count, split=parse_split(split), hard_negatives=hard_negatives, seed=seed,
-                         rule=str(parse_rule(rule)), samples=parse_samples(samples), train=train_options)
+                         rule=str(parse_rule(rule)), samples=parse_samples(samples), train=train_options,
+                         baseline=baseline)
     rows = run_sweep(config, resume=resume, progress=not quiet, cache=not no_cache, command=_command_line(ctx))
     if as_json:
         print_json({"out": out, "rows": rows})

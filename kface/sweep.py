@@ -7,12 +7,16 @@ For every setting (each ``images_per_identity`` value x each ratio x each head x
 2. trains a model on it with :func:`kface.train.train` (``OUT/runs/<setting>/model.pt``);
 3. writes that model's overlap report (``OUT/<setting>/``): threshold chosen on val, scored on test;
 
+and, when heads or distances are compared (or ``baseline`` asks), scores the **base backbone** on
+each pair file and distance too (head ``base``: no training, its threshold chosen on the same val
+split), so the table says whether any trained head beats the backbone it starts from;
+
 then lays the results out as the study's tables: ``sweep.csv`` (one row per setting), ``sweep.md``
 (one table per images-per-identity setting: ratio, [head, distance,] accuracy, loss, overlap,
 threshold) and ``sweep.png`` (each measure against the share of different-person pairs, one line per
 head and distance). ``sweep.json`` holds the configuration and every row. With the defaults (the
 paper's siamese head, Euclidean distance) settings are named ``k5-ratio-4-6``; as soon as another
-head or distance is swept every name ends in ``-<head>-<distance>``.
+head or distance is swept (or a baseline is scored) every name ends in ``-<head>-<distance>``.
 
 Every pair file is sampled before anything trains, so a ratio the data cannot support fails at once.
 With ``resume`` a setting whose report exists is reused and an interrupted training run continues.
@@ -23,6 +27,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +42,8 @@ log = logging.getLogger("kface")
 
 #: The study's grid: 1:9 ... 9:1 (different-person : same-person pairs).
 DEFAULT_RATIOS = tuple(f"{n}:{10 - n}" for n in range(1, 10))
+#: The head name of the base backbone's rows (nothing trained).
+BASE_HEAD = "base"
 #: Columns of sweep.csv, in order.
 COLUMNS = ("setting", "ratio", "negative_fraction", "images_per_identity", "head", "distance", "accuracy", "loss",
            "overlap",
@@ -130,6 +137,12 @@ class SweepConfig:
     rule: str = "intersection"
     samples: Union[int, str] = 400
     train: dict = field(default_factory=dict)
+    #: Score the base backbone too: None = when heads or distances are compared.
+    baseline: Optional[bool] = None
+
+    @property
+    def scores_baseline(self) -> bool:
+        return self.baseline if self.baseline is not None else _compares_models(self)
 
     def to_dict(self) -> dict:
         """JSON-ready settings (ratios as text), recorded in sweep.json."""
@@ -164,17 +177,24 @@ class Setting:
         return f"{self.pairs_name}-{self.head}-{self.distance}" if self.tagged else self.pairs_name
 
 def settings_of(config: SweepConfig) -> list[Setting]:
-    """The grid in table order: images per identity outermost, then the ratios as given, heads, distances."""
+    """The grid in table order: images per identity outermost, then the ratios as given, heads (the base
+    backbone first, when scored), distances."""
     from .pairs import parse_ratio
 
     tagged = _tagged(config)
+    heads = ((BASE_HEAD,) if config.scores_baseline else ()) + tuple(config.heads)
     return [Setting(parse_ratio(ratio), k, head, distance, tagged) for k in config.images_per_identity
-            for ratio in config.ratios for head in config.heads for distance in config.distances]
+            for ratio in config.ratios for head in heads for distance in config.distances]
+
+
+def _compares_models(config: SweepConfig) -> bool:
+    """Whether heads or distances are part of the grid (anything but the paper's siamese + Euclidean)."""
+    return tuple(config.heads) != ("siamese",) or tuple(config.distances) != ("euclidean",)
 
 
 def _tagged(config: SweepConfig) -> bool:
-    """Whether heads and distances are part of the grid (anything but the paper's siamese + Euclidean)."""
-    return tuple(config.heads) != ("siamese",) or tuple(config.distances) != ("euclidean",)
+    """Whether setting names carry the head and distance: several models share each pair file."""
+    return _compares_models(config) or config.scores_baseline
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = False,
@@ -220,8 +240,13 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
     report_dir = Path(config.out) / setting.name
     train_config = TrainConfig.from_dict({**config.train, "pairs": str(pair_file), "out": str(run_dir),
                                           "seed": config.seed, "threshold_rule": config.rule,
-                                          "head": setting.head, "distance": setting.distance})
+                                          # The base row uses only the face and backbone settings.
+                                          "head": config.heads[0] if setting.head == BASE_HEAD else setting.head,
+                                          "distance": setting.distance})
     metrics_file = report_dir / "metrics.json"
+    if setting.head == BASE_HEAD:
+        return _row(config, setting, _base_report(config, train_config, pair_file, report_dir, resume=resume,
+                                                  progress=progress, cache=cache), None, report_dir)
     if resume and metrics_file.is_file() and (run_dir / MODEL).is_file():
         body = json.loads(metrics_file.read_text(encoding="utf-8"))
     else:
@@ -233,7 +258,28 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
         body = overlap_report(pair_file, verifier, rule=config.rule, samples=config.samples, seed=config.seed,
                               out_dir=report_dir, command=None, progress=progress)
     history = json.loads((run_dir / HISTORY).read_text(encoding="utf-8"))
-    best = history.get("best") or {}
+    return _row(config, setting, body, (history.get("best") or {}).get("epoch"), report_dir)
+
+
+def _base_report(config: SweepConfig, train_config, pair_file: Path, report_dir: Path, *, resume: bool,
+                 progress: bool, cache: bool) -> dict:
+    """The overlap report of the untrained backbone with the setting's distance (threshold chosen on val)."""
+    from .api import Verifier
+    from .embeddings import Embedder
+    from .report import overlap_report
+
+    metrics_file = report_dir / "metrics.json"
+    if resume and metrics_file.is_file():
+        return json.loads(metrics_file.read_text(encoding="utf-8"))
+    embedder = Embedder(train_config.backbone, detector=train_config.detector, fallback=train_config.fallback,
+                        tta=train_config.tta, device=train_config.device, weights=train_config.weights, cache=cache, progress=progress,
+                        max_pixels=train_config.max_pixels)
+    verifier = Verifier(embedder, math.nan, "chosen on val", distance=train_config.distance)
+    return overlap_report(pair_file, verifier, rule=config.rule, samples=config.samples, seed=config.seed,
+                          out_dir=report_dir, command=None, progress=progress)
+
+
+def _row(config: SweepConfig, setting: Setting, body: dict, best_epoch: Optional[int], report_dir: Path) -> dict:
     return {
         "setting": setting.name,
         "ratio": str(setting.ratio),
@@ -243,7 +289,7 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
         "distance": setting.distance,
         **{key: body.get(key) for key in ("accuracy", "loss", "overlap", "overlap_histogram", "threshold", "rule",
                                           "auc", "eer", "n_same", "n_diff")},
-        "best_epoch": best.get("epoch"),
+        "best_epoch": best_epoch,
         "report": os.path.relpath(report_dir, config.out),
     }
 
@@ -285,7 +331,9 @@ def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str]
         f"Dataset `{config.dataset}` at `{config.root}`; {config.pairs} pairs per setting (split "
         f"{':'.join(f'{share:g}' for share in config.split)}, seed {config.seed}); "
         f"{train.get('epochs', 'default')} epochs on {train.get('backbone', 'dlib-resnet')}; heads "
-        f"{', '.join(config.heads)}; distances {', '.join(config.distances)}. For each setting "
+        f"{', '.join(config.heads)}"
+        + (f" and `{BASE_HEAD}` (the backbone alone, nothing trained)" if config.scores_baseline else "")
+        + f"; distances {', '.join(config.distances)}. For each setting "
         f"the threshold is chosen by the `{config.rule}` rule on the val split; accuracy, loss (test BCE) and "
         f"overlap (Gaussian KDE) are measured on the test split ({samples}). "
         f"Ratio = different-person : same-person pairs. Best value per column in bold.",

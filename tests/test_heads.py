@@ -155,15 +155,24 @@ def test_sweep_compares_heads_and_distances_on_the_same_pairs(tree, tmp_path):
     assert result.exit_code == 0, result.output
     with open(out / "sweep.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
+    # The base backbone is scored first (models are compared), then every head and distance.
     assert [(row["setting"], row["head"], row["distance"]) for row in rows] == [
+        ("ratio-1-1-base-euclidean", "base", "euclidean"), ("ratio-1-1-base-cosine", "base", "cosine"),
         ("ratio-1-1-siamese-euclidean", "siamese", "euclidean"), ("ratio-1-1-siamese-cosine", "siamese", "cosine"),
         ("ratio-1-1-lda-euclidean", "lda", "euclidean"), ("ratio-1-1-lda-cosine", "lda", "cosine")]
     assert sorted(p.name for p in (out / "pairs").iterdir()) == ["ratio-1-1.csv", "ratio-1-1.json"]
     for row in rows:
+        metrics = json.loads((out / row["report"] / "metrics.json").read_text())
+        assert metrics["distance"] == row["distance"]
+        assert (row["n_same"], row["n_diff"]) == (rows[0]["n_same"], rows[0]["n_diff"])  # the very same test pairs
+        if row["head"] == "base":
+            assert not (out / "runs" / row["setting"]).exists() and row["best_epoch"] == ""
+            assert metrics["model"] is None and metrics["trained"] is False
+            continue
         checkpoint = load_checkpoint(out / "runs" / row["setting"] / "model.pt")
         assert (checkpoint["head"]["kind"], checkpoint["distance"]) == (row["head"], row["distance"])
-        assert json.loads((out / row["report"] / "metrics.json").read_text())["distance"] == row["distance"]
-    assert "| ratio | head | distance | accuracy |" in (out / "sweep.md").read_text()
+    markdown = (out / "sweep.md").read_text()
+    assert "| ratio | head | distance | accuracy |" in markdown and "`base` (the backbone alone" in markdown
     assert (out / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
     bad = CliRunner().invoke(cli, args[:-3] + ["--heads", "siamese,ldx", "--out", str(tmp_path / "other")])
