@@ -387,7 +387,7 @@ def train(ctx, resume, as_json, quiet, **options):
                    f"loss {last.get('val_loss', float('nan')):.4f}; wrote {result.out}", err=True)
         if result.baseline:
             click.echo(f"base backbone on val: {config.select} {result.baseline[config.select]:.4f} "
-                       f"({'beaten' if result.beats_baseline else 'not beaten'} by the trained model)", err=True)
+                       f"({'beaten' if result.beats_baseline else 'not beaten'} by model.pt)", err=True)
 
 
 @cli.group()

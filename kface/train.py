@@ -730,6 +730,9 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
                  run.epoch, config.select, config.patience, run.best["epoch"])
     result = TrainResult(Path(config.out), run.best or {}, run.history, data.summary, run.timing, processes.main,
                          run.baseline)
+    if processes.main and last_epoch > 0 and result.best.get("epoch") == 0:
+        log.warning("no epoch of training improved val %s on the untrained model: model.pt is epoch 0, "
+                    "before any step", config.select)
     if result.beats_baseline is False:
         log.warning("the trained model (epoch %d) does not beat the base backbone on val by %s (%.4f vs %.4f): "
                     "on this data the base backbone, without --model, verifies as well or better",

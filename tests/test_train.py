@@ -409,5 +409,7 @@ def test_training_measures_the_base_backbone_on_val_as_its_baseline(tmp_path, ca
                         select="accuracy", device="cpu")
     with caplog.at_level(logging.WARNING, logger="kface"):
         stuck = fit(still, data)
-    assert stuck.beats_baseline is False
-    assert any("does not beat the base backbone on val" in record.getMessage() for record in caplog.records)
+    assert stuck.beats_baseline is False and stuck.best["epoch"] == 0
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("does not beat the base backbone on val" in message for message in messages)
+    assert any("no epoch of training improved val accuracy" in message for message in messages)
