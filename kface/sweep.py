@@ -243,10 +243,10 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
                                           # The base row uses only the face and backbone settings.
                                           "head": config.heads[0] if setting.head == BASE_HEAD else setting.head,
                                           "distance": setting.distance})
-    metrics_file = report_dir / "metrics.json"
     if setting.head == BASE_HEAD:
         return _row(config, setting, _base_report(config, train_config, pair_file, report_dir, resume=resume,
                                                   progress=progress, cache=cache), None, report_dir)
+    metrics_file = report_dir / "metrics.json"
     if resume and metrics_file.is_file() and (run_dir / MODEL).is_file():
         body = json.loads(metrics_file.read_text(encoding="utf-8"))
     else:
@@ -272,8 +272,8 @@ def _base_report(config: SweepConfig, train_config, pair_file: Path, report_dir:
     if resume and metrics_file.is_file():
         return json.loads(metrics_file.read_text(encoding="utf-8"))
     embedder = Embedder(train_config.backbone, detector=train_config.detector, fallback=train_config.fallback,
-                        tta=train_config.tta, device=train_config.device, weights=train_config.weights, cache=cache, progress=progress,
-                        max_pixels=train_config.max_pixels)
+                        tta=train_config.tta, device=train_config.device, weights=train_config.weights, cache=cache,
+                        progress=progress, max_pixels=train_config.max_pixels)
     verifier = Verifier(embedder, math.nan, "chosen on val", distance=train_config.distance)
     return overlap_report(pair_file, verifier, rule=config.rule, samples=config.samples, seed=config.seed,
                           out_dir=report_dir, command=None, progress=progress)

@@ -12,9 +12,9 @@ cosine schedule from 0.01 to 0.001, 200 epochs). The steps, in order:
 3. :func:`fit`: epoch 0 measures the untrained head, and the base backbone alone as a baseline
    (``baseline`` in ``history.json``; a warning when the saved model does not beat it on val); each
    epoch then trains on a seeded shuffle of the train pairs and measures val: loss and accuracy on
-   every val pair, the accuracy at the
-   threshold that ``--threshold-rule`` chooses, and that threshold and the overlap area on the
-   study's sample of val (at most 400 pairs of each class, drawn once with the seed).
+   every val pair, the accuracy at the threshold that ``--threshold-rule`` chooses, and that
+   threshold and the overlap area on the study's sample of val (at most 400 pairs of each class,
+   drawn once with the seed).
    ``model.pt`` is the best epoch by ``--select``, with that epoch's val distances (the page of
    ``kface serve`` draws them); ``last.pt`` (everything needed to continue) and
    ``history.json`` are rewritten after every epoch, atomically. A closed-form head (``--head lda``,
@@ -808,7 +808,7 @@ class TrainingRun:
         initial = evaluate_pairs(self.model, self.eval_features(), self.train_pairs, self.criterion, self.amp)
         distances = torch.from_numpy(initial.distances).float().to(self.processes.device)
         self.model.probability.calibrate_(distances, self.train_pairs.labels)
-        if self.processes.main:
+        if self.processes.main and self.config.head != "none":  # with no head, epoch 0 is the base backbone
             self.baseline = self.measure_baseline()
         self._finish_epoch({"epoch": 0, "lr": None, "train_loss": None, "train_accuracy": None}, time.perf_counter())
 
@@ -941,6 +941,8 @@ class TrainingRun:
         self.timing["validation_s"] += time.perf_counter() - started
         record.update({f"val_{name}": value for name, value in values.items()})
         record["threshold"] = threshold.value
+        if record["epoch"] == 0 and self.config.head == "none":
+            self.baseline = {**values, "threshold": threshold.value}
         value = values[self.config.select]
         if self.best is None or _better(value, self.best["value"], SELECT_METRICS[self.config.select]):
             self.best = {"epoch": record["epoch"], "metric": self.config.select, "value": value,
