@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,35 @@ def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is missing: the real-face data lives in ../shared beside the checkout")
     return path
+
+
+def lfw_people(count: int, images_each: int) -> list[tuple[str, list[Path]]]:
+    """The first ``count`` LFW people (by name) with at least ``images_each`` images, each with its
+    first ``images_each`` images; skips the calling test where LFW is missing."""
+    images = require(LFW) / "images"
+    people = [p for p in sorted(images.iterdir()) if p.is_dir() and len(os.listdir(p)) >= images_each][:count]
+    return [(person.name, sorted(person.iterdir())[:images_each]) for person in people]
+
+
+def link_tree(people: list[tuple[str, list[Path]]], root: Path) -> Path:
+    """``root/<person>/<image>``: hard links to ``people``'s images (copies where links fail)."""
+    for name, images in people:
+        (root / name).mkdir(parents=True)
+        for image in images:
+            try:
+                os.link(image, root / name / image.name)
+            except OSError:
+                shutil.copy(image, root / name / image.name)
+    return root
+
+
+def write_folder_pairs(tree: Path, out: Path, pairs: int, split: tuple) -> Path:
+    """A 1:1 pair file of ``pairs`` pairs (seed 0) over the identity-folder ``tree``, written to ``out``."""
+    from kface.datasets import load_dataset
+    from kface.pairs import PairRequest, parse_ratio, sample_pairs, write_pairs
+
+    write_pairs(sample_pairs(load_dataset("folder", tree), PairRequest(parse_ratio("1:1"), pairs, split, seed=0)), out)
+    return out
 
 
 @pytest.fixture(scope="session", autouse=True)

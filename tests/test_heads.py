@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import LFW, require
+from conftest import lfw_people, link_tree, write_folder_pairs
 from kface.checkpoints import load_checkpoint, verifier_from_checkpoint
 from kface.cli import cli
 from kface.distances import get_distance
@@ -34,28 +32,12 @@ FAST = {**FACES, "device": "cpu", "workers": 0}
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory) -> Path:
     """An identity-folder tree of PEOPLE LFW people (hard links)."""
-    images = require(LFW) / "images"
-    root = tmp_path_factory.mktemp("lfw-heads") / "tree"
-    people = [p for p in sorted(images.iterdir()) if p.is_dir() and len(os.listdir(p)) >= IMAGES_EACH][:PEOPLE]
-    for person in people:
-        (root / person.name).mkdir(parents=True)
-        for image in sorted(person.iterdir())[:IMAGES_EACH]:
-            try:
-                os.link(image, root / person.name / image.name)
-            except OSError:
-                shutil.copy(image, root / person.name / image.name)
-    return root
+    return link_tree(lfw_people(PEOPLE, IMAGES_EACH), tmp_path_factory.mktemp("lfw-heads") / "tree")
 
 
 @pytest.fixture(scope="module")
 def pair_file(tree) -> Path:
-    from kface.datasets import load_dataset
-    from kface.pairs import PairRequest, parse_ratio, sample_pairs, write_pairs
-
-    pairs = sample_pairs(load_dataset("folder", tree), PairRequest(parse_ratio("1:1"), 160, (0.5, 0.25, 0.25), seed=0))
-    out = tree.parent / "pairs.csv"
-    write_pairs(pairs, out)
-    return out
+    return write_folder_pairs(tree, tree.parent / "pairs.csv", 160, (0.5, 0.25, 0.25))
 
 
 def _train(pair_file: Path, out: Path, **settings) -> Path:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -19,7 +18,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import LFW, require
+from conftest import lfw_people, link_tree, write_folder_pairs
 from kface.checkpoints import load_checkpoint, pair_model_from_checkpoint, save_threshold
 from kface.cli import cli
 from kface.errors import InputError
@@ -37,23 +36,11 @@ TORCHRUN_TOLERANCE = 2e-5
 @pytest.fixture(scope="module")
 def lfw_pairs(tmp_path_factory) -> Path:
     """A pair file over a tree of 48 LFW people (hard links), with its features computed once."""
-    from kface.datasets import load_dataset
-    from kface.pairs import PairRequest, parse_ratio, sample_pairs, write_pairs
     from kface.train import load_training_data
 
-    images = require(LFW) / "images"
     folder = tmp_path_factory.mktemp("lfw-subset")
-    people = [p for p in sorted(images.iterdir()) if p.is_dir() and len(os.listdir(p)) >= IMAGES_EACH][:PEOPLE]
-    for person in people:
-        (folder / "tree" / person.name).mkdir(parents=True)
-        for image in sorted(person.iterdir())[:IMAGES_EACH]:
-            try:
-                os.link(image, folder / "tree" / person.name / image.name)
-            except OSError:
-                shutil.copy(image, folder / "tree" / person.name / image.name)
-    pairs = sample_pairs(load_dataset("folder", folder / "tree"),
-                         PairRequest(parse_ratio("1:1"), 500, (0.6, 0.2, 0.2), seed=0))
-    write_pairs(pairs, folder / "pairs.csv")
+    write_folder_pairs(link_tree(lfw_people(PEOPLE, IMAGES_EACH), folder / "tree"), folder / "pairs.csv", 500,
+                       (0.6, 0.2, 0.2))
     load_training_data(TrainConfig(pairs=str(folder / "pairs.csv"), out=str(folder / "unused"), **FAST))
     return folder / "pairs.csv"
 

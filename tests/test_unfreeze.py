@@ -7,7 +7,6 @@ prefix pass is the only slow step. Identity-disjoint train/val/test pair splits.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from conftest import LFW, require
+from conftest import lfw_people, write_folder_pairs
 from kface.checkpoints import load_checkpoint, pair_model_from_checkpoint
 from kface.cli import cli
 from kface.features import FeatureSpec, FeatureStore
@@ -36,25 +35,17 @@ def face_tree(tmp_path_factory) -> Path:
     from kface.degradations import tight_crop
     from kface.images import load_image
 
-    images = require(LFW) / "images"
     tree = tmp_path_factory.mktemp("lfw-faces") / "tree"
-    people = [p for p in sorted(images.iterdir()) if p.is_dir() and len(os.listdir(p)) >= IMAGES_EACH][:PEOPLE]
-    for person in people:
-        (tree / person.name).mkdir(parents=True)
-        for image in sorted(person.iterdir())[:IMAGES_EACH]:
-            Image.fromarray(tight_crop(load_image(image))).save(tree / person.name / f"{image.stem}.png")
+    for name, images in lfw_people(PEOPLE, IMAGES_EACH):
+        (tree / name).mkdir(parents=True)
+        for image in images:
+            Image.fromarray(tight_crop(load_image(image))).save(tree / name / f"{image.stem}.png")
     return tree
 
 
 @pytest.fixture(scope="module")
 def pair_file(face_tree) -> Path:
-    from kface.datasets import load_dataset
-    from kface.pairs import PairRequest, parse_ratio, sample_pairs, write_pairs
-
-    pairs = sample_pairs(load_dataset("folder", face_tree), PairRequest(parse_ratio("1:1"), 400, (0.6, 0.2, 0.2), seed=0))
-    out = face_tree.parent / "pairs.csv"
-    write_pairs(pairs, out)
-    return out
+    return write_folder_pairs(face_tree, face_tree.parent / "pairs.csv", 400, (0.6, 0.2, 0.2))
 
 
 def run(args: list[str]):
