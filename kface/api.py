@@ -87,8 +87,18 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
                   threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
                   weights: Optional[str] = None, cache: bool = True, progress: bool = False,
                   max_pixels: Optional[int] = None) -> Verifier:
-    """A :class:`Verifier` for an untrained backbone, or for a trained model checkpoint."""
-    if model is not None:
+    """A :class:`Verifier` for a shipped model (``"korean"``, ``"dlib"``; None = the default), an
+    untrained ``backbone`` (with ``model="dlib"``), or a trained model checkpoint (a path)."""
+    from .models import STOCK_MODEL, default_model, is_shipped
+
+    if model is None:
+        model = default_model() if backbone == DEFAULT_BACKBONE else STOCK_MODEL
+    if is_shipped(model) and model != STOCK_MODEL:
+        from .models.verifier import shipped_verifier
+
+        return shipped_verifier(model, detector=detector, threshold=threshold, fallback=fallback, device=device,
+                                cache=cache, progress=progress, max_pixels=max_pixels)
+    if model != STOCK_MODEL:
         from .checkpoints import verifier_from_checkpoint
 
         return verifier_from_checkpoint(model, detector=detector, threshold=threshold, fallback=fallback,

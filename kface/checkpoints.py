@@ -22,7 +22,6 @@ Only tensors, numbers, strings, lists and dicts are stored, so every file loads 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 from pathlib import Path
@@ -33,19 +32,11 @@ import torch
 
 from . import __version__
 from .errors import InputError
+from .hashing import file_sha256  # noqa: F401  (re-exported: callers record files by it)
 from .outputs import atomic_path
 
 FORMAT = "kface-model"
 FORMAT_VERSION = 1
-
-
-def file_sha256(path: os.PathLike) -> str:
-    """sha256 of a file's bytes (pair files and weights files are recorded by it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict:

@@ -240,6 +240,9 @@ def dataset_options(kinds: list[str]):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random choice.")
 @click.option("--hard-negatives", is_flag=True,
               help="Different-person pairs of the same gender and age band (needs those labels).")
+@click.option("--group-by", metavar="COLUMN",
+              help="Keep each group of identities (a dataset column, e.g. family) in one split, so related "
+                   "people never straddle train and val/test.")
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Pair CSV to write [default: pairs/<dataset>-<N>-<P>-seed<S>.csv]; the manifest goes "
                    "beside it as .json.")
@@ -247,7 +250,7 @@ def dataset_options(kinds: list[str]):
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars, warnings or notes.")
 @handle_errors
 def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_per_identity, seed, hard_negatives,
-               out, as_json, quiet):
+               group_by, out, as_json, quiet):
     """Sample verification pairs from a dataset into a pair CSV and its JSON manifest.
 
     Example: kface make-pairs --dataset kface --root K-Face/High --cameras frontal --ratio 4:6
@@ -260,7 +263,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 
     require_identities(dataset)
     request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), images_per_identity, seed,
-                          hard_negatives)
+                          hard_negatives, group_by)
     index = load_dataset(dataset, root, progress=not quiet, **layout_options)
     if not quiet:
         for line in index.problems.lines():
@@ -291,6 +294,9 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @click.option("--dataset-pairs", type=int, default=None, help="--dataset: pairs to sample over all splits [default: 6000].")
 @click.option("--ratio", default=None, help="--dataset: different:same pairs in every split [default: 4:6].")
 @click.option("--split", default=None, help="--dataset: train:val:test shares of identities [default: 0.8:0.1:0.1].")
+@click.option("--group-by", metavar="COLUMN",
+              help="--dataset: keep each group of identities (a dataset column, e.g. family) in one split, so related "
+                   "people never straddle train and val/test.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Run folder: model.pt (best on val), last.pt, history.json.")
 @backbone_option
@@ -427,6 +433,55 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
                f"accuracy {100 * result['accuracy']:.2f}% ± {100 * result['accuracy_std']:.2f}, "
                f"AUC {result['auc']:.4f}, EER {100 * result['eer']:.2f}%, overlap {result['overlap']:.4f}, "
                f"threshold (all folds, {rule}) {result['threshold_all_folds']:.4f}")
+
+
+@benchmark.command("families")
+@dataset_options(["folder", "kface", "aging", "csv"])
+@click.option("--group-by", default="family", show_default=True, metavar="COLUMN",
+              help="The column whose groups (families) the folds are made of.")
+@click.option("--groups", "groups_file", type=click.Path(dir_okay=False),
+              help="Use only the groups listed in this file (one per line), e.g. a model's held-out families.")
+@click.option("--exclude-groups", type=click.Path(dir_okay=False),
+              help="Leave out the groups listed in this file.")
+@click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option("--pairs-per-class", type=click.IntRange(1), default=400, show_default=True,
+              help="Same and different pairs of each kind per fold.")
+@click.option("--age-column", default="age_class", show_default=True,
+              help="The age label that defines same-age pairs.")
+@click.option("--model", "models", multiple=True,
+              help="A model to score (a shipped name such as korean or dlib, or runs/NAME/model.pt); repeatable.")
+@click.option("--recipe", "recipes", multiple=True, type=click.Path(dir_okay=False),
+              help="A JSON file of kface train settings, trained and scored once per fold; repeatable.")
+@click.option("--rule", default="max-accuracy", show_default=True,
+              help="Threshold rule on the other folds (fixed models): max-accuracy, intersection, eer, far=X.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds and the pairs.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for benchmark.json, benchmark.md and each recipe's per-fold runs.")
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print benchmark.json's rows on stdout.")
+@common_options
+@handle_errors
+def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, folds, pairs_per_class,
+                       age_column, models, recipes, rule, seed, out, device, as_json, quiet, no_cache):
+    """Family-disjoint k-fold verification: pairs across ages and same-age same-gender hard pairs.
+
+    Example: kface benchmark families --dataset csv --root korean_family --manifest
+    korean_family/identities.csv --model dlib --recipe my-recipe.json --out reports/korean
+    """
+    setup_logging(quiet)
+    from pathlib import Path
+
+    from .family_benchmark import run_benchmark
+
+    rows = run_benchmark(dataset, root, layout_options, group_by=group_by, groups_file=groups_file,
+                         exclude_file=exclude_groups, folds=folds, pairs_per_class=pairs_per_class,
+                         age_column=age_column, models=models, recipes=recipes, rule=rule, seed=seed, out=Path(out),
+                         device=device, cache=not no_cache, progress=not quiet,
+                         log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
+    if as_json:
+        print_json({"out": out, "rows": rows})
+    elif not quiet:
+        click.echo(Path(out, "benchmark.md").read_text(encoding="utf-8"), nl=False)
 
 
 # -- age and gender --------------------------------------------------------------------------------
@@ -630,6 +685,8 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
               help="Pairs per setting, over all splits.")
 @click.option("--split", default="0.8:0.1:0.1", show_default=True, help="train:val:test shares (by identity).")
 @click.option("--hard-negatives", is_flag=True, help="Different-person pairs of the same gender and age band.")
+@click.option("--group-by", metavar="COLUMN",
+              help="Keep each group of identities (a dataset column, e.g. family) in one split.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling, training and reports.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="[default: 200; 20 with --unfreeze]")
 @backbone_option
@@ -660,7 +717,8 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
 @common_options
 @click.pass_context
 @handle_errors
-def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_count, split, hard_negatives, seed,
+def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_count, split, hard_negatives, group_by,
+          seed,
           epochs, backbone, unfreeze, loss, batch_size, lr, min_lr, heads, distances, baseline, detector, fallback,
           max_pixels,
           rule, samples, workers, device, resume, out, as_json, quiet, no_cache):
@@ -686,7 +744,8 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
     config = SweepConfig(dataset=dataset, root=root, out=out,
                          dataset_options=checked_dataset_options(dataset, **layout_options),
                          ratios=parse_ratios(ratios), images_per_identity=parse_images_per_identity(images_per_identity),
-                         heads=parse_heads(heads), distances=parse_distances(distances), pairs=pair_count, split=parse_split(split), hard_negatives=hard_negatives, seed=seed,
+                         heads=parse_heads(heads), distances=parse_distances(distances), pairs=pair_count, split=parse_split(split), hard_negatives=hard_negatives,
+                         group_by=group_by, seed=seed,
                          rule=str(parse_rule(rule)), samples=parse_samples(samples), train=train_options,
                          baseline=baseline)
     rows = run_sweep(config, resume=resume, progress=not quiet, cache=not no_cache, command=_command_line(ctx))

@@ -7,7 +7,6 @@ embedding, and loads neither dlib nor torch.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import dataclass, field, replace
@@ -18,6 +17,7 @@ import numpy as np
 from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone
 from .cache import open_cache
 from .errors import InputError, NoFaceError
+from .hashing import file_sha256
 from .faces import FaceFinder, FaceSettings, mirror
 from .images import ImageSource, content_hash, decode_image, read_bytes
 
@@ -79,14 +79,6 @@ class EmbeddingResult:
         return counts
 
 
-def _file_sha(path: os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 class Embedder:
     """Turns image files into embeddings with one backbone, detector and cache.
 
@@ -120,7 +112,7 @@ class Embedder:
         self._cache = open_cache(cache, cache_dir)
         self._finder: Optional[FaceFinder] = None
         self._backbone = None
-        weights_tag = f"@{_file_sha(weights)[:16]}" if weights else ""
+        weights_tag = f"@{file_sha256(weights)[:16]}" if weights else ""
         self._embedding_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag};tta={tta}"
 
     @property

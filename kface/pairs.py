@@ -6,7 +6,8 @@ manifest ``<name>.json`` beside it. See ``pairs/README.md`` for the format in fu
 
 The sampler (:func:`sample_pairs`) draws, from a :class:`~kface.datasets.DatasetIndex`:
 
-- identity-disjoint splits (an identity's images all fall in one split);
+- identity-disjoint splits (an identity's images all fall in one split), or group-disjoint ones with
+  ``group_by`` (e.g. ``family``: related people, who look alike, never straddle two splits);
 - exactly the requested negative:positive ratio in every split;
 - same-person pairs spread as evenly as possible over identities (each identity gives about the same
   number, up to all the pairs it has), never a self-pair, never the same two images twice;
@@ -130,6 +131,7 @@ class PairRequest:
     images_per_identity: Optional[int] = None
     seed: int = 0
     hard_negatives: bool = False
+    group_by: Optional[str] = None  # an attribute naming each identity's group (e.g. "family")
 
     def __post_init__(self):
         if self.pairs < 1:
@@ -363,7 +365,8 @@ def sample_pairs(index: DatasetIndex, request: PairRequest) -> PairSet:
     select_rng, split_rng, positive_rng, negative_rng = streams
     pool, excluded = _build_pool(index, request.images_per_identity, select_rng)
     strata = _strata(index, pool) if request.hard_negatives else None
-    plans = _plan_splits(pool, request, split_rng, strata)
+    groups = identity_groups(index, pool.identities, request.group_by) if request.group_by else None
+    plans = _plan_splits(pool, request, split_rng, strata, groups)
     split_names, firsts, seconds, labels = [], [], [], []
     for plan, positive_stream, negative_stream in zip(plans, positive_rng.spawn(3), negative_rng.spawn(3)):
         if plan.positives + plan.negatives == 0:
@@ -486,9 +489,47 @@ def _largest_remainder(total: int, shares: tuple[float, ...]) -> np.ndarray:
     return counts
 
 
+def identity_groups(index: DatasetIndex, identities: np.ndarray, column: str) -> np.ndarray:
+    """The group code (e.g. family) of each identity code in ``identities``, from attribute ``column``.
+
+    Every image of an identity must name the same, non-empty group: an :class:`InputError` says which
+    identity breaks that, or that the dataset has no such column.
+    """
+    values = index.attributes.get(column)
+    if values is None:
+        known = ", ".join(sorted(index.attributes)) or "none"
+        raise InputError(f"--group-by {column}: the {index.kind} dataset has no {column!r} column "
+                         f"(its columns: {known})")
+    group_of: dict[int, str] = {}
+    for code, value in zip(index.identity_codes.tolist(), values):
+        if value is None or value == "":
+            raise InputError(f"--group-by {column}: identity {index.identity_names[code]!r} has an image "
+                             f"with no {column}")
+        if group_of.setdefault(code, value) != value:
+            raise InputError(f"--group-by {column}: identity {index.identity_names[code]!r} is in two "
+                             f"groups ({group_of[code]!r} and {value!r})")
+    names = sorted(set(group_of.values()))
+    code_of = {name: number for number, name in enumerate(names)}
+    return np.array([code_of[group_of[int(code)]] for code in identities], dtype=np.int64)
+
+
+def split_groups(groups: np.ndarray, shares: tuple[float, float, float],
+                 rng: np.random.Generator) -> np.ndarray:
+    """The split number (0 train, 1 val, 2 test) of each item of ``groups`` (group codes): whole groups
+    are shuffled with ``rng`` and shared out by count (largest remainder), so no group straddles two."""
+    names = np.unique(groups)
+    names = names[rng.permutation(len(names))]
+    bounds = np.concatenate([[0], np.cumsum(_largest_remainder(len(names), shares))])
+    split_of_name = np.empty(int(groups.max()) + 1 if len(groups) else 0, dtype=np.int64)
+    for split_number in range(len(SPLITS)):
+        split_of_name[names[bounds[split_number]:bounds[split_number + 1]]] = split_number
+    return split_of_name[groups]
+
+
 def _plan_splits(pool: _Pool, request: PairRequest, rng: np.random.Generator,
-                 strata: Optional[np.ndarray]) -> list[_SplitPlan]:
-    """Assign identities to splits, fix each split's pair counts, and check that they can be met."""
+                 strata: Optional[np.ndarray], groups: Optional[np.ndarray] = None) -> list[_SplitPlan]:
+    """Assign identities (or, with ``groups``, whole groups of identities) to splits, fix each split's
+    pair counts, and check that they can be met."""
     negatives_unit, positives_unit = request.ratio.reduced
     unit = negatives_unit + positives_unit
     if request.pairs % unit:
@@ -498,11 +539,14 @@ def _plan_splits(pool: _Pool, request: PairRequest, rng: np.random.Generator,
     # Identities with two or more images (the only source of same-person pairs) and the rest are shared
     # out separately, so every split gets its share of both.
     split_of_group = np.empty(len(pool.identities), dtype=np.int64)
-    for members in (np.flatnonzero(pool.sizes >= 2), np.flatnonzero(pool.sizes < 2)):
-        members = members[rng.permutation(len(members))]
-        bounds = np.concatenate([[0], np.cumsum(_largest_remainder(len(members), request.split))])
-        for split_number in range(len(SPLITS)):
-            split_of_group[members[bounds[split_number]:bounds[split_number + 1]]] = split_number
+    if groups is not None:
+        split_of_group[:] = split_groups(groups, request.split, rng)
+    else:
+        for members in (np.flatnonzero(pool.sizes >= 2), np.flatnonzero(pool.sizes < 2)):
+            members = members[rng.permutation(len(members))]
+            bounds = np.concatenate([[0], np.cumsum(_largest_remainder(len(members), request.split))])
+            for split_number in range(len(SPLITS)):
+                split_of_group[members[bounds[split_number]:bounds[split_number + 1]]] = split_number
     plans = [_SplitPlan(name, np.flatnonzero(split_of_group == number), 0, 0)
              for number, name in enumerate(SPLITS)]
     for plan in plans:
@@ -776,6 +820,7 @@ def _manifest(index: DatasetIndex, request: PairRequest, pool: _Pool, plans: lis
         "split": dict(zip(SPLITS, request.split)),
         "images_per_identity": request.images_per_identity,
         "hard_negatives": request.hard_negatives,
+        "group_by": request.group_by,
         "seed": request.seed,
         "sampler": {"identities_used": len(pool.identities), "images_used": len(pool.images), **excluded},
         "counts": {plan.name: {"same": plan.positives, "different": plan.negatives,

@@ -133,6 +133,7 @@ class SweepConfig:
     pairs: int = 2000
     split: tuple = (0.8, 0.1, 0.1)
     hard_negatives: bool = False
+    group_by: Optional[str] = None  # keep each group (e.g. family) in one split
     seed: int = 0
     rule: str = "intersection"
     samples: Union[int, str] = 400
@@ -215,7 +216,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
         if setting.pairs_name in pair_files:
             continue
         request = PairRequest(setting.ratio, config.pairs, tuple(config.split), setting.images_per_identity,
-                              config.seed, config.hard_negatives)
+                              config.seed, config.hard_negatives, config.group_by)
         try:
             pairs = sample_pairs(index, request)
         except InputError as error:

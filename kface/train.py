@@ -99,6 +99,7 @@ class TrainConfig:
     dataset_pairs: int = 6000
     ratio: str = "4:6"
     split: str = "0.8:0.1:0.1"
+    group_by: Optional[str] = None
     backbone: str = DEFAULT_BACKBONE
     weights: Optional[str] = None
     head: str = "siamese"
@@ -311,7 +312,7 @@ def load_training_data(config: TrainConfig, *, progress: bool = False) -> Traini
         options = {"manifest": config.manifest} if config.manifest else {}
         pairs, index = write_dataset_pairs(config.dataset, config.root, pair_file, ratio=config.ratio,
                                            pair_count=config.dataset_pairs, split=config.split, seed=config.seed,
-                                           options=options, progress=progress)
+                                           group_by=config.group_by, options=options, progress=progress)
     else:
         pairs = read_pairs(pair_file, config.root)
     splits = {name: pairs.select(name) for name in ("train", "val")}

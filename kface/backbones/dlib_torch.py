@@ -13,7 +13,6 @@ Training can cut the network in two (:data:`~kface.backbones.trainable.CUT_POINT
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import pickle
 import tempfile
@@ -28,6 +27,7 @@ from torch import nn
 from ..cache import cache_dir
 from ..devices import resolve_device
 from ..errors import InputError
+from ..hashing import file_sha256
 from ..models_path import DLIB_RESNET, model_file
 from .cut_points import CutPointNetwork
 from .dlib_format import FC_NO_BIAS, DlibFormatError, DlibNetwork, LayerRecord, read_network
@@ -279,17 +279,9 @@ def network_from_records(network: DlibNetwork) -> DlibResNet:
 
 # ---- cached loading ----------------------------------------------------------------------------
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def conversion_cache_file(dat_path: Union[str, Path]) -> Path:
     """Where the converted state dict of ``dat_path`` is cached (keyed by the file's sha256)."""
-    return cache_dir() / "dlib-torch" / f"resnet-v{CONVERSION_VERSION}-{_sha256(Path(dat_path))}.pt"
+    return cache_dir() / "dlib-torch" / f"resnet-v{CONVERSION_VERSION}-{file_sha256(dat_path)}.pt"
 
 
 def _save_atomically(state: dict, target: Path) -> None:

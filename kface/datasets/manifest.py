@@ -1,5 +1,8 @@
 """A CSV manifest for any other layout: columns ``path,identity[,age][,gender]``, one row per image.
 
+Any further column (``family``, ``role``, ``age_class``, ...) is kept as a text attribute of the same
+name, so ``--group-by family`` can keep related people in one split.
+
 Paths are relative to the dataset root (absolute paths inside the root are accepted). Rows whose image
 is missing from disk, repeated rows, and unreadable ages or genders are reported; the row is dropped
 when its image is unusable, and only the bad value is dropped otherwise.
@@ -39,6 +42,7 @@ def iter_records(root: Path, problems: ProblemReport, *, manifest: Union[str, os
         raise InputError(f"{manifest_path}: header lacks {', '.join(missing)} (expected columns "
                          f"path,identity[,age][,gender], got {','.join(header)})")
     column = {name: header.index(name) for name in ("path", "identity", "age", "gender") if name in header}
+    extra = {name: position for position, name in enumerate(header) if name and name not in column}
     root_text = os.path.abspath(root)
     seen: set[str] = set()
     yielded = 0
@@ -47,6 +51,8 @@ def iter_records(root: Path, problems: ProblemReport, *, manifest: Union[str, os
             continue
         where = f"{manifest_path.name}:{line}"
         cells = {name: row[index].strip() if index < len(row) else "" for name, index in column.items()}
+        attributes: dict = {name: row[index].strip() for name, index in extra.items()
+                            if index < len(row) and row[index].strip()}
         path = _relative_path(cells["path"], root_text)
         if path is None:
             problems.add("row whose path is empty or outside the root", where)
@@ -58,7 +64,6 @@ def iter_records(root: Path, problems: ProblemReport, *, manifest: Union[str, os
         if not os.path.isfile(os.path.join(root_text, path)):
             problems.add("image missing from disk", path)
             continue
-        attributes: dict = {}
         age = _age(cells.get("age", ""), where, problems)
         if age is not None:
             attributes["age"] = age

@@ -1,0 +1,314 @@
+"""The family-disjoint k-fold verification protocol (``kface benchmark families``).
+
+Korean family albums (and AI-Hub's family sets) hold relatives who look alike, so every split here is by
+family: the families are shuffled with the seed and dealt into ``folds`` folds; each fold's pairs come
+from its own families only. Two kinds of pair per fold:
+
+- ``cross-age``: same-person pairs of two different age classes, different-person pairs drawn at random;
+- ``same-age-hard``: same-person pairs within one age class, different-person pairs of the same gender
+  and age class (the hard negatives a Korean verifier meets most).
+
+A fixed model is scored on every fold at its own threshold (what ``kface verify`` answers with) and at
+one chosen by ``rule`` on the other folds' pairs (what a user who measures on their own families gets).
+A training recipe (a JSON of ``kface train`` settings) is trained once per fold on the other folds'
+families (a tenth of them for val, which picks the epoch and the threshold) and scored on the held-out
+fold at the threshold its own val chose. Every draw comes from ``SeedSequence(seed)``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import InputError
+from .outputs import write_text
+
+PAIR_KINDS = ("cross-age", "same-age-hard")
+FAR_LEVEL = 1e-3
+
+
+@dataclass(frozen=True)
+class FamilyProtocol:
+    """The protocol's settings, recorded in what it writes."""
+
+    folds: int = 5
+    pairs_per_class: int = 400  # same and different pairs of each kind, per fold
+    seed: int = 0
+    group_by: str = "family"
+    age_column: str = "age_class"
+    rule: str = "max-accuracy"
+
+    def __post_init__(self) -> None:
+        if self.folds < 2:
+            raise InputError(f"--folds: the protocol needs at least 2 folds, got {self.folds}")
+        if self.pairs_per_class < 1:
+            raise InputError(f"--pairs-per-class: expected 1 or more, got {self.pairs_per_class}")
+
+
+@dataclass
+class ProtocolPairs:
+    """Pairs as index rows of the dataset, with label (1 same), kind and fold per pair."""
+
+    first: np.ndarray
+    second: np.ndarray
+    labels: np.ndarray
+    kinds: np.ndarray
+    folds: np.ndarray
+
+
+def family_folds(index, protocol: FamilyProtocol) -> np.ndarray:
+    """The fold of every image of ``index``: whole families dealt round-robin after a seeded shuffle."""
+    from .pairs import identity_groups
+
+    per_identity = identity_groups(index, np.arange(len(index.identity_names)), protocol.group_by)
+    groups = np.unique(per_identity)
+    if len(groups) < protocol.folds:
+        raise InputError(f"--folds {protocol.folds}: the data has only {len(groups)} {protocol.group_by} groups")
+    rng = np.random.default_rng(np.random.SeedSequence(protocol.seed).spawn(1)[0])
+    fold_of_group = np.empty(int(groups.max()) + 1, dtype=np.int64)
+    fold_of_group[groups[rng.permutation(len(groups))]] = np.arange(len(groups)) % protocol.folds
+    return fold_of_group[per_identity][index.identity_codes]
+
+
+def protocol_pairs(index, image_folds: np.ndarray, protocol: FamilyProtocol) -> ProtocolPairs:
+    """``pairs_per_class`` same and different pairs of each kind in each fold (fewer where a fold has
+    fewer candidates), drawn uniformly from every allowed pair of the fold's images."""
+    ages = _column(index, protocol.age_column)
+    genders = _column(index, "gender")
+    identities = index.identity_codes
+    streams = np.random.SeedSequence(protocol.seed).spawn(2)[1].spawn(protocol.folds * len(PAIR_KINDS))
+    parts = []
+    for fold in range(protocol.folds):
+        rows = np.flatnonzero(image_folds == fold)
+        a, b = np.triu_indices(len(rows), k=1)
+        a, b = rows[a], rows[b]
+        same_person = identities[a] == identities[b]
+        same_age = ages[a] == ages[b]
+        for number, kind in enumerate(PAIR_KINDS):
+            rng = np.random.default_rng(streams[fold * len(PAIR_KINDS) + number])
+            if kind == "cross-age":
+                positive, negative = same_person & ~same_age, ~same_person
+            else:
+                positive = same_person & same_age
+                negative = ~same_person & same_age & (genders[a] == genders[b])
+            for label, allowed in ((1, positive), (0, negative)):
+                candidates = np.flatnonzero(allowed)
+                chosen = rng.choice(candidates, size=min(protocol.pairs_per_class, len(candidates)), replace=False)
+                chosen.sort()
+                parts.append((a[chosen], b[chosen], np.full(len(chosen), label), np.full(len(chosen), kind, object),
+                              np.full(len(chosen), fold)))
+    first, second, labels, kinds, folds = (np.concatenate(column) for column in zip(*parts))
+    return ProtocolPairs(first, second, labels.astype(np.int64), kinds, folds.astype(np.int64))
+
+
+def _column(index, name: str) -> np.ndarray:
+    values = index.attributes.get(name)
+    if values is None or any(value is None for value in values):
+        raise InputError(f"the family protocol needs a {name!r} label on every image "
+                         f"(the {index.kind} dataset's columns: {', '.join(sorted(index.attributes))})")
+    return np.array([str(value) for value in values], dtype=object)
+
+
+def score_fixed_model(verifier, index, pairs: ProtocolPairs, protocol: FamilyProtocol, name: str) -> dict:
+    """One model on every fold: accuracy at its own threshold and at one chosen on the other folds."""
+    distances = _pair_distances(verifier, index, pairs, np.arange(len(index)))
+    return _summary(name, "model", distances, pairs, protocol, own_threshold=verifier.threshold,
+                    threshold_source=verifier.threshold_source)
+
+
+def score_recipe(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPairs, protocol: FamilyProtocol,
+                 name: str, out: Path, *, device: str = "auto", progress: bool = False,
+                 log: Callable[[str], None] = lambda text: None) -> dict:
+    """Train ``recipe`` once per fold on the other folds' families; score each fold with its own model at
+    the threshold its val split chose."""
+    from .api import load_verifier
+    from .train import TrainConfig, train
+
+    distances = np.full(len(pairs.labels), np.nan)
+    thresholds = []
+    for fold in range(protocol.folds):
+        run = out / "runs" / name / f"fold{fold}"
+        manifest = run.parent / f"fold{fold}-train.csv"
+        run.parent.mkdir(parents=True, exist_ok=True)
+        write_manifest(index, np.flatnonzero(image_folds != fold), manifest)
+        if not (run / "model.pt").is_file() or not (run / "done").is_file():
+            settings = {"split": "0.9:0.1:0", "seed": protocol.seed, "device": device, **recipe,
+                        "pairs": None, "out": str(run), "dataset": "csv", "root": str(index.root),
+                        "manifest": str(manifest), "group_by": protocol.group_by}
+            log(f"{name}: training fold {fold + 1}/{protocol.folds} into {run}")
+            train(TrainConfig.from_dict(settings), progress=progress)
+            write_text(run / "done", "trained\n")
+        verifier = load_verifier(str(run / "model.pt"), detector=recipe.get("detector", "auto"),
+                                 fallback="whole-image", device=device, progress=progress)
+        held_out = pairs.folds == fold
+        distances[held_out] = _pair_distances(verifier, index, _subset(pairs, held_out),
+                                              np.flatnonzero(image_folds == fold))
+        thresholds.append(verifier.threshold)
+    return _summary(name, "recipe", distances, pairs, protocol, own_threshold=np.array(thresholds),
+                    threshold_source="each fold's model: chosen on its own val families", recipe=recipe)
+
+
+def write_manifest(index, rows: np.ndarray, path: Path) -> None:
+    """A csv-adapter manifest (path,identity and every attribute column) of ``rows`` of ``index``."""
+    columns = sorted(index.attributes)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "identity", *columns])
+    for row in rows:
+        writer.writerow([index.paths[row], index.identity_names[index.identity_codes[row]],
+                         *["" if index.attributes[c][row] is None else index.attributes[c][row] for c in columns]])
+    write_text(path, buffer.getvalue())
+
+
+def _subset(pairs: ProtocolPairs, keep: np.ndarray) -> ProtocolPairs:
+    return ProtocolPairs(pairs.first[keep], pairs.second[keep], pairs.labels[keep], pairs.kinds[keep],
+                         pairs.folds[keep])
+
+
+def _pair_distances(verifier, index, pairs: ProtocolPairs, rows: np.ndarray) -> np.ndarray:
+    """The verifier's distance for each pair; every image the pairs use is embedded once."""
+    used = np.unique(np.concatenate([pairs.first, pairs.second]))
+    used = used[np.isin(used, rows)]
+    vectors, result = verifier.embed([str(index.absolute_path(row)) for row in used], on_error="skip")
+    if result.errors:
+        first = next(iter(result.errors.values()))
+        raise InputError(f"{len(result.errors)} images could not be embedded, e.g. {first}")
+    position = np.full(len(index), -1, dtype=np.int64)
+    position[used] = np.arange(len(used))
+    return verifier.distances(vectors[position[pairs.first]], vectors[position[pairs.second]])
+
+
+def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, protocol: FamilyProtocol, *,
+             own_threshold, threshold_source: str, recipe: Optional[dict] = None) -> dict:
+    from .metrics import accuracy_at, kfold_protocol, separation
+
+    row: dict = {"name": name, "kind": kind, "threshold_source": threshold_source, "pair_kinds": {}}
+    if recipe is not None:
+        row["recipe"] = recipe
+    for pair_kind in PAIR_KINDS:
+        chosen = pairs.kinds == pair_kind
+        d, labels, folds = distances[chosen], pairs.labels[chosen], pairs.folds[chosen]
+        thresholds = np.broadcast_to(np.asarray(own_threshold, dtype=np.float64), (protocol.folds,))
+        own = np.array([accuracy_at(d[folds == f], labels[folds == f], thresholds[f]) for f in range(protocol.folds)])
+        entry = {"pairs": {"same": int(labels.sum()), "different": int((labels == 0).sum())},
+                 "accuracy": float(own.mean()), "accuracy_std": float(own.std(ddof=1)),
+                 "fold_accuracies": own.tolist()}
+        if kind == "model":
+            folded = kfold_protocol(d, labels, folds, rule=protocol.rule)
+            entry["accuracy_folds_threshold"] = folded.mean_accuracy
+            entry["accuracy_folds_threshold_std"] = folded.std_accuracy
+            entry["fold_thresholds"] = [fold.threshold for fold in folded.folds]
+        measured = separation(d, labels, far_levels=(FAR_LEVEL,))
+        entry.update({key: value for key, value in measured.to_dict().items() if not isinstance(value, dict)})
+        row["pair_kinds"][pair_kind] = entry
+    return row
+
+
+def markdown_table(rows: list[dict], protocol: FamilyProtocol) -> str:
+    """The README's table: one line per row (a model at each of its thresholds, or a recipe)."""
+    lines = [f"{protocol.folds}-fold family-disjoint protocol ({protocol.pairs_per_class} same + "
+             f"{protocol.pairs_per_class} different pairs of each kind per fold, seed {protocol.seed}); "
+             f"accuracy mean ± std over folds; AUC, EER and overlap pooled over folds.", "",
+             "| model | threshold | cross-age accuracy | same-age hard accuracy | AUC (cross / hard) "
+             "| EER (cross / hard) | overlap (cross / hard) |", "|---|---|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        cross, hard = (row["pair_kinds"][kind] for kind in PAIR_KINDS)
+        variants = [("own", "accuracy", "accuracy_std")]
+        if row["kind"] == "model":
+            variants.append(("other folds", "accuracy_folds_threshold", "accuracy_folds_threshold_std"))
+        for label, key, std in variants:
+            source = row["threshold_source"] if label == "own" else f"chosen on the other folds ({protocol.rule})"
+            lines.append(f"| {row['name']} | {source} | {100 * cross[key]:.2f}% ± {100 * cross[std]:.2f} | "
+                         f"{100 * hard[key]:.2f}% ± {100 * hard[std]:.2f} | {cross['auc']:.4f} / {hard['auc']:.4f} | "
+                         f"{100 * cross['eer']:.2f}% / {100 * hard['eer']:.2f}% | "
+                         f"{cross['overlap']:.3f} / {hard['overlap']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path, rows: list[dict], protocol: FamilyProtocol, dataset: dict) -> None:
+    """``benchmark.json`` (every figure, the settings, the data) and ``benchmark.md`` (the table)."""
+    out.mkdir(parents=True, exist_ok=True)
+    body = {"protocol": asdict(protocol), "dataset": dataset, "rows": rows}
+    write_text(out / "benchmark.json", json.dumps(body, indent=2) + "\n")
+    write_text(out / "benchmark.md", markdown_table(rows, protocol))
+
+
+def restrict_groups(index, column: str, keep: Optional[set[str]] = None, drop: Optional[set[str]] = None):
+    """``index`` limited to images whose ``column`` is in ``keep`` (when given) and not in ``drop``."""
+    from .datasets import DatasetIndex
+
+    values = index.attributes.get(column)
+    if values is None:
+        raise InputError(f"the {index.kind} dataset has no {column!r} column")
+    rows = [i for i, value in enumerate(values) if (keep is None or value in keep) and not (drop and value in drop)]
+    if not rows:
+        raise InputError(f"no image is left after choosing {column} groups")
+    return DatasetIndex.from_records(index.kind, index.root, (index.record(i) for i in rows),
+                                     index.problems, index.options, index.conditions)
+
+
+def read_group_list(path: os.PathLike) -> set[str]:
+    """Group names, one per line (``#`` starts a comment)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the group list ({exc.strerror})") from None
+    names = {line.split("#", 1)[0].strip() for line in lines} - {""}
+    if not names:
+        raise InputError(f"{path}: the group list names no group")
+    return names
+
+
+def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str = "family",
+                  groups_file: Optional[str] = None, exclude_file: Optional[str] = None, folds: int = 5,
+                  pairs_per_class: int = 400, age_column: str = "age_class", models=(), recipes=(),
+                  rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto", cache: bool = True,
+                  progress: bool = False, log: Callable[[str], None] = lambda text: None) -> list[dict]:
+    """The whole protocol for ``models`` (names or checkpoint paths) and ``recipes`` (JSON files); writes
+    ``out/benchmark.json`` and ``out/benchmark.md`` after every row, and returns the rows."""
+    from .api import load_verifier
+    from .datasets import load_dataset
+
+    if not models and not recipes:
+        raise InputError("give at least one --model or --recipe to score")
+    recipe_settings = [(Path(path).stem, _read_recipe(path)) for path in recipes]
+    protocol = FamilyProtocol(folds, pairs_per_class, seed, group_by, age_column, rule)
+    index = load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
+    if groups_file or exclude_file:
+        index = restrict_groups(index, group_by, read_group_list(groups_file) if groups_file else None,
+                                read_group_list(exclude_file) if exclude_file else None)
+    image_folds = family_folds(index, protocol)
+    pairs = protocol_pairs(index, image_folds, protocol)
+    dataset = {"kind": kind, "root": str(root), "images": len(index), "identities": len(index.identity_names),
+               "groups_file": groups_file, "exclude_groups": exclude_file}
+    rows: list[dict] = []
+    for name in models:
+        log(f"scoring model {name}")
+        verifier = load_verifier(name, detector="auto", fallback="whole-image", device=device, cache=cache,
+                                 progress=progress)
+        rows.append(score_fixed_model(verifier, index, pairs, protocol, name))
+        write_results(out, rows, protocol, dataset)
+    for name, recipe in recipe_settings:
+        rows.append(score_recipe(recipe, index, image_folds, pairs, protocol, name, out, device=device,
+                                 progress=progress, log=log))
+        write_results(out, rows, protocol, dataset)
+    return rows
+
+
+def _read_recipe(path: str) -> dict:
+    try:
+        recipe = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable recipe JSON ({exc})") from None
+    if not isinstance(recipe, dict):
+        raise InputError(f"{path}: a recipe is a JSON object of kface train settings")
+    reserved = {"pairs", "out", "dataset", "root", "manifest", "group_by"} & set(recipe)
+    if reserved:
+        raise InputError(f"{path}: the protocol sets {', '.join(sorted(reserved))} itself; remove them")
+    return recipe

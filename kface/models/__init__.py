@@ -1,0 +1,59 @@
+"""The face models that ship inside kface, by name: their cards, files and checksums (``kface models``).
+
+``dlib`` is dlib's stock ResNet descriptor (``face_recognition_models``) at its LFW-measured threshold.
+``korean`` is dlib's network with its last stage tuned on Korean family-album faces by kface's own
+commands (see ``kface/models/build.py``); it is the default once its file is present. Each shipped
+network is an ONNX file beside a JSON card holding its provenance, recipe, threshold and measured figures;
+the file's sha256 is checked against the card before it is used.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+from ..hashing import file_sha256
+from ..errors import KfaceError
+
+MODELS_DIR = Path(__file__).resolve().parent
+STOCK_MODEL = "dlib"
+#: Shipped models whose card lives in this folder, by name.
+CARDS = {"korean": "korean-v1.json"}
+
+
+def shipped_names() -> list[str]:
+    """Every model name ``--model`` accepts besides a checkpoint path."""
+    return sorted({STOCK_MODEL, *CARDS})
+
+
+def default_model() -> str:
+    """The model used when none is named: the Korean model where its card ships, else stock dlib."""
+    return "korean" if (MODELS_DIR / CARDS["korean"]).is_file() else STOCK_MODEL
+
+
+def is_shipped(name: Optional[str]) -> bool:
+    return name in shipped_names()
+
+
+@lru_cache(maxsize=None)
+def card(name: str) -> dict:
+    """The card of shipped model ``name`` (a JSON object), with its network file's sha256 checked."""
+    if name not in CARDS:
+        raise KfaceError(f"no card for model {name!r}; shipped models: {', '.join(shipped_names())}")
+    path = MODELS_DIR / CARDS[name]
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise KfaceError(f"{path}: the shipped model card is unreadable ({exc}); reinstall kface") from None
+    network = MODELS_DIR / body["file"]
+    if not network.is_file():
+        raise KfaceError(f"{network}: the shipped model file is missing; reinstall kface")
+    if file_sha256(network) != body["sha256"]:
+        raise KfaceError(f"{network}: sha256 differs from its card; the file is damaged, reinstall kface")
+    return body
+
+
+def network_path(name: str) -> Path:
+    """The checked network file of shipped model ``name``."""
+    return MODELS_DIR / card(name)["file"]

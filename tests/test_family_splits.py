@@ -1,0 +1,102 @@
+"""Family-disjoint splits (--group-by) and the family k-fold protocol's folds and pairs."""
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from conftest import SHARED, require
+from kface.datasets import load_dataset
+from kface.errors import InputError
+from kface.family_benchmark import FamilyProtocol, family_folds, protocol_pairs
+from kface.pairs import PairRequest, parse_ratio, sample_pairs
+
+KOREAN = SHARED / "data" / "korean_family"
+
+
+def write_family_manifest(root, families: int = 12, people: int = 3, images: int = 4):
+    """A csv manifest of tiny images: ``families`` families of ``people`` people with ``images`` images,
+    age classes a/b alternating, gender by role."""
+    from PIL import Image
+
+    (root / "images").mkdir()
+    rows = []
+    for family in range(families):
+        for person in range(people):
+            for image in range(images):
+                path = f"images/F{family:03d}_{person}_{image}.png"
+                Image.new("RGB", (8, 8), (family, person, image)).save(root / path)
+                rows.append([path, f"F{family:03d}_{person}", f"F{family:03d}", "male" if person % 2 else "female",
+                             "ab"[image % 2]])
+    manifest = root / "identities.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "identity", "family", "gender", "age_class"])
+        writer.writerows(rows)
+    return manifest
+
+
+def test_group_by_keeps_every_family_in_one_split(tmp_path):
+    manifest = write_family_manifest(tmp_path)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    assert index.attributes["family"][0] == "F000"  # extra manifest columns are kept as attributes
+    pairs = sample_pairs(index, PairRequest(parse_ratio("1:1"), 40, (0.5, 0.25, 0.25), seed=3, group_by="family"))
+    split_of_family: dict[str, set] = {}
+    for split, a, b in zip(pairs.split, pairs.identity_a, pairs.identity_b):
+        for identity in (a, b):
+            split_of_family.setdefault(identity.split("_")[0], set()).add(split)
+    assert all(len(splits) == 1 for splits in split_of_family.values())
+    assert {s for splits in split_of_family.values() for s in splits} == {"train", "val", "test"}
+    assert pairs.manifest["group_by"] == "family"
+
+
+def test_without_group_by_relatives_straddle_splits(tmp_path):
+    manifest = write_family_manifest(tmp_path)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    pairs = sample_pairs(index, PairRequest(parse_ratio("1:1"), 40, (0.5, 0.25, 0.25), seed=3))
+    families: dict[str, set] = {}
+    for split, a in zip(pairs.split, pairs.identity_a):
+        families.setdefault(a.split("_")[0], set()).add(split)
+    assert any(len(splits) > 1 for splits in families.values())
+
+
+def test_group_by_an_unknown_column_is_an_input_error(tmp_path):
+    manifest = write_family_manifest(tmp_path)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    with pytest.raises(InputError, match="no 'clan' column"):
+        sample_pairs(index, PairRequest(parse_ratio("1:1"), 40, seed=0, group_by="clan"))
+
+
+def test_protocol_folds_and_pairs_follow_the_rules(tmp_path):
+    manifest = write_family_manifest(tmp_path, families=10)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    protocol = FamilyProtocol(folds=5, pairs_per_class=10, seed=1)
+    folds = family_folds(index, protocol)
+    family = np.array(index.attributes["family"])
+    for name in np.unique(family):
+        assert len(set(folds[family == name])) == 1
+    assert sorted(np.bincount(folds)) == [24] * 5  # two families of 12 images per fold
+    pairs = protocol_pairs(index, folds, protocol)
+    identity = index.identity_codes
+    age = np.array(index.attributes["age_class"])
+    gender = np.array(index.attributes["gender"])
+    assert np.all(folds[pairs.first] == pairs.folds) and np.all(folds[pairs.second] == pairs.folds)
+    same = identity[pairs.first] == identity[pairs.second]
+    assert np.array_equal(same, pairs.labels == 1)
+    cross = pairs.kinds == "cross-age"
+    assert np.all(age[pairs.first][cross & same] != age[pairs.second][cross & same])
+    hard = ~cross
+    assert np.all(age[pairs.first][hard] == age[pairs.second][hard])
+    assert np.all(gender[pairs.first][hard & ~same] == gender[pairs.second][hard & ~same])
+    again = protocol_pairs(index, family_folds(index, protocol), protocol)
+    assert np.array_equal(again.first, pairs.first) and np.array_equal(again.second, pairs.second)
+
+
+def test_korean_family_folds_are_family_disjoint():
+    root = require(KOREAN)
+    index = load_dataset("csv", root, manifest=root / "identities.csv")
+    folds = family_folds(index, FamilyProtocol())
+    family = np.array(index.attributes["family"])
+    assert all(len(set(folds[family == name])) == 1 for name in np.unique(family))
+    assert len(np.unique(folds)) == 5
