@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
-import torch
 
 from . import __version__
 from .errors import InputError
@@ -41,6 +40,8 @@ FORMAT_VERSION = 1
 
 def versions() -> dict:
     """The library versions a checkpoint was written with."""
+    import torch
+
     return {"kface": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
             "python": platform.python_version()}
 
@@ -62,12 +63,16 @@ def plain(value: Any) -> Any:
 
 def save_checkpoint(path: os.PathLike, payload: dict) -> None:
     """Write ``payload`` with ``torch.save``, atomically (a temp file in the same folder, then a rename)."""
+    import torch
+
     with atomic_path(path, suffix=".pt") as temp:
         torch.save(payload, temp)
 
 
 def load_checkpoint(path: os.PathLike, expected: str = FORMAT) -> dict:
     """Load a kface checkpoint with ``weights_only=True`` (on the CPU) and check what it is."""
+    import torch  # here, not at the top: a cached ONNX export serves verify without torch
+
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such model file")
@@ -174,14 +179,68 @@ def pair_model_from_checkpoint(checkpoint: dict):
 
 def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dlib",
                              threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
-                             cache: bool = True, progress: bool = False, max_pixels: Optional[int] = None):
+                             cache: bool = True, progress: bool = False, max_pixels: Optional[int] = None,
+                             engine: str = "onnx"):
     """A :class:`~kface.api.Verifier` for the trained model in ``model`` (a model.pt).
 
     The backbone, cut point, test-time augmentation, upsampling and distance come from the
     checkpoint; ``detector`` and ``fallback`` from the caller (a note says when they differ from
     training); the threshold is the checkpoint's unless ``threshold`` is given.
+
+    ``engine``: ``onnx`` (default) runs the whole chip -> vector path (tuned layers and head included)
+    through ONNX Runtime, exported on first use and cached by the checkpoint's sha256
+    (:mod:`kface.engines.cached`), so later calls import no torch; ``torch`` runs the PairModel.
     """
+    from .engines import ENGINES
+
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if engine == "onnx":
+        return _onnx_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels)
+    return _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels)
+
+
+def _note_face_settings(model, features: dict, detector: str, fallback: str) -> None:
     import logging
+
+    for name, given in (("detector", detector), ("fallback", fallback)):
+        if given != features[name]:
+            logging.getLogger("kface").info("%s was trained with --%s %s; verifying with --%s %s",
+                                            model, name, features[name], name, given)
+
+
+def _threshold_and_source(model, saved: dict, threshold: Optional[float]) -> tuple[float, str]:
+    if threshold is not None:
+        return threshold, "--threshold"
+    return saved["value"], f"{model}: {saved['rule']} rule on the {saved['split'] or 'given'} split"
+
+
+def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
+    from .api import Verifier
+    from .embeddings import Embedder
+    from .engines.cached import checkpoint_network
+    from .engines.embedder import NetworkEmbedder
+
+    network, card = checkpoint_network(model, device)
+    features = card["features"]
+    _note_face_settings(model, features, detector, fallback)
+    # The graph holds the backbone, flip averaging and head: the Embedder only finds and caches faces.
+    faces = Embedder(card["backbone"], detector=detector, upsample=features["upsample"], fallback=fallback,
+                     device=device, cache=cache, progress=progress, max_pixels=max_pixels)
+    mapping = card["probability"]
+    sharpness, offset = float(np.exp(mapping["log_sharpness"])), mapping["offset"]
+
+    def probability(distances: np.ndarray) -> np.ndarray:
+        # DistanceToProbability: sigmoid(sharpness * (offset - distance)).
+        return 1.0 / (1.0 + np.exp(-sharpness * (offset - np.asarray(distances, dtype=np.float32))))
+
+    value, source = _threshold_and_source(model, card["threshold"], threshold)
+    return Verifier(NetworkEmbedder(faces, network), value, source, distance=card["distance"],
+                    probability=probability, model_path=str(model))
+
+
+def _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
+    import torch
 
     from .api import Verifier
     from .embeddings import Embedder
@@ -189,11 +248,8 @@ def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dl
 
     checkpoint = load_checkpoint(model)
     features = checkpoint["features"]
-    weights = _weights_file(checkpoint, model)
-    for name, given in (("detector", detector), ("fallback", fallback)):
-        if given != features[name]:
-            logging.getLogger("kface").info("%s was trained with --%s %s; verifying with --%s %s",
-                                            model, name, features[name], name, given)
+    weights = checkpoint_weights_file(checkpoint, model)
+    _note_face_settings(model, features, detector, fallback)
     # With trained backbone layers the model averages the views itself (--tta flip), after those layers.
     embedder_tta = features["tta"] if features["cut"] == "none" else "none"
     embedder = Embedder(checkpoint["backbone"], detector=detector, upsample=features["upsample"], fallback=fallback,
@@ -214,17 +270,14 @@ def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dl
         with torch.inference_mode():
             return pair_model.probability(torch.as_tensor(np.asarray(distances, dtype=np.float32))).numpy()
 
-    saved = checkpoint["threshold"]
-    if threshold is None:
-        value = saved["value"]
-        source = f"{model}: {saved['rule']} rule on the {saved['split'] or 'given'} split"
-    else:
-        value, source = threshold, "--threshold"
+    value, source = _threshold_and_source(model, checkpoint["threshold"], threshold)
     return Verifier(embedder, value, source, distance=checkpoint["distance"], head=head, probability=probability,
                     model_path=str(model))
 
 
-def _weights_file(checkpoint: dict, model) -> Optional[str]:
+def checkpoint_weights_file(checkpoint: dict, model) -> Optional[str]:
+    """The backbone weights file a checkpoint was trained with (None for the packaged weights), checked
+    by sha256."""
     weights = checkpoint.get("weights")
     if not weights:
         return None

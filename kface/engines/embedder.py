@@ -1,0 +1,53 @@
+"""Images -> vectors through an exported network, with :class:`~kface.embeddings.Embedder`'s interface.
+
+:class:`NetworkEmbedder` takes the faces (aligned chips, cached) from an Embedder and runs them through
+an :class:`~kface.engines.runtime.OnnxNetwork` holding a model's whole chip -> vector path (a tuned
+checkpoint's suffix and head included), so a :class:`~kface.api.Verifier` serves the model with no torch.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..embeddings import EmbeddingResult, Embedder
+from ..features import _source_name  # the names Embedder gives (errors are keyed by them)
+from ..images import ImageSource
+from .runtime import OnnxNetwork
+
+
+class NetworkEmbedder:
+    """``embed(sources)`` -> :class:`~kface.embeddings.EmbeddingResult` of ``network``'s vectors.
+
+    Faces come from ``embedder.faces`` (its detector, face cache and fallback); everything else
+    (``spec``, ``settings``, ``close``...) is the wrapped Embedder's.
+    """
+
+    def __init__(self, embedder: Embedder, network: OnnxNetwork):
+        self.embedder = embedder
+        self.network = network
+
+    def embed(self, sources: Sequence[ImageSource], on_error: str = "raise") -> EmbeddingResult:
+        entries, errors = self.embedder.faces(sources, on_error=on_error)
+        names = [_source_name(source, i, len(sources)) for i, source in enumerate(sources)]
+        kept = [i for i, entry in enumerate(entries) if entry is not None]
+        vectors = self.network.run(np.stack([entries[i].chip for i in kept])) if kept else None
+        dim = vectors.shape[1] if vectors is not None else self.embedder.spec.embedding_size
+        embeddings = np.full((len(sources), dim), np.nan, dtype=np.float32)
+        if kept:
+            embeddings[kept] = vectors
+        return EmbeddingResult(
+            paths=names, embeddings=embeddings,
+            found=np.array([entry is not None and entry.found for entry in entries], dtype=bool),
+            stages=[entry.stage if entry is not None else "error" for entry in entries],
+            boxes=[entry.box if entry is not None else None for entry in entries],
+            n_faces=np.array([entry.n_faces if entry is not None else 0 for entry in entries], dtype=np.int64),
+            errors=errors, computed=len(kept))
+
+    def __getattr__(self, name: str):
+        if name == "embedder":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.embedder, name)
+
+    def close(self) -> None:
+        self.embedder.close()

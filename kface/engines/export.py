@@ -1,0 +1,214 @@
+"""Export PyTorch face networks to ONNX: chips (uint8 NHWC) in, vectors out (see :mod:`kface.engines`).
+
+- :class:`ChipGraph` wraps a :class:`~kface.backbones.cut_points.CutPointNetwork` with everything
+  between an aligned chip and the vector a distance is measured on: the network's own preprocessing,
+  flip averaging, the float16 rounding of a cached prefix (what a tuned suffix trained on), and a head.
+- :func:`export_onnx` writes any such module to an ONNX file atomically (dynamic batch axis; with
+  ``fp16`` the weights are stored as float16 and cast back to float32 once, when the session loads).
+- :func:`export_checkpoint` does it for a ``kface train`` checkpoint (``runs/NAME/model.pt``) and
+  returns what it wrote (sha256, size, input and output spec, parity against the PyTorch path).
+- :func:`check_parity` compares a module with its exported file on given chips.
+
+Imports torch: used when exporting, never when an exported file runs (:mod:`.runtime`).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..hashing import file_sha256
+from ..outputs import atomic_path
+from . import INPUT_NAME, OUTPUT_NAME
+
+#: ONNX opset of exported files (onnxruntime >= 1.14 runs it).
+OPSET = 17
+#: Weights smaller than this stay float32 with ``fp16`` (biases, affine vectors: nothing to save).
+FP16_MIN_ELEMENTS = 1024
+#: Seeded chips the export checks parity on (real-face parity is in tests/test_engines.py).
+PARITY_CHIPS = 8
+PARITY_SEED = 0
+
+
+class ChipGraph(nn.Module):
+    """(N, S, S, 3) uint8 RGB chips -> (N, D) float32: the whole chip-to-vector path of one model.
+
+    Args:
+        network: a :class:`~kface.backbones.cut_points.CutPointNetwork` in eval mode (for inference,
+            dlib's affine layers folded: :func:`~kface.backbones.trainable.inference_network`).
+        cut: where a cached prefix ends (``fc``, ``last-block``, ``last-stage``): the prefix output is
+            rounded to float16 there, as the feature store held it when the suffix trained. ``none``
+            and ``all`` run the network straight through.
+        flip: average the vectors of each chip and its mirror image (``--tta flip``).
+        head: applied to the (averaged) vector; None for the backbone's own embedding.
+    """
+
+    def __init__(self, network: nn.Module, cut: str = "none", flip: bool = False, head: Optional[nn.Module] = None):
+        super().__init__()
+        self.network = network
+        self.cut = cut
+        self.flip = flip
+        self.head = head if head is not None else nn.Identity()
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        count = chips.shape[0]
+        if self.flip:
+            chips = torch.cat([chips, torch.flip(chips, dims=[2])])  # NHWC: dims 2 is left-right
+        x = self.network.prepare_chips(chips)
+        if self.cut in ("none", "all"):
+            vectors = self.network(x)
+        else:
+            prefix = self.network.forward_prefix(x, self.cut).to(torch.float16).float()
+            vectors = self.network.forward_suffix(prefix, self.cut)
+        if self.flip:
+            vectors = (vectors[:count] + vectors[count:]) / 2
+        return self.head(vectors)
+
+
+def _fp16_weights(model) -> None:
+    """Store ``model``'s large float32 initialisers as float16, each read through one Cast to float32.
+
+    onnxruntime folds the casts when the session loads, so the network computes in float32 from
+    weights rounded to float16: half the file, the same speed.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    casts = []
+    for initializer in graph.initializer:
+        if initializer.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(initializer)
+        if values.size < FP16_MIN_ELEMENTS:
+            continue
+        name = initializer.name
+        half_name = f"{name}__fp16"
+        initializer.CopyFrom(numpy_helper.from_array(values.astype(np.float16), half_name))
+        casts.append(helper.make_node("Cast", [half_name], [name], to=onnx.TensorProto.FLOAT, name=f"{name}__cast"))
+    for index, node in enumerate(casts):  # before every consumer: keeps the node list topologically sorted
+        graph.node.insert(index, node)
+
+
+def export_onnx(module: nn.Module, path: Union[str, os.PathLike], chip_size: int, fp16: bool = False,
+                metadata: Optional[dict] = None) -> dict:
+    """Export ``module`` (uint8 (N, chip_size, chip_size, 3) chips -> (N, D) float32) to ``path``, atomically.
+
+    The batch axis is dynamic. ``fp16`` stores large weights as float16 (computation stays float32).
+    ``metadata`` (str -> str) goes into the file's metadata_props. Returns ``{sha256, size_bytes, input,
+    output, fp16, opset}``.
+    """
+    import onnx
+
+    module = module.eval()
+    example = torch.zeros(2, chip_size, chip_size, 3, dtype=torch.uint8)
+    with torch.no_grad():
+        dim = int(module(example).shape[1])
+    path = Path(path)
+    with atomic_path(path, suffix=".onnx") as temp:
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter: one self-contained file, shapes static but for the batch axis
+            # (its warnings that shape checks become constants say just that).
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(module, (example,), str(temp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        model = onnx.load(str(temp))
+        if fp16:
+            _fp16_weights(model)
+        for key, value in (metadata or {}).items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = str(key), str(value)
+        model.producer_name = "kface"
+        onnx.checker.check_model(model)
+        onnx.save(model, str(temp))
+    return {"sha256": file_sha256(path), "size_bytes": path.stat().st_size,
+            "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", chip_size, chip_size, 3],
+                      "layout": "NHWC RGB aligned chips"},
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", dim]},
+            "fp16": bool(fp16), "opset": OPSET}
+
+
+def parity_chips(chip_size: int, count: int = PARITY_CHIPS, seed: int = PARITY_SEED) -> np.ndarray:
+    """Seeded smooth random chips: a numeric check of an export (tests check real faces)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, size=(count, chip_size // 10 + 1, chip_size // 10 + 1, 3)).astype(np.float32)
+    chips = np.repeat(np.repeat(coarse, 10, axis=1), 10, axis=2)[:, :chip_size, :chip_size]
+    return np.clip(chips + rng.normal(0, 12, chips.shape), 0, 255).astype(np.uint8)
+
+
+def check_parity(module: nn.Module, path: Union[str, os.PathLike], chips: np.ndarray) -> dict:
+    """``{max_abs_diff, min_cosine, chips}`` between ``module`` and its ONNX file ``path`` on ``chips``."""
+    from .runtime import OnnxNetwork
+
+    with torch.no_grad():
+        reference = module.eval()(torch.from_numpy(np.ascontiguousarray(chips))).numpy().astype(np.float64)
+    exported = OnnxNetwork(path, device="cpu").run(chips).astype(np.float64)
+    cosine = (reference * exported).sum(1) / np.maximum(
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(exported, axis=1), 1e-12)
+    return {"max_abs_diff": float(np.abs(reference - exported).max()), "min_cosine": float(cosine.min()),
+            "chips": int(len(chips))}
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+def checkpoint_graph(checkpoint: dict, weights: Optional[str] = None) -> ChipGraph:
+    """The :class:`ChipGraph` of a loaded ``kface train`` checkpoint: its backbone with the tuned layers
+    in place, its cut, flip averaging and head, computing what ``verify --engine torch`` computes.
+
+    ``weights``: the backbone's weights file where the checkpoint names one (checked by the caller).
+    """
+    from ..backbones.trainable import TRAINABLE_BACKBONES, inference_network, load_network
+    from ..checkpoints import pair_model_from_checkpoint
+    from ..backbones.suffix import ChipInput
+
+    backbone = checkpoint["backbone"]
+    if backbone not in TRAINABLE_BACKBONES:
+        raise InputError(f"exporting a checkpoint needs a PyTorch backbone ({', '.join(TRAINABLE_BACKBONES)}); "
+                         f"this one was trained on {backbone}")
+    features = checkpoint["features"]
+    cut = features["cut"]
+    pair_model = pair_model_from_checkpoint(checkpoint)
+    network = load_network(backbone, weights)
+    if pair_model.suffix is not None:
+        tuned = [module for module in pair_model.suffix if not isinstance(module, ChipInput)]
+        targets = network.suffix_modules(cut)
+        if len(tuned) != len(targets):
+            raise InputError(f"the checkpoint's tuned layers ({len(tuned)}) do not fit {backbone} cut at {cut} "
+                             f"({len(targets)} steps)")
+        with torch.no_grad():
+            for target, module in zip(targets, tuned):
+                target.load_state_dict(module.state_dict())
+    return ChipGraph(inference_network(network).eval(), cut, flip=features["tta"] == "flip",
+                     head=pair_model.head.eval())
+
+
+def export_checkpoint(model_pt_path: Union[str, os.PathLike], onnx_path: Union[str, os.PathLike],
+                      fp16: bool = False) -> dict:
+    """Export the chip -> vector path of a ``kface train`` checkpoint to ``onnx_path``, atomically.
+
+    The graph takes (N, S, S, 3) uint8 RGB chips (S = the backbone's chip size, cut by dlib's 5-point
+    alignment) and returns the vectors the checkpoint's distance is measured on. Returns ``{sha256,
+    size_bytes, input, output, fp16, opset, checkpoint_sha256, backbone, cut, tta, head, distance,
+    parity}`` (``parity``: against the PyTorch module on seeded chips, see :func:`check_parity`).
+    """
+    from ..backbones import get_spec
+    from ..checkpoints import checkpoint_weights_file, load_checkpoint
+
+    checkpoint = load_checkpoint(model_pt_path)
+    graph = checkpoint_graph(checkpoint, checkpoint_weights_file(checkpoint, model_pt_path))
+    chip_size = get_spec(checkpoint["backbone"]).input_size
+    checkpoint_sha = file_sha256(model_pt_path)
+    features = checkpoint["features"]
+    info = export_onnx(graph, onnx_path, chip_size, fp16=fp16,
+                       metadata={"kface_checkpoint_sha256": checkpoint_sha, "kface_backbone": checkpoint["backbone"],
+                                 "kface_cut": features["cut"], "kface_distance": checkpoint["distance"]})
+    info.update({"checkpoint_sha256": checkpoint_sha, "backbone": checkpoint["backbone"], "cut": features["cut"],
+                 "tta": features["tta"], "head": checkpoint["head"]["kind"], "distance": checkpoint["distance"],
+                 "parity": check_parity(graph, onnx_path, parity_chips(chip_size))})
+    return info
