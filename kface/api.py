@@ -38,6 +38,7 @@ class Verification:
     backbone: str
     distance_metric: str
     faces: list[dict] = field(default_factory=list)  # per image: path, found, stage, box, n_faces
+    model: str = ""  # the shipped model's name ("korean", "dlib") or the checkpoint's path
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,7 +48,8 @@ class Verifier:
     """Decides same/different for pairs of images with one embedder, head, distance and threshold."""
 
     def __init__(self, embedder: Embedder, threshold: Optional[float] = None, threshold_source: str = "",
-                 distance: str = "euclidean", head=None, probability=None, model_path: Optional[str] = None):
+                 distance: str = "euclidean", head=None, probability=None, model_path: Optional[str] = None,
+                 model_name: Optional[str] = None):
         from .distances import get_distance
 
         self.embedder = embedder
@@ -56,6 +58,7 @@ class Verifier:
         # A trained model's distance -> P(same) mapping, callable (N,) -> (N,); None for a raw backbone.
         self.probability = probability
         self.model_path = model_path
+        self.model_name = model_name or model_path or embedder.spec.name
         if threshold is None:
             threshold, threshold_source = BASE_THRESHOLDS.get(embedder.spec.family, (None, ""))
             if threshold is None:
@@ -79,11 +82,12 @@ class Verifier:
         faces = [{"path": result.paths[i], "found": bool(result.found[i]), "stage": result.stages[i],
                   "box": list(result.boxes[i]) if result.boxes[i] else None, "n_faces": int(result.n_faces[i])}
                  for i in range(2)]
-        return Verification(distance <= self.threshold, distance, self.threshold, self.threshold_source,
-                            self.embedder.spec.name, self.distance.name, faces)
+        return Verification(self.distance.is_same(distance, self.threshold), distance, self.threshold,
+                            self.threshold_source, self.embedder.spec.name, self.distance.name, faces,
+                            self.model_name)
 
 
-def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib",
+def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE, detector: str = "auto",
                   threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
                   weights: Optional[str] = None, cache: bool = True, progress: bool = False,
                   max_pixels: Optional[int] = None) -> Verifier:
@@ -106,11 +110,11 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
     embedder = Embedder(backbone, detector=detector, fallback=fallback, device=device, weights=weights,
                         cache=cache, progress=progress, max_pixels=max_pixels)
     source = "--threshold" if threshold is not None else ""
-    return Verifier(embedder, threshold, source)
+    return Verifier(embedder, threshold, source, model_name=STOCK_MODEL if backbone == DEFAULT_BACKBONE else None)
 
 
 def verify(image_a: ImageSource, image_b: ImageSource, *, model: Optional[str] = None,
-           backbone: str = DEFAULT_BACKBONE, detector: str = "dlib", threshold: Optional[float] = None,
+           backbone: str = DEFAULT_BACKBONE, detector: str = "auto", threshold: Optional[float] = None,
            fallback: str = "none", device: str = "auto", cache: bool = True) -> Verification:
     """Are the faces in ``image_a`` and ``image_b`` the same person?
 

@@ -71,6 +71,12 @@ def detector_options(default: str = "dlib", fallback: str = "none"):
     return decorate
 
 
+def model_option(function):
+    return click.option("--model", help="korean (the shipped Korean face model, the default), dlib (stock dlib at its "
+                                        "LFW threshold; with --backbone, that backbone), or a trained "
+                                        "runs/NAME/model.pt.")(function)
+
+
 def device_option(function):
     return click.option("--device", default="auto", show_default=True,
                         help="auto, cpu or cuda (torch backbones, MTCNN, training).")(function)
@@ -135,9 +141,9 @@ def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, s
 
 @cli.command()
 @click.argument("images", nargs=-1, type=click.Path())
-@click.option("--model", type=click.Path(dir_okay=False), help="A trained model (runs/NAME/model.pt).")
+@model_option
 @backbone_option
-@detector_options()
+@detector_options(default="auto")
 @click.option("--threshold", type=float, help="Distance threshold (default: the model's or the backbone's measured one).")
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), help="Score a whole pair file instead of A B.")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root for the pair file's relative paths.")
@@ -405,7 +411,7 @@ def benchmark() -> None:
 @click.option("--lfw-dir", required=True, type=click.Path(file_okay=False),
               help="LFW folder: images/<Name>/<Name>_NNNN.jpg (or <Name>/ directly) and pairs.txt.")
 @click.option("--pairs-file", type=click.Path(dir_okay=False), help="View-2 pairs file (default: LFW_DIR/pairs.txt).")
-@click.option("--model", type=click.Path(dir_okay=False), help="A trained model instead of the raw backbone.")
+@model_option
 @backbone_option
 @detector_options(fallback="whole-image")
 @click.option("--rule", default="max-accuracy", show_default=True,
@@ -482,6 +488,27 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
         print_json({"out": out, "rows": rows})
     elif not quiet:
         click.echo(Path(out, "benchmark.md").read_text(encoding="utf-8"), nl=False)
+
+
+@cli.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print every model card as JSON on stdout.")
+@handle_errors
+def models(as_json):
+    """The face models that ship with kface: data, recipe, threshold, figures, size and sha256."""
+    from .models import default_model, describe, shipped_names
+
+    cards = [describe(name) for name in shipped_names()]
+    if as_json:
+        print_json({"default": default_model(), "models": cards})
+        return
+    for body in cards:
+        marker = " (default)" if body["name"] == default_model() else ""
+        threshold = body["threshold"]
+        click.echo(f"{body['name']}{marker}: {body['description']}")
+        click.echo(f"  threshold {threshold['value']:.4f} ({threshold['rule']}): {threshold['source']}")
+        for line in body.get("figures_text", []):
+            click.echo(f"  {line}")
+        click.echo(f"  file {body['file']} ({body['size_bytes'] / 2**20:.1f} MiB, sha256 {body['sha256']})")
 
 
 # -- age and gender --------------------------------------------------------------------------------
@@ -607,8 +634,7 @@ def _command_line(ctx: click.Context) -> str:
 @cli.command("overlap-report")
 @click.option("--pairs", "pairs_file", required=True, type=click.Path(dir_okay=False),
               help="Pair file (make-pairs); the threshold is chosen on its val split, the numbers come from --split.")
-@click.option("--model", type=click.Path(dir_okay=False),
-              help="A trained model (runs/NAME/model.pt) [default: the untrained --backbone].")
+@model_option
 @backbone_option
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
 @detector_options(default="auto", fallback="whole-image")
@@ -756,14 +782,14 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
 
 
 @cli.command()
-@click.option("--model", type=click.Path(dir_okay=False), help="A trained model (runs/NAME/model.pt).")
+@model_option
 @click.option("--attributes-model", type=click.Path(dir_okay=False),
               help="An attribute model from kface train-attributes, for age group and gender (POST /analyze).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback lets other machines upload faces (a warning says so).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one).")
 @backbone_option
-@detector_options()
+@detector_options(default="auto")
 @click.option("--threshold", type=float, help="Distance threshold (default: the model's or the backbone's measured one).")
 @click.option("--distances", type=click.Path(dir_okay=False),
               help="Labelled distances to draw on the page (CSV with label,distance[,split], e.g. from "

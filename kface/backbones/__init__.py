@@ -53,6 +53,10 @@ BACKBONES: dict[str, BackboneSpec] = {
                      "facenet-pytorch InceptionResnetV1 trained on CASIA-WebFace (weights: download or --weights)"),
     ]
 }
+#: Networks of the shipped models (kface/models/), run through ONNX Runtime; use them as --model NAME.
+BACKBONES["kface-korean-v1"] = BackboneSpec(
+    "kface-korean-v1", "shipped", "ShippedBackbone", "kface-korean-v1", 150, 0.25, 128,
+    "the shipped Korean face model's network (dlib's ResNet, last stage tuned on Korean faces); --model korean")
 #: The default name: dlib's descriptor served by dlib-native for one-off calls, dlib-torch for batches.
 BACKBONES[DEFAULT_BACKBONE] = BackboneSpec(
     DEFAULT_BACKBONE, "dlib_resnet", "DlibResnetBackbone", "dlib-resnet-v1", 150, 0.25, 128,

@@ -23,8 +23,8 @@ CARDS = {"korean": "korean-v1.json"}
 
 
 def shipped_names() -> list[str]:
-    """Every model name ``--model`` accepts besides a checkpoint path."""
-    return sorted({STOCK_MODEL, *CARDS})
+    """Every model name ``--model`` accepts besides a checkpoint path (a card only counts where it ships)."""
+    return sorted({STOCK_MODEL, *(name for name, file in CARDS.items() if (MODELS_DIR / file).is_file())})
 
 
 def default_model() -> str:
@@ -54,6 +54,31 @@ def card(name: str) -> dict:
     return body
 
 
+def model_of_backbone(backbone: str) -> str:
+    """The shipped model whose network the backbone registry entry ``backbone`` is."""
+    for name in CARDS:
+        if card(name)["backbone"] == backbone:
+            return name
+    raise KfaceError(f"backbone {backbone} belongs to no shipped model")
+
+
 def network_path(name: str) -> Path:
     """The checked network file of shipped model ``name``."""
     return MODELS_DIR / card(name)["file"]
+
+
+def describe(name: str) -> dict:
+    """What ``kface models`` shows of one model: its card, or for stock dlib the descriptor file's facts."""
+    if name == STOCK_MODEL:
+        from ..api import BASE_THRESHOLDS
+        from ..models_path import DLIB_RESNET, model_file
+
+        path = model_file(DLIB_RESNET)
+        value, source = BASE_THRESHOLDS["dlib-resnet-v1"]
+        return {"name": STOCK_MODEL, "description": "dlib's stock ResNet face descriptor (web photos, mostly "
+                "Western adults), from the face_recognition_models package", "file": str(path),
+                "size_bytes": path.stat().st_size, "sha256": file_sha256(path), "distance": "euclidean",
+                "threshold": {"value": value, "rule": "max-accuracy", "source": source}}
+    body = dict(card(name))
+    body["file"] = str(network_path(name))
+    return body

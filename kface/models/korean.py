@@ -1,0 +1,114 @@
+"""How the shipped Korean face model is made: train its recipe, export it to ONNX, write its card.
+
+Run through ``python -m kface.models.build korean --root <korean_family>`` (see :mod:`kface.models.build`).
+Training uses every family except the held-out ones (``korean-heldout-families.txt``), a tenth of the
+training families as val (family-disjoint; val picks the epoch and the threshold). The held-out families
+give the card's figures, for this model and for stock dlib, with the family protocol
+(:mod:`kface.family_benchmark`).
+"""
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from . import MODELS_DIR
+from .build import HELDOUT_FILE, SOURCE
+
+NAME = "korean"
+VERSION = "v1"
+RECIPE_FILE = MODELS_DIR / "recipes" / f"korean-{VERSION}.json"
+NETWORK_FILE = MODELS_DIR / f"korean-{VERSION}.onnx"
+CARD_FILE = MODELS_DIR / f"korean-{VERSION}.json"
+BACKBONE = f"kface-korean-{VERSION}"
+RUN_DIR = Path("runs") / f"korean-{VERSION}"
+BUILD_COMMAND = "python -m kface.models.build korean --root ../shared/data/korean_family"
+
+
+def recipe() -> dict:
+    return json.loads(RECIPE_FILE.read_text(encoding="utf-8"))
+
+
+def train_korean(root: Path, run: Path = RUN_DIR, device: str = "auto", progress: bool = True) -> Path:
+    """Train the recipe on every family but the held-out ones; return the run's model.pt."""
+    from ..datasets import load_dataset
+    from ..family_benchmark import read_group_list, restrict_groups, write_manifest
+    from ..train import TrainConfig, train
+
+    index = load_dataset("csv", root, manifest=root / "identities.csv")
+    training = restrict_groups(index, "family", drop=read_group_list(HELDOUT_FILE))
+    run.mkdir(parents=True, exist_ok=True)
+    manifest = run / "train-families.csv"
+    write_manifest(training, np.arange(len(training)), manifest)
+    settings = {"split": "0.9:0.1:0", "seed": 0, "device": device, **recipe(), "pairs": None, "out": str(run),
+                "dataset": "csv", "root": str(root), "manifest": str(manifest), "group_by": "family"}
+    train(TrainConfig.from_dict(settings), progress=progress)
+    return run / "model.pt"
+
+
+def build_korean(root: Path, device: str = "auto") -> str:
+    """Train (unless the run has finished), export, score on the held-out families, write the card."""
+    from ..engines import export_checkpoint
+    from ..hashing import file_sha256
+    from ..outputs import write_text
+    from .. import __version__
+
+    model = RUN_DIR / "model.pt"
+    if not model.is_file():
+        model = train_korean(root, device=device)
+    exported = export_checkpoint(model, NETWORK_FILE, fp16=True)
+    from ..checkpoints import load_checkpoint
+
+    checkpoint = load_checkpoint(model)
+    threshold = checkpoint["threshold"]
+    body = {
+        "name": NAME, "version": VERSION, "backbone": BACKBONE,
+        "description": "dlib's ResNet descriptor with its last stage tuned on Korean family-album faces "
+                       "(children to grandparents, scanned film) by kface's metric-loss recipe",
+        "file": NETWORK_FILE.name, "sha256": file_sha256(NETWORK_FILE), "size_bytes": NETWORK_FILE.stat().st_size,
+        "format": {"engine": "onnxruntime", **{k: v for k, v in exported.items() if k != "sha256"}},
+        "input": {"chip_size": 150, "chip_padding": 0.25, "pixels": "uint8 RGB, aligned by dlib's 5-point model"},
+        "embedding_size": 128, "distance": checkpoint["distance"],
+        "faces": {"detector": "auto", "upsample": checkpoint["features"]["upsample"],
+                  "tta": checkpoint["features"]["tta"]},
+        "threshold": {"value": float(threshold["value"]), "rule": threshold["rule"],
+                      "source": f"{threshold['rule']} rule on the val families' pairs (family-disjoint from "
+                                f"training; the held-out families never used)"},
+        "recipe": recipe(), "recipe_file": str(RECIPE_FILE.relative_to(MODELS_DIR.parent.parent)),
+        "training": {"data": SOURCE, "held_out_families_file": HELDOUT_FILE.name,
+                     "held_out_families_sha256": file_sha256(HELDOUT_FILE), "seed": int(checkpoint["seed"]),
+                     "epoch": int(checkpoint["epoch"]), "val": checkpoint["metrics"], "data_counts": checkpoint["data"]},
+        "made_by": BUILD_COMMAND,
+        "versions": {**checkpoint["versions"], "exported_with_kface": __version__, "python": platform.python_version()},
+    }
+    write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
+    body["figures"] = heldout_figures(root, device)
+    body["figures_text"] = figures_text(body["figures"])
+    write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
+    return f"wrote {NETWORK_FILE} ({body['size_bytes'] / 2**20:.1f} MiB) and {CARD_FILE}"
+
+
+def heldout_figures(root: Path, device: str = "auto") -> dict:
+    """The family protocol on the held-out families only, for this model and stock dlib."""
+    from . import card
+    from ..family_benchmark import run_benchmark
+
+    card.cache_clear()  # the card was just (re)written
+    rows = run_benchmark("csv", str(root), {"manifest": str(root / "identities.csv")}, groups_file=str(HELDOUT_FILE),
+                         models=(NAME, "dlib"), out=RUN_DIR / "heldout-benchmark", device=device)
+    return {"protocol": "kface benchmark families --groups kface/models/korean-heldout-families.txt "
+                        "(5 folds of the 30 held-out families, 400+400 pairs of each kind per fold at most)",
+            "rows": rows}
+
+
+def figures_text(figures: dict) -> list[str]:
+    """One line per model and pair kind, for ``kface models``."""
+    lines = []
+    for row in figures["rows"]:
+        for kind, entry in row["pair_kinds"].items():
+            lines.append(f"held-out families, {kind}: {row['name']} {100 * entry['accuracy']:.2f}% at its own "
+                         f"threshold, {100 * entry['accuracy_folds_threshold']:.2f}% at one chosen on the other "
+                         f"folds; AUC {entry['auc']:.4f}, EER {100 * entry['eer']:.2f}%")
+    return lines
