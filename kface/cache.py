@@ -10,6 +10,7 @@ entries, editing it does not. The folder is ``$KFACE_CACHE_DIR``, else ``$XDG_CA
 from __future__ import annotations
 
 import io
+import logging
 import os
 import sqlite3
 from pathlib import Path
@@ -17,9 +18,13 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from .errors import KfaceError
+log = logging.getLogger("kface")
 
 SCHEMA_VERSION = 1
+#: Seconds a write waits for another process's lock before the cache is left alone for this command.
+LOCK_TIMEOUT_S = 10.0
+#: Set to "1" by ``--no-cache``, so that worker processes and stores opened deep inside a command agree.
+NO_CACHE_ENV = "KFACE_NO_CACHE"
 
 
 def cache_dir() -> Path:
@@ -41,44 +46,101 @@ def unpack(blob: bytes) -> dict[str, np.ndarray]:
         return {name: data[name] for name in data.files}
 
 
+class CacheUnavailable(Exception):
+    """The cache file or folder cannot be used (read-only, locked, not a database)."""
+
+
 class Cache:
-    """A key → arrays store per table. Writes are batched in transactions; reads are by key lists."""
+    """A key → arrays store per table. Writes are batched in transactions; reads are by key lists.
+
+    A cache is never the reason a command fails: a row that does not unpack is a miss (and is deleted),
+    and when the file stops working (read-only, locked past :data:`LOCK_TIMEOUT_S`, damaged) a note
+    says so once and the command carries on without it.
+    """
 
     TABLES = ("faces", "embeddings")
 
     def __init__(self, folder: Optional[os.PathLike] = None):
         folder = Path(folder) if folder is not None else cache_dir()
+        self.path = folder / f"cache-v{SCHEMA_VERSION}.sqlite"
+        self._db: Optional[sqlite3.Connection] = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self.path = folder / f"cache-v{SCHEMA_VERSION}.sqlite"
-            # Several processes (DDP ranks, loader workers) may share the file: wait for locks.
-            self._db = sqlite3.connect(self.path, timeout=60)
+            # Several processes (DDP ranks, loader workers) may share the file: wait for locks, a while.
+            self._db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S)
             self._db.execute("PRAGMA journal_mode=WAL")
             for table in self.TABLES:
                 self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value BLOB)")
             self._db.commit()
         except (OSError, sqlite3.Error) as exc:
-            raise KfaceError(f"cannot open the cache in {folder} ({exc}); set KFACE_CACHE_DIR or use --no-cache")
+            self.close()
+            raise CacheUnavailable(f"{folder}: {_reason(exc)}") from None
+        self._writable = True
 
     def get_many(self, table: str, keys: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
         keys = list(dict.fromkeys(keys))
         found: dict[str, dict[str, np.ndarray]] = {}
-        for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
-            chunk = keys[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, blob in self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk):
-                found[key] = unpack(blob)
+        if self._db is None:
+            return found
+        bad: list[str] = []
+        try:
+            for start in range(0, len(keys), 500):  # SQLite caps the number of bound parameters
+                chunk = keys[start:start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, blob in self._db.execute(f"SELECT key, value FROM {table} WHERE key IN ({marks})", chunk):
+                    try:
+                        found[key] = unpack(blob)
+                    except Exception:  # noqa: BLE001 - np.load raises many types for a damaged blob
+                        bad.append(key)
+        except sqlite3.Error as exc:
+            self._give_up(f"cannot read it ({_reason(exc)})")
+            return {}
+        if bad:
+            log.info("cache: %d damaged entr%s in %s, recomputed", len(bad), "y" if len(bad) == 1 else "ies",
+                     self.path)
+            self._delete(table, bad)
         return found
 
     def put_many(self, table: str, items: dict[str, dict[str, np.ndarray]]) -> None:
-        if not items:
+        if not items or self._db is None or not self._writable:
             return
-        with self._db:
-            self._db.executemany(f"INSERT OR REPLACE INTO {table} (key, value) VALUES (?, ?)",
-                                 [(key, pack(arrays)) for key, arrays in items.items()])
+        try:
+            with self._db:
+                self._db.executemany(f"INSERT OR REPLACE INTO {table} (key, value) VALUES (?, ?)",
+                                     [(key, pack(arrays)) for key, arrays in items.items()])
+        except sqlite3.Error as exc:
+            # Reads may still work (a read-only file): keep them, stop writing.
+            self._writable = False
+            log.warning("cache: cannot write %s (%s); carrying on without storing new entries",
+                        self.path, _reason(exc))
+
+    def _delete(self, table: str, keys: list[str]) -> None:
+        if not self._writable:
+            return
+        try:
+            with self._db:
+                self._db.executemany(f"DELETE FROM {table} WHERE key = ?", [(key,) for key in keys])
+        except sqlite3.Error:
+            self._writable = False  # the put that follows would fail the same way; the note comes from it
+
+    def _give_up(self, why: str) -> None:
+        log.warning("cache: %s: %s; carrying on without the cache", self.path, why)
+        self.close()
 
     def close(self) -> None:
-        self._db.close()
+        # Closing never raises: a cache error must not hide the error that ended the command.
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+            self._db = None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
 
 
 class NullCache:
@@ -97,5 +159,13 @@ class NullCache:
 
 
 def open_cache(enabled: bool = True, folder: Optional[os.PathLike] = None):
-    """A :class:`Cache`, or a :class:`NullCache` when caching is off."""
-    return Cache(folder) if enabled else NullCache()
+    """A :class:`Cache`, or a :class:`NullCache` when caching is off or the cache cannot be used (a note
+    on stderr says why)."""
+    if not enabled or os.environ.get(NO_CACHE_ENV) == "1":
+        return NullCache()
+    try:
+        return Cache(folder)
+    except CacheUnavailable as exc:
+        log.warning("cache: cannot use %s; carrying on without the cache (set KFACE_CACHE_DIR or --cache-dir "
+                    "to use another folder)", exc)
+        return NullCache()

@@ -61,11 +61,12 @@ def plain(value: Any) -> Any:
     return value
 
 
-def save_checkpoint(path: os.PathLike, payload: dict) -> None:
-    """Write ``payload`` with ``torch.save``, atomically (a temp file in the same folder, then a rename)."""
+def save_checkpoint(path: os.PathLike, payload: dict, durable: bool = False) -> None:
+    """Write ``payload`` with ``torch.save``, atomically (a temp file in the same folder, then a rename);
+    ``durable``: fsynced, file and folder (see :func:`kface.outputs.atomic_path`)."""
     import torch
 
-    with atomic_path(path, suffix=".pt") as temp:
+    with atomic_path(path, suffix=".pt", durable=durable) as temp:
         torch.save(payload, temp)
 
 
@@ -85,7 +86,80 @@ def load_checkpoint(path: os.PathLike, expected: str = FORMAT) -> dict:
         raise InputError(f"{path}: expected a {expected} checkpoint, found {found!r}")
     if payload.get("format_version", 0) > FORMAT_VERSION:
         raise InputError(f"{path}: written by a newer kface (format {payload['format_version']}); upgrade kface")
+    problem = (model_problem if expected == FORMAT else state_problem if expected == STATE_FORMAT else None)
+    found = problem(payload) if problem is not None else None
+    if found:
+        raise InputError(f"{path}: damaged or foreign {expected} checkpoint ({found})")
     return payload
+
+
+STATE_FORMAT = "kface-train-state"
+#: The largest embedding or projection a checkpoint may declare: sizes build layers before any weight is
+#: read, so a crafted file could otherwise ask for terabytes. Real backbones give 128 or 512.
+MAX_EMBEDDING_SIZE = 8192
+#: The most values a stored feature row may declare (a cut point's activation map; dlib's largest is 150×150×32).
+MAX_FEATURE_VALUES = 4_000_000
+
+
+def model_problem(payload: dict) -> Optional[str]:
+    """What is wrong with a loaded kface-model payload's structure (None when it can be used).
+
+    Checks keys, types and bounded sizes, so that building the model from it cannot fail with a raw
+    KeyError nor allocate without bound; the state's tensor shapes are checked when it is loaded
+    (:func:`pair_model_from_checkpoint`)."""
+    import torch
+
+    for key, kind in (("backbone", str), ("features", dict), ("head", dict), ("distance", str),
+                      ("threshold", dict)):
+        if not isinstance(payload.get(key), kind):
+            return f"'{key}' missing or not a {kind.__name__}"
+    head, features = payload["head"], payload["features"]
+    for key, kind in (("kind", str), ("cut", str), ("loss", str), ("state", dict)):
+        if not isinstance(head.get(key), kind):
+            return f"'head.{key}' missing or not a {kind.__name__}"
+    problem = _bounded_int(head.get("embedding_size"), "head.embedding_size", MAX_EMBEDDING_SIZE)
+    if problem is None and head.get("dims") is not None:
+        problem = _bounded_int(head["dims"], "head.dims", MAX_EMBEDDING_SIZE)
+    if problem:
+        return problem
+    if not all(isinstance(value, torch.Tensor) for value in head["state"].values()):
+        return "'head.state' holds something other than tensors"
+    for key in ("cut", "tta", "detector", "upsample", "fallback", "shape"):
+        if key not in features:
+            return f"'features.{key}' missing"
+    shape = features["shape"]
+    if (not isinstance(shape, (list, tuple)) or not shape
+            or any(_bounded_int(size, "size", MAX_FEATURE_VALUES) for size in shape)
+            or int(np.prod(shape)) > MAX_FEATURE_VALUES):
+        return f"'features.shape' is not a plausible feature shape ({str(shape)[:80]})"
+    value = payload["threshold"].get("value")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not np.isfinite(value):
+        return "'threshold.value' missing or not a finite number"
+    return None
+
+
+def state_problem(payload: dict) -> Optional[str]:
+    """What is wrong with a loaded kface-train-state payload's structure (None when it can be used)."""
+    for key, kind in (("epoch", int), ("config", dict), ("pairs_sha256", str), ("model", dict),
+                      ("optimizer", dict), ("scheduler", dict), ("scaler", dict), ("history", list)):
+        if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
+            return f"'{key}' missing or not a {kind.__name__}"
+    if payload["epoch"] < 0:
+        return "'epoch' is negative"
+    best = payload.get("best_model")
+    if best is not None:
+        if not isinstance(best, dict) or best.get("format") != FORMAT:
+            return "'best_model' is not a kface-model checkpoint"
+        problem = model_problem(best)
+        if problem:
+            return f"best_model: {problem}"
+    return None
+
+
+def _bounded_int(value, name: str, limit: int) -> Optional[str]:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+        return f"'{name}' is {str(value)[:40]!r}, not a whole number from 1 to {limit}"
+    return None
 
 
 def threshold_record(threshold) -> dict:
@@ -173,8 +247,17 @@ def pair_model_from_checkpoint(checkpoint: dict):
     head = checkpoint["head"]
     model = build_pair_model(head["kind"], head["embedding_size"], checkpoint["distance"], head["cut"], head["loss"],
                              backbone=checkpoint["backbone"], dims=head.get("dims"))
-    model.load_state_dict(head["state"])
+    load_state(model, head["state"], "the checkpoint's head")
     return model.eval()
+
+
+def load_state(module, state: dict, what: str) -> None:
+    """``module.load_state_dict(state)``, with missing, unexpected or misshapen tensors an InputError."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        first = " ".join(str(exc).split())[:300]
+        raise InputError(f"{what} does not fit the model it describes ({first})") from None
 
 
 def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dlib",

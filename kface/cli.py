@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import sys
 
 import click
@@ -82,9 +83,27 @@ def device_option(function):
                         help="auto, cpu or cuda (torch backbones, MTCNN, training).")(function)
 
 
+def _set_cache_env(ctx: click.Context, param: click.Parameter, value):
+    """--cache-dir / --no-cache reach every cache a command opens, its worker processes' included."""
+    if value and param.name == "cache_dir":
+        os.environ["KFACE_CACHE_DIR"] = str(value)
+    elif value:
+        from .cache import NO_CACHE_ENV
+
+        os.environ[NO_CACHE_ENV] = "1"
+    return value
+
+
+def cache_dir_option(function):
+    return click.option("--cache-dir", type=click.Path(file_okay=False), expose_value=False, callback=_set_cache_env,
+                        help="Cache folder for this command [default: $KFACE_CACHE_DIR or ~/.cache/kface].")(function)
+
+
 def common_options(function):
     function = click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")(function)
-    function = click.option("--no-cache", is_flag=True, help="Do not read or write the face/embedding cache.")(function)
+    function = cache_dir_option(function)
+    function = click.option("--no-cache", is_flag=True, callback=_set_cache_env,
+                            help="Do not read or write the face/embedding cache.")(function)
     return function
 
 
@@ -355,6 +374,9 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
+@click.option("--no-cache", is_flag=True, expose_value=False, callback=_set_cache_env,
+              help="Neither read nor write the face/embedding cache; the feature store is a temporary folder.")
+@cache_dir_option
 @click.pass_context
 @handle_errors
 def train(ctx, resume, as_json, quiet, **options):
@@ -820,8 +842,10 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="kface")
+    """Console-script entry point: every failure, kface's or not, ends as one ``error:`` line."""
+    from .cli_errors import run
+
+    run(cli, prog_name="kface")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,8 @@ import torch
 
 from .backbones import DEFAULT_BACKBONE, get_spec
 from .backbones.trainable import VIEWS, check_cut_device
-from .checkpoints import file_sha256, load_checkpoint, model_checkpoint, plain, save_checkpoint, versions
+from .checkpoints import (STATE_FORMAT, file_sha256, load_checkpoint, load_state, model_checkpoint, plain,
+                          save_checkpoint, versions)
 from .distances import get_distance
 from .errors import InputError, KfaceError
 from .faces import DETECTORS, FALLBACKS
@@ -296,11 +297,12 @@ class TrainingData:
     identities: Optional[list] = None
 
 
-def load_training_data(config: TrainConfig, *, progress: bool = False) -> TrainingData:
+def load_training_data(config: TrainConfig, *, progress: bool = False, resume: bool = False) -> TrainingData:
     """The train and val pairs of the pair file with the stored frozen features of their images, and for
     identity batches the images of the train identities (see :mod:`kface.identity_training`).
 
-    With ``--dataset`` the pairs are sampled first, into ``<out>/pairs.csv``. Pairs with an image that
+    With ``--dataset`` the pairs are sampled first, into ``<out>/pairs.csv`` (``resume``: the run's own
+    pairs.csv is read, never sampled again: it is what ``last.pt`` was trained on). Pairs with an image that
     could not be read or had no face are dropped, counted per split and reported (``note:`` lines);
     too few usable pairs is an :class:`InputError`.
     """
@@ -308,7 +310,13 @@ def load_training_data(config: TrainConfig, *, progress: bool = False) -> Traini
     from .pairs import read_pairs
 
     pair_file, index = config.pair_file(), None
-    if config.dataset is not None:
+    if config.dataset is not None and resume:
+        from .datasets import load_dataset
+
+        options = {"manifest": config.manifest} if config.manifest else {}
+        index = load_dataset(config.dataset, config.root, progress=progress, **options)
+        pairs = read_pairs(pair_file)
+    elif config.dataset is not None:
         options = {"manifest": config.manifest} if config.manifest else {}
         pairs, index = write_dataset_pairs(config.dataset, config.root, pair_file, ratio=config.ratio,
                                            pair_count=config.dataset_pairs, split=config.split, seed=config.seed,
@@ -328,7 +336,7 @@ def load_training_data(config: TrainConfig, *, progress: bool = False) -> Traini
     paths = sorted({p for split in splits.values() for p in split.abs_path_a + split.abs_path_b}
                    | set(identity_images.paths if identity_images else ()))
     store = FeatureStore(config.feature_spec(), device=config.device, workers=config.workers, progress=progress,
-                         max_pixels=config.max_pixels)
+                         max_pixels=config.max_pixels, folder=_feature_store_folder())
     found = store.features(paths)
     row = {path: i for i, path in enumerate(found.paths)}
     indexed, dropped = {}, {}
@@ -365,6 +373,22 @@ def load_training_data(config: TrainConfig, *, progress: bool = False) -> Traini
     indexed["val"].check("val", 2)
     return TrainingData(found.features, indexed["train"], indexed["val"], get_spec(config.backbone).embedding_size,
                         summary, identity_rows, identities)
+
+
+def _feature_store_folder() -> Optional[Path]:
+    """Where the feature store lives: the cache folder (None), or with ``--no-cache`` a temporary folder
+    that is removed when the process ends."""
+    from .cache import NO_CACHE_ENV
+
+    if os.environ.get(NO_CACHE_ENV) != "1":
+        return None
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="kface-features-")
+    atexit.register(shutil.rmtree, folder, True)
+    return Path(folder)
 
 
 def _report(summary: dict, failed: dict[str, str]) -> None:
@@ -671,18 +695,30 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
     try:
         check_cut_device(config.unfreeze, processes.device.type)
         _check_out(config, resume)
+        if processes.main:
+            _remove_stale_temps(Path(config.out))
         started = time.perf_counter()
-        data = processes.local_first(lambda show: load_training_data(config, progress=progress and show))
+        data = processes.local_first(lambda show: load_training_data(config, progress=progress and show,
+                                                                     resume=resume))
         features_seconds = time.perf_counter() - started
         result = fit(config, data, resume=resume, progress=progress and processes.main, on_epoch_end=on_epoch_end,
                      processes=processes)
         result.timing["features_s"] = features_seconds
         if processes.main:
             _write_history(result.out, config, result.history, result.best, data.summary, result.timing,
-                           result.baseline)
+                           result.baseline, durable=True)
         return result
     finally:
         processes.close()
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Temp files a killed run left beside its outputs (never under a final name) are deleted."""
+    from .outputs import remove_stale_temps
+
+    for name in (LAST, MODEL, HISTORY, DATASET_PAIRS, Path(DATASET_PAIRS).with_suffix(".json").name):
+        for stale in remove_stale_temps(out / name):
+            log.info("removed %s, left by an interrupted run", stale)
 
 
 def _check_out(config: TrainConfig, resume: bool) -> None:
@@ -799,6 +835,9 @@ class TrainingRun:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp)
         self.history: list[dict] = []
         self.best: Optional[dict] = None
+        # The best epoch's model.pt payload: it is part of last.pt, so model.pt can always be rebuilt.
+        self.best_model: Optional[dict] = None
+        self._best_changed = False
         self.epoch = 0
         self.timing = {"train_s": 0.0, "validation_s": 0.0}
         self.baseline: Optional[dict] = None
@@ -829,12 +868,16 @@ class TrainingRun:
     def resume(self) -> None:
         """Continue from ``last.pt`` exactly (model, optimiser, schedule, scaler, history, best)."""
         state = load_last(self.out / LAST, self.config, self.data.summary["pairs_sha256"])
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        what = f"{self.out / LAST}"
+        load_state(self.model, state["model"], f"{what}: the model state")
+        for name, part in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("scaler", self.scaler)):
+            load_state(part, state[name], f"{what}: the {name} state")
         self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
         self.baseline = state.get("baseline")  # absent in runs started before it was measured
+        self.best_model = state.get("best_model")  # absent in runs started before it was kept there
+        if self.best_model is not None:
+            # A kill after last.pt's commit but before model.pt's rename: model.pt is rebuilt from it.
+            save_checkpoint(self.out / MODEL, self.best_model, durable=True)
 
     def next_epoch(self) -> dict:
         """Train one epoch on this process's share of the seeded shuffle, then measure and save."""
@@ -948,19 +991,29 @@ class TrainingRun:
         if self.best is None or _better(value, self.best["value"], SELECT_METRICS[self.config.select]):
             self.best = {"epoch": record["epoch"], "metric": self.config.select, "value": value,
                          "threshold": threshold.to_dict()}
-            save_checkpoint(self.out / MODEL, model_checkpoint(
+            self.best_model = model_checkpoint(
                 self.config, self.model, self.data.features.shape[1:], self.data.embedding_size, threshold, values,
-                record["epoch"], self.data.summary, val.distances, val.labels))
+                record["epoch"], self.data.summary, val.distances, val.labels)
+            # On the CPU .detach().cpu() shares the live parameters' storage: keep this epoch's values.
+            head = self.best_model["head"]
+            head["state"] = {name: tensor.clone() for name, tensor in head["state"].items()}
+            self._best_changed = True
 
     def _save_last(self) -> None:
-        """``last.pt`` (everything :meth:`resume` needs) and ``history.json``, both atomically."""
+        """Commit the epoch: ``last.pt`` (everything :meth:`resume` needs, the best model included) is
+        the one commit point, written atomically and fsynced (file and folder); ``model.pt`` and
+        ``history.json`` follow from it. A kill at any moment leaves either no ``last.pt`` (a fresh
+        start is accepted) or a whole one (``--resume`` continues and rebuilds ``model.pt``)."""
         save_checkpoint(self.out / LAST, {
-            "format": "kface-train-state", "format_version": 1, "epoch": self.epoch,
+            "format": STATE_FORMAT, "format_version": 1, "epoch": self.epoch,
             "config": plain(self.config.to_dict()), "pairs_sha256": self.data.summary["pairs_sha256"],
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(), "scheduler": plain(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict(), "history": plain(self.history), "best": plain(self.best),
-            "baseline": plain(self.baseline), "versions": versions()})
+            "best_model": self.best_model, "baseline": plain(self.baseline), "versions": versions()}, durable=True)
+        if self._best_changed:
+            save_checkpoint(self.out / MODEL, self.best_model, durable=True)
+            self._best_changed = False
         _write_history(self.out, self.config, self.history, self.best, self.data.summary, None, self.baseline)
 
 
@@ -1014,7 +1067,7 @@ def _single_threaded_blas():
 # -- files -------------------------------------------------------------------------------------------
 def load_last(path: Path, config: TrainConfig, pairs_sha256: str) -> dict:
     """The training state in ``last.pt``, checked against the config and pair file of this run."""
-    state = load_checkpoint(path, expected="kface-train-state")
+    state = load_checkpoint(path, expected=STATE_FORMAT)
     saved = TrainConfig.from_dict(state["config"])
     differences = config.differences(saved)
     if differences:
@@ -1030,15 +1083,18 @@ def saved_config(out: os.PathLike) -> dict:
     path = Path(out) / LAST
     if not path.is_file():
         raise InputError(f"--resume: {path} does not exist (nothing to resume)")
-    return dict(load_checkpoint(path, expected="kface-train-state")["config"])
+    return dict(load_checkpoint(path, expected=STATE_FORMAT)["config"])
 
 
 def _write_history(out: Path, config: TrainConfig, history: list, best: Optional[dict], summary: dict,
-                   timing: Optional[dict], baseline: Optional[dict] = None) -> None:
-    from .outputs import write_json
+                   timing: Optional[dict], baseline: Optional[dict] = None, durable: bool = False) -> None:
+    import json
+
+    from .outputs import atomic_path
 
     payload = {"config": config.to_dict(), "seed": config.seed, "select": config.select, "best": best,
                "baseline": baseline, "epochs": history, "data": summary}
     if timing is not None:
         payload["timing"] = timing
-    write_json(out / HISTORY, payload)
+    with atomic_path(out / HISTORY, durable=durable) as temp:
+        temp.write_text(json.dumps(payload, indent=2, default=str) + "\n", encoding="utf-8")
