@@ -1,0 +1,170 @@
+"""The ONNX Runtime engine: exported networks against dlib and the PyTorch paths, on real faces."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, lfw_people
+
+from kface.engines import OnnxNetwork
+from kface.engines.shipped import shipped_card, shipped_network, shipped_network_path
+from kface.errors import InputError, KfaceError
+
+PARITY = 0.99999  # cosine, the issue's bar
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def real_chips() -> np.ndarray:
+    """Aligned chips of the sample portraits and of 24 LFW images (6 people x 4)."""
+    from kface.faces import FaceFinder, FaceSettings
+    from kface.images import load_image
+
+    finder = FaceFinder(FaceSettings(detector="dlib", fallback="whole-image"), device="cpu")
+    paths = sorted(EXAMPLES.glob("*.jpg")) + [path for _, images in lfw_people(6, 4) for path in images]
+    return np.stack([finder.find(load_image(path), str(path)).chip for path in paths])
+
+
+def test_shipped_network_matches_dlibs_own_descriptor(real_chips):
+    import dlib
+
+    from kface.models_path import DLIB_RESNET, model_file
+
+    native = dlib.face_recognition_model_v1(str(model_file(DLIB_RESNET)))
+    reference = np.asarray([np.asarray(v) for v in native.compute_face_descriptor(list(real_chips))])
+    exported = shipped_network("dlib-resnet-v1", device="cpu").run(real_chips)
+    assert exported.shape == (len(real_chips), 128) and exported.dtype == np.float32
+    assert cosines(reference, exported).min() >= PARITY
+    assert np.abs(reference - exported).max() < 5e-4  # float16 weights: about 1.5e-4 here
+
+
+def test_shipped_card_records_provenance_and_is_checked_at_load(tmp_path):
+    from kface.hashing import file_sha256
+    from kface.models_path import DLIB_RESNET, model_file
+
+    card = shipped_card("dlib-resnet-v1")
+    path = shipped_network_path("dlib-resnet-v1")
+    assert card["sha256"] == file_sha256(path)
+    assert card["provenance"]["source_sha256"] == file_sha256(model_file(DLIB_RESNET))
+    assert card["made_by"].startswith("python -m kface.engines.build_shipped")
+    assert card["parity"]["min_cosine"] >= PARITY
+    damaged = tmp_path / "damaged.onnx"
+    shutil.copy(path, damaged)
+    with open(damaged, "r+b") as handle:
+        handle.seek(-16, 2)
+        handle.write(b"\0" * 16)
+    with pytest.raises(KfaceError, match="sha256 differs"):
+        OnnxNetwork(damaged, device="cpu", sha256=card["sha256"]).run(np.zeros((1, 150, 150, 3), np.uint8))
+
+
+def test_network_rejects_wrong_chips_and_batches_big_inputs(real_chips):
+    network = shipped_network("dlib-resnet-v1", device="cpu")
+    with pytest.raises(InputError, match=r"takes \(N, 150, 150, 3\) uint8"):
+        network.run(real_chips.astype(np.float32))
+    from kface.engines import runtime
+
+    many = np.concatenate([real_chips] * 3)
+    old, runtime.RUN_BATCH = runtime.RUN_BATCH, 7  # several session calls, the last one short
+    try:
+        chunked = network.run(many)
+    finally:
+        runtime.RUN_BATCH = old
+    np.testing.assert_allclose(chunked, network.run(many), atol=1e-5)
+    assert network.run(real_chips[:0]).shape == (0, 128)
+
+
+def test_cuda_without_a_cuda_provider_is_one_clear_error():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has a CUDA provider")
+    with pytest.raises(InputError, match="no CUDA execution provider"):
+        shipped_network("dlib-resnet-v1", device="cuda").run(np.zeros((1, 150, 150, 3), np.uint8))
+
+
+# -- tuned checkpoints ---------------------------------------------------------------------------------
+def tuned_checkpoint(path, cut: str = "last-block", head: str = "siamese", tta: str = "flip") -> None:
+    """A checkpoint as kface train writes it, with its suffix and head moved off the pretrained weights
+    by seeded noise (a stand-in for training: what matters here is that the export follows them)."""
+    import torch
+
+    from kface.backbones.trainable import load_network
+    from kface.checkpoints import FORMAT, FORMAT_VERSION
+    from kface.features import feature_shape
+    from kface.siamese import build_pair_model
+
+    torch.manual_seed(0)
+    model = build_pair_model(head, 128, "euclidean", cut, "metric", network=load_network("dlib-torch"))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05 * (parameter.std() if parameter.numel() > 1 else 1))
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": "dlib-torch", "weights": None,
+                "features": {"backbone": "dlib-torch", "cut": cut, "tta": tta, "detector": "none", "upsample": 1,
+                             "fallback": "none", "weights": None, "shape": list(feature_shape("dlib-torch", cut))},
+                "head": {"kind": head, "cut": cut, "embedding_size": 128, "loss": "metric", "dims": None,
+                         "state": model.state_dict()},
+                "distance": "euclidean", "threshold": {"value": 0.6, "rule": "intersection", "split": "val", "note": None},
+                "metrics": {}, "epoch": 1, "config": {}, "seed": 0, "data": {}, "versions": {}}, path)
+
+
+@pytest.mark.parametrize("cut,head,tta", [("last-block", "siamese", "flip"), ("last-stage", "none", "none"),
+                                          ("none", "siamese", "flip")])
+def test_tuned_checkpoint_through_onnx_matches_the_torch_pair_model_path(tmp_path, cut, head, tta):
+    from kface.checkpoints import verifier_from_checkpoint
+
+    model = tmp_path / "model.pt"
+    tuned_checkpoint(model, cut, head, tta)
+    images = [str(path) for _, paths in lfw_people(2, 2) for path in paths]
+    answers = {}
+    for engine in ("torch", "onnx"):
+        verifier = verifier_from_checkpoint(model, detector="none", device="cpu", engine=engine, cache=False)
+        vectors, _ = verifier.embed(images)
+        answers[engine] = (vectors, verifier.distances(vectors[:2], vectors[2:]))
+    assert cosines(answers["torch"][0], answers["onnx"][0]).min() >= PARITY
+    np.testing.assert_allclose(answers["onnx"][1], answers["torch"][1], atol=1e-5)
+
+
+def test_a_checkpoint_is_exported_once_and_later_verifies_import_no_torch(tmp_path):
+    from kface.engines.cached import cache_paths
+    from kface.hashing import file_sha256
+
+    model = tmp_path / "model.pt"
+    tuned_checkpoint(model)
+    a, b = (str(path) for path in lfw_people(1, 2)[0][1])
+    code = ("import json, sys\nfrom kface.checkpoints import verifier_from_checkpoint\n"
+            f"v = verifier_from_checkpoint({str(model)!r}, detector='none', device='cpu')\n"
+            f"answer = v.verify({a!r}, {b!r})\n"
+            "print(json.dumps({'distance': answer.distance, 'torch': 'torch' in sys.modules}))")
+    first = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                      check=True).stdout.splitlines()[-1])
+    onnx_file, card_file = cache_paths(file_sha256(model))
+    assert onnx_file.is_file() and json.loads(card_file.read_text())["checkpoint_sha256"] == file_sha256(model)
+    second = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                       check=True).stdout.splitlines()[-1])
+    assert first["torch"] and not second["torch"]
+    assert second["distance"] == pytest.approx(first["distance"], abs=1e-6)
+
+
+def test_export_checkpoint_reports_its_file_and_keeps_parity_with_fp16(tmp_path):
+    from kface.engines import export_checkpoint
+    from kface.hashing import file_sha256
+
+    model = tmp_path / "model.pt"
+    tuned_checkpoint(model, "last-stage", "none", "flip")
+    full = export_checkpoint(model, tmp_path / "full.onnx", fp16=False)
+    half = export_checkpoint(model, tmp_path / "half.onnx", fp16=True)
+    assert full["sha256"] == file_sha256(tmp_path / "full.onnx") and full["checkpoint_sha256"] == file_sha256(model)
+    assert full["input"] == {"name": "chips", "dtype": "uint8", "shape": ["batch", 150, 150, 3],
+                             "layout": "NHWC RGB aligned chips"}
+    assert full["output"]["shape"] == ["batch", 128] and (full["cut"], full["tta"]) == ("last-stage", "flip")
+    assert half["size_bytes"] < 0.6 * full["size_bytes"]
+    assert full["parity"]["min_cosine"] >= PARITY and half["parity"]["min_cosine"] >= PARITY
