@@ -114,8 +114,8 @@ def export_onnx(module: nn.Module, path: Union[str, os.PathLike], chip_size: int
     with atomic_path(path, suffix=".onnx") as temp:
         with torch.no_grad(), warnings.catch_warnings():
             # The TorchScript exporter: one self-contained file, shapes static but for the batch axis
-            # (its warnings that shape checks become constants say just that; it is deprecated in favour of
-            # the torch.export-based exporter, which here writes weights to a second file).
+            # (its warnings that shape checks become constants say just that, and that it is deprecated
+            # in favour of the torch.export-based exporter).
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(module, (example,), str(temp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
