@@ -822,11 +822,16 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
               help="Largest request accepted (both photos together).")
 @click.option("--workers", type=click.IntRange(1),
               help="Requests worked on at once, each with its own copy of the models (default: CPU cores, at most 4).")
+@click.option("--max-in-flight", type=click.IntRange(1), default=8, show_default=True,
+              help="Uploads let in at once (others wait, unread, then get 503): request bodies take at most "
+                   "this x 2 x --max-upload-mb of memory.")
+@click.option("--body-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+              help="Seconds a request's whole body may take to arrive (a slower client gets 408).")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No request log.")
 @handle_errors
 def serve(model, attributes_model, host, port, backbone, detector, fallback, max_pixels, threshold, distances,
-          distances_split, max_upload_mb, workers, device, quiet):
+          distances_split, max_upload_mb, workers, max_in_flight, body_timeout, device, quiet):
     """Serve a local web page and JSON API for verify and analyze (page at /, API docs at /docs).
 
     POST /verify (fields image_a, image_b), POST /analyze (field image), GET /health. Photos are
@@ -838,7 +843,13 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
 
     run_server(model, attributes_model, host=host, port=port, backbone=backbone, detector=detector, fallback=fallback,
                threshold=threshold, device=device, max_pixels=max_pixels, max_request_mb=max_upload_mb,
-               workers=workers, distances=distances, distances_split=distances_split, quiet=quiet)
+               workers=workers, distances=distances, distances_split=distances_split, quiet=quiet,
+               max_in_flight=max_in_flight, body_timeout_s=body_timeout)
+
+
+from .cli_gallery import register as _register_gallery_commands  # noqa: E402  (enroll, search, gallery, cluster)
+
+_register_gallery_commands(cli, benchmark)
 
 
 def main() -> None:

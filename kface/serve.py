@@ -50,6 +50,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import __version__
 from .errors import InputError, KfaceError, NoFaceError
 from .images import MAX_PIXELS
+from .serve_guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_IN_FLIGHT, RequestGuard, memory_bound_bytes
 
 log = logging.getLogger("kface")
 
@@ -726,8 +727,11 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
                fallback: str = "none", threshold: Optional[float] = None, device: str = "auto",
                max_pixels: Optional[int] = None, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
                workers: Optional[int] = None, distances: Optional[str] = None,
-               distances_split: Optional[str] = None, quiet: bool = False) -> None:
-    """Load the models once, then serve the page and the API on ``host:port`` until interrupted."""
+               distances_split: Optional[str] = None, quiet: bool = False,
+               max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+    """Load the models once, then serve the page and the API on ``host:port`` until interrupted, behind
+    :class:`~kface.serve_guard.RequestGuard` (Host/Origin checks, ``max_in_flight`` requests with a body at
+    once, each body within ``body_timeout_s``)."""
     import uvicorn
 
     limits = ServeLimits(int(max_request_mb * 1024 * 1024), max_pixels or MAX_PIXELS)
@@ -746,9 +750,13 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
     app = create_app(pipelines, limits, distribution)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    guarded = RequestGuard(app, listen_host=host, port=bound_port, max_in_flight=max_in_flight,
+                           body_timeout_s=body_timeout_s)
+    log.info("at most %d uploads in flight, %s of request bodies at once; bodies must arrive within %g s",
+             max_in_flight, _megabytes(memory_bound_bytes(max_in_flight, limits.max_request_bytes)), body_timeout_s)
     print(f"kface serve: http://{shown}:{bound_port}/ ({verifier.embedder.spec.name}, threshold "
           f"{verifier.threshold:.4f}{', age/gender' if pipelines[0].analyzer else ''}, {len(pipelines)} workers); "
           f"API docs at /docs; Ctrl-C stops it", file=sys.stderr, flush=True)
-    config = uvicorn.Config(app, log_level="warning" if quiet else "info", access_log=not quiet,
+    config = uvicorn.Config(guarded, log_level="warning" if quiet else "info", access_log=not quiet,
                             server_header=False)
     uvicorn.Server(config).run(sockets=[sock])
