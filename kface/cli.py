@@ -852,6 +852,11 @@ from .cli_gallery import register as _register_gallery_commands  # noqa: E402  (
 _register_gallery_commands(cli, benchmark)
 
 
+from .cli_gallery import register as _register_gallery_commands  # noqa: E402  (enroll, search, gallery, cluster)
+
+_register_gallery_commands(cli, benchmark)
+
+
 def main() -> None:
     """Console-script entry point: every failure, kface's or not, ends as one ``error:`` line."""
     from .cli_errors import run
