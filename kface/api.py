@@ -90,9 +90,14 @@ class Verifier:
 def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE, detector: str = "auto",
                   threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
                   weights: Optional[str] = None, cache: bool = True, progress: bool = False,
-                  max_pixels: Optional[int] = None) -> Verifier:
+                  max_pixels: Optional[int] = None, engine: str = "onnx") -> Verifier:
     """A :class:`Verifier` for a shipped model (``"korean"``, ``"dlib"``; None = the default), an
-    untrained ``backbone`` (with ``model="dlib"``), or a trained model checkpoint (a path)."""
+    untrained ``backbone`` (with ``model="dlib"``), or a trained model checkpoint (a path).
+
+    ``engine``: ``onnx`` (default: onnxruntime, no torch) or ``torch``, for stock dlib and checkpoints
+    (see :func:`kface.engines.backbone_for_engine`); shipped ONNX models run on onnxruntime.
+    """
+    from .engines import backbone_for_engine
     from .models import STOCK_MODEL, default_model, is_shipped
 
     if model is None:
@@ -106,9 +111,10 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
         from .checkpoints import verifier_from_checkpoint
 
         return verifier_from_checkpoint(model, detector=detector, threshold=threshold, fallback=fallback,
-                                        device=device, cache=cache, progress=progress, max_pixels=max_pixels)
-    embedder = Embedder(backbone, detector=detector, fallback=fallback, device=device, weights=weights,
-                        cache=cache, progress=progress, max_pixels=max_pixels)
+                                        device=device, cache=cache, progress=progress, max_pixels=max_pixels,
+                                        engine=engine)
+    embedder = Embedder(backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, device=device,
+                        weights=weights, cache=cache, progress=progress, max_pixels=max_pixels)
     source = "--threshold" if threshold is not None else ""
     return Verifier(embedder, threshold, source, model_name=STOCK_MODEL if backbone == DEFAULT_BACKBONE else None)
 

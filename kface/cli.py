@@ -78,6 +78,12 @@ def model_option(function):
                                         "runs/NAME/model.pt.")(function)
 
 
+def engine_option(function):
+    return click.option("--engine", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+                        help="What runs the network: onnxruntime (no torch import) or PyTorch (dlib-resnet as "
+                             "dlib-torch; a trained model through its PairModel).")(function)
+
+
 def device_option(function):
     return click.option("--device", default="auto", show_default=True,
                         help="auto, cpu or cuda (torch backbones, MTCNN, training).")(function)
@@ -127,17 +133,20 @@ def cli() -> None:
               help="flip: average each embedding with its mirrored chip's.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable or faceless images instead of failing.")
+@engine_option
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @common_options
 @handle_errors
-def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, skip_bad, device, as_json, quiet, no_cache):
+def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, skip_bad, engine, device, as_json, quiet,
+          no_cache):
     """Embed the faces of IMAGES into an .npz (keys: paths, embeddings, found)."""
     setup_logging(quiet)
     from .api import embed as embed_images
+    from .engines import backbone_for_engine
     from .outputs import write_npz
 
-    result = embed_images(list(images), backbone=backbone, detector=detector, fallback=fallback, tta=tta,
+    result = embed_images(list(images), backbone=backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, tta=tta,
                           device=device, weights=weights, cache=not no_cache, max_pixels=max_pixels,
                           on_error="skip" if skip_bad else "raise")
     keep = [i for i, path in enumerate(result.paths) if path not in result.errors]
@@ -167,12 +176,13 @@ def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, s
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), help="Score a whole pair file instead of A B.")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root for the pair file's relative paths.")
 @click.option("--out", type=click.Path(dir_okay=False), help="With --pairs: the results CSV.")
+@engine_option
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @common_options
 @handle_errors
-def verify(images, model, backbone, detector, fallback, max_pixels, threshold, pairs_file, root, out, device, as_json,
-           quiet, no_cache):
+def verify(images, model, backbone, detector, fallback, max_pixels, threshold, pairs_file, root, out, engine, device,
+           as_json, quiet, no_cache):
     """Are the faces in A and B the same person? Prints same/different, the distance and the threshold.
 
     Exit code 0 whether same or different; 2 for bad input (unreadable file, no face).
@@ -188,7 +198,7 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
     from .api import load_verifier
 
     verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=not no_cache,
-                             progress=not quiet, max_pixels=max_pixels)
+                             progress=not quiet, max_pixels=max_pixels, engine=engine)
     if pairs_file:
         from .scoring import score_pair_file
 
@@ -438,11 +448,12 @@ def benchmark() -> None:
 @detector_options(fallback="whole-image")
 @click.option("--rule", default="max-accuracy", show_default=True,
               help="Threshold rule on the nine training folds: max-accuracy, intersection, eer, far=X.")
+@engine_option
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @common_options
 @handle_errors
-def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_pixels, rule, device, as_json,
+def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_pixels, rule, engine, device, as_json,
                   quiet, no_cache):
     """LFW View-2: 10-fold accuracy (mean ± std), AUC, EER, overlap, and the all-folds threshold."""
     setup_logging(quiet)
@@ -452,7 +463,7 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
     from .lfw import benchmark_lfw as run
 
     verifier = load_verifier(model, backbone, detector, None if model else 1.0, fallback, device,
-                             cache=not no_cache, progress=not quiet, max_pixels=max_pixels)
+                             cache=not no_cache, progress=not quiet, max_pixels=max_pixels, engine=engine)
     result = run(Path(lfw_dir), verifier, pairs_file, rule)
     if as_json:
         print_json(result)
@@ -531,6 +542,27 @@ def models(as_json):
         for line in body.get("figures_text", []):
             click.echo(f"  {line}")
         click.echo(f"  file {body['file']} ({body['size_bytes'] / 2**20:.1f} MiB, sha256 {body['sha256']})")
+
+
+@cli.command("export")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.option("--fp16", is_flag=True, help="Store the weights as float16 (half the file; computation stays float32).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON on stdout.")
+@handle_errors
+def export(model, out, fp16, as_json):
+    """Export a trained MODEL (runs/NAME/model.pt) to ONNX: aligned uint8 chips in, the vectors its
+    distance is measured on out (tuned layers, flip averaging and head inside), run by onnxruntime."""
+    from .engines import export_checkpoint
+
+    info = export_checkpoint(model, out, fp16=fp16)
+    if as_json:
+        print_json({"out": out, **info})
+        return
+    parity = info["parity"]
+    click.echo(f"wrote {out} ({info['size_bytes'] / 2**20:.1f} MiB, sha256 {info['sha256']}); input chips uint8 "
+               f"{info['input']['shape']}, output {info['output']['shape']}; parity with PyTorch: cosine >= "
+               f"{parity['min_cosine']:.7f}, max |diff| {parity['max_abs_diff']:.1e}")
 
 
 # -- age and gender --------------------------------------------------------------------------------
@@ -824,7 +856,7 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
               help="Requests worked on at once, each with its own copy of the models (default: CPU cores, at most 4).")
 @click.option("--max-in-flight", type=click.IntRange(1), default=8, show_default=True,
               help="Uploads let in at once (others wait, unread, then get 503): request bodies take at most "
-                   "this x 2 x --max-upload-mb of memory.")
+                   "this x 3 x --max-upload-mb of memory.")
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds a request's whole body may take to arrive (a slower client gets 408).")
 @device_option
@@ -845,11 +877,6 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
                threshold=threshold, device=device, max_pixels=max_pixels, max_request_mb=max_upload_mb,
                workers=workers, distances=distances, distances_split=distances_split, quiet=quiet,
                max_in_flight=max_in_flight, body_timeout_s=body_timeout)
-
-
-from .cli_gallery import register as _register_gallery_commands  # noqa: E402  (enroll, search, gallery, cluster)
-
-_register_gallery_commands(cli, benchmark)
 
 
 from .cli_gallery import register as _register_gallery_commands  # noqa: E402  (enroll, search, gallery, cluster)

@@ -43,3 +43,17 @@ def __getattr__(name: str):
 
         return getattr(export, name)
     raise AttributeError(f"module 'kface.engines' has no attribute {name!r}")
+
+
+def backbone_for_engine(backbone: str, engine: str = DEFAULT_ENGINE) -> str:
+    """The backbone name that runs ``backbone``'s network on ``engine`` (``--engine``).
+
+    ``dlib-resnet`` is dlib's network through onnxruntime; with ``torch`` it runs as ``dlib-torch``.
+    Other names already name their implementation (``dlib-native``, ``dlib-torch``; facenet runs on
+    torch either way).
+    """
+    from ..errors import InputError
+
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    return "dlib-torch" if engine == "torch" and backbone == "dlib-resnet" else backbone
