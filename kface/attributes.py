@@ -3,41 +3,39 @@
 The heads share the verification pipeline up to the embedding: the same image loading, detection,
 alignment and backbone, through :class:`~kface.embeddings.Embedder`, whose content-keyed cache is the
 feature store (an image embedded once by any command is never embedded again). Only the heads are new:
-per task a small MLP on the standardised embedding, ``d -> hidden, ReLU, dropout -> K``.
+small MLPs on the standardised embedding (:class:`~kface.attribute_heads.AttributeHeads`), one per task
+or one shared hidden layer with an output per task.
 
-- **Age** is classified into groups (default bins 0-9, 10-19, ..., 60+; ``AgeBins``). Besides
-  accuracy, predictions are judged by adjacent-group accuracy (off by at most one group) and by the
-  mean absolute error in years, two ways: the representative age of the predicted group, and the
-  expected age under the predicted probabilities. A closed group's representative age is its midpoint
-  (15 for 10-19, since an age of 19 means 19.0-19.99 years); the open last group's is the mean training
-  age in it.
+- **Age** is classified into groups (default bins 0-9, 10-19, ..., 60+; ``AgeBins``), by cross-entropy
+  or by an ordinal (CORAL-style cumulative-logit) head. Besides accuracy, predictions are judged by
+  adjacent-group accuracy (off by at most one group) and by the mean absolute error in years, two ways:
+  the representative age of the predicted group, and the expected age under the predicted
+  probabilities. A closed group's representative age is its midpoint (15 for 10-19, since an age of 19
+  means 19.0-19.99 years); the open last group's is the mean training age in it.
 - **Gender** is a two-way classifier (``female``, ``male``).
 
-Training (:func:`train_attributes`) splits the data by identity (no person on two sides; a layout
-without identities, such as All-Age-Faces, splits image by image), weights the cross-entropy by inverse
-class frequency on the training split (``n / (K * n_k)``, so rare age groups and the minority gender
-count as much as the others in total), optimises with Adam, and keeps the epoch with the best mean
+Training (:func:`train_attributes`) splits the data by identity, or by a column such as ``family``
+(``group_by``: related people never straddle the split; a layout without identities, such as
+All-Age-Faces, splits image by image), balances the classes (inverse-frequency loss weights
+``n / (K * n_k)``, or class-balanced draws), optionally trains on each face and its mirror image
+(``tta="flip"``, averaged at prediction), optimises with Adam and keeps the epoch with the best mean
 validation accuracy over the heads. Every random choice derives from one seed.
 
 A checkpoint is one self-describing file (heads, standardisation, bins, backbone, face settings,
-config, seed, versions) that loads with ``torch.load(weights_only=True)``.
+config, seed, versions) that loads with ``torch.load(weights_only=True)``. ``kface analyze`` uses the
+shipped Korean heads (:mod:`kface.models.attributes`, ONNX, no torch) unless given such a file.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import torch
-from torch import nn
 
-from . import __version__
 from .backbones import DEFAULT_BACKBONE
 from .embeddings import Embedder
 from .errors import InputError
@@ -46,6 +44,11 @@ from .images import ImageSource, decode_image, read_bytes
 log = logging.getLogger("kface")
 
 TASKS = ("age", "gender")
+TRUNKS = ("separate", "shared")
+AGE_LOSSES = ("ce", "ordinal")
+#: weighted: inverse-frequency class weights in the loss; balanced: batches drawn class-balanced.
+SAMPLINGS = ("weighted", "balanced")
+ATTRIBUTE_TTA = ("none", "flip")
 GENDERS = ("female", "male")
 DEFAULT_AGE_BINS = (0, 10, 20, 30, 40, 50, 60)
 DEFAULT_SPLIT = (0.7, 0.1, 0.2)
@@ -54,11 +57,6 @@ CHECKPOINT_FORMAT = "kface-attributes"
 CHECKPOINT_VERSION = 1
 #: The open last age group's representative age when the training split has nobody in it.
 OPEN_GROUP_SPAN = 10
-
-NO_MODEL_MESSAGE = (
-    "no attribute model ships with kface (an age or gender model is only as good as its data); train one, "
-    "e.g. kface train-attributes --dataset lfw-gender --root ../shared/data/lfw --out runs/gender, "
-    "then pass --model runs/gender/model.pt")
 
 
 # --------------------------------------------------------------------------- age groups
@@ -102,6 +100,26 @@ class AgeBins:
         in_last = train_ages[train_groups == last]
         ages.append(float(in_last.mean()) if in_last.size else self.edges[-1] + OPEN_GROUP_SPAN / 2)
         return ages
+
+
+#: The share of the predicted age distribution an ``age_interval`` covers (its 10th to 90th percentile).
+AGE_INTERVAL_COVERAGE = 0.8
+
+
+def age_interval(probs: np.ndarray, edges: Sequence[int], group_ages: Sequence[float],
+                 coverage: float = AGE_INTERVAL_COVERAGE) -> dict:
+    """The central ``coverage`` interval of the age in years under the group probabilities ``probs``, each
+    group's probability spread evenly over its years (the open last group ends as far past its
+    representative age as it starts before it, e.g. 67-80 for 73.5)."""
+    bounds = np.append(np.asarray(edges, dtype=np.float64), 2 * group_ages[-1] - edges[-1])
+    spread = np.asarray(probs, dtype=np.float64) + 1e-9  # strictly increasing, as np.interp needs
+    cumulative = np.concatenate([[0.0], np.cumsum(spread) / spread.sum()])
+
+    def quantile(q: float) -> float:
+        return float(np.interp(q, cumulative, bounds))
+
+    tail = (1 - coverage) / 2
+    return {"low": round(quantile(tail), 1), "high": round(quantile(1 - tail), 1), "coverage": coverage}
 
 
 def parse_age_bins(text: str) -> AgeBins:
@@ -196,26 +214,6 @@ def class_weights(targets: np.ndarray, classes: int) -> np.ndarray:
     return weights
 
 
-# --------------------------------------------------------------------------- the heads
-
-
-class AttributeHeads(nn.Module):
-    """One MLP per task on the standardised embedding: ``d -> hidden, ReLU, dropout -> K``."""
-
-    def __init__(self, dim: int, classes: dict[str, int], hidden: int = 512, dropout: float = 0.3):
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(dim))
-        self.register_buffer("scale", torch.ones(dim))
-        self.heads = nn.ModuleDict({
-            task: nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, count))
-            for task, count in classes.items()})
-
-    def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits per task for (N, d) embeddings."""
-        standardised = (embeddings - self.mean) / self.scale
-        return {task: head(standardised) for task, head in self.heads.items()}
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -236,6 +234,11 @@ class AttributeConfig:
     weight_decay: float = 1e-4
     hidden: int = 512
     dropout: float = 0.3
+    trunk: str = "separate"
+    age_loss: str = "ce"
+    sampling: str = "weighted"
+    tta: str = "none"  # flip: train on each face and its mirror image, average the two at prediction
+    group_by: Optional[str] = None  # a dataset column (e.g. family) whose groups stay on one side of the split
     seed: int = 0
     backbone: str = DEFAULT_BACKBONE
     detector: str = "dlib"
@@ -253,9 +256,13 @@ class AttributeConfig:
             raise InputError(f"--dropout must lie in [0, 1), got {self.dropout}")
         if not self.lr > 0 or self.weight_decay < 0:
             raise InputError("--lr must be positive and --weight-decay not negative")
-        if self.split[0] <= 0 or self.split[1] <= 0 or self.split[2] <= 0:
-            raise InputError("--split: train, val and test each need a share above 0 (val picks the best "
-                             "epoch, test is reported)")
+        for name, value, choices in (("--trunk", self.trunk, TRUNKS), ("--age-loss", self.age_loss, AGE_LOSSES),
+                                     ("--sampling", self.sampling, SAMPLINGS), ("--tta", self.tta, ATTRIBUTE_TTA)):
+            if value not in choices:
+                raise InputError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+        if self.split[0] <= 0 or self.split[1] <= 0 or self.split[2] < 0:
+            raise InputError("--split: train and val each need a share above 0 (val picks the best epoch; test, "
+                             "reported, may be 0 when a separate test set is kept apart)")
 
     def to_dict(self) -> dict:
         payload = asdict(self)
@@ -274,6 +281,7 @@ class Features:
     labels: LabelledData
     skipped: dict[str, str]  # path -> why no embedding
     stages: dict[str, int]
+    mirrored: Optional[np.ndarray] = None  # (N, d) the mirror-image faces' embeddings (tta flip)
 
 
 def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins: AgeBins,
@@ -288,20 +296,28 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
     if usable.size == 0:
         raise InputError(f"no image under {config.root} has a usable {' or '.join(tasks)} label")
     boxes = [_corner_box(index.boxes.get(int(i))) for i in usable]
-    embedder = Embedder(config.backbone, detector=config.detector, fallback=config.fallback, device=config.device,
-                        cache=config.cache, max_pixels=config.max_pixels, progress=progress)
-    try:
-        result = embedder.embed([index.absolute_path(int(i)) for i in usable],
-                                boxes=boxes if any(box is not None for box in boxes) else None, on_error="skip")
-    finally:
-        embedder.close()
+    sources = [index.absolute_path(int(i)) for i in usable]
+    boxes = boxes if any(box is not None for box in boxes) else None
+    result = _embed(config, "none", sources, boxes, progress)
     ok = ~np.isnan(result.embeddings).any(axis=1)
+    mirrored = None
+    if config.tta == "flip":
+        # The cache holds flip-averaged embeddings (tta=flip), so the mirror image's own embedding is
+        # recovered as 2 * average - plain: cached like every other embedding, exact to float rounding.
+        averaged = _embed(config, "flip", sources, boxes, progress).embeddings
+        ok &= ~np.isnan(averaged).any(axis=1)
+        mirrored = (2 * averaged - result.embeddings)[ok].astype(np.float32)
     kept = usable[ok]
     if kept.size == 0:
         raise InputError(f"no image under {config.root} could be embedded (e.g. {next(iter(result.errors.values()))})")
-    identity_names = index.identity_names
-    groups = np.array([index.identity_codes[i] if identity_names[index.identity_codes[i]] else -1 - i
-                       for i in kept], dtype=np.int64)  # no identity: every image its own group
+    if config.group_by:
+        from .pairs import identity_groups
+
+        groups = identity_groups(index, index.identity_codes[kept], config.group_by)
+    else:
+        identity_names = index.identity_names
+        groups = np.array([index.identity_codes[i] if identity_names[index.identity_codes[i]] else -1 - i
+                           for i in kept], dtype=np.int64)  # no identity: every image its own group
     kept_labels = LabelledData({task: target[kept] for task, target in labels.targets.items()},
                                labels.ages[kept], labels.dropped)
     skipped = {index.paths[int(i)]: result.errors.get(str(index.absolute_path(int(i))), "not embedded")
@@ -311,7 +327,16 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
         if good:
             stages[stage] = stages.get(stage, 0) + 1
     return Features([index.paths[int(i)] for i in kept], result.embeddings[ok], groups, kept_labels, skipped,
-                    stages)
+                    stages, mirrored)
+
+
+def _embed(config: AttributeConfig, tta: str, sources, boxes, progress: bool):
+    embedder = Embedder(config.backbone, detector=config.detector, fallback=config.fallback, tta=tta,
+                        device=config.device, cache=config.cache, max_pixels=config.max_pixels, progress=progress)
+    try:
+        return embedder.embed(sources, boxes=boxes, on_error="skip")
+    finally:
+        embedder.close()
 
 
 def _corner_box(box) -> Optional[tuple[int, int, int, int]]:
@@ -320,100 +345,6 @@ def _corner_box(box) -> Optional[tuple[int, int, int, int]]:
         return None
     x, y, width, height = box
     return int(round(x)), int(round(y)), int(round(x + width)), int(round(y + height))
-
-
-def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.ndarray, classes: dict[str, int],
-              config: AttributeConfig, progress: bool = False) -> tuple[AttributeHeads, list[dict], int]:
-    """Train the heads on the train split; return the best-on-val model, the history and its epoch."""
-    from .devices import resolve_device
-    from .progress import progress_bar
-
-    device = resolve_device(config.device)
-    train = split == 0
-    features = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)).to(device)
-    labels = {task: torch.from_numpy(target).to(device) for task, target in targets.items()}
-    weights = {task: torch.tensor(class_weights(targets[task][train], classes[task]), dtype=torch.float32,
-                                  device=device) for task in classes}
-    for task in classes:
-        for name, part in (("train", 0), ("val", 1)):
-            if not np.any(targets[task][split == part] >= 0):
-                raise InputError(f"the {name} split has no {task} label: too few identities for --split "
-                                 f"{':'.join(f'{share:g}' for share in config.split)}")
-    # Dropout draws from torch's global generator: fork it, so the run is seeded and the caller's state kept.
-    # The heads are tiny: on a CPU, more than one intra-op thread only adds synchronisation (30x slower
-    # on a busy 2-core machine), so training runs on one and restores the caller's setting after.
-    threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
-        torch.manual_seed(config.seed)
-        torch.set_num_threads(1)
-        model = AttributeHeads(embeddings.shape[1], classes, config.hidden, config.dropout).to(device)
-        model.mean.copy_(features[torch.from_numpy(train).to(device)].mean(dim=0))
-        model.scale.copy_(features[torch.from_numpy(train).to(device)].std(dim=0).clamp_min(1e-6))
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        shuffler = torch.Generator().manual_seed(config.seed)
-        train_rows = torch.from_numpy(np.flatnonzero(train))
-        val_rows = torch.from_numpy(np.flatnonzero(split == 1)).to(device)
-        history: list[dict] = []
-        best_state, best_epoch, best_key = None, 0, None
-        bar = progress_bar(config.epochs, "training attribute heads", enabled=progress)
-        try:
-            for epoch in range(1, config.epochs + 1):
-                model.train()
-                total, batches = 0.0, 0
-                for batch in train_rows[torch.randperm(len(train_rows), generator=shuffler)].split(config.batch_size):
-                    batch = batch.to(device)
-                    loss = _loss(model(features[batch]), {t: labels[t][batch] for t in classes}, weights)
-                    if loss is None:
-                        continue
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item()
-                    batches += 1
-                val = _evaluate_split(model, features[val_rows], {t: labels[t][val_rows] for t in classes}, weights)
-                record = {"epoch": epoch, "train_loss": total / max(batches, 1), **val}
-                history.append(record)
-                key = (val["val_accuracy"], -val["val_loss"])
-                if best_key is None or key > best_key:
-                    best_key, best_epoch, best_state = key, epoch, copy.deepcopy(model.state_dict())
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{val['val_accuracy']:.3f}")
-        finally:
-            bar.close()
-            torch.set_num_threads(threads)
-    model.load_state_dict(best_state)
-    model.eval()
-    return model.cpu(), history, best_epoch
-
-
-def _loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
-          weights: dict[str, torch.Tensor]) -> Optional[torch.Tensor]:
-    """Sum over the heads of the class-weighted cross-entropy on the rows labelled for each head."""
-    total = None
-    for task, output in logits.items():
-        labelled = targets[task] >= 0
-        if not labelled.any():
-            continue
-        loss = nn.functional.cross_entropy(output[labelled], targets[task][labelled], weight=weights[task])
-        total = loss if total is None else total + loss
-    return total
-
-
-@torch.no_grad()
-def _evaluate_split(model: AttributeHeads, features: torch.Tensor, targets: dict[str, torch.Tensor],
-                    weights: dict[str, torch.Tensor]) -> dict:
-    model.eval()
-    logits = model(features)
-    loss = _loss(logits, targets, weights)
-    record: dict[str, float] = {"val_loss": float(loss) if loss is not None else float("nan")}
-    accuracies = []
-    for task, output in logits.items():
-        labelled = targets[task] >= 0
-        accuracy = float((output[labelled].argmax(dim=1) == targets[task][labelled]).float().mean())
-        record[f"val_{task}_accuracy"] = accuracy
-        accuracies.append(accuracy)
-    record["val_accuracy"] = float(np.mean(accuracies))
-    return record
 
 
 # --------------------------------------------------------------------------- metrics
@@ -465,93 +396,6 @@ def _confusion(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.nda
     return np.bincount(truth * classes + predicted, minlength=classes * classes).reshape(classes, classes)
 
 
-# --------------------------------------------------------------------------- the model file
-
-
-class AttributeModel:
-    """Trained heads with everything needed to use them: tasks, age bins, backbone and face settings."""
-
-    def __init__(self, heads: AttributeHeads, meta: dict):
-        self.heads = heads.eval()
-        self.meta = meta
-
-    @property
-    def tasks(self) -> list[str]:
-        return list(self.meta["tasks"])
-
-    @property
-    def backbone(self) -> str:
-        return self.meta["backbone"]
-
-    @property
-    def age_labels(self) -> list[str]:
-        return list(self.meta["classes"].get("age", []))
-
-    @property
-    def group_ages(self) -> list[float]:
-        return list(self.meta.get("group_ages") or [])
-
-    @torch.no_grad()
-    def probabilities(self, embeddings: np.ndarray) -> dict[str, np.ndarray]:
-        """Class probabilities per task, (N, K) float64 rows summing to 1."""
-        logits = self.heads(torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32)))
-        return {task: torch.softmax(output.double(), dim=1).numpy() for task, output in logits.items()}
-
-    def describe(self, probabilities: dict[str, np.ndarray], row: int) -> dict:
-        """The documented answer for one face: age group with probabilities, gender with its probability."""
-        answer: dict[str, Any] = {"age_group": None, "age_probs": None, "expected_age": None,
-                                  "gender": None, "gender_prob": None, "gender_probs": None}
-        if "age" in probabilities:
-            probs = probabilities["age"][row]
-            answer["age_group"] = self.age_labels[int(probs.argmax())]
-            answer["age_probs"] = {label: float(p) for label, p in zip(self.age_labels, probs)}
-            answer["expected_age"] = float(probs @ np.asarray(self.group_ages))
-        if "gender" in probabilities:
-            probs = probabilities["gender"][row]
-            answer["gender"] = GENDERS[int(probs.argmax())]
-            answer["gender_prob"] = float(probs.max())
-            answer["gender_probs"] = {gender: float(p) for gender, p in zip(GENDERS, probs)}
-        return answer
-
-
-def save_attribute_model(path: os.PathLike, heads: AttributeHeads, meta: dict) -> None:
-    """Write the checkpoint atomically (temp file beside it, then rename)."""
-    from .outputs import atomic_path
-
-    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **meta,
-               "state_dict": {name: tensor.detach().cpu() for name, tensor in heads.state_dict().items()}}
-    with atomic_path(path, suffix=".pt") as temp:
-        torch.save(payload, temp)
-
-
-def load_attribute_model(path: Optional[os.PathLike]) -> AttributeModel:
-    """Load a checkpoint written by :func:`train_attributes` (``weights_only=True``)."""
-    if path is None:
-        raise InputError(NO_MODEL_MESSAGE)
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise InputError(f"{path}: not a kface model file ({type(exc).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise InputError(f"{path}: not an attribute model (train one with kface train-attributes)")
-    if payload.get("format_version") != CHECKPOINT_VERSION:
-        raise InputError(f"{path}: attribute model format {payload.get('format_version')} is not supported "
-                         f"by kface {__version__} (expected {CHECKPOINT_VERSION})")
-    classes = {task: len(names) for task, names in payload["classes"].items()}
-    heads = AttributeHeads(int(payload["embedding_size"]), classes, int(payload["config"]["hidden"]),
-                           float(payload["config"]["dropout"]))
-    heads.load_state_dict(payload.pop("state_dict"))
-    return AttributeModel(heads, payload)
-
-
-def _versions() -> dict:
-    return {"kface": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "python": platform.python_version()}
-
-
 # --------------------------------------------------------------------------- the whole run
 
 
@@ -570,6 +414,7 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     Writes ``<out>/model.pt`` (best epoch on val), ``<out>/history.json``, ``<out>/split.csv`` and the
     report folder (``metrics.json``, ``confusion.png``, ``report.md``).
     """
+    from .attribute_heads import AttributeModel, fit_heads, save_attribute_model, versions
     from .attributes_report import write_attribute_report, write_split_csv
     from .backbones import get_spec
     from .datasets import load_dataset
@@ -588,7 +433,7 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     split = split_by_group(features.groups, config.split, config.seed)
     classes = {task: len(bins) if task == "age" else len(GENDERS) for task in tasks}
     heads, history, best_epoch = fit_heads(features.embeddings, features.labels.targets, split, classes, config,
-                                           progress)
+                                           progress, features.mirrored)
     train_rows = split == 0
     group_ages = (bins.representative_ages(features.labels.ages[train_rows],
                                            features.labels.targets["age"][train_rows]) if "age" in tasks else None)
@@ -601,7 +446,7 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
             "face": {"detector": config.detector, "fallback": config.fallback},
             "config": config.to_dict(), "seed": config.seed, "best_epoch": best_epoch,
             "val": {k: v for k, v in history[best_epoch - 1].items() if k.startswith("val_")},
-            "versions": _versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     model = AttributeModel(heads, meta)
     metrics = evaluate_splits(model, features, split)
     metrics.update(_run_summary(config, index, features, split, tasks, best_epoch, started))
@@ -616,12 +461,15 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     return TrainingResult(model_path, report_dir, metrics)
 
 
-def evaluate_splits(model: AttributeModel, features: Features, split: np.ndarray) -> dict:
-    """Metrics per task on the val and test splits, plus the headline test figures at the top level."""
-    probabilities = model.probabilities(features.embeddings)
+def evaluate_splits(model: "AttributeAnswers", features: Features, split: np.ndarray) -> dict:
+    """Metrics per task on the val and test splits, plus the headline figures at the top level (test's; val's
+    where the split has no test share)."""
+    probabilities = model.probabilities(features.embeddings, features.mirrored)
     result: dict[str, Any] = {}
     for part in ("val", "test"):
         rows = split == SPLITS.index(part)
+        if not rows.any():
+            continue
         entry = {}
         for task in model.tasks:
             truth = features.labels.targets[task][rows]
@@ -635,7 +483,7 @@ def evaluate_splits(model: AttributeModel, features: Features, split: np.ndarray
             else:
                 entry["gender"] = gender_metrics(probs, truth[labelled])
         result[part] = entry
-    test = result["test"]
+    test = result.get("test", result["val"])
     if "age" in test:
         result.update({"age_accuracy": test["age"]["accuracy"],
                        "age_adjacent_accuracy": test["age"]["adjacent_accuracy"],
@@ -647,6 +495,8 @@ def evaluate_splits(model: AttributeModel, features: Features, split: np.ndarray
 
 def _run_summary(config: AttributeConfig, index, features: Features, split: np.ndarray, tasks: Sequence[str],
                  best_epoch: int, started: float) -> dict:
+    from .attribute_heads import versions
+
     counts = {}
     for part, name in enumerate(SPLITS):
         rows = split == part
@@ -663,23 +513,76 @@ def _run_summary(config: AttributeConfig, index, features: Features, split: np.n
         "dataset": config.dataset, "root": str(index.root), "dataset_options": index.options,
         "tasks": list(tasks), "backbone": config.backbone, "detector": config.detector, "fallback": config.fallback,
         "seed": config.seed, "split": {"shares": list(config.split), "counts": counts,
-                                       "by": "identity" if any(index.identity_names) else "image"},
+                                       "by": config.group_by or ("identity" if any(index.identity_names) else "image")},
         "best_epoch": best_epoch, "epochs": config.epochs, "config": config.to_dict(),
         "images": {"indexed": len(index), "embedded": len(features.paths), "skipped": len(features.skipped),
                    "stages": features.stages, "labels_left_out": features.labels.dropped},
         "skipped_examples": dict(list(features.skipped.items())[:5]),
         "problems": index.problems.to_dict(), "seconds": round(time.time() - started, 1),
-        "versions": _versions(),
+        "versions": versions(),
     }
+
+
+# --------------------------------------------------------------------------- answers
+
+
+class AttributeAnswers:
+    """What every attribute model (a trained checkpoint, or the shipped ONNX heads) tells from its ``meta``,
+    and the documented answer for one face from its probabilities."""
+
+    meta: dict
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.meta["tasks"])
+
+    @property
+    def backbone(self) -> str:
+        return self.meta["backbone"]
+
+    @property
+    def age_labels(self) -> list[str]:
+        return list(self.meta["classes"].get("age", []))
+
+    @property
+    def group_ages(self) -> list[float]:
+        return list(self.meta.get("group_ages") or [])
+
+    @property
+    def tta(self) -> str:
+        """``flip`` when the model averages a face's probabilities with its mirror image's."""
+        return self.meta.get("config", {}).get("tta", "none")
+
+    def describe(self, probabilities: dict[str, np.ndarray], row: int) -> dict:
+        """The documented answer for one face: age group with probabilities, gender with its probability."""
+        answer: dict[str, Any] = {"age_group": None, "age_probs": None, "expected_age": None, "age_interval": None,
+                                  "gender": None, "gender_prob": None, "gender_probs": None}
+        if "age" in probabilities:
+            probs = probabilities["age"][row]
+            answer["age_group"] = self.age_labels[int(probs.argmax())]
+            answer["age_probs"] = {label: float(p) for label, p in zip(self.age_labels, probs)}
+            answer["expected_age"] = float(probs @ np.asarray(self.group_ages))
+            if self.meta.get("age_bins"):
+                answer["age_interval"] = age_interval(probs, self.meta["age_bins"], self.group_ages)
+        if "gender" in probabilities:
+            probs = probabilities["gender"][row]
+            answer["gender"] = GENDERS[int(probs.argmax())]
+            answer["gender_prob"] = float(probs.max())
+            answer["gender_probs"] = {gender: float(p) for gender, p in zip(GENDERS, probs)}
+        return answer
 
 
 # --------------------------------------------------------------------------- analyze
 
 
 class Analyzer:
-    """Age group and gender of the faces in an image, with a trained :class:`AttributeModel`."""
+    """Age group and gender of the faces in an image, with an attribute model (shipped or trained).
 
-    def __init__(self, model: AttributeModel, embedder: Embedder, model_path: str = ""):
+    A model trained with ``tta="flip"`` averages each face's probabilities with its mirror image's; the
+    mirror chip is embedded here (the embedder's cache holds the plain embedding only).
+    """
+
+    def __init__(self, model: AttributeAnswers, embedder: Embedder, model_path: str = ""):
         self.model = model
         self.embedder = embedder
         self.model_path = model_path
@@ -694,16 +597,27 @@ class Analyzer:
         common = {"image": name, "model": self.model_path, "backbone": self.model.backbone}
         if not all_faces:
             result = self.embedder.embed([source])
-            answer = self.model.describe(self.model.probabilities(result.embeddings), 0)
+            mirrored = None
+            if self.model.tta == "flip":
+                entries, _ = self.embedder.faces([source])
+                mirrored = self._mirrored([entries[0].chip])
+            answer = self.model.describe(self.model.probabilities(result.embeddings, mirrored), 0)
             box = result.boxes[0]
             return {**common, **answer, "box": list(box) if box else None, "stage": result.stages[0],
                     "found": bool(result.found[0]), "n_faces": int(result.n_faces[0])}
         faces = self._all_faces(source, name)
-        embeddings = self.embedder.backbone.embed_chips(np.stack([face.chip for face in faces]))
-        probabilities = self.model.probabilities(embeddings)
+        chips = [face.chip for face in faces]
+        embeddings = self.embedder.backbone.embed_chips(np.stack(chips))
+        mirrored = self._mirrored(chips) if self.model.tta == "flip" else None
+        probabilities = self.model.probabilities(embeddings, mirrored)
         listed = [{**self.model.describe(probabilities, i), "box": list(face.box), "stage": face.stage,
                    "found": face.found} for i, face in enumerate(faces)]
         return {**common, "n_faces": sum(face.found for face in faces), "faces": listed}
+
+    def _mirrored(self, chips: Sequence[np.ndarray]) -> np.ndarray:
+        from .faces import mirror
+
+        return self.embedder.backbone.embed_chips(mirror(np.stack(chips)))
 
     def _all_faces(self, source: ImageSource, name: str):
         from .errors import NoFaceError
@@ -721,10 +635,32 @@ class Analyzer:
         self.embedder.close()
 
 
-def load_analyzer(model: Optional[str], detector: str = "dlib", fallback: str = "none", device: str = "auto",
-                  cache: bool = True, max_pixels: Optional[int] = None) -> Analyzer:
-    """An :class:`Analyzer` for a checkpoint from ``kface train-attributes`` (its backbone, this detector)."""
-    attribute_model = load_attribute_model(model)
-    embedder = Embedder(attribute_model.backbone, detector=detector, fallback=fallback, device=device, cache=cache,
-                        max_pixels=max_pixels)
-    return Analyzer(attribute_model, embedder, str(model))
+def load_analyzer(model: Optional[str] = None, detector: Optional[str] = None, fallback: str = "none",
+                  device: str = "auto", cache: bool = True, max_pixels: Optional[int] = None) -> Analyzer:
+    """An :class:`Analyzer` for ``model``: a checkpoint from ``kface train-attributes``, or (None) the shipped
+    Korean heads (ONNX, no torch). The detector is the caller's or, when None, the model's own (the one
+    it was trained with)."""
+    if model is None:
+        from .models.attributes import SHIPPED_NAME, load_shipped_attributes
+
+        attribute_model = load_shipped_attributes(device)
+        label = SHIPPED_NAME
+    else:
+        from .attribute_heads import load_attribute_model
+
+        attribute_model = load_attribute_model(model)
+        label = str(model)
+    face = attribute_model.meta.get("face", {})
+    embedder = Embedder(attribute_model.backbone, detector=detector or face.get("detector", "dlib"), fallback=fallback,
+                        device=device, cache=cache, max_pixels=max_pixels)
+    return Analyzer(attribute_model, embedder, label)
+
+
+def __getattr__(name: str):
+    # The torch side lives in kface.attribute_heads (imported only when asked for): the shipped heads run
+    # without torch. These names stay reachable here for callers of the one-module API.
+    if name in ("AttributeHeads", "AttributeModel", "fit_heads", "load_attribute_model", "save_attribute_model"):
+        from . import attribute_heads
+
+        return getattr(attribute_heads, name)
+    raise AttributeError(f"module 'kface.attributes' has no attribute {name!r}")

@@ -30,7 +30,7 @@ def write_attribute_report(folder: os.PathLike, metrics: dict) -> None:
     """Write ``metrics.json``, ``confusion.png`` (test split, one panel per head) and ``report.md``."""
     folder = Path(folder)
     write_json(folder / "metrics.json", metrics)
-    _plot_confusion(folder / "confusion.png", metrics["test"])
+    _plot_confusion(folder / "confusion.png", metrics.get("test", metrics["val"]))
     write_text(folder / "report.md", _markdown(metrics))
 
 
@@ -85,7 +85,7 @@ def _markdown(metrics: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for part in ("val", "test"):
-        for task, entry in metrics[part].items():
+        for task, entry in metrics.get(part, {}).items():
             adjacent = _percent(entry.get("adjacent_accuracy")) if task == "age" else "-"
             group_mae = entry.get("mae_years_group")
             expected_mae = entry.get("mae_years_expected")
@@ -93,7 +93,7 @@ def _markdown(metrics: dict) -> str:
                          f"{_percent(entry['balanced_accuracy'])} | {adjacent} | "
                          f"{'-' if group_mae is None else f'{group_mae:.1f}'} | "
                          f"{'-' if expected_mae is None else f'{expected_mae:.1f}'} |")
-    test = metrics["test"]
+    test = metrics.get("test", metrics["val"])
     for task, key in (("age", "per_group"), ("gender", "per_class")):
         if task not in test:
             continue

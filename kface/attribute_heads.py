@@ -1,0 +1,261 @@
+"""The torch side of the attribute heads: the network, its training loop and the ``.pt`` checkpoint.
+
+Kept apart from :mod:`kface.attributes` so that analysing a face with the shipped (ONNX) heads never
+imports torch; training, and a user's own ``--model runs/NAME/model.pt``, do.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .attributes import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeAnswers,
+                         AttributeConfig, class_weights)
+from .errors import InputError
+
+
+class AttributeHeads(nn.Module):
+    """Heads on the standardised embedding: per task ``d -> hidden, ReLU, dropout -> K`` (``trunk="separate"``),
+    or one shared ``d -> hidden, ReLU, dropout`` layer with a linear output per task (``trunk="shared"``).
+
+    With ``ordinal_age`` the age output is CORAL-style: one score ``s`` and ``K - 1`` ordered thresholds,
+    ``P(group > k) = sigmoid(s + b_k)``; a face called one group off then costs less than one called
+    five groups off, which plain cross-entropy cannot know.
+    """
+
+    def __init__(self, dim: int, classes: dict[str, int], hidden: int = 512, dropout: float = 0.3,
+                 trunk: str = "separate", ordinal_age: bool = False):
+        super().__init__()
+        if trunk not in TRUNKS:
+            raise InputError(f"--trunk: expected one of {', '.join(TRUNKS)}, got {trunk!r}")
+        self.ordinal_age = ordinal_age and "age" in classes
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
+        outputs = {task: 1 if task == "age" and self.ordinal_age else count for task, count in classes.items()}
+        if trunk == "shared":
+            self.trunk = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+            self.heads = nn.ModuleDict({task: nn.Linear(hidden, count) for task, count in outputs.items()})
+        else:
+            self.trunk = nn.Identity()
+            self.heads = nn.ModuleDict({
+                task: nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, count))
+                for task, count in outputs.items()})
+        if self.ordinal_age:
+            # Decreasing thresholds from the start, so P(group > k) falls with k before any training.
+            self.age_thresholds = nn.Parameter(torch.linspace(1.0, -1.0, classes["age"] - 1))
+
+    def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits per task for (N, d) embeddings (age with ``ordinal_age``: the K - 1 cumulative logits)."""
+        shared = self.trunk((embeddings - self.mean) / self.scale)
+        logits = {task: head(shared) for task, head in self.heads.items()}
+        if self.ordinal_age:
+            logits["age"] = logits["age"] + self.age_thresholds
+        return logits
+
+    def probabilities(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Class probabilities per task, rows summing to 1 (what the shipped ONNX graph computes)."""
+        result = {}
+        for task, output in self.forward(embeddings).items():
+            if task == "age" and self.ordinal_age:
+                above = torch.sigmoid(output)  # P(group > k), k = 0 .. K-2
+                ones = torch.ones_like(above[:, :1])
+                bounds = torch.cat([ones, above, torch.zeros_like(ones)], dim=1)
+                # Thresholds can cross after training; clamp the differences and renormalise.
+                probs = (bounds[:, :-1] - bounds[:, 1:]).clamp_min(0) + 1e-12
+                result[task] = probs / probs.sum(dim=1, keepdim=True)
+            else:
+                result[task] = torch.softmax(output, dim=1)
+        return result
+
+
+def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.ndarray, classes: dict[str, int],
+              config: AttributeConfig, progress: bool = False,
+              mirrored: Optional[np.ndarray] = None) -> tuple[AttributeHeads, list[dict], int]:
+    """Train the heads on the train split; return the best-on-val model, the history and its epoch.
+
+    ``mirrored`` (``config.tta == "flip"``): the embeddings of the mirror-image faces, row for row; each
+    training example is then one of the two views, drawn at random, and val averages their probabilities.
+    """
+    from .devices import resolve_device
+    from .progress import progress_bar
+
+    device = resolve_device(config.device)
+    train = split == 0
+    views = [embeddings] + ([mirrored] if mirrored is not None else [])
+    features = torch.from_numpy(np.ascontiguousarray(np.stack(views), dtype=np.float32)).to(device)  # (V, N, d)
+    labels = {task: torch.from_numpy(target).to(device) for task, target in targets.items()}
+    balanced = config.sampling == "balanced"
+    weights = {task: None if balanced else torch.tensor(class_weights(targets[task][train], classes[task]),
+                                                          dtype=torch.float32, device=device) for task in classes}
+    for task in classes:
+        for name, part in (("train", 0), ("val", 1)):
+            if not np.any(targets[task][split == part] >= 0):
+                raise InputError(f"the {name} split has no {task} label: too few identities for --split "
+                                 f"{':'.join(f'{share:g}' for share in config.split)}")
+    ordinal = config.age_loss == "ordinal"
+    # Dropout draws from torch's global generator: fork it, so the run is seeded and the caller's state kept.
+    # The heads are tiny: on a CPU, more than one intra-op thread only adds synchronisation (30x slower
+    # on a busy 2-core machine), so training runs on one and restores the caller's setting after.
+    threads = torch.get_num_threads()
+    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
+        torch.manual_seed(config.seed)
+        torch.set_num_threads(1)
+        model = AttributeHeads(embeddings.shape[1], classes, config.hidden, config.dropout, config.trunk,
+                               ordinal).to(device)
+        train_features = features[:, torch.from_numpy(train).to(device)].reshape(-1, embeddings.shape[1])
+        model.mean.copy_(train_features.mean(dim=0))
+        model.scale.copy_(train_features.std(dim=0).clamp_min(1e-6))
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        shuffler = torch.Generator().manual_seed(config.seed)
+        train_rows = torch.from_numpy(np.flatnonzero(train))
+        draw = torch.from_numpy(balanced_draw_weights(targets, train)) if balanced else None
+        val_rows = torch.from_numpy(np.flatnonzero(split == 1)).to(device)
+        history: list[dict] = []
+        best_state, best_epoch, best_key = None, 0, None
+        bar = progress_bar(config.epochs, "training attribute heads", enabled=progress)
+        try:
+            for epoch in range(1, config.epochs + 1):
+                model.train()
+                total, batches = 0.0, 0
+                if draw is None:
+                    order = train_rows[torch.randperm(len(train_rows), generator=shuffler)]
+                else:  # as many draws as training rows, each class cell equally likely
+                    order = train_rows[torch.multinomial(draw, len(train_rows), replacement=True, generator=shuffler)]
+                view = torch.randint(len(views), (len(order),), generator=shuffler)
+                for batch, batch_view in zip(order.split(config.batch_size), view.split(config.batch_size)):
+                    batch, batch_view = batch.to(device), batch_view.to(device)
+                    loss = _loss(model(features[batch_view, batch]), {t: labels[t][batch] for t in classes}, weights,
+                                 ordinal)
+                    if loss is None:
+                        continue
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item()
+                    batches += 1
+                val = _evaluate_split(model, features[:, val_rows], {t: labels[t][val_rows] for t in classes},
+                                      weights, ordinal)
+                record = {"epoch": epoch, "train_loss": total / max(batches, 1), **val}
+                history.append(record)
+                key = (val["val_accuracy"], -val["val_loss"])
+                if best_key is None or key > best_key:
+                    best_key, best_epoch, best_state = key, epoch, copy.deepcopy(model.state_dict())
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{val['val_accuracy']:.3f}")
+        finally:
+            bar.close()
+            torch.set_num_threads(threads)
+    model.load_state_dict(best_state)
+    model.eval()
+    return model.cpu(), history, best_epoch
+
+
+def balanced_draw_weights(targets: dict[str, np.ndarray], train: np.ndarray) -> np.ndarray:
+    """A draw weight per training row, ``1 / size`` of its cell of labels (e.g. age group x gender), so every
+    cell is drawn equally often (few faces over 56 are drawn as often as the many children)."""
+    rows = np.flatnonzero(train)
+    cells = np.stack([targets[task][rows] for task in sorted(targets)], axis=1)
+    _, inverse, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+    return (1.0 / counts[inverse.reshape(-1)]).astype(np.float64)
+
+
+def _loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
+          weights: dict[str, Optional[torch.Tensor]], ordinal: bool = False) -> Optional[torch.Tensor]:
+    """Sum over the heads of the (class-weighted) loss on the rows labelled for each head: cross-entropy, or
+    for an ordinal age head the binary cross-entropy of each "older than group k" threshold."""
+    total = None
+    for task, output in logits.items():
+        labelled = targets[task] >= 0
+        if not labelled.any():
+            continue
+        truth = targets[task][labelled]
+        if task == "age" and ordinal:
+            levels = (truth[:, None] > torch.arange(output.shape[1], device=truth.device)).float()
+            per_row = nn.functional.binary_cross_entropy_with_logits(output[labelled], levels,
+                                                                     reduction="none").sum(dim=1)
+            row_weights = weights[task][truth] if weights[task] is not None else torch.ones_like(per_row)
+            loss = (per_row * row_weights).sum() / row_weights.sum()
+        else:
+            loss = nn.functional.cross_entropy(output[labelled], truth, weight=weights[task])
+        total = loss if total is None else total + loss
+    return total
+
+
+@torch.no_grad()
+def _evaluate_split(model: AttributeHeads, features: torch.Tensor, targets: dict[str, torch.Tensor],
+                    weights: dict[str, Optional[torch.Tensor]], ordinal: bool = False) -> dict:
+    """Loss on the first view; accuracy from the probabilities averaged over the views (``features`` (V, N, d))."""
+    model.eval()
+    loss = _loss(model(features[0]), targets, weights, ordinal)
+    views = [model.probabilities(view) for view in features]
+    record: dict[str, float] = {"val_loss": float(loss) if loss is not None else float("nan")}
+    accuracies = []
+    for task in views[0]:
+        probs = torch.stack([view[task] for view in views]).mean(dim=0)
+        labelled = targets[task] >= 0
+        accuracy = float((probs[labelled].argmax(dim=1) == targets[task][labelled]).float().mean())
+        record[f"val_{task}_accuracy"] = accuracy
+        accuracies.append(accuracy)
+    record["val_accuracy"] = float(np.mean(accuracies))
+    return record
+
+
+class AttributeModel(AttributeAnswers):
+    """Trained heads with everything needed to use them: tasks, age bins, backbone and face settings."""
+
+    def __init__(self, heads: AttributeHeads, meta: dict):
+        self.heads = heads.eval()
+        self.meta = meta
+
+    @torch.no_grad()
+    def probabilities(self, embeddings: np.ndarray, mirrored: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
+        """Class probabilities per task, (N, K) float64 rows summing to 1; with ``mirrored`` (the mirror-image
+        faces' embeddings) the average of both views'."""
+        views = [embeddings] + ([mirrored] if mirrored is not None else [])
+        outputs = [self.heads.probabilities(torch.from_numpy(np.ascontiguousarray(view, dtype=np.float32)))
+                   for view in views]
+        return {task: np.mean([output[task].double().numpy() for output in outputs], axis=0) for task in outputs[0]}
+
+def save_attribute_model(path: os.PathLike, heads: AttributeHeads, meta: dict) -> None:
+    """Write the checkpoint atomically (temp file beside it, then rename)."""
+    from .outputs import atomic_path
+
+    payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **meta,
+               "state_dict": {name: tensor.detach().cpu() for name, tensor in heads.state_dict().items()}}
+    with atomic_path(path, suffix=".pt") as temp:
+        torch.save(payload, temp)
+
+
+def load_attribute_model(path: os.PathLike) -> AttributeModel:
+    """Load a checkpoint written by :func:`~kface.attributes.train_attributes` (``weights_only=True``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
+        raise InputError(f"{path}: not a kface model file ({type(exc).__name__})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path}: not an attribute model (train one with kface train-attributes)")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise InputError(f"{path}: attribute model format {payload.get('format_version')} is not supported "
+                         f"by kface {__version__} (expected {CHECKPOINT_VERSION})")
+    classes = {task: len(names) for task, names in payload["classes"].items()}
+    config = payload["config"]
+    heads = AttributeHeads(int(payload["embedding_size"]), classes, int(config["hidden"]), float(config["dropout"]),
+                           config.get("trunk", "separate"), config.get("age_loss", "ce") == "ordinal")
+    heads.load_state_dict(payload.pop("state_dict"))
+    return AttributeModel(heads, payload)
+
+
+def versions() -> dict:
+    """The library versions a checkpoint records."""
+    return {"kface": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "python": platform.python_version()}
