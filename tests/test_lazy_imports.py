@@ -21,3 +21,30 @@ def test_default_verify_imports_nothing_heavy(samples_dir):
     code = (f"from kface.api import verify\n"
             f"assert verify({str(samples_dir / 'obama.jpg')!r}, {str(samples_dir / 'obama2.jpg')!r}).same")
     assert _imported_after(code) == set()
+
+
+def test_cli_verify_and_embed_run_on_onnxruntime_without_torch(samples_dir, tmp_path):
+    a, b = str(samples_dir / "obama.jpg"), str(samples_dir / "biden.jpg")
+    code = ("from kface.cli import cli\n"
+            "for args in (['verify', '--model', 'dlib', '-q', A, B], ['embed', '-q', A, B, '--out', OUT]):\n"
+            "    try:\n        cli(args)\n    except SystemExit as stop:\n        assert stop.code == 0, (args, stop.code)\n"
+            "import onnxruntime  # the network ran there\n")
+    code = f"A, B, OUT = {a!r}, {b!r}, {str(tmp_path / 'e.npz')!r}\n" + code
+    assert _imported_after(code) == set()
+    assert (tmp_path / "e.npz").is_file()
+
+
+def test_embedding_many_images_imports_nothing_heavy(samples_dir):
+    # More chips than dlib-native ever served: the batch path is onnxruntime too, not the torch port.
+    images = sorted(str(p) for p in samples_dir.glob("*.jpg"))
+    code = (f"from kface.api import embed\n"
+            f"result = embed({images * 5!r}, cache=False)\n"
+            f"assert result.embeddings.shape == ({len(images) * 5}, 128)")
+    assert _imported_after(code) == set()
+
+
+def test_serve_app_loads_and_warms_up_without_torch():
+    code = ("from kface.serve import create_app, load_pipelines\n"
+            "app = create_app(load_pipelines(1, 'dlib'))\n"
+            "assert app.routes")
+    assert _imported_after(code) == set()
