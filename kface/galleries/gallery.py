@@ -48,6 +48,7 @@ class SearchAnswer:
     threshold: float  # the model's 1:1 threshold, for reference
     distance_metric: str
     model: str
+    gallery_images: int  # the images the search saw (one committed state of the gallery)
     face: dict = field(default_factory=dict)  # path, found, stage, box, n_faces (image searches only)
 
     def to_dict(self) -> dict:
@@ -150,7 +151,8 @@ class Gallery:
     def verifier(self):
         """The gallery model's verifier (loaded on first use)."""
         if self._verifier is None:
-            self._verifier = self._load_verifier(None)
+            # The gallery's own model, checked all the same: a checkpoint file may have been replaced.
+            self._check_model(model_identity(self._load_verifier(None)))
         return self._verifier
 
     def _load_verifier(self, model: Optional[str]):
@@ -297,7 +299,7 @@ class Gallery:
             best = candidates[0] if candidates else None
             match = best.identity if best is not None and best.distance <= limit else None
             answers.append(SearchAnswer(candidates, match, limit, source, self.model.threshold, self.model.distance,
-                                        self.model.name))
+                                        self.model.name, count))
         return answers
 
     def _ranked(self, index: VectorIndex, vectors: np.ndarray, top: int, count: int) -> list[list[Candidate]]:
