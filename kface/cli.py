@@ -573,8 +573,21 @@ def export(model, out, fp16, as_json):
 @click.option("--age-bins", default="0,10,20,30,40,50,60", show_default=True,
               help="Lower edges of the age groups; the last group is open (60+).")
 @click.option("--split", default="0.7:0.1:0.2", show_default=True,
-              help="train:val:test shares of images, split by identity (8:2 seen:unseen; val picks the "
-                   "best epoch). Layouts without identities (aaf) split image by image.")
+              help="train:val:test shares of images, split by identity (or --group-by; val picks the best "
+                   "epoch; test may be 0). Layouts without identities (aaf) split image by image.")
+@click.option("--group-by", metavar="COLUMN",
+              help="Keep each group of identities (a dataset column, e.g. family) in one split, so related "
+                   "people never straddle train and val/test.")
+@click.option("--age-loss", type=click.Choice(["ce", "ordinal"]), default="ce", show_default=True,
+              help="Age head: cross-entropy, or ordinal (CORAL-style cumulative logits: one group off costs "
+                   "less than five).")
+@click.option("--sampling", type=click.Choice(["weighted", "balanced"]), default="weighted", show_default=True,
+              help="Class imbalance: inverse-frequency loss weights, or batches drawn balanced over the "
+                   "age-group x gender cells.")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: train on each face and its mirror image; predictions average the two.")
+@click.option("--trunk", type=click.Choice(["separate", "shared"]), default="separate", show_default=True,
+              help="One hidden layer per head, or one shared by both heads.")
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
@@ -592,12 +605,13 @@ def export(model, out, fp16, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print the test metrics as one JSON object on stdout.")
 @common_options
 @handle_errors
-def train_attributes(dataset, root, layout_options, task, age_bins, split, epochs, batch_size, lr, weight_decay, hidden,
-                     dropout, seed, backbone, detector, fallback, max_pixels, device, out, report, as_json, quiet,
-                     no_cache):
+def train_attributes(dataset, root, layout_options, task, age_bins, split, group_by, age_loss, sampling, tta, trunk,
+                     epochs, batch_size, lr, weight_decay, hidden, dropout, seed, backbone, detector, fallback,
+                     max_pixels, device, out, report, as_json, quiet, no_cache):
     """Train age-group and/or gender heads on the frozen embedding of a labelled dataset.
 
-    Example: kface train-attributes --dataset lfw-gender --root ../shared/data/lfw --out runs/gender
+    Example: kface train-attributes --dataset lfw-gender --root ../shared/data/lfw --out runs/gender.
+    The shipped Korean heads: python -m kface.models.build_attributes build --root ../shared/data/korean_family
     """
     setup_logging(quiet)
     from .attributes import AttributeConfig, parse_age_bins, train_attributes as run
@@ -608,6 +622,7 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, epoch
                              dataset_options=checked_dataset_options(dataset, **layout_options), task=task,
                              age_bins=parse_age_bins(age_bins).edges, split=parse_split(split), epochs=epochs,
                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout,
+                             trunk=trunk, age_loss=age_loss, sampling=sampling, tta=tta, group_by=group_by,
                              seed=seed, backbone=backbone, detector=detector, fallback=fallback, device=device,
                              max_pixels=max_pixels, cache=not no_cache, report=report)
     result = run(config, progress=not quiet)
@@ -624,16 +639,18 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, epoch
     if "age_accuracy" in metrics:
         parts.append(f"age-group accuracy {metrics['age_accuracy']:.1%} (adjacent "
                      f"{metrics['age_adjacent_accuracy']:.1%}, MAE {metrics['age_mae_years']:.1f} years)")
-    click.echo(f"test split ({metrics['split']['counts']['test']['images']} images): {', '.join(parts)}; "
+    scored = "test" if "test" in metrics else "val"
+    click.echo(f"{scored} split ({metrics['split']['counts'][scored]['images']} images): {', '.join(parts)}; "
                f"wrote {result.model_path} and {result.report_dir}/")
 
 
 @cli.command()
 @click.argument("image", type=click.Path())
 @click.option("--model", type=click.Path(dir_okay=False),
-              help="An attribute model from kface train-attributes (runs/NAME/model.pt); none ships with kface.")
+              help="An attribute model from kface train-attributes (runs/NAME/model.pt) [default: the shipped "
+                   "Korean heads, attributes-korean-v1].")
 @click.option("--all-faces", is_flag=True, help="Every face in the image with its box, not only the largest.")
-@detector_options()
+@detector_options(default=None)
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @common_options
@@ -641,8 +658,11 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, epoch
 def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_json, quiet, no_cache):
     """Age group and gender of the face in IMAGE (the largest, or every face with --all-faces).
 
-    JSON keys: age_group, age_probs, expected_age, gender, gender_prob, gender_probs, box, stage, found
-    (with --all-faces: a list of those under "faces"). Exit 2 for bad input or a missing model.
+    Uses the shipped Korean heads (8 age classes 0-6 ... 67-80, gender; trained on Korean family-album
+    faces) unless --model names your own; the detector defaults to the model's (auto for the shipped one).
+    JSON keys: model, age_group, age_probs, expected_age, age_interval (low, high, coverage), gender,
+    gender_prob, gender_probs, box, stage, found (with --all-faces: a list of those under "faces").
+    Exit 2 for bad input or a missing model file.
     """
     setup_logging(quiet)
     from .attributes import load_analyzer
@@ -659,8 +679,10 @@ def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_
     for face in answer.get("faces", [answer]):
         parts = []
         if face["age_group"] is not None:
+            interval = face["age_interval"]
+            spread = f", {interval['coverage']:.0%} within {interval['low']:.0f}-{interval['high']:.0f}" if interval else ""
             parts.append(f"age {face['age_group']} (p {face['age_probs'][face['age_group']]:.2f}, "
-                         f"expected {face['expected_age']:.0f})")
+                         f"expected {face['expected_age']:.0f}{spread})")
         if face["gender"] is not None:
             parts.append(f"{face['gender']} (p {face['gender_prob']:.2f})")
         click.echo(f"{', '.join(parts)}; face {tuple(face['box'])} found by {face['stage']}")
@@ -838,7 +860,8 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
 @cli.command()
 @model_option
 @click.option("--attributes-model", type=click.Path(dir_okay=False),
-              help="An attribute model from kface train-attributes, for age group and gender (POST /analyze).")
+              help="An attribute model from kface train-attributes, for age group and gender (POST /analyze) "
+                   "[default: the shipped Korean heads, attributes-korean-v1].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback lets other machines upload faces (a warning says so).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one).")

@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 DEFAULT_MAX_IN_FLIGHT = 8
 DEFAULT_BODY_TIMEOUT_S = 60.0
 DEFAULT_SLOT_WAIT_S = 30.0
-#: What a request with a body costs at most besides its bytes: the multipart parser's parts are joined
-#: once (a second copy of the body), so a request holds up to twice its size while it is parsed.
-BODY_COPIES = 2
+#: Copies of its body a request holds at most while it is parsed: each part grows in a bytearray (which
+#: over-allocates by up to an eighth) and is then copied to bytes once; 3 leaves room for both.
+BODY_COPIES = 3
 BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})
 
