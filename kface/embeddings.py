@@ -1,16 +1,17 @@
 """Images to embeddings, through the face stage and a backbone, cached and batched.
 
 :class:`Embedder` is the one path every command takes from image files to vectors: read and hash each
-file, look the embedding up in the cache, detect and align only the faces that are missing, embed the
-missing chips in batches, store both. A second run over the same images does no detection and no
-embedding, and loads neither dlib nor torch.
+file, look the embedding up in the cache, detect and align only the faces that are missing (in worker
+processes for many images, :mod:`kface.pipeline`), embed the chips in batches as they arrive, and store
+both as they come, so an interrupted run resumes through the cache. A second run over the same images
+does no detection and no embedding, and loads neither dlib nor torch.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass, field, replace
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -19,12 +20,16 @@ from .cache import open_cache
 from .errors import InputError, NoFaceError
 from .hashing import file_sha256
 from .faces import FaceFinder, FaceSettings, mirror
-from .images import ImageSource, content_hash, decode_image, read_bytes
+from .images import ImageSource, content_hash, read_bytes
+from .pipeline import FaceTask, default_workers, find_faces
 
 log = logging.getLogger("kface")
 
 TTA_MODES = ("none", "flip")
+NO_FACE_MODES = ("error", "row")
 EMBED_BATCH = 64
+#: New faces are written to the cache in transactions of this many (an interruption keeps the rest).
+FACE_WRITE_BATCH = 64
 Box = tuple[int, int, int, int]
 
 
@@ -60,16 +65,18 @@ class EmbeddingResult:
     """Embeddings of a list of images, in input order.
 
     Images that failed (only with ``on_error="skip"``) have a NaN row, ``found`` False and their message
-    in ``errors``.
+    in ``errors``. Images with no face (only with ``no_face="row"``) have a NaN row, ``found`` False,
+    stage ``none`` and their message in ``notes``.
     """
 
     paths: list[str]
     embeddings: np.ndarray  # (N, D) float32
     found: np.ndarray  # (N,) bool: a detector (or label box) found the face
-    stages: list[str]  # per image: "hog", "hog-padded", "mtcnn", "label", "whole-image", "error"
+    stages: list[str]  # per image: "hog", "hog-padded", "mtcnn", "label", "whole-image", "none", "error"
     boxes: list[Optional[Box]]
     n_faces: np.ndarray  # (N,) int
     errors: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # name -> why no face was found (stage "none")
     computed: int = 0  # embeddings computed in this call (the rest came from the cache)
 
     def stage_counts(self) -> dict[str, int]:
@@ -92,14 +99,17 @@ class Embedder:
         weights: a local weights file for backbones that need one.
         cache: use the on-disk cache (``cache_dir`` overrides its folder).
         progress: show progress bars on stderr.
+        workers: face-finding worker processes for large inputs (``None``: the CPU cores; 0: this process).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib", upsample: int = 1,
                  fallback: str = "none", tta: str = "none", device: str = "auto",
                  weights: Optional[str] = None, cache: bool = True, cache_dir: Optional[os.PathLike] = None,
-                 max_pixels: Optional[int] = None, progress: bool = False):
+                 max_pixels: Optional[int] = None, progress: bool = False, workers: Optional[int] = None):
         if tta not in TTA_MODES:
             raise InputError(f"unknown --tta {tta!r}; choose one of: {', '.join(TTA_MODES)}")
+        if workers is not None and workers < 0:
+            raise InputError(f"--workers must be 0 or more, got {workers}")
         if weights is not None and not os.path.isfile(weights):
             raise InputError(f"{weights}: no such weights file")
         self.spec = get_spec(backbone)
@@ -109,6 +119,7 @@ class Embedder:
         self.weights = weights
         self.max_pixels = max_pixels
         self.progress = progress
+        self.workers = default_workers() if workers is None else workers
         self._cache = open_cache(cache, cache_dir)
         self._finder: Optional[FaceFinder] = None
         self._backbone = None
@@ -143,36 +154,78 @@ class Embedder:
               on_error: str = "raise") -> tuple[list[Optional[FaceEntry]], dict[str, str]]:
         """Face entries for ``sources`` (from the cache, else detected now) and the errors by name."""
         names, keys, datas, errors = self._read(sources, boxes, on_error)
-        entries = self._faces_for(names, keys, datas, boxes, on_error, errors)
+        entries: list[Optional[FaceEntry]] = [None] * len(names)
+        wanted = [i for i, key in enumerate(keys) if key]
+        bar = self._bar(len(wanted), "finding faces")
+        try:
+            for index, entry in self._face_stream(wanted, names, keys, datas, boxes, on_error, "error", errors, {}):
+                entries[index] = entry
+                bar.update(1)
+        finally:
+            bar.close()
+        self._note_several_faces(names, entries)
         return entries, errors
 
     def embed(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[Optional[Box]]] = None,
-              on_error: str = "raise") -> EmbeddingResult:
+              on_error: str = "raise", no_face: str = "error") -> EmbeddingResult:
         """Embeddings of ``sources`` (paths or bytes), in order.
 
         ``boxes`` (left, top, right, bottom) per image, e.g. from label files, replace detection.
         ``on_error="raise"`` stops at the first bad image with its one-line error; ``"skip"`` records
-        it in ``errors`` and goes on.
+        it in ``errors`` and goes on. An image with no face is such an error with ``no_face="error"``;
+        with ``no_face="row"`` it is a row of its own (stage ``none``, its message in ``notes``).
         """
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if no_face not in NO_FACE_MODES:
+            raise ValueError(f"no_face must be one of {NO_FACE_MODES}, got {no_face!r}")
         names, keys, datas, errors = self._read(sources, boxes, on_error)
         embedding_keys = [self._embedding_key(k) if k else None for k in keys]
         cached = self._cache.get_many("embeddings", [k for k in embedding_keys if k])
         missing = [i for i, k in enumerate(embedding_keys) if k and k not in cached]
-        entries: dict[int, FaceEntry] = {}
+        notes: dict[str, str] = {}
+        computed = 0
         if missing:
-            found = self._faces_for([names[i] for i in missing], [keys[i] for i in missing],
-                                    [datas[i] for i in missing],
-                                    [boxes[i] for i in missing] if boxes is not None else None, on_error, errors)
-            entries = {i: e for i, e in zip(missing, found) if e is not None}
-            stored = {embedding_keys[i]: {"embedding": v, "stage": np.array(entries[i].stage),
-                                          "n_faces": np.array(entries[i].n_faces),
-                                          "box": np.array(entries[i].box, dtype=np.int64)}
-                      for i, v in self._embed_entries(entries).items()}
+            computed = self._embed_missing(missing, names, keys, datas, boxes, embedding_keys, cached,
+                                           on_error, no_face, errors, notes)
+        return self._assemble(names, embedding_keys, cached, errors, notes, computed)
+
+    def _embed_missing(self, missing, names, keys, datas, boxes, embedding_keys, cached, on_error, no_face,
+                       errors, notes) -> int:
+        """Embed the ``missing`` images' faces in batches as they are found; each batch is stored at once."""
+        pending: dict[int, FaceEntry] = {}
+        found: list[tuple[str, FaceEntry]] = []
+        computed = 0
+        bar = self._bar(len(missing), f"embedding ({self.spec.name})")
+
+        def flush() -> None:
+            nonlocal pending, computed
+            stored = {embedding_keys[i]: {"embedding": v, "stage": np.array(pending[i].stage),
+                                          "n_faces": np.array(pending[i].n_faces),
+                                          "box": np.array(pending[i].box, dtype=np.int64)}
+                      for i, v in self._embed_entries(pending).items()}
             self._cache.put_many("embeddings", stored)
             cached.update(stored)
-        return self._assemble(names, embedding_keys, cached, errors, computed=len(entries))
+            computed += len(pending)
+            bar.update(len(pending))
+            pending = {}
+
+        try:
+            for index, entry in self._face_stream(missing, names, keys, datas, boxes, on_error, no_face,
+                                                  errors, notes):
+                if entry is None or entry.chip is None:
+                    bar.update(1)
+                    continue
+                pending[index] = entry
+                found.append((names[index], entry))
+                if len(pending) >= EMBED_BATCH:
+                    flush()
+            if pending:
+                flush()
+        finally:
+            bar.close()
+        self._note_several_faces([name for name, _ in found], [entry for _, entry in found])
+        return computed
 
     def _read(self, sources, boxes, on_error):
         if boxes is not None and len(boxes) != len(sources):
@@ -197,63 +250,66 @@ class Embedder:
             datas.append(data)
         return names, keys, datas, errors
 
-    def _faces_for(self, names, keys, datas, boxes, on_error, errors) -> list[Optional[FaceEntry]]:
-        """Face entries from the cache, else detected now; misses go through the fallback."""
-        fallback_keys = [f"{k};fb=whole-image" if k else None for k in keys]
-        wanted = [k for k in keys if k]
-        if self.settings.fallback == "whole-image":
-            wanted += [k for k in fallback_keys if k]
+    def _face_stream(self, indices, names, keys, datas, boxes, on_error, no_face, errors,
+                     notes) -> Iterator[tuple[int, Optional[FaceEntry]]]:
+        """``(index, entry)`` for each of ``indices``, cached ones first, then the rest as they are found
+        (in worker processes for many images; see :func:`kface.pipeline.find_faces`). New faces go to the
+        cache as they come. Misses go through the fallback, then :meth:`_settle`; an entry of None
+        means the image failed (its message is in ``errors``)."""
+        fallback = self.settings.fallback == "whole-image"
+        fallback_keys = {i: f"{keys[i]};fb=whole-image" for i in indices}
+        wanted = [keys[i] for i in indices] + ([fallback_keys[i] for i in indices] if fallback else [])
         cached = self._cache.get_many("faces", wanted)
-        entries: list[Optional[FaceEntry]] = []
-        new: dict[str, dict[str, np.ndarray]] = {}
-        bar = self._bar(sum(1 for k in keys if k and k not in cached), "detecting faces")
-        try:
-            for index, (name, key, data) in enumerate(zip(names, keys, datas)):
-                if key is None:
-                    entries.append(None)
+        tasks: list[FaceTask] = []
+        for i in indices:
+            arrays = cached.get(keys[i])
+            if arrays is not None and fallback and "chip" not in arrays:
+                arrays = cached.get(fallback_keys[i])  # a cached miss: its whole-image chip, if cached
+                if arrays is None:
+                    tasks.append(FaceTask(i, names[i], datas[i], boxes[i] if boxes is not None else None,
+                                          detect=False, whole_image=True))
                     continue
-                box = boxes[index] if boxes is not None else None
-                if key in cached:
-                    entry = FaceEntry.from_arrays(cached[key])
-                else:
-                    entry = self._detect(name, data, box, on_error, errors)
-                    if entry is not None:
-                        new[key] = entry.to_arrays()
-                    bar.update(1)
-                if entry is not None and entry.chip is None and self.settings.fallback == "whole-image":
-                    fallback_key = fallback_keys[index]
-                    if fallback_key in cached:
-                        entry = FaceEntry.from_arrays(cached[fallback_key])
-                    else:
-                        entry = self._detect(name, data, box, on_error, errors, whole_image=True)
-                        new[fallback_key] = entry.to_arrays()
-                if entry is not None and entry.chip is None:
-                    message = (f"{name}: no face found (detector {self.settings.detector}; try --detector auto, "
-                               f"or --fallback whole-image for pre-cropped faces)")
-                    if on_error == "raise":
-                        raise NoFaceError(message)
-                    errors[name] = message
-                    entry = None
-                entries.append(entry)
-        finally:
-            bar.close()
-            self._cache.put_many("faces", new)
-        self._note_several_faces(names, entries)
-        return entries
-
-    def _detect(self, name, data, box, on_error, errors, whole_image: bool = False) -> Optional[FaceEntry]:
+            if arrays is not None:
+                yield i, self._settle(names[i], FaceEntry.from_arrays(arrays), on_error, no_face, errors, notes)
+                continue
+            tasks.append(FaceTask(i, names[i], datas[i], boxes[i] if boxes is not None else None,
+                                  detect=True, whole_image=fallback))
+        new: dict[str, dict[str, np.ndarray]] = {}
         try:
-            kwargs = {"max_pixels": self.max_pixels} if self.max_pixels else {}
-            image = decode_image(data, name, **kwargs)
-            face = self.finder.whole_image(image) if whole_image else self.finder.find(image, name, box)
-        except NoFaceError:
-            return FaceEntry(None, None, "none", 0)
-        except InputError as exc:
-            if on_error == "raise":
-                raise
-            errors[name] = str(exc)
-            return None
-        return FaceEntry(face.chip, face.box, face.stage, face.n_faces)
+            for result in find_faces(tasks, self.finder, self.finder.settings, self.workers, self.max_pixels):
+                i = result.index
+                if result.error is not None:
+                    if on_error == "raise":
+                        raise InputError(result.error)
+                    errors[names[i]] = result.error
+                    yield i, None
+                    continue
+                if result.detected is not None:
+                    new[keys[i]] = result.detected
+                if result.whole_image is not None:
+                    new[fallback_keys[i]] = result.whole_image
+                arrays = result.whole_image if result.whole_image is not None else result.detected
+                if len(new) >= FACE_WRITE_BATCH:
+                    self._cache.put_many("faces", new)
+                    new = {}
+                yield i, self._settle(names[i], FaceEntry.from_arrays(arrays), on_error, no_face, errors, notes)
+        finally:
+            self._cache.put_many("faces", new)
+
+    def _settle(self, name, entry: FaceEntry, on_error, no_face, errors, notes) -> Optional[FaceEntry]:
+        """Apply the no-face policy to an entry: a face passes; a miss is a row (``no_face="row"``),
+        an error, or recorded in ``errors`` (then None)."""
+        if entry.chip is not None:
+            return entry
+        message = (f"{name}: no face found (detector {self.settings.detector}; try --detector auto, "
+                   f"or --fallback whole-image for pre-cropped faces)")
+        if no_face == "row":
+            notes[name] = message
+            return entry
+        if on_error == "raise":
+            raise NoFaceError(message)
+        errors[name] = message
+        return None
 
     @staticmethod
     def _note_several_faces(names, entries) -> None:
@@ -270,21 +326,16 @@ class Embedder:
             return {}
         order = list(entries)
         vectors: dict[int, np.ndarray] = {}
-        bar = self._bar(len(order), f"embedding ({self.spec.name})")
-        try:
-            for start in range(0, len(order), EMBED_BATCH):
-                batch = order[start:start + EMBED_BATCH]
-                chips = np.stack([entries[i].chip for i in batch])
-                out = self.backbone.embed_chips(chips)
-                if self.tta == "flip":
-                    out = (out + self.backbone.embed_chips(mirror(chips))) / 2
-                vectors.update(zip(batch, out.astype(np.float32)))
-                bar.update(len(batch))
-        finally:
-            bar.close()
+        for start in range(0, len(order), EMBED_BATCH):
+            batch = order[start:start + EMBED_BATCH]
+            chips = np.stack([entries[i].chip for i in batch])
+            out = self.backbone.embed_chips(chips)
+            if self.tta == "flip":
+                out = (out + self.backbone.embed_chips(mirror(chips))) / 2
+            vectors.update(zip(batch, out.astype(np.float32)))
         return vectors
 
-    def _assemble(self, names, embedding_keys, cached, errors, computed) -> EmbeddingResult:
+    def _assemble(self, names, embedding_keys, cached, errors, notes, computed) -> EmbeddingResult:
         dim = self.spec.embedding_size
         embeddings = np.full((len(names), dim), np.nan, dtype=np.float32)
         found = np.zeros(len(names), dtype=bool)
@@ -294,7 +345,7 @@ class Embedder:
         for i, (name, key) in enumerate(zip(names, embedding_keys)):
             arrays = cached.get(key) if key else None
             if arrays is None or name in errors:
-                stages.append("error")
+                stages.append("none" if name in notes and name not in errors else "error")
                 boxes.append(None)
                 continue
             embeddings[i] = arrays["embedding"]
@@ -303,7 +354,7 @@ class Embedder:
             found[i] = stage != "whole-image"
             n_faces[i] = int(arrays["n_faces"])
             boxes.append(tuple(int(v) for v in arrays["box"]))
-        return EmbeddingResult(list(names), embeddings, found, stages, boxes, n_faces, errors, computed)
+        return EmbeddingResult(list(names), embeddings, found, stages, boxes, n_faces, errors, notes, computed)
 
     def _bar(self, total: int, desc: str):
         from .progress import progress_bar

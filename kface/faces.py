@@ -6,7 +6,8 @@ Detectors (``--detector``):
   miss it retries harder (``upsample`` times upsampled, the image's longer side first brought to
   :data:`DETECT_MAX_SIDE`), then on the image padded with its mean colour, which recovers tight
   dataset crops whose face touches the border. ``policy="fixed"`` skips the sized pass.
-- ``mtcnn``: facenet-pytorch's MTCNN (weights ship inside its wheel).
+- ``mtcnn``: facenet-pytorch's MTCNN, its networks exported to ONNX and run without torch
+  (:mod:`kface.mtcnn`).
 - ``auto``: ``dlib``, then MTCNN on the images HOG missed.
 - ``none``: the whole image is the face (pre-cropped datasets).
 
@@ -120,13 +121,14 @@ def _largest(boxes: Sequence[Box]) -> int:
 class FaceFinder:
     """Finds the largest face of an image and cuts its aligned chip, per :class:`FaceSettings`.
 
-    dlib's models load on first use; MTCNN loads only when it is asked for (``mtcnn``) or when HOG
-    misses (``auto``), so the default path never imports torch.
+    dlib's models load on first use; MTCNN (onnxruntime, never torch) loads only when it is asked for
+    (``mtcnn``) or when HOG misses (``auto``).
     """
 
-    def __init__(self, settings: FaceSettings = FaceSettings(), device: str = "auto"):
+    def __init__(self, settings: FaceSettings = FaceSettings(), device: str = "auto", threads: Optional[int] = None):
         self.settings = settings
         self.device = device
+        self.threads = threads  # CPU threads for MTCNN's networks (None: onnxruntime's default)
         self._hog = None
         self._landmarks = None
         self._mtcnn = None
@@ -148,11 +150,10 @@ class FaceFinder:
 
     def _mtcnn_model(self):
         if self._mtcnn is None:
-            from facenet_pytorch import MTCNN
+            # facenet-pytorch's networks exported to ONNX, its box logic in numpy: no torch here.
+            from .mtcnn import MTCNN
 
-            from .devices import resolve_device
-
-            self._mtcnn = MTCNN(keep_all=True, device=resolve_device(self.device), post_process=False)
+            self._mtcnn = MTCNN(threads=self.threads)
         return self._mtcnn
 
     # -- detectors: image -> list of boxes -------------------------------------------------------
@@ -179,9 +180,7 @@ class FaceFinder:
 
     def _mtcnn_boxes(self, image: np.ndarray) -> list[Box]:
         boxes, _ = self._mtcnn_model().detect(image)
-        if boxes is None:
-            return []
-        return [tuple(int(round(v)) for v in box) for box in boxes]
+        return [tuple(int(round(float(v))) for v in box) for box in boxes]
 
     # -- public ----------------------------------------------------------------------------------
     def find(self, image: np.ndarray, name: str = "<image>", box: Optional[Box] = None) -> Face:
