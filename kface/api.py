@@ -137,11 +137,16 @@ def verify(image_a: ImageSource, image_b: ImageSource, *, model: Optional[str] =
 
 def embed(images: Sequence[ImageSource], *, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib",
           fallback: str = "none", tta: str = "none", device: str = "auto", weights: Optional[str] = None,
-          cache: bool = True, max_pixels: Optional[int] = None, on_error: str = "raise") -> EmbeddingResult:
-    """Embeddings of ``images`` (paths or bytes) with the given backbone; see :class:`EmbeddingResult`."""
+          cache: bool = True, max_pixels: Optional[int] = None, on_error: str = "raise",
+          no_face: str = "error", workers: Optional[int] = None, progress: bool = False) -> EmbeddingResult:
+    """Embeddings of ``images`` (paths or bytes) with the given backbone; see :class:`EmbeddingResult`.
+
+    ``no_face="row"`` keeps an image with no face as a row (stage ``none``) instead of an error;
+    ``workers``: face-finding processes for many images (None: the CPU cores, 0: this process).
+    """
     embedder = Embedder(backbone, detector=detector, fallback=fallback, tta=tta, device=device,
-                        weights=weights, cache=cache, max_pixels=max_pixels)
+                        weights=weights, cache=cache, max_pixels=max_pixels, workers=workers, progress=progress)
     try:
-        return embedder.embed(images, on_error=on_error)
+        return embedder.embed(images, on_error=on_error, no_face=no_face)
     finally:
         embedder.close()

@@ -124,6 +124,14 @@ def cli() -> None:
     """
 
 
+def _echo_no_face_notes(messages: list[str], shown: int = 10) -> None:
+    """One ``note:`` line per image with no face, the first ``shown`` of them, then a count."""
+    for message in messages[:shown]:
+        click.echo(f"note: {message}", err=True)
+    if len(messages) > shown:
+        click.echo(f"note: {len(messages) - shown} more images with no face (stage none in the output)", err=True)
+
+
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
@@ -132,15 +140,24 @@ def cli() -> None:
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: average each embedding with its mirrored chip's.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
-@click.option("--skip-bad", is_flag=True, help="Leave out unreadable or faceless images instead of failing.")
+@click.option("--strict", is_flag=True,
+              help="An image with no face is an error (exit 2) instead of a row with found=false and stage none.")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave out unreadable images (with --strict, faceless ones too) instead of failing.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Processes that decode, detect and align faces for large inputs (0: none) [default: CPU cores].")
 @engine_option
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @common_options
 @handle_errors
-def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, skip_bad, engine, device, as_json, quiet,
-          no_cache):
-    """Embed the faces of IMAGES into an .npz (keys: paths, embeddings, found)."""
+def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, strict, skip_bad, workers, engine, device,
+          as_json, quiet, no_cache):
+    """Embed the faces of IMAGES into an .npz (keys: paths, embeddings, found, stages, notes).
+
+    An image with no face is a row of its own (found false, stage none, a NaN embedding, a note saying
+    why) unless --strict; results are cached as they come, so an interrupted run resumes.
+    """
     setup_logging(quiet)
     from .api import embed as embed_images
     from .engines import backbone_for_engine
@@ -148,18 +165,23 @@ def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, s
 
     result = embed_images(list(images), backbone=backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, tta=tta,
                           device=device, weights=weights, cache=not no_cache, max_pixels=max_pixels,
-                          on_error="skip" if skip_bad else "raise")
+                          on_error="skip" if skip_bad else "raise", no_face="error" if strict else "row",
+                          workers=workers, progress=not quiet)
     keep = [i for i, path in enumerate(result.paths) if path not in result.errors]
     for path, message in result.errors.items():
         click.echo(f"skipped: {message}", err=True)
     if not keep:
         raise KfaceError("no image could be embedded")
+    if not quiet:
+        _echo_no_face_notes(list(result.notes.values()))
     import numpy as np
 
-    write_npz(out, paths=np.array([result.paths[i] for i in keep]), embeddings=result.embeddings[keep],
-              found=result.found[keep], stages=np.array([result.stages[i] for i in keep]))
+    paths = [result.paths[i] for i in keep]
+    write_npz(out, paths=np.array(paths), embeddings=result.embeddings[keep],
+              found=result.found[keep], stages=np.array([result.stages[i] for i in keep]),
+              notes=np.array([result.notes.get(path, "") for path in paths]))
     summary = {"out": out, "count": len(keep), "skipped": len(result.errors), "dim": int(result.embeddings.shape[1]),
-               "found": int(result.found[keep].sum()), "stages": result.stage_counts(),
+               "found": int(result.found[keep].sum()), "no_face": len(result.notes), "stages": result.stage_counts(),
                "computed": result.computed, "backbone": backbone}
     if as_json:
         print_json(summary)
