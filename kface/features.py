@@ -236,7 +236,7 @@ class FeatureStore:
     # -- computing -------------------------------------------------------------------------------
     def _embedder(self, progress: bool) -> Embedder:
         return Embedder(**self.spec.embedder_options(), device=self.device, progress=progress,
-                        max_pixels=self.max_pixels)
+                        max_pixels=self.max_pixels, workers=self.workers)
 
     def _compute(self, paths: list[str]) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]:
         """Features of ``paths`` (none stored yet) and the errors of those that failed."""
