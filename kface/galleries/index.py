@@ -24,10 +24,11 @@ import numpy as np
 log = logging.getLogger("kface")
 
 MAGIC = "kface-gallery-index"
-#: Embeddings from which the approximate index is used (exact search's p50 passes ~5 ms on this CPU
-#: at about 100k 128-d vectors; see bench/gallery_search.py).
-APPROXIMATE_FROM = 50_000
-#: Inverted lists searched per query: recall@1 >= 99% of exact at 1M in bench/gallery_search.py.
+#: Embeddings from which the approximate index is used: exact search of 128-d vectors took p50 0.09 ms
+#: at 10k but 24.5 ms at 100k on this (shared) CPU, IVF 0.37 ms at 100k (bench/gallery_search.py).
+APPROXIMATE_FROM = 20_000
+#: Inverted lists searched per query: recall@1 99.5% of exact at 10k and 100k, 100% at 1M, p50 0.79 ms
+#: at 1M (bench/gallery_search.py; HNSW, M=32 efSearch=64, reached 81.5% at 100k after an 88 s build).
 NPROBE = 24
 #: An approximate index is retrained when the gallery has grown this many times past its training set.
 RETRAIN_GROWTH = 4.0
