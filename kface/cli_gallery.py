@@ -326,6 +326,8 @@ def _write_clusters(out, paths, labels, truth) -> None:
 @click.option("--age-column", default="age_class", show_default=True, help="The age label (none: first photo).")
 @click.option("--unenrolled-share", type=float, default=0.2, show_default=True,
               help="Share of the enrollable people left out, whose photos are non-mated probes.")
+@click.option("--unenrolled-by", default="identity", show_default=True,
+              help="Leave people out one by one (identity), or whole groups by a column such as family.")
 @click.option("--probes-per-person", type=click.IntRange(0), default=0, show_default=True,
               help="At most this many probes of one person (0: all).")
 @click.option("--identities", type=click.IntRange(0), default=0, show_default=True,
@@ -340,7 +342,7 @@ def _write_clusters(out, paths, labels, truth) -> None:
 @common_options
 @handle_errors
 def benchmark_identification(dataset, root, manifest, groups_file, group_by, gallery_age, age_column, unenrolled_share,
-                             probes_per_person, identities, fpir, models, seed, out, device, as_json, quiet, no_cache):
+                             unenrolled_by, probes_per_person, identities, fpir, models, seed, out, device, as_json, quiet, no_cache):
     """1:N identification, closed and open set: rank-1, rank-5 and FNIR at FPIR 1%.
 
     Example (the Korean model's held-out families): kface benchmark identification --dataset csv
@@ -352,7 +354,7 @@ def benchmark_identification(dataset, root, manifest, groups_file, group_by, gal
     from .models import STOCK_MODEL, default_model
 
     protocol = IdentificationProtocol(gallery_age, age_column, unenrolled_share, probes_per_person, identities, fpir,
-                                      seed)
+                                      seed, unenrolled_by)
     chosen = tuple(models) or tuple(dict.fromkeys([default_model(), STOCK_MODEL]))
     rows = run_identification(dataset, root, {"manifest": manifest}, protocol, models=chosen, out=Path(out),
                               groups_file=groups_file, group_by=group_by, device=device, cache=not no_cache,
