@@ -141,7 +141,9 @@ def search(image, gallery_path, top, open_set_threshold, model, detector, fallba
         print_json(answer.to_dict())
         return
     for rank, candidate in enumerate(answer.candidates, 1):
-        click.echo(f"{rank}. {candidate.identity}  distance {candidate.distance:.4f}  ({candidate.image})")
+        verdict = "same person" if candidate.same_at_threshold else "different"
+        click.echo(f"{rank}. {candidate.identity}  distance {candidate.distance:.4f}  ({verdict} at the 1:1 threshold "
+                   f"{answer.threshold:.4f}; {candidate.image})")
     if answer.match is not None:
         click.echo(f"match: {answer.match} (distance {answer.candidates[0].distance:.4f} <= open-set threshold "
                    f"{answer.open_set_threshold:.4f})")
