@@ -12,7 +12,8 @@ import pytest
 from conftest import EXAMPLES, lfw_people
 
 from kface.engines import OnnxNetwork
-from kface.engines.shipped import shipped_card, shipped_network, shipped_network_path
+from kface.engines.shipped import shipped_network
+from kface.models import network_card as shipped_card, network_path as shipped_network_path
 from kface.errors import InputError, KfaceError
 
 PARITY = 0.99999  # cosine, the bar

@@ -19,9 +19,9 @@ NATIVE_MAX_CHIPS = 8
 
 
 def _onnx_serves(device: str, weights: Optional[str], family: str) -> bool:
-    from ..engines.shipped import has_shipped_network
+    from ..models import has_network
 
-    if weights is not None or not has_shipped_network(family):
+    if weights is not None or not has_network(family):
         return False
     if device.startswith("cuda"):
         from ..engines.runtime import CUDA_PROVIDER

@@ -21,14 +21,13 @@ import numpy as np
 
 from .. import __version__
 from ..hashing import file_sha256
-from ..models import MODELS_DIR
+from ..models import MODELS_DIR, NETWORK_CARDS
 from ..models_path import DLIB_RESNET, model_file
 from ..outputs import write_text
-from .shipped import SHIPPED_NETWORKS
 
 FAMILY = "dlib-resnet-v1"
 NETWORK_FILE = MODELS_DIR / f"{FAMILY}.onnx"
-CARD_FILE = MODELS_DIR / SHIPPED_NETWORKS[FAMILY]
+CARD_FILE = MODELS_DIR / NETWORK_CARDS[FAMILY]
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 

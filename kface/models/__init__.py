@@ -18,53 +18,67 @@ from ..errors import KfaceError
 
 MODELS_DIR = Path(__file__).resolve().parent
 STOCK_MODEL = "dlib"
-#: Shipped models whose card lives in this folder, by name.
-CARDS = {"korean": "korean-v1.json"}
+#: Backbone family -> the card of the ONNX network that ships for it (in this folder).
+NETWORK_CARDS = {"dlib-resnet-v1": "dlib-resnet-v1.json", "kface-korean-v1": "korean-v1.json"}
+#: Shipped model name -> the backbone family it runs; its network card is also the model card
+#: (threshold, face settings, recipe, figures).
+MODEL_FAMILIES = {"korean": "kface-korean-v1"}
+
+
+def network_card(family: str) -> dict:
+    """The card of the network shipped for backbone ``family`` (its file is checked by :func:`network_path`
+    and again by :class:`~kface.engines.runtime.OnnxNetwork` before a session is created)."""
+    if family not in NETWORK_CARDS:
+        raise KfaceError(f"no ONNX network ships for {family!r}; shipped: {', '.join(sorted(NETWORK_CARDS))}")
+    return _read_card(NETWORK_CARDS[family])
+
+
+@lru_cache(maxsize=None)
+def _read_card(file: str) -> dict:
+    path = MODELS_DIR / file
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise KfaceError(f"{path}: the shipped card is unreadable ({exc}); reinstall kface") from None
+
+
+def has_network(family: str) -> bool:
+    """Whether the card and the network file for ``family`` are installed."""
+    if family not in NETWORK_CARDS or not (MODELS_DIR / NETWORK_CARDS[family]).is_file():
+        return False
+    return (MODELS_DIR / network_card(family)["file"]).is_file()
+
+
+def network_path(family: str, check: bool = False) -> Path:
+    """The network file shipped for ``family``; with ``check``, its sha256 is compared with the card's."""
+    body = network_card(family)
+    path = MODELS_DIR / body["file"]
+    if not path.is_file():
+        raise KfaceError(f"{path}: the shipped network file is missing; reinstall kface")
+    if check and file_sha256(path) != body["sha256"]:
+        raise KfaceError(f"{path}: sha256 differs from its card; the file is damaged, reinstall kface")
+    return path
 
 
 def shipped_names() -> list[str]:
-    """Every model name ``--model`` accepts besides a checkpoint path (a card only counts where it ships)."""
-    return sorted({STOCK_MODEL, *(name for name, file in CARDS.items() if (MODELS_DIR / file).is_file())})
+    """Every model name ``--model`` accepts besides a checkpoint path (a model only counts where it ships)."""
+    return sorted({STOCK_MODEL, *(name for name, family in MODEL_FAMILIES.items() if has_network(family))})
 
 
 def default_model() -> str:
-    """The model used when none is named: the Korean model where its card ships, else stock dlib."""
-    return "korean" if (MODELS_DIR / CARDS["korean"]).is_file() else STOCK_MODEL
+    """The model used when none is named: the Korean model where it ships, else stock dlib."""
+    return "korean" if has_network(MODEL_FAMILIES["korean"]) else STOCK_MODEL
 
 
 def is_shipped(name: Optional[str]) -> bool:
     return name in shipped_names()
 
 
-@lru_cache(maxsize=None)
 def card(name: str) -> dict:
-    """The card of shipped model ``name`` (a JSON object), with its network file's sha256 checked."""
-    if name not in CARDS:
+    """The card of shipped model ``name``."""
+    if name not in MODEL_FAMILIES:
         raise KfaceError(f"no card for model {name!r}; shipped models: {', '.join(shipped_names())}")
-    path = MODELS_DIR / CARDS[name]
-    try:
-        body = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise KfaceError(f"{path}: the shipped model card is unreadable ({exc}); reinstall kface") from None
-    network = MODELS_DIR / body["file"]
-    if not network.is_file():
-        raise KfaceError(f"{network}: the shipped model file is missing; reinstall kface")
-    if file_sha256(network) != body["sha256"]:
-        raise KfaceError(f"{network}: sha256 differs from its card; the file is damaged, reinstall kface")
-    return body
-
-
-def model_of_backbone(backbone: str) -> str:
-    """The shipped model whose network the backbone registry entry ``backbone`` is."""
-    for name in CARDS:
-        if card(name)["backbone"] == backbone:
-            return name
-    raise KfaceError(f"backbone {backbone} belongs to no shipped model")
-
-
-def network_path(name: str) -> Path:
-    """The checked network file of shipped model ``name``."""
-    return MODELS_DIR / card(name)["file"]
+    return network_card(MODEL_FAMILIES[name])
 
 
 def describe(name: str) -> dict:
@@ -80,5 +94,5 @@ def describe(name: str) -> dict:
                 "size_bytes": path.stat().st_size, "sha256": file_sha256(path), "distance": "euclidean",
                 "threshold": {"value": value, "rule": "max-accuracy", "source": source}}
     body = dict(card(name))
-    body["file"] = str(network_path(name))
+    body["file"] = str(network_path(MODEL_FAMILIES[name], check=True))
     return body

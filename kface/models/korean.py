@@ -92,10 +92,10 @@ def build_korean(root: Path, device: str = "auto") -> str:
 
 def heldout_figures(root: Path, device: str = "auto") -> dict:
     """The family protocol on the held-out families only, for this model and stock dlib."""
-    from . import card
+    from . import _read_card
     from ..family_benchmark import run_benchmark
 
-    card.cache_clear()  # the card was just (re)written
+    _read_card.cache_clear()  # the card was just (re)written
     rows = run_benchmark("csv", str(root), {"manifest": str(root / "identities.csv")}, groups_file=str(HELDOUT_FILE),
                          models=(NAME, "dlib"), out=RUN_DIR / "heldout-benchmark", device=device)
     return {"protocol": "kface benchmark families --groups kface/models/korean-heldout-families.txt "
