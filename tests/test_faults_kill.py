@@ -1,0 +1,170 @@
+"""kill -9 at seeded random moments of real ``kface`` processes, then a rerun or ``--resume``: the result
+equals an uninterrupted run's, and no partial file is ever left under an output's final name.
+
+Covers ``train`` (with ``--dataset``: a resume never samples its pairs.csv again), ``make-pairs`` and
+``embed``. The moments are drawn from each command's own uninterrupted duration, measured in the same
+test, so they land in every phase (start-up, features, epochs, commit) on a fast or a slow machine.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import LFW, lfw_people, link_tree, require
+from fault_helpers import assert_ok, kface, start_kface
+
+pytestmark = pytest.mark.slow
+KILLS = 2  # per command: each kill costs a start and a rerun of a process (torch's import alone is ~3 s)
+TRAIN_ARGS = ["--dataset", "folder", "--dataset-pairs", "240", "--ratio", "1:1", "--split", "0.6:0.2:0.2",
+              "--epochs", "12", "--upsample", "0", "--workers", "0", "--device", "cpu", "--quiet"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def kill_at(args: list, moment: float) -> None:
+    """Start ``kface ARGS`` and SIGKILL it ``moment`` seconds later (if it is still running)."""
+    process = start_kface(*args)
+    try:
+        process.wait(timeout=moment)
+    except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: still running, as meant
+        process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+
+def timed(args: list) -> float:
+    started = time.perf_counter()
+    assert_ok(kface(*args))
+    return time.perf_counter() - started
+
+
+def moments(duration: float, seed: int) -> list[float]:
+    rng = random.Random(seed)
+    return sorted(rng.uniform(0.05, 1.0) * duration for _ in range(KILLS))
+
+
+def hidden_temps(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob(".*") if path.is_file())
+
+
+# -- train ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return link_tree(lfw_people(24, 4), tmp_path_factory.mktemp("kill-tree") / "people")
+
+
+@pytest.fixture(scope="module")
+def reference_train(tree, tmp_path_factory) -> tuple[Path, float]:
+    """An uninterrupted run, and how long one takes once the feature store is full (as it is after it)."""
+    run = tmp_path_factory.mktemp("kill-reference") / "run"
+    started = time.perf_counter()
+    result = kface("train", "--root", tree, "--out", run, *TRAIN_ARGS, "--json")
+    assert_ok(result)
+    features_s = json.loads(result.stdout)["timing"]["features_s"]
+    return run, time.perf_counter() - started - features_s
+
+
+def check_whole(run: Path, reference: Path) -> None:
+    """Whatever exists under a final name is a whole file."""
+    from kface.checkpoints import load_checkpoint
+
+    if (run / "last.pt").exists():
+        load_checkpoint(run / "last.pt", expected="kface-train-state")
+    if (run / "model.pt").exists():
+        load_checkpoint(run / "model.pt")
+    if (run / "history.json").exists():
+        json.loads((run / "history.json").read_text())
+    if (run / "pairs.csv").exists():
+        assert sha256(run / "pairs.csv") == sha256(reference / "pairs.csv")
+
+
+def same_run(run: Path, reference: Path) -> None:
+    import torch
+
+    done, expected = (torch.load(path / "last.pt", weights_only=True) for path in (run, reference))
+    assert done["epoch"] == expected["epoch"] == 12
+    for name, weight in expected["model"].items():
+        assert torch.allclose(done["model"][name], weight, rtol=0, atol=1e-6), name
+    assert ([r["val_loss"] for r in done["history"]]
+            == pytest.approx([r["val_loss"] for r in expected["history"]], abs=1e-6))
+    model, expected_model = (torch.load(path / "model.pt", weights_only=True) for path in (run, reference))
+    assert model["epoch"] == expected_model["epoch"]
+    for name, weight in expected_model["head"]["state"].items():
+        assert torch.allclose(model["head"]["state"][name], weight, rtol=0, atol=1e-6), name
+    assert sha256(run / "pairs.csv") == sha256(reference / "pairs.csv")
+    assert hidden_temps(run) == []
+
+
+def test_train_killed_at_random_moments_resumes_to_the_uninterrupted_result(tree, reference_train, tmp_path):
+    reference, duration = reference_train
+    for round_, moment in enumerate(moments(duration, seed=20)):
+        run = tmp_path / f"run-{round_}"
+        args = ["train", "--root", tree, "--out", run, *TRAIN_ARGS]
+        kill_at(args, moment)
+        check_whole(run, reference)
+        if (run / "last.pt").exists():
+            before = (run / "pairs.csv").stat().st_mtime_ns
+            assert_ok(kface(*args, "--resume"))
+            assert (run / "pairs.csv").stat().st_mtime_ns == before  # read, never sampled again
+        else:
+            assert_ok(kface(*args))  # killed before the first commit: a fresh start is accepted
+        same_run(run, reference)
+
+
+def test_resume_with_dataset_keeps_the_pairs_of_the_run_when_the_dataset_grew(tree, reference_train, tmp_path):
+    reference, _ = reference_train
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    original = sha256(run / "pairs.csv")
+    name, images = lfw_people(25, 4)[-1]  # someone new joins the dataset after the run started
+    link_tree([(name, images)], tree)
+    try:
+        result = kface("train", "--root", tree, "--out", run, "--resume", *TRAIN_ARGS)
+    finally:
+        shutil.rmtree(tree / name)
+    assert_ok(result)  # sampling again would have drawn other pairs, and refused them as changed
+    assert sha256(run / "pairs.csv") == original
+
+
+# -- make-pairs ------------------------------------------------------------------------------------
+def test_make_pairs_killed_at_random_moments_leaves_nothing_partial(tmp_path):
+    images = require(LFW) / "images"
+    args = ["make-pairs", "--dataset", "folder", "--root", images, "--ratio", "1:1", "--pairs", "100000",
+            "--quiet"]
+    reference = tmp_path / "reference" / "pairs.csv"
+    duration = timed([*args, "--out", reference])
+    for round_, moment in enumerate(moments(duration, seed=21)):
+        out = tmp_path / f"round-{round_}" / "pairs.csv"
+        kill_at([*args, "--out", out], moment)
+        for name in ("pairs.csv", "pairs.json"):
+            if (out.parent / name).exists():
+                assert sha256(out.parent / name) == sha256(reference.parent / name), name
+        assert_ok(kface(*args, "--out", out))
+        assert sha256(out) == sha256(reference)
+
+
+# -- embed ---------------------------------------------------------------------------------------------
+def test_embed_killed_at_random_moments_reruns_to_the_same_embeddings(tmp_path):
+    images = [path for _, paths in lfw_people(8, 2) for path in paths]
+    reference = tmp_path / "reference.npz"
+    duration = timed(["embed", *images, "--out", reference, "--cache-dir", tmp_path / "reference-cache", "--quiet"])
+    for round_, moment in enumerate(moments(duration, seed=22)):
+        out = tmp_path / f"round-{round_}" / "faces.npz"
+        args = ["embed", *images, "--out", out, "--cache-dir", tmp_path / f"cache-{round_}", "--quiet"]
+        kill_at(args, moment)
+        if out.exists():
+            with np.load(out) as data:
+                assert data["embeddings"].shape == (len(images), 128)
+        assert_ok(kface(*args))  # resumes through the faces and embeddings the killed run cached
+        with np.load(out) as done, np.load(reference) as expected:
+            np.testing.assert_allclose(done["embeddings"], expected["embeddings"], atol=1e-6)
+            assert list(done["paths"]) == list(expected["paths"])
