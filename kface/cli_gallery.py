@@ -225,9 +225,10 @@ def gallery_rebuild(gallery_path):
 @click.argument("inputs", nargs=-1, type=click.Path())
 @dataset_source_options
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="clusters.csv: path,cluster[,identity].")
-@click.option("--method", type=click.Choice(["chinese-whispers", "components", "agglomerative"]), default=None,
-              help="Grouping method [default: chinese-whispers, measured best in the README].")
-@click.option("--threshold", type=float, help="Link distance [default: the model's 1:1 threshold].")
+@click.option("--method", type=click.Choice(["chinese-whispers", "components", "agglomerative"]),
+              default="agglomerative", show_default=True, help="Grouping method (agglomerative measured best).")
+@click.option("--threshold", type=float,
+              help="Link distance [default: the one measured for the model, else its 1:1 threshold].")
 @click.option("--model", help="korean, dlib or runs/NAME/model.pt [default: kface's default model].")
 @click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto", show_default=True)
 @click.option("--fallback", type=click.Choice(["none", "whole-image"]), default="none", show_default=True)
@@ -245,8 +246,9 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
     """
     setup_logging(quiet)
     from .api import load_verifier
-    from .galleries.clustering import DEFAULT_METHOD, bcubed
+    from .galleries.clustering import CLUSTER_THRESHOLDS, bcubed
     from .galleries.clustering import cluster as group_faces
+    from .galleries.gallery import model_identity
 
     paths, truth = _cluster_inputs(inputs, dataset, root, manifest)
     verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
@@ -258,8 +260,7 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
             click.echo(f"skipped: {message}", err=True)
     if not keep:
         raise InputError("no face was found in any input")
-    method = method or DEFAULT_METHOD
-    limit = verifier.threshold if threshold is None else threshold
+    limit = CLUSTER_THRESHOLDS.get(model_identity(verifier).key, verifier.threshold) if threshold is None else threshold
     labels = group_faces(vectors[keep], verifier.distance, limit, method, seed)
     _write_clusters(out, [paths[i] for i in keep], labels, None if truth is None else [truth[i] for i in keep])
     summary = {"out": out, "faces": len(keep), "skipped": len(result.errors), "clusters": int(labels.max()) + 1,
