@@ -904,11 +904,13 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
                    "this x 3 x --max-upload-mb of memory.")
 @click.option("--body-timeout", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
               help="Seconds a request's whole body may take to arrive (a slower client gets 408).")
+@click.option("--gallery", type=click.Path(dir_okay=False),
+              help="A gallery (from kface enroll, same model) for POST /search and POST /enroll and the page's search.")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No request log.")
 @handle_errors
 def serve(model, attributes_model, host, port, backbone, detector, fallback, max_pixels, threshold, distances,
-          distances_split, max_upload_mb, workers, max_in_flight, body_timeout, device, quiet):
+          distances_split, max_upload_mb, workers, max_in_flight, body_timeout, gallery, device, quiet):
     """Serve a local web page and JSON API for verify and analyze (page at /, API docs at /docs).
 
     POST /verify (fields image_a, image_b), POST /analyze (field image), GET /health. Photos are
@@ -921,7 +923,7 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
     run_server(model, attributes_model, host=host, port=port, backbone=backbone, detector=detector, fallback=fallback,
                threshold=threshold, device=device, max_pixels=max_pixels, max_request_mb=max_upload_mb,
                workers=workers, distances=distances, distances_split=distances_split, quiet=quiet,
-               max_in_flight=max_in_flight, body_timeout_s=body_timeout)
+               max_in_flight=max_in_flight, body_timeout_s=body_timeout, gallery=gallery)
 
 
 from .cli_gallery import register as _register_gallery_commands  # noqa: E402  (enroll, search, gallery, cluster)

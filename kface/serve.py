@@ -592,7 +592,7 @@ def _multipart_body(fields: dict[str, str]) -> dict:
 
 
 def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(),
-               distribution: Optional[Distribution] = None) -> FastAPI:
+               distribution: Optional[Distribution] = None, gallery: Optional[str] = None) -> FastAPI:
     """The ASGI app serving ``pipelines``: as many requests are worked on at once as there are pipelines.
 
     Each :class:`Pipeline` holds a :class:`~kface.api.Verifier` and an :class:`~kface.attributes.Analyzer`
@@ -611,6 +611,10 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
 
     async def in_worker(function, *args):
         return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
+
+    from .serve_gallery import add_gallery_routes
+
+    galleries = add_gallery_routes(app, service, gallery, in_worker)  # /search, /enroll (kface/serve_gallery.py)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -644,7 +648,7 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
 
     @app.get("/health", summary="The served model, its threshold and rule, limits and versions")
     async def health() -> dict:
-        return service.health()
+        return {**service.health(), "gallery": galleries.health() if galleries else None}
 
     @app.get("/distribution", summary="The model's same/different distance densities, for the page's plot")
     async def distribution_route() -> dict:
@@ -728,13 +732,17 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
                max_pixels: Optional[int] = None, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
                workers: Optional[int] = None, distances: Optional[str] = None,
                distances_split: Optional[str] = None, quiet: bool = False,
-               max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+               max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
+               gallery: Optional[str] = None) -> None:
     """Load the models once, then serve the page and the API on ``host:port`` until interrupted, behind
     :class:`~kface.serve_guard.RequestGuard` (Host/Origin checks, ``max_in_flight`` requests with a body at
     once, each body within ``body_timeout_s``)."""
     import uvicorn
 
     limits = ServeLimits(int(max_request_mb * 1024 * 1024), max_pixels or MAX_PIXELS)
+    from .serve_gallery import check_gallery
+
+    check_gallery(gallery)  # a bad --gallery fails before any model loads
     sock = listen(host, port)
     pipelines = load_pipelines(workers or DEFAULT_WORKERS, model, attributes_model, backbone=backbone,
                                detector=detector, fallback=fallback, threshold=threshold, device=device,
@@ -747,7 +755,7 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
         print(f"warning: listening on {host}, not on this machine only: anyone who can reach it can upload face "
               f"photos (biometric data) and read the answers; use --host 127.0.0.1 unless you mean it",
               file=sys.stderr)
-    app = create_app(pipelines, limits, distribution)
+    app = create_app(pipelines, limits, distribution, gallery)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     guarded = RequestGuard(app, listen_host=host, port=bound_port, max_in_flight=max_in_flight,

@@ -219,6 +219,17 @@ class Gallery:
         self.refresh_index(save=True)
         return report
 
+    def add_images(self, images: Sequence[NewImage]) -> int:
+        """Store embeddings made elsewhere by the gallery's model (e.g. a server's), in one transaction;
+        returns how many were new."""
+        for image in images:
+            if np.asarray(image.vector).shape != (self.model.dim,):
+                raise InputError(f"a {np.asarray(image.vector).shape} vector cannot join {self.path}, "
+                                 f"which holds {self.model.dim}-d ones")
+        added = self.store.add(list(images), self.model.key)
+        self.refresh_index(save=True)
+        return added
+
     def _new_images(self, images, names, report: EnrolmentReport, skip_bad: bool) -> list:
         """The images to embed: readable, not enrolled before, each content once."""
         known = self.store.known_hashes()

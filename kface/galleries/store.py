@@ -67,7 +67,8 @@ class NewImage:
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    connection = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S, isolation_level=None)
+    # check_same_thread off: a server's worker threads share one gallery behind their own lock.
+    connection = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
     connection.execute("PRAGMA foreign_keys = ON")
     connection.execute("PRAGMA secure_delete = ON")  # removed embeddings are zeroed on disk
     connection.execute("PRAGMA busy_timeout = %d" % int(LOCK_TIMEOUT_S * 1000))
