@@ -39,7 +39,10 @@ def read_lfw_pairs(lfw_dir: str | Path, pairs_file: str | Path | None = None) ->
     if not pairs_path.is_file():
         raise InputError(f"{pairs_path}: no such file (expected LFW's official pairs.txt)")
     images = images_folder(lfw_dir)
-    lines = pairs_path.read_text().split("\n")
+    try:
+        lines = pairs_path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        raise InputError(f"{pairs_path}: not a text file (expected LFW's official pairs.txt)") from None
     try:
         n_folds, per_class = (int(v) for v in lines[0].split())
     except ValueError:
@@ -49,6 +52,9 @@ def read_lfw_pairs(lfw_dir: str | Path, pairs_file: str | Path | None = None) ->
     if len(rows) != n_folds * per_class * 2:
         raise InputError(f"{pairs_path}: expected {n_folds * per_class * 2} pairs, found {len(rows)}")
     for index, row in enumerate(rows):
+        numbers = row[1:] if len(row) == 3 else row[1::2]  # name n n, or name n name n
+        if len(row) in (3, 4) and not all(number.isdigit() for number in numbers):
+            raise InputError(f"{pairs_path}: line {index + 2}: image numbers must be whole numbers ({' '.join(row)})")
         if len(row) == 3:
             path_a.append(_image_path(images, row[0], row[1]))
             path_b.append(_image_path(images, row[0], row[2]))

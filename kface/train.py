@@ -376,16 +376,23 @@ def load_training_data(config: TrainConfig, *, progress: bool = False, resume: b
 
 
 def _feature_store_folder() -> Optional[Path]:
-    """Where the feature store lives: the cache folder (None), or with ``--no-cache`` a temporary folder
-    that is removed when the process ends."""
-    from .cache import NO_CACHE_ENV
-
-    if os.environ.get(NO_CACHE_ENV) != "1":
-        return None
+    """Where the feature store lives: the cache folder (None), or a temporary folder removed when the
+    process ends, with ``--no-cache`` or when the cache folder cannot be written (a note says so)."""
     import atexit
     import shutil
     import tempfile
 
+    from .cache import NO_CACHE_ENV, cache_dir
+
+    if os.environ.get(NO_CACHE_ENV) != "1":
+        store = cache_dir() / "features"
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=store):
+                return None
+        except OSError as exc:
+            log.warning("cache: cannot write the feature store in %s (%s); this run keeps its features in a "
+                        "temporary folder", store, exc.strerror or exc)
     folder = tempfile.mkdtemp(prefix="kface-features-")
     atexit.register(shutil.rmtree, folder, True)
     return Path(folder)

@@ -288,3 +288,17 @@ def test_a_crafted_train_state_is_refused_on_resume(trained_model, tmp_path):
     torch.save(state, run / "last.pt")
     result = kface("train", "--out", run, "--resume")
     assert_one_error(result, 2, "last.pt", "'model' missing or not a dict")
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (b"\xff\xfe\x00\x81binary", "not a text file"),
+    (b"1 1\nAnn 1 x\nBob 1 Cid 2\n", "image numbers must be whole numbers"),
+])
+def test_an_lfw_pairs_file_that_does_not_parse_is_an_input_error(tmp_path, text, fragment):
+    from kface.errors import InputError
+    from kface.lfw import read_lfw_pairs
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "pairs.txt").write_bytes(text)
+    with pytest.raises(InputError, match=fragment):
+        read_lfw_pairs(tmp_path)
