@@ -168,3 +168,32 @@ def test_embed_killed_at_random_moments_reruns_to_the_same_embeddings(tmp_path):
         with np.load(out) as done, np.load(reference) as expected:
             np.testing.assert_allclose(done["embeddings"], expected["embeddings"], atol=1e-6)
             assert list(done["paths"]) == list(expected["paths"])
+
+
+# -- enroll --------------------------------------------------------------------------------------------
+def gallery_contents(gallery: Path, probe: Path) -> tuple[list, list]:
+    """(identity, image count) per person, and a search's candidates: the rows and the index agree."""
+    listed = kface("gallery", "list", "--gallery", gallery, "--json")
+    assert_ok(listed)
+    found = kface("search", probe, "--gallery", gallery, "--top", "5", "--json", "--quiet")
+    assert_ok(found)
+    people = [(row["identity"], row["images"]) for row in json.loads(listed.stdout)["identities"]]
+    candidates = [(row["identity"], round(row["distance"], 5), row["image"])
+                  for row in json.loads(found.stdout)["candidates"]]
+    return people, candidates
+
+
+def test_enroll_killed_at_random_moments_reruns_to_the_same_gallery(tmp_path):
+    people = link_tree(lfw_people(10, 2), tmp_path / "people")
+    probe = sorted((people / sorted(p.name for p in people.iterdir())[0]).iterdir())[0]
+    args = ["enroll", "--dataset", "folder", "--root", people, "--model", "dlib", "--detector", "dlib",
+            "--batch", "4", "--quiet"]
+    reference = tmp_path / "reference.kgallery"
+    duration = timed([*args, "--gallery", reference, "--cache-dir", tmp_path / "reference-cache"])
+    expected = gallery_contents(reference, probe)
+    for round_, moment in enumerate(moments(duration, seed=23)):
+        gallery = tmp_path / f"round-{round_}" / "faces.kgallery"
+        run = [*args, "--gallery", gallery, "--cache-dir", tmp_path / f"cache-{round_}"]
+        kill_at(run, moment)
+        assert_ok(kface(*run))  # finishes what the killed run had not committed
+        assert gallery_contents(gallery, probe) == expected
