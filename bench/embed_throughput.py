@@ -1,0 +1,146 @@
+"""Throughput and peak memory of `kface embed` over Korean 128 px crops, against today's path, same run.
+
+    .venv/bin/python bench/embed_throughput.py [--images 600] [--seed 0] [--baseline-commit b7f3352]
+
+A seeded choice of ``--images`` crops from ``../shared/data/korean_family/images`` is embedded by the whole
+command (``kface embed ... --detector auto --fallback whole-image``, a fresh empty KFACE_CACHE_DIR each
+time) in three configurations, one after the other:
+
+- ``before``: kface at ``--baseline-commit`` (the commit before the streaming pipeline and the ONNX
+  engine), checked out into a temporary ``git worktree`` and run with this venv;
+- ``workers 0``: today's code with ``--workers 0`` (everything in one process);
+- ``pipeline``: today's code with the default workers (the CPU cores).
+
+For each: wall time and images/s, the ratio to ``before``, the peak over the process tree (sampled every
+20 ms) of the summed RSS and of the summed PSS (RSS counts pages forked workers share with their parent
+once per process; PSS splits them), and the faces found (stages other than whole-image/none), with the
+images ``before`` found that this configuration did not. Targets (issue 16): >= 3x ``before``'s
+images/s, peak <= 500 MB, faces found the same or more.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "korean_family" / "images"
+OPTIONS = ["--detector", "auto", "--fallback", "whole-image", "--quiet"]
+
+
+def _children() -> dict[int, list[int]]:
+    tree: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        tree.setdefault(int(fields[1]), []).append(int(entry))
+    return tree
+
+
+def _tree(root: int) -> list[int]:
+    tree, found, todo = _children(), [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(tree.get(pid, []))
+    return found
+
+
+def _memory_kb(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) of one process in kB, 0 for a process that has gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            values = {line.split(":")[0]: int(line.split()[1]) for line in handle if line.split()[-1:] == ["kB"]}
+        return values.get("Rss", 0), values.get("Pss", 0)
+    except (OSError, ValueError, IndexError):
+        return 0, 0
+
+
+def run(command: list[str], env: dict, cwd: Path) -> tuple[float, float, float]:
+    """Wall seconds and peak summed RSS, PSS (MB) of ``command``'s process tree."""
+    peak = [0, 0]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            rss = pss = 0
+            for pid in _tree(process.pid):
+                r, p = _memory_kb(pid)
+                rss, pss = rss + r, pss + p
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
+            done.wait(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, stderr = process.communicate()
+    seconds = time.perf_counter() - start
+    done.set()
+    sampler.join()
+    if process.returncode != 0:
+        sys.exit(f"error: {' '.join(command[:4])} ... failed ({process.returncode}): {stderr.decode()[-500:]}")
+    return seconds, peak[0] / 1024, peak[1] / 1024
+
+
+def found_set(npz: Path) -> set[str]:
+    with np.load(npz) as data:
+        return {str(p) for p, s in zip(data["paths"], data["stages"]) if str(s) not in ("whole-image", "none")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=600)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--baseline-commit", default="b7f3352",
+                        help="kface before the streaming pipeline (a commit of this repository)")
+    args = parser.parse_args()
+    images = sorted(str(p) for p in DATA.glob("*.jpg"))
+    if len(images) < args.images:
+        sys.exit(f"error: found {len(images)} images under {DATA}, need {args.images}")
+    chosen = random.Random(args.seed).sample(images, args.images)
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        tree = work / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.baseline_commit], cwd=REPO, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            runs = {"before": (tree, []), "workers 0": (REPO, ["--workers", "0"]), "pipeline": (REPO, [])}
+            results = {}
+            for label, (root, extra) in runs.items():
+                cache = work / f"cache-{label.replace(' ', '')}"
+                out = work / f"{label.replace(' ', '')}.npz"
+                # PYTHONPATH first: the baseline tree's kface, not the editable install's.
+                env = {**os.environ, "KFACE_CACHE_DIR": str(cache), "PYTHONPATH": str(root)}
+                command = [sys.executable, "-m", "kface", "embed", *chosen, "--out", str(out), *OPTIONS, *extra]
+                seconds, rss, pss = run(command, env, root)
+                results[label] = (seconds, rss, pss, found_set(out))
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base_seconds, _, _, base_found = results["before"]
+    print(f"kface embed, {args.images} Korean 128 px crops (seed {args.seed}), {' '.join(OPTIONS[:4])}, "
+          f"empty cache, whole process, {os.cpu_count()} CPUs")
+    for label, (seconds, rss, pss, found) in results.items():
+        lost = len(base_found - found)
+        print(f"  {label:10s} {seconds:6.2f} s  {args.images / seconds:6.1f} images/s  "
+              f"{base_seconds / seconds:4.2f}x before  peak RSS {rss:6.0f} MB  PSS {pss:6.0f} MB  "
+              f"faces found {len(found)} (before {len(base_found)}; lost {lost}, gained {len(found - base_found)})")
+    print("targets: pipeline >= 3x before, peak <= 500 MB, faces found the same or more")
+
+
+if __name__ == "__main__":
+    main()
