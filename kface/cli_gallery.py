@@ -62,12 +62,14 @@ def _forget_new_gallery(path: Path) -> None:
 @verifier_options
 @click.option("--batch", type=click.IntRange(1), default=None,
               help="--dataset: images embedded and committed together [default: 64].")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Face-finding worker processes [default: the CPU cores; 0: this process].")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @common_options
 @handle_errors
-def enroll(images, gallery_path, identity, dataset, root, manifest, model, detector, fallback, batch, device, as_json,
-           quiet, no_cache):
+def enroll(images, gallery_path, identity, dataset, root, manifest, model, detector, fallback, batch, workers, device,
+           as_json, quiet, no_cache):
     """Enroll faces in a gallery (created when missing): IMAGE... --identity NAME, or a whole dataset.
 
     Images already in the gallery (same content) are skipped. With --dataset, faceless or unreadable
@@ -93,6 +95,10 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, model, detec
         gallery = _open(path, model, create=True, detector=detector, fallback=fallback, device=device,
                         cache=not no_cache, progress=not quiet)
         with gallery:
+            if workers is not None:  # the embedder behind the model (a trained model's wraps one)
+                embedder = gallery.verifier.embedder
+                getattr(embedder, "embedder", embedder).workers = workers
+
             def committed(report) -> None:
                 say(f"note: enrolled {report.enrolled} (of {report.total}) in {path}")
 
