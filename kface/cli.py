@@ -27,6 +27,10 @@ def handle_errors(command):
         try:
             return command(*args, **kwargs)
         except KfaceError as exc:
+            if os.environ.get("KFACE_DEBUG") == "1":
+                import traceback
+
+                traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
