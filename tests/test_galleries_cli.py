@@ -42,7 +42,8 @@ def small_gallery(tmp_path_factory):
     """obama (two photos) and biden enrolled through the command line."""
     require(EXAMPLES / "obama.jpg")
     path = tmp_path_factory.mktemp("gallery") / "people.kgallery"
-    first = run("enroll", "--gallery", path, EXAMPLES / "obama.jpg", EXAMPLES / "obama3.jpg", "--identity", "obama", "-q")
+    first = run("enroll", "--gallery", path, EXAMPLES / "obama.jpg", EXAMPLES / "obama3.jpg", "--identity", "obama",
+                "--model", "dlib", "-q")
     assert first.exit_code == 0, first.output
     second = run("enroll", "--gallery", path, EXAMPLES / "biden.jpg", "--identity", "biden", "-q")
     assert second.exit_code == 0, second.output
@@ -101,6 +102,16 @@ def test_bad_input_is_one_error_line_exit_2_and_leaves_the_gallery_unchanged(cas
         assert not fresh.exists()
 
 
+def test_a_new_gallery_records_the_default_model(tmp_path):
+    from kface.models import default_model
+
+    path = tmp_path / "new.kgallery"
+    assert run("enroll", "--gallery", path, EXAMPLES / "biden.jpg", "--identity", "biden", "-q").exit_code == 0
+    stats = json.loads(run("gallery", "stats", "--gallery", path, "--json").output)
+    assert stats["model"] == default_model() and stats["images"] == 1
+    assert stats["open_set_source"]
+
+
 def test_model_mismatch_names_both_models(tmp_path):
     from kface.galleries.store import GalleryStore, ModelIdentity
 
@@ -147,7 +158,8 @@ def test_deleted_and_corrupt_index_files_are_rebuilt(small_gallery):
 def test_cluster_groups_a_folder_by_person(tmp_path):
     tree = link_tree(lfw_people(4, 3), tmp_path / "faces")
     out = tmp_path / "clusters.csv"
-    result = run("cluster", "--dataset", "folder", "--root", tree, "--out", out, "--json", "--fallback", "whole-image")
+    result = run("cluster", "--dataset", "folder", "--root", tree, "--out", out, "--json", "--fallback", "whole-image",
+                 "--model", "dlib")  # dlib's measured link distance
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
     assert summary["faces"] == 12 and summary["bcubed"]["f1"] >= 0.9
@@ -219,7 +231,7 @@ def test_two_searchers_during_an_enrolment_see_whole_committed_states(tmp_path):
     probe = tmp_path / "probe.npy"
     np.save(probe, vectors[-1:] + 0.01)  # someone enrolled last
     gallery = tmp_path / "busy.kgallery"
-    with Gallery.open(gallery, create=True, fallback="whole-image") as empty:
+    with Gallery.open(gallery, "dlib", create=True, fallback="whole-image") as empty:
         empty.enroll([str(people[0][1][0])], people[0][0])  # the searchers need someone to find
     enroller = subprocess.Popen(KFACE + ["enroll", "--gallery", str(gallery), "--dataset", "folder", "--root",
                                          str(tree), "--batch", "2", "-q"], stderr=subprocess.PIPE, text=True)
