@@ -330,6 +330,9 @@ def _write_clusters(out, paths, labels, truth) -> None:
 @click.option("--groups", "groups_file", type=click.Path(dir_okay=False),
               help="Use only the groups (families) listed in this file, e.g. kface/models/korean-heldout-families.txt.")
 @click.option("--group-by", default="family", show_default=True, help="The column --groups names values of.")
+@click.option("--keep-outside-copies", is_flag=True,
+              help="With --groups: keep images whose identical file is also in another group (left out by default: "
+                   "a model trained on the other groups has seen them).")
 @click.option("--gallery-age", default="youngest", show_default=True,
               help="The age class each person is enrolled at: youngest, oldest, or a class (e.g. a).")
 @click.option("--age-column", default="age_class", show_default=True, help="The age label (none: first photo).")
@@ -350,7 +353,7 @@ def _write_clusters(out, paths, labels, truth) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print identification.json's rows on stdout.")
 @common_options
 @handle_errors
-def benchmark_identification(dataset, root, manifest, groups_file, group_by, gallery_age, age_column, unenrolled_share,
+def benchmark_identification(dataset, root, manifest, groups_file, group_by, keep_outside_copies, gallery_age, age_column, unenrolled_share,
                              unenrolled_by, probes_per_person, identities, fpir, models, seed, out, device, as_json, quiet, no_cache):
     """1:N identification, closed and open set: rank-1, rank-5 and FNIR at FPIR 1%.
 
@@ -366,7 +369,8 @@ def benchmark_identification(dataset, root, manifest, groups_file, group_by, gal
                                       seed, unenrolled_by)
     chosen = tuple(models) or tuple(dict.fromkeys([default_model(), STOCK_MODEL]))
     rows = run_identification(dataset, root, {"manifest": manifest}, protocol, models=chosen, out=Path(out),
-                              groups_file=groups_file, group_by=group_by, device=device, cache=not no_cache,
+                              groups_file=groups_file, group_by=group_by, keep_outside_copies=keep_outside_copies,
+                              device=device, cache=not no_cache,
                               progress=not quiet,
                               log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
     if as_json:

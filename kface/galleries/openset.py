@@ -17,8 +17,13 @@ DEFAULT_FPIR = 0.01
 #: "Finding a person among many" section for the command that measured them).
 OPEN_SET_THRESHOLDS: dict[str, tuple[float, str]] = {
     "dlib@dlib-resnet-v1": (0.2401, "FPIR 1% on the Korean held-out families (60 people enrolled at their youngest "
-                                    "age, 174 searches by 15 people not enrolled); FNIR there 99.3%, on LFW "
+                                    "age, 174 searches by 15 people not enrolled); FNIR there 99.3%; on LFW "
                                     "0.4533 at FPIR 1%"),
+    # Measured without the held-out images whose files also lie in training families (26 people enrolled,
+    # 74 searches by 6 strangers: at FPIR 1% no stranger may match, so the sample bounds it coarsely).
+    "korean@6e91c0c1d75618f5": (0.5265, "FPIR 1% on the Korean held-out families, images seen in training left "
+                                        "out (26 people enrolled at their youngest age, 74 searches by 6 people "
+                                        "not enrolled); FNIR there 49.8%"),
 }
 
 

@@ -174,9 +174,13 @@ def _search(verifier, probes: np.ndarray, gallery: np.ndarray, gallery_labels: n
 
 def run_identification(kind: str, root: str, layout_options: dict, protocol: IdentificationProtocol, *,
                        models: tuple[str, ...], out: Path, groups_file: Optional[str] = None, group_by: str = "family",
-                       device: str = "auto", cache: bool = True, progress: bool = False,
+                       keep_outside_copies: bool = False, device: str = "auto", cache: bool = True, progress: bool = False,
                        log: Callable[[str], None] = lambda text: None) -> list[dict]:
-    """The protocol for each of ``models``; writes ``out/identification.json`` and ``.md`` after each."""
+    """The protocol for each of ``models``; writes ``out/identification.json`` and ``.md`` after each.
+
+    With ``groups_file``, images whose identical file also lies in a group outside it are left out
+    (unless ``keep_outside_copies``): a model trained on the other groups has seen them.
+    """
     from ..api import load_verifier
     from ..datasets import load_dataset
     from ..family_benchmark import read_group_list, restrict_groups
@@ -184,14 +188,24 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
     if not models:
         raise InputError("give at least one --model to score")
     index = load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
+    outside = 0
     if groups_file:
-        index = restrict_groups(index, group_by, read_group_list(groups_file))
+        chosen = read_group_list(groups_file)
+        elsewhere = {_sha(index, row) for row, value in enumerate(index.attributes.get(group_by) or [])
+                     if value not in chosen}
+        index = restrict_groups(index, group_by, chosen)
+        if not keep_outside_copies:
+            index, outside = _drop_rows(index, [row for row in range(len(index)) if _sha(index, row) in elsewhere])
+        if outside:
+            log(f"left out {outside} images whose identical file is also in a group outside {groups_file} "
+                f"(a model trained on those has seen them)")
     index, duplicates = drop_shared_images(index)
     if duplicates:
         log(f"left out {duplicates} images whose identical file is labelled as another person too")
     split = split_identification(index, protocol)
     dataset = {"kind": kind, "root": str(root), "images": len(index), "identities": len(index.identity_names),
-               "groups_file": groups_file, "shared_images_dropped": duplicates, **split.counts(index)}
+               "groups_file": groups_file, "shared_images_dropped": duplicates,
+               "images_also_outside_groups_dropped": outside, **split.counts(index)}
     rows: list[dict] = []
     for name in models:
         log(f"scoring model {name}")
@@ -207,19 +221,29 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
 
 def drop_shared_images(index):
     """``index`` without the images whose exact bytes also appear under another identity (label noise:
-    korean_family holds a few photos filed under two families), and how many were dropped."""
-    from ..datasets import DatasetIndex
+    korean_family files whole people under two family numbers), and how many were dropped."""
+    owners: dict[str, set] = {}
+    for row in range(len(index)):
+        owners.setdefault(_sha(index, row), set()).add(int(index.identity_codes[row]))
+    return _drop_rows(index, [row for row in range(len(index)) if len(owners[_sha(index, row)]) > 1])
+
+
+def _sha(index, row: int) -> str:
     from ..hashing import file_sha256
 
-    owners: dict[str, set] = {}
-    hashes = [file_sha256(index.absolute_path(row)) for row in range(len(index))]
-    for row, sha in enumerate(hashes):
-        owners.setdefault(sha, set()).add(int(index.identity_codes[row]))
-    keep = [row for row, sha in enumerate(hashes) if len(owners[sha]) == 1]
-    if len(keep) == len(index):
+    return file_sha256(index.absolute_path(row))
+
+
+def _drop_rows(index, rows: list[int]):
+    """``index`` without ``rows``, and how many that was."""
+    from ..datasets import DatasetIndex
+
+    if not rows:
         return index, 0
-    return (DatasetIndex.from_records(index.kind, index.root, (index.record(row) for row in keep), index.problems,
-                                      index.options, index.conditions), len(index) - len(keep))
+    dropped = set(rows)
+    return (DatasetIndex.from_records(index.kind, index.root, (index.record(r) for r in range(len(index))
+                                                               if r not in dropped),
+                                      index.problems, index.options, index.conditions), len(dropped))
 
 
 def write_results(out: Path, rows: list[dict], protocol: IdentificationProtocol, dataset: dict) -> None:
