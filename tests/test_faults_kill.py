@@ -12,8 +12,10 @@ import json
 import random
 import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -24,19 +26,22 @@ from fault_helpers import assert_ok, kface, start_kface
 pytestmark = pytest.mark.slow
 KILLS = 2  # per command: each kill costs a start and a rerun of a process (torch's import alone is ~3 s)
 TRAIN_ARGS = ["--dataset", "folder", "--dataset-pairs", "240", "--ratio", "1:1", "--split", "0.6:0.2:0.2",
-              "--epochs", "12", "--upsample", "0", "--workers", "0", "--device", "cpu", "--quiet"]
+              "--epochs", "40", "--upsample", "0", "--workers", "0", "--device", "cpu", "--quiet"]
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def kill_at(args: list, moment: float) -> None:
-    """Start ``kface ARGS`` and SIGKILL it ``moment`` seconds later (if it is still running)."""
+def kill_at(args: list, moment: float, after: Callable[[], bool] = lambda: True) -> None:
+    """Start ``kface ARGS`` and SIGKILL it ``moment`` seconds after ``after()`` first holds (if it is
+    still running then)."""
     process = start_kface(*args)
+    while not after() and process.poll() is None:
+        time.sleep(0.005)
     try:
         process.wait(timeout=moment)
-    except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: still running, as meant
+    except subprocess.TimeoutExpired:  # still running, as meant
         process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
 
@@ -63,14 +68,19 @@ def tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference_train(tree, tmp_path_factory) -> tuple[Path, float]:
-    """An uninterrupted run, and how long one takes once the feature store is full (as it is after it)."""
+def reference_train(tree, tmp_path_factory) -> tuple[Path, float, float]:
+    """An uninterrupted run; how long one takes once the feature store is full (as it is after it); and
+    how long it ran after its first commit (epoch 0's last.pt): the time its epochs take."""
     run = tmp_path_factory.mktemp("kill-reference") / "run"
     started = time.perf_counter()
-    result = kface("train", "--root", tree, "--out", run, *TRAIN_ARGS, "--json")
-    assert_ok(result)
-    features_s = json.loads(result.stdout)["timing"]["features_s"]
-    return run, time.perf_counter() - started - features_s
+    process = start_kface("train", "--root", tree, "--out", run, *TRAIN_ARGS, "--json")
+    while not (run / "last.pt").exists() and process.poll() is None:
+        time.sleep(0.005)
+    committed = time.perf_counter()
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr
+    ended = time.perf_counter()
+    return run, ended - started - json.loads(stdout)["timing"]["features_s"], ended - committed
 
 
 def check_whole(run: Path, reference: Path) -> None:
@@ -91,7 +101,7 @@ def same_run(run: Path, reference: Path) -> None:
     import torch
 
     done, expected = (torch.load(path / "last.pt", weights_only=True) for path in (run, reference))
-    assert done["epoch"] == expected["epoch"] == 12
+    assert done["epoch"] == expected["epoch"] == 40
     for name, weight in expected["model"].items():
         assert torch.allclose(done["model"][name], weight, rtol=0, atol=1e-6), name
     assert ([r["val_loss"] for r in done["history"]]
@@ -105,12 +115,17 @@ def same_run(run: Path, reference: Path) -> None:
 
 
 def test_train_killed_at_random_moments_resumes_to_the_uninterrupted_result(tree, reference_train, tmp_path):
-    reference, duration = reference_train
-    for round_, moment in enumerate(moments(duration, seed=20)):
+    reference, duration, epochs_s = reference_train
+    # One kill anywhere in the run (start-up, features, epoch 0 mostly), the others while epochs are
+    # being trained and committed: after the first last.pt, within the time the epochs take.
+    schedule = [(moments(duration, seed=20)[0], "start"), *((moment, "epochs") for moment in moments(epochs_s, 21))]
+    for round_, (moment, phase) in enumerate(schedule):
         run = tmp_path / f"run-{round_}"
         args = ["train", "--root", tree, "--out", run, *TRAIN_ARGS]
-        kill_at(args, moment)
+        kill_at(args, moment, after=(run / "last.pt").exists if phase == "epochs" else lambda: True)
         check_whole(run, reference)
+        if phase == "epochs":
+            assert (run / "last.pt").exists()
         if (run / "last.pt").exists():
             before = (run / "pairs.csv").stat().st_mtime_ns
             assert_ok(kface(*args, "--resume"))
@@ -121,7 +136,7 @@ def test_train_killed_at_random_moments_resumes_to_the_uninterrupted_result(tree
 
 
 def test_resume_with_dataset_keeps_the_pairs_of_the_run_when_the_dataset_grew(tree, reference_train, tmp_path):
-    reference, _ = reference_train
+    reference, _, _ = reference_train
     run = tmp_path / "run"
     shutil.copytree(reference, run)
     original = sha256(run / "pairs.csv")
