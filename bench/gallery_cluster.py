@@ -1,7 +1,7 @@
 """Which clustering groups faces by person best: chinese-whispers, connected components or agglomerative.
 
 Scores each method's BCubed F1 (and precision, recall, cluster count, seconds) at a few link distances
-around the model's 1:1 threshold, on dlib embeddings of the Korean held-out families (images filed under
+around the model's 1:1 threshold, on a model's (``--model``, dlib by default) embeddings of the Korean held-out families (images filed under
 two identities left out, as in the identification protocol) and of the LFW sample the identification
 benchmark uses (1,500 people, seed 0). Both come from the kface cache once the identification commands
 in the README have run (otherwise they are embedded now, which takes minutes).
@@ -46,12 +46,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--thresholds", default="0.4,0.5,0.6144")
     parser.add_argument("--methods", default="chinese-whispers,components,agglomerative")
+    parser.add_argument("--model", default="dlib", help="korean, dlib or runs/NAME/model.pt")
+    parser.add_argument("--data", default="korean,lfw", help="korean, lfw or both")
     args = parser.parse_args()
     from kface.api import load_verifier
     from kface.galleries.clustering import bcubed, cluster
 
-    verifier = load_verifier("dlib", detector="auto", fallback="whole-image")
-    for name, make in (("korean held-out", korean_index), ("LFW sample", lfw_index)):
+    verifier = load_verifier(args.model, detector="auto", fallback="whole-image")
+    chosen = args.data.split(",")
+    for name, make in [(n, m) for key, n, m in (("korean", "korean held-out", korean_index),
+                                               ("lfw", "LFW sample", lfw_index)) if key in chosen]:
         index, rows = make()
         rows = rows if len(rows) else np.arange(len(index))
         vectors, _ = verifier.embed([str(index.absolute_path(r)) for r in rows], on_error="skip")
