@@ -239,9 +239,11 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
         print_json(answer.to_dict())
         return
     if answer.same:
-        click.echo(f"same person (distance {answer.distance:.4f} <= threshold {answer.threshold:.4f})")
+        click.echo(f"same person (distance {answer.distance:.4f} <= threshold {answer.threshold:.4f}, "
+                   f"model {answer.model})")
     else:
-        click.echo(f"different people (distance {answer.distance:.4f} > threshold {answer.threshold:.4f})")
+        click.echo(f"different people (distance {answer.distance:.4f} > threshold {answer.threshold:.4f}, "
+                   f"model {answer.model})")
 
 
 # -- datasets and pairs ----------------------------------------------------------------------------

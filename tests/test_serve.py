@@ -62,7 +62,7 @@ def write_attribute_model(path: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def verifier():
-    return load_verifier(cache=False)
+    return load_verifier("dlib", cache=False)  # stock dlib: the figures below are its LFW threshold
 
 
 @pytest.fixture(scope="module")
@@ -320,7 +320,7 @@ def write_scores(path: Path, threshold: float = 0.6144, seed: int = 0) -> Path:
 def test_distribution_from_scored_pairs_reaches_the_page(tmp_path):
     from fastapi.testclient import TestClient
 
-    verifier = load_verifier(cache=False)
+    verifier = load_verifier("dlib", cache=False)
     distribution = load_distances(write_scores(tmp_path / "scores.csv"), "test", verifier.threshold)
     assert distribution.same.size == 50 and distribution.different.size == 50 and distribution.notes == []
     with TestClient(create_app([Pipeline(verifier)], distribution=distribution)) as with_plot:

@@ -139,7 +139,7 @@ def test_page_says_same_person_then_shows_the_error_for_a_text_file(tmp_path):
     distances = write_distances(tmp_path / "distances.csv")
     not_an_image = tmp_path / "notes.txt"
     not_an_image.write_text("these are notes, not a photo\n")
-    with running_server("--distances", str(distances)) as url, browser_page() as page:
+    with running_server("--model", "dlib", "--distances", str(distances)) as url, browser_page() as page:
         verdict = compare_on_page(page, url, EXAMPLES / "obama.jpg", EXAMPLES / "obama2.jpg")
         assert re.fullmatch("same person", verdict, re.IGNORECASE), verdict
         expect(page.locator("#verdict-detail")).to_contain_text("≤ threshold 0.6144")

@@ -17,7 +17,7 @@ from kface.cli import cli
 def test_sample_portraits(samples_dir, other, same):
     answer = verify(samples_dir / "obama.jpg", samples_dir / other)
     assert answer.same is same
-    assert answer.threshold > 0 and answer.backbone == "dlib-resnet"
+    assert answer.threshold > 0 and answer.model == "korean" and answer.backbone == "kface-korean-v1"
 
 
 @pytest.mark.parametrize("partial", ["obama_partial_face.jpg", "obama_partial_face2.jpg"])

@@ -11,7 +11,8 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
                      max_pixels: Optional[int] = None):
     """The verifier of shipped model ``name`` (e.g. ``"korean"``).
 
-    The face settings (upsampling, flip averaging) and distance come from the card; the detector is the
+    The face settings (upsampling) and distance come from the card (flip averaging, where the recipe has
+    it, is inside the exported graph, so the embedder adds none); the detector is the
     caller's or, when None, the card's; the threshold is the card's (chosen on held-out validation
     families) unless ``threshold`` is given.
     """
@@ -21,7 +22,7 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
     body = card(name)
     faces = body["faces"]
     embedder = Embedder(body["backbone"], detector=detector or faces["detector"], upsample=faces["upsample"],
-                        fallback=fallback, tta=faces["tta"], device=device, cache=cache, progress=progress,
+                        fallback=fallback, tta="none", device=device, cache=cache, progress=progress,
                         max_pixels=max_pixels)
     if threshold is None:
         value = body["threshold"]["value"]

@@ -1,0 +1,132 @@
+"""The shipped Korean face model: checksummed card, the default everywhere, better than stock dlib on
+Korean families it never saw; stock dlib stays one option away (--model dlib)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import SHARED, require
+from kface.api import BASE_THRESHOLDS, load_verifier
+from kface.cli import cli
+from kface.models import MODELS_DIR, MODEL_FAMILIES, card, default_model, network_path, shipped_names
+from kface.hashing import file_sha256
+
+KOREAN = SHARED / "data" / "korean_family"
+HELDOUT = MODELS_DIR / "korean-heldout-families.txt"
+
+
+def test_the_korean_card_and_its_file_agree():
+    body = card("korean")
+    network = network_path(MODEL_FAMILIES["korean"])
+    assert file_sha256(network) == body["sha256"]
+    assert network.stat().st_size == body["size_bytes"] < 16 * 2**20
+    assert body["training"]["held_out_families_sha256"] == file_sha256(HELDOUT)
+    assert "held-out" in " ".join(body["figures_text"]) and body["made_by"].startswith("python -m kface.models.build")
+    assert default_model() == "korean" and shipped_names() == ["dlib", "korean"]
+
+
+def test_a_damaged_network_file_is_refused(tmp_path, monkeypatch):
+    import kface.models as models
+
+    damaged = tmp_path / "models"
+    damaged.mkdir()
+    family = MODEL_FAMILIES["korean"]
+    for name in (models.NETWORK_CARDS[family], card("korean")["file"]):
+        (damaged / name).write_bytes((MODELS_DIR / name).read_bytes())
+    with open(damaged / card("korean")["file"], "r+b") as handle:
+        handle.seek(1000)
+        handle.write(b"\x00" * 16)
+    monkeypatch.setattr(models, "MODELS_DIR", damaged)
+    with pytest.raises(models.KfaceError, match="sha256 differs"):
+        models.network_path(family, check=True)
+    result = CliRunner().invoke(cli, ["verify", *[path for path, _, _ in heldout_images(2)]])
+    assert result.exit_code != 0 and result.output.startswith("error:") and "sha256" in result.output
+
+
+def test_kface_models_lists_both_with_thresholds():
+    result = CliRunner().invoke(cli, ["models", "--json"])
+    assert result.exit_code == 0, result.output
+    body = json.loads(result.stdout)
+    assert body["default"] == "korean"
+    by_name = {model["name"]: model for model in body["models"]}
+    assert by_name["dlib"]["threshold"]["value"] == BASE_THRESHOLDS["dlib-resnet-v1"][0]
+    assert by_name["korean"]["threshold"]["value"] == card("korean")["threshold"]["value"]
+
+
+def heldout_images(count: int) -> list[tuple[str, str, str]]:
+    """(path, identity, age class) of the first ``count`` images of held-out families, by file name."""
+    import csv
+
+    root = require(KOREAN)
+    families = {line.strip() for line in HELDOUT.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    with open(root / "identities.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["family"] in families]
+    return [(str(root / row["path"]), row["identity"], row["age_class"]) for row in rows[:count]]
+
+
+def test_verify_defaults_to_the_korean_model_and_says_so():
+    images = heldout_images(2)
+    result = CliRunner().invoke(cli, ["verify", "--json", images[0][0], images[1][0]])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert payload["model"] == "korean" and payload["backbone"] == "kface-korean-v1"
+    assert payload["threshold"] == card("korean")["threshold"]["value"]
+    assert "korean model card" in payload["threshold_source"]
+    text = CliRunner().invoke(cli, ["verify", images[0][0], images[1][0]])
+    assert "korean" in text.output
+
+
+def test_model_dlib_gives_stock_results(samples_dir):
+    import dlib
+
+    from kface.models_path import DLIB_RESNET, DLIB_LANDMARKS_5, model_file
+
+    stock = load_verifier("dlib", detector="dlib")
+    answer = stock.verify(samples_dir / "obama.jpg", samples_dir / "biden.jpg")
+    assert answer.model == "dlib" and answer.threshold == 0.6144 and not answer.same
+    # The same distance as a plain dlib script (HOG, 5-point chip, dlib's descriptor).
+    detector = dlib.get_frontal_face_detector()
+    landmarks = dlib.shape_predictor(str(model_file(DLIB_LANDMARKS_5)))
+    network = dlib.face_recognition_model_v1(str(model_file(DLIB_RESNET)))
+    vectors = []
+    for name in ("obama.jpg", "biden.jpg"):
+        image = dlib.load_rgb_image(str(samples_dir / name))
+        box = max(detector(image, 1), key=lambda rect: rect.area())
+        vectors.append(np.array(network.compute_face_descriptor(image, landmarks(image, box))))
+    assert answer.distance == pytest.approx(float(np.linalg.norm(vectors[0] - vectors[1])), abs=1e-4)
+
+
+@pytest.mark.slow
+def test_on_held_out_families_korean_beats_stock_dlib():
+    """Pairs of held-out families only: the Korean model at its own threshold beats stock dlib at its LFW
+    threshold by a wide margin, and stock dlib even at the threshold best for these very pairs."""
+    from kface.metrics import accuracy_at, choose_threshold
+
+    images = heldout_images(10_000)
+    paths = [path for path, _, _ in images]
+    identity = np.array([who for _, who, _ in images])
+    rng = np.random.default_rng(0)
+    same_rows = [(i, j) for i in range(len(paths)) for j in range(i + 1, len(paths)) if identity[i] == identity[j]]
+    same = [same_rows[k] for k in rng.choice(len(same_rows), 300, replace=False)]
+    different = []
+    while len(different) < 300:
+        i, j = rng.integers(0, len(paths), 2)
+        if identity[i] != identity[j]:
+            different.append((int(i), int(j)))
+    pairs = np.array(same + different)
+    labels = np.r_[np.ones(300), np.zeros(300)]
+    used = np.unique(pairs)
+    accuracy = {}
+    for name in ("korean", "dlib"):
+        verifier = load_verifier(name, fallback="whole-image")
+        vectors, _ = verifier.embed([paths[i] for i in used])
+        row = {int(image): position for position, image in enumerate(used)}
+        d = verifier.distances(vectors[[row[i] for i in pairs[:, 0]]], vectors[[row[j] for j in pairs[:, 1]]])
+        accuracy[name] = accuracy_at(d, labels, verifier.threshold)
+        if name == "dlib":
+            accuracy["dlib-best"] = accuracy_at(d, labels, choose_threshold(d, labels, "max-accuracy").value)
+    assert accuracy["korean"] >= accuracy["dlib"] + 0.2, accuracy
+    assert accuracy["korean"] > accuracy["dlib-best"] + 0.05, accuracy
