@@ -97,7 +97,8 @@ def test_bad_input_is_one_error_line_exit_2(samples_dir, tmp_path, case):
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert str(path.name) in lines[0]
     out = tmp_path / "out" / "e.npz"
-    result = runner.invoke(cli, ["embed", str(samples_dir / "obama.jpg"), str(path), "--out", str(out)])
+    # --strict: without it, embed writes a faceless image as a row (found false) instead of failing.
+    result = runner.invoke(cli, ["embed", str(samples_dir / "obama.jpg"), str(path), "--out", str(out), "--strict"])
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
     assert not out.parent.exists() or not any(out.parent.iterdir())  # no output, no temp file left
 
