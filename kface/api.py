@@ -8,7 +8,7 @@ chosen on its validation split.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional, Sequence
 
 import numpy as np
@@ -135,7 +135,8 @@ def verify(image_a: ImageSource, image_b: ImageSource, *, model: Optional[str] =
     return verifier.verify(image_a, image_b)
 
 
-def embed(images: Sequence[ImageSource], *, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib",
+def embed(images: Sequence[ImageSource], *, model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
+          detector: str = "auto",
           fallback: str = "none", tta: str = "none", device: str = "auto", weights: Optional[str] = None,
           cache: bool = True, max_pixels: Optional[int] = None, on_error: str = "raise",
           no_face: str = "error", workers: Optional[int] = None, progress: bool = False) -> EmbeddingResult:
@@ -143,7 +144,20 @@ def embed(images: Sequence[ImageSource], *, backbone: str = DEFAULT_BACKBONE, de
 
     ``no_face="row"`` keeps an image with no face as a row (stage ``none``) instead of an error;
     ``workers``: face-finding processes for many images (None: the CPU cores, 0: this process).
+    ``model``: a shipped model (None: the default one, ``korean``, unless another ``backbone`` is named;
+    ``dlib``: ``backbone`` as it is) or a trained checkpoint (its vectors, after its head).
     """
+    from .models import MODEL_FAMILIES, STOCK_MODEL, card, default_model
+
+    if model is None:
+        model = default_model() if backbone == DEFAULT_BACKBONE else STOCK_MODEL
+    if model in MODEL_FAMILIES:
+        backbone, tta = card(model)["backbone"], "none"  # the shipped graph does its own flip averaging
+    elif model != STOCK_MODEL:
+        verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=cache,
+                                 max_pixels=max_pixels, progress=progress)
+        vectors, result = verifier.embed(images, on_error=on_error)
+        return replace(result, embeddings=vectors)
     embedder = Embedder(backbone, detector=detector, fallback=fallback, tta=tta, device=device,
                         weights=weights, cache=cache, max_pixels=max_pixels, workers=workers, progress=progress)
     try:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from typing import Optional
 
 import click
 
@@ -139,8 +140,9 @@ def _echo_no_face_notes(messages: list[str], shown: int = 10) -> None:
 @cli.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
+@model_option
 @backbone_option
-@detector_options()
+@detector_options(default="auto")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: average each embedding with its mirrored chip's.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
@@ -155,7 +157,7 @@ def _echo_no_face_notes(messages: list[str], shown: int = 10) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @common_options
 @handle_errors
-def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, strict, skip_bad, workers, engine, device,
+def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, weights, strict, skip_bad, workers, engine, device,
           as_json, quiet, no_cache):
     """Embed the faces of IMAGES into an .npz (keys: paths, embeddings, found, stages, notes).
 
@@ -167,7 +169,7 @@ def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, s
     from .engines import backbone_for_engine
     from .outputs import write_npz
 
-    result = embed_images(list(images), backbone=backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, tta=tta,
+    result = embed_images(list(images), model=model, backbone=backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, tta=tta,
                           device=device, weights=weights, cache=not no_cache, max_pixels=max_pixels,
                           on_error="skip" if skip_bad else "raise", no_face="error" if strict else "row",
                           workers=workers, progress=not quiet)
@@ -186,11 +188,18 @@ def embed(images, out, backbone, detector, fallback, max_pixels, tta, weights, s
               notes=np.array([result.notes.get(path, "") for path in paths]))
     summary = {"out": out, "count": len(keep), "skipped": len(result.errors), "dim": int(result.embeddings.shape[1]),
                "found": int(result.found[keep].sum()), "no_face": len(result.notes), "stages": result.stage_counts(),
-               "computed": result.computed, "backbone": backbone}
+               "computed": result.computed, "backbone": backbone, "model": _model_label(model, backbone)}
     if as_json:
         print_json(summary)
     elif not quiet:
-        click.echo(f"wrote {len(keep)} embeddings ({summary['dim']}-d, {backbone}) to {out}", err=True)
+        click.echo(f"wrote {len(keep)} embeddings ({summary['dim']}-d, {summary['model']}) to {out}", err=True)
+
+
+def _model_label(model: Optional[str], backbone: str) -> str:
+    """The model a command used: the one named, else the default one (or the backbone named instead)."""
+    from .models import default_model
+
+    return model or (default_model() if backbone == "dlib-resnet" else backbone)
 
 
 @cli.command()
