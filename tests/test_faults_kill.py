@@ -188,13 +188,12 @@ def test_embed_killed_at_random_moments_reruns_to_the_same_embeddings(tmp_path):
 # -- enroll --------------------------------------------------------------------------------------------
 def gallery_contents(gallery: Path, probe: Path) -> tuple[list, list]:
     """(identity, image count) per person, and a search's candidates: the rows and the index agree."""
-    listed = kface("gallery", "list", "--gallery", gallery, "--json")
-    assert_ok(listed)
-    found = kface("search", probe, "--gallery", gallery, "--top", "5", "--json", "--quiet")
-    assert_ok(found)
-    people = [(row["identity"], row["images"]) for row in json.loads(listed.stdout)["identities"]]
-    candidates = [(row["identity"], round(row["distance"], 5), row["image"])
-                  for row in json.loads(found.stdout)["candidates"]]
+    from kface.galleries import Gallery
+
+    with Gallery.open(gallery) as opened:
+        people = [(row["identity"], row["images"]) for row in opened.identities()]
+        candidates = [(row["identity"], round(row["distance"], 5), row["image"])
+                      for row in opened.search(str(probe)).to_dict()["candidates"]]
     return people, candidates
 
 
