@@ -20,6 +20,8 @@ import click
 from .errors import INPUT_ERROR, RUNTIME_ERROR, KfaceError
 
 DEBUG_ENV = "KFACE_DEBUG"
+# click >= 8.2 raises this for a group called without a command; older versions print the help themselves.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 INTERRUPTED = 130
 
 # What the user can do about an OSError, by errno.
@@ -41,6 +43,9 @@ def run(group: click.Group, prog_name: str = "kface") -> NoReturn:
         code = group.main(prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
         code = exc.exit_code
+    except _NO_ARGS_IS_HELP as exc:  # a bare group (``kface``, ``kface gallery``): its help, as asked
+        click.echo(exc.ctx.get_help() if exc.ctx is not None else exc.format_message())
+        code = 0
     except click.UsageError as exc:
         code = _fail(usage_message(exc), INPUT_ERROR, exc)
     except click.Abort as exc:

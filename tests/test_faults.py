@@ -48,6 +48,12 @@ def test_usage_errors_are_one_error_line_with_exit_2(args, fragment):
     assert "Usage:" not in result.stderr and line.startswith("error: ")
 
 
+def test_a_bare_group_prints_its_help():
+    for args in ([], ["gallery"]):
+        result = kface(*args)
+        assert result.returncode == 0 and result.stdout.startswith("Usage: kface") and not result.stderr
+
+
 # A command that fails the way kface's own code never should: the handler still answers with one line.
 FAILING_CLI = textwrap.dedent("""
     import errno, sqlite3, sys
