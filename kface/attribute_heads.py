@@ -25,9 +25,10 @@ class AttributeHeads(nn.Module):
     """Heads on the standardised embedding: per task ``d -> hidden, ReLU, dropout -> K`` (``trunk="separate"``),
     or one shared ``d -> hidden, ReLU, dropout`` layer with a linear output per task (``trunk="shared"``).
 
-    With ``ordinal_age`` the age output is CORAL-style: one score ``s`` and ``K - 1`` ordered thresholds,
-    ``P(group > k) = sigmoid(s + b_k)``; a face called one group off then costs less than one called
-    five groups off, which plain cross-entropy cannot know.
+    With ``ordinal_age`` the age output is ordinal: ``K - 1`` cumulative logits, ``P(group > k)`` for each
+    boundary k (one binary classifier per boundary, as in ordinal-regression CNNs); a face called one
+    group off then costs less than one called five groups off, which plain cross-entropy cannot know.
+    (A CORAL-style shared score with ordered thresholds learned far more slowly here.)
     """
 
     def __init__(self, dim: int, classes: dict[str, int], hidden: int = 512, dropout: float = 0.3,
@@ -38,7 +39,7 @@ class AttributeHeads(nn.Module):
         self.ordinal_age = ordinal_age and "age" in classes
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
-        outputs = {task: 1 if task == "age" and self.ordinal_age else count for task, count in classes.items()}
+        outputs = {task: count - 1 if task == "age" and self.ordinal_age else count for task, count in classes.items()}
         if trunk == "shared":
             self.trunk = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout))
             self.heads = nn.ModuleDict({task: nn.Linear(hidden, count) for task, count in outputs.items()})
@@ -47,17 +48,17 @@ class AttributeHeads(nn.Module):
             self.heads = nn.ModuleDict({
                 task: nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, count))
                 for task, count in outputs.items()})
-        if self.ordinal_age:
-            # Decreasing thresholds from the start, so P(group > k) falls with k before any training.
-            self.age_thresholds = nn.Parameter(torch.linspace(1.0, -1.0, classes["age"] - 1))
 
     def forward(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per task for (N, d) embeddings (age with ``ordinal_age``: the K - 1 cumulative logits)."""
         shared = self.trunk((embeddings - self.mean) / self.scale)
-        logits = {task: head(shared) for task, head in self.heads.items()}
-        if self.ordinal_age:
-            logits["age"] = logits["age"] + self.age_thresholds
-        return logits
+        return {task: head(shared) for task, head in self.heads.items()}
+
+    @property
+    def age_output(self) -> nn.Linear:
+        """The age head's last layer."""
+        head = self.heads["age"]
+        return head[-1] if isinstance(head, nn.Sequential) else head
 
     def probabilities(self, embeddings: torch.Tensor) -> dict[str, torch.Tensor]:
         """Class probabilities per task, rows summing to 1 (what the shipped ONNX graph computes)."""
@@ -67,7 +68,7 @@ class AttributeHeads(nn.Module):
                 above = torch.sigmoid(output)  # P(group > k), k = 0 .. K-2
                 ones = torch.ones_like(above[:, :1])
                 bounds = torch.cat([ones, above, torch.zeros_like(ones)], dim=1)
-                # Thresholds can cross after training; clamp the differences and renormalise.
+                # The boundaries are separate classifiers and can cross: clamp the differences, renormalise.
                 probs = (bounds[:, :-1] - bounds[:, 1:]).clamp_min(0) + 1e-12
                 result[task] = probs / probs.sum(dim=1, keepdim=True)
             else:
@@ -112,6 +113,12 @@ def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.
         train_features = features[:, torch.from_numpy(train).to(device)].reshape(-1, embeddings.shape[1])
         model.mean.copy_(train_features.mean(dim=0))
         model.scale.copy_(train_features.std(dim=0).clamp_min(1e-6))
+        if model.ordinal_age:
+            # Start each boundary's bias at the training split's log-odds of "older than group k": Adam
+            # moves a parameter by about lr a step, too slowly to get there from zero on its own.
+            groups = targets["age"][train & (targets["age"] >= 0)]
+            above = np.array([np.mean(groups > k) for k in range(classes["age"] - 1)]).clip(1e-3, 1 - 1e-3)
+            model.age_output.bias.data.copy_(torch.from_numpy(np.log(above / (1 - above))).float())
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         shuffler = torch.Generator().manual_seed(config.seed)
         train_rows = torch.from_numpy(np.flatnonzero(train))

@@ -28,6 +28,11 @@ INPUT_NAME = "embeddings"
 OUTPUT_NAMES = {"age": "age_probs", "gender": "gender_probs"}
 
 
+def has_shipped_attributes() -> bool:
+    """Whether the shipped heads' card is installed (their file is checked when they load)."""
+    return CARD_FILE.is_file()
+
+
 @lru_cache(maxsize=None)
 def attributes_card() -> dict:
     """The shipped heads' card, with the network file's sha256 checked against it."""

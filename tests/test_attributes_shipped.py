@@ -1,0 +1,185 @@
+"""The shipped Korean age-group and gender heads: checked files, the default of analyze and serve, figures
+on held-out Korean families, a user's --model winning; plus the new training levers on hand-made numbers.
+
+The held-out faces come from ../shared/data/korean_family (families listed in
+kface/models/korean-heldout-families.txt, never trained on); those tests skip where it is absent.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from kface.attributes import AgeBins, AttributeConfig, age_interval, load_analyzer, split_by_group
+from kface.cli import cli
+from kface.hashing import file_sha256
+from kface.models import attributes as shipped
+from kface.models.build_attributes import KOREAN_AGE_BINS
+
+KOREAN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "korean_family").resolve()
+HELDOUT = Path(shipped.__file__).with_name("korean-heldout-families.txt")
+#: Faces per age class drawn from the held-out families (seeded), for the analyze check.
+FACES_PER_CLASS = 3
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(arg) for arg in args])
+
+
+def heldout_faces() -> list[dict]:
+    """FACES_PER_CLASS seeded held-out faces of each age class a..h (rows of identities.csv)."""
+    if not (KOREAN / "identities.csv").is_file():
+        pytest.skip(f"{KOREAN} is missing: the Korean faces live in ../shared beside the checkout")
+    families = {line.split("#")[0].strip() for line in HELDOUT.read_text().splitlines()} - {""}
+    with open(KOREAN / "identities.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["family"] in families]
+    rng = np.random.default_rng(0)
+    chosen = []
+    for age_class in "abcdefgh":
+        pool = [row for row in rows if row["age_class"] == age_class]
+        chosen += [pool[i] for i in rng.choice(len(pool), size=min(FACES_PER_CLASS, len(pool)), replace=False)]
+    return chosen
+
+
+# -- the shipped files ---------------------------------------------------------------------------------
+
+
+def test_shipped_card_matches_its_file_and_names_its_provenance():
+    card = shipped.attributes_card()
+    assert card["name"] == shipped.SHIPPED_NAME and card["file"] == shipped.NETWORK_FILE.name
+    assert file_sha256(shipped.NETWORK_FILE) == card["sha256"]
+    assert card["size_bytes"] == shipped.NETWORK_FILE.stat().st_size
+    assert card["training"]["held_out_families_sha256"] == file_sha256(HELDOUT)
+    assert card["meta"]["age_bins"] == list(KOREAN_AGE_BINS) and card["meta"]["backbone"] == "dlib-resnet"
+    figures = card["figures"]["rows"]
+    assert any(name.endswith("(shipped file)") for name in figures) and "today" in figures
+    assert "python -m kface.models.build_attributes" in card["made_by"]
+
+
+def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
+    from kface.errors import KfaceError
+
+    damaged = tmp_path / shipped.NETWORK_FILE.name
+    damaged.write_bytes(shipped.NETWORK_FILE.read_bytes()[:-1] + b"\0")
+    (tmp_path / shipped.CARD_FILE.name).write_text(shipped.CARD_FILE.read_text())
+    monkeypatch.setattr(shipped, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(shipped, "CARD_FILE", tmp_path / shipped.CARD_FILE.name)
+    shipped.attributes_card.cache_clear()
+    try:
+        with pytest.raises(KfaceError, match="sha256 differs"):
+            shipped.attributes_card()
+    finally:
+        shipped.attributes_card.cache_clear()
+
+
+def test_analyze_uses_the_shipped_heads_by_default_without_torch(samples_dir):
+    code = ("from kface.attributes import load_analyzer\n"
+            f"answer = load_analyzer(cache=False).analyze({str(samples_dir / 'obama.jpg')!r})\n"
+            "assert answer['model'] == 'attributes-korean-v1' and answer['gender'] == 'male', answer\n"
+            "import sys\nprint('heavy:', *sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "heavy:"
+
+
+def test_analyze_json_reports_group_probabilities_expected_age_interval_and_gender(samples_dir):
+    result = invoke("analyze", samples_dir / "obama.jpg", "--json", "--no-cache")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["model"] == shipped.SHIPPED_NAME
+    assert list(answer["age_probs"]) == AgeBins(KOREAN_AGE_BINS).labels
+    assert sum(answer["age_probs"].values()) == pytest.approx(1, abs=1e-6)
+    interval = answer["age_interval"]
+    assert interval["low"] <= answer["expected_age"] <= interval["high"] and interval["coverage"] == 0.8
+    assert answer["gender"] == "male" and answer["gender_prob"] == answer["gender_probs"]["male"] > 0.5
+    text = invoke("analyze", samples_dir / "obama.jpg", "--no-cache")
+    assert text.exit_code == 0 and text.stdout.startswith(f"age {answer['age_group']} ") and "male" in text.stdout
+
+
+def test_analyze_on_heldout_korean_faces_gets_gender_and_age_class_within_one_for_most():
+    faces = heldout_faces()
+    analyzer = load_analyzer(cache=False)
+    labels = AgeBins(KOREAN_AGE_BINS).labels
+    gender_right = within_one = 0
+    try:
+        for row in faces:
+            answer = analyzer.analyze(str(KOREAN / row["path"]))
+            gender_right += answer["gender"] == row["gender"]
+            within_one += abs(labels.index(answer["age_group"]) - "abcdefgh".index(row["age_class"])) <= 1
+    finally:
+        analyzer.close()
+    assert gender_right >= 0.8 * len(faces), f"{gender_right} of {len(faces)} genders right"
+    assert within_one >= 0.8 * len(faces), f"{within_one} of {len(faces)} age classes within one"
+
+
+def test_a_users_model_overrides_the_shipped_one(samples_dir, tmp_path):
+    from test_serve import write_attribute_model
+
+    model = write_attribute_model(tmp_path / "mine.pt", seed=4)
+    result = invoke("analyze", samples_dir / "obama.jpg", "--model", model, "--json", "--no-cache")
+    assert result.exit_code == 0, result.output
+    answer = json.loads(result.stdout)
+    assert answer["model"] == str(model) and list(answer["age_probs"]) == AgeBins().labels
+
+
+def test_serve_loads_the_shipped_heads_when_no_attribute_model_is_given():
+    from kface.serve import load_pipelines
+
+    pipeline = load_pipelines(1, "dlib")[0]
+    assert pipeline.analyzer is not None and pipeline.analyzer.model_path == shipped.SHIPPED_NAME
+
+
+# -- training levers on hand-made numbers ----------------------------------------------------------------
+
+
+def test_ordinal_heads_give_probabilities_and_learn_an_ordered_target(tmp_path):
+    import torch
+
+    from kface.attribute_heads import AttributeHeads, fit_heads
+
+    heads = AttributeHeads(4, {"age": 5, "gender": 2}, hidden=8, ordinal_age=True)
+    probs = heads.probabilities(torch.randn(6, 4))
+    assert probs["age"].shape == (6, 5) and torch.allclose(probs["age"].sum(dim=1), torch.ones(6, dtype=torch.float32))
+    assert (probs["age"] >= 0).all()
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(300, 4)).astype(np.float32)
+    age = np.clip(np.round(features[:, 0] * 1.2 + 2), 0, 4).astype(np.int64)
+    split = np.repeat([0, 1, 2], [200, 50, 50])
+    config = AttributeConfig(dataset="csv", root=".", out=str(tmp_path), epochs=30, lr=1e-2, hidden=16,
+                             device="cpu", age_loss="ordinal", sampling="balanced", tta="flip")
+    model, _, _ = fit_heads(features, {"age": age}, split, {"age": 5}, config, mirrored=features * 0.9)
+    predicted = model.probabilities(torch.from_numpy(features[250:]))["age"].argmax(dim=1).numpy()
+    assert np.mean(np.abs(predicted - age[250:]) <= 1) > 0.9
+
+
+def test_balanced_draws_weigh_every_label_cell_alike():
+    from kface.attribute_heads import balanced_draw_weights
+
+    targets = {"age": np.array([0, 0, 0, 1, 1, 2]), "gender": np.array([0, 0, 1, 1, 1, 0])}
+    weights = balanced_draw_weights(targets, np.ones(6, dtype=bool))
+    cells = {}
+    for weight, cell in zip(weights, zip(targets["age"], targets["gender"])):
+        cells[cell] = cells.get(cell, 0) + weight
+    assert all(total == pytest.approx(1) for total in cells.values())
+
+
+def test_group_split_keeps_each_family_on_one_side():
+    families = np.repeat(np.arange(40), 7)
+    split = split_by_group(families, (0.9, 0.1, 0.0), seed=0)
+    assert all(len(set(split[families == family])) == 1 for family in range(40)) and not np.any(split == 2)
+
+
+def test_age_interval_covers_the_middle_of_the_predicted_years():
+    ages = AgeBins(KOREAN_AGE_BINS).representative_ages(np.array([73.5]), np.array([7]))
+    certain = age_interval(np.eye(8)[3], KOREAN_AGE_BINS, ages)
+    assert 20 <= certain["low"] < certain["high"] <= 31
+    spread = age_interval(np.array([0, 0, 0, 0.5, 0.5, 0, 0, 0]), KOREAN_AGE_BINS, ages)
+    assert spread["low"] < 25 and spread["high"] > 38
+    oldest = age_interval(np.eye(8)[7], KOREAN_AGE_BINS, ages)
+    assert 67 <= oldest["low"] < oldest["high"] <= 80
