@@ -63,8 +63,8 @@ DEFAULT_MAX_REQUEST_MB = 20.0
 CURVE_POINTS = 240
 VERIFY_FIELDS = ("image_a", "image_b")
 ANALYZE_FIELDS = ("image",)
-NO_ATTRIBUTES_MESSAGE = ("this server has no attribute model: start it with --attributes-model FILE "
-                         "(a model from kface train-attributes) to read age group and gender")
+NO_ATTRIBUTES_MESSAGE = ("this server has no attribute model (the shipped one is not installed): start it with "
+                         "--attributes-model FILE (a model from kface train-attributes) to read age group and gender")
 
 
 # --------------------------------------------------------------------------- limits and errors
@@ -715,7 +715,9 @@ def load_pipelines(count: int, model: Optional[str] = None, attributes_model: Op
         verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=False,
                                  max_pixels=max_pixels)
         analyzer = None
-        if attributes_model is not None:
+        from .models.attributes import has_shipped_attributes
+
+        if attributes_model is not None or has_shipped_attributes():  # default: the shipped Korean heads
             from .attributes import load_analyzer
 
             analyzer = load_analyzer(attributes_model, detector=detector, fallback=fallback, device=device,

@@ -36,6 +36,8 @@ const TEXT = {
     noAttributes: "No attribute model is loaded: start the server with --attributes-model FILE (a model from " +
       "kface train-attributes).",
     ageGroup: "Age group",
+    expectedAge: "Expected age",
+    ageRange: "{coverage}% within {low}–{high} years",
     gender: "Gender",
     female: "female",
     male: "male",
@@ -79,6 +81,8 @@ const TEXT = {
     noAttributes: "속성 모델이 없습니다: --attributes-model FILE (kface train-attributes 로 만든 모델)로 " +
       "서버를 시작하세요.",
     ageGroup: "연령대",
+    expectedAge: "예상 나이",
+    ageRange: "{coverage}% 확률로 {low}–{high}세",
     gender: "성별",
     female: "여성",
     male: "남성",
@@ -381,7 +385,13 @@ function renderAnalyze() {
   $("age-group").textContent = answer.age_group ?? "";
   $("gender").textContent = answer.gender
     ? `${t(answer.gender)} (p ${Number(answer.gender_prob).toFixed(2)})` : "";
-  for (const [key, present] of [["age-group", answer.age_group != null], ["gender", answer.gender != null]]) {
+  const interval = answer.age_interval;
+  $("expected-age").textContent = answer.expected_age != null
+    ? `${Math.round(answer.expected_age)}` + (interval
+      ? ` (${t("ageRange", { low: Math.round(interval.low), high: Math.round(interval.high),
+                             coverage: Math.round(interval.coverage * 100) })})` : "") : "";
+  for (const [key, present] of [["age-group", answer.age_group != null], ["expected-age", answer.expected_age != null],
+                                ["gender", answer.gender != null]]) {
     $(key).hidden = !present;
     $(`${key}-label`).hidden = !present;
   }
