@@ -318,7 +318,7 @@ def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress
         return 1.0 / (1.0 + np.exp(-sharpness * (offset - np.asarray(distances, dtype=np.float32))))
 
     value, source = _threshold_and_source(model, card["threshold"], threshold)
-    return Verifier(NetworkEmbedder(faces, network), value, source, distance=card["distance"],
+    return Verifier(NetworkEmbedder(faces, network, features["tta"]), value, source, distance=card["distance"],
                     probability=probability, model_path=str(model))
 
 

@@ -17,6 +17,9 @@ def test_passes_are_sized_to_the_image():
     assert hog_passes(1137, 910, sized) == [(pytest.approx(80 / 182), 0), (pytest.approx(800 / 1137), 1)]
     # A 128 px crop: the smallest face worth finding is 40 px, which only the old pass finds: it alone runs.
     assert hog_passes(128, 128, sized) == [(1.0, 1)]
+    # LFW's 250 px images: a sized pass would search 0.8 of the old pass's resolution: not worth a second
+    # pass on a miss, so the old pass alone runs and LFW's chips are what they were.
+    assert hog_passes(250, 250, sized) == [(1.0, 1)]
     # A big photo is never searched above DETECT_MAX_SIDE by the sized pass.
     scale, upsample = hog_passes(3000, 6000, sized)[0]
     assert upsample == 0 and scale * 6000 <= DETECT_MAX_SIDE

@@ -117,7 +117,10 @@ def test_flip_averaging_is_the_same_at_train_and_verify_time(pair_file, tmp_path
     assert load_checkpoint(tmp_path / "run" / "model.pt")["features"]["tta"] == "flip"
     paths = read_pairs(pair_file).select("test").abs_path_a[:4]
     trained_on = FeatureStore(config.feature_spec()).features(paths).features
-    verifier = verifier_from_checkpoint(tmp_path / "run" / "model.pt", detector="dlib", fallback="whole-image")
+    # The torch engine serves the backbone's embeddings before the head (ONNX runs head and all in one
+    # graph, checked against this path in tests/test_engines.py).
+    verifier = verifier_from_checkpoint(tmp_path / "run" / "model.pt", detector="dlib", fallback="whole-image",
+                                        engine="torch")
     _, served = verifier.embed(paths)
     assert verifier.embedder.tta == "flip"
     np.testing.assert_allclose(served.embeddings, trained_on, rtol=0, atol=1e-6)

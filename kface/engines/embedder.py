@@ -20,12 +20,15 @@ class NetworkEmbedder:
     """``embed(sources)`` -> :class:`~kface.embeddings.EmbeddingResult` of ``network``'s vectors.
 
     Faces come from ``embedder.faces`` (its detector, face cache and fallback); everything else
-    (``spec``, ``settings``, ``close``...) is the wrapped Embedder's.
+    (``spec``, ``settings``, ``close``...) is the wrapped Embedder's. ``tta`` is the flip averaging the
+    graph does itself. The result's ``embeddings`` are the graph's output: the vectors distances are
+    measured on (after any head), as :meth:`Verifier.embed <kface.api.Verifier.embed>` returns them.
     """
 
-    def __init__(self, embedder: Embedder, network: OnnxNetwork):
+    def __init__(self, embedder: Embedder, network: OnnxNetwork, tta: str = "none"):
         self.embedder = embedder
         self.network = network
+        self.tta = tta
 
     def embed(self, sources: Sequence[ImageSource], on_error: str = "raise") -> EmbeddingResult:
         entries, errors = self.embedder.faces(sources, on_error=on_error)

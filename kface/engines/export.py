@@ -165,11 +165,14 @@ def checkpoint_graph(checkpoint: dict, weights: Optional[str] = None) -> ChipGra
 
     ``weights``: the backbone's weights file where the checkpoint names one (checked by the caller).
     """
+    from ..backbones import get_spec
+    from ..backbones.suffix import ChipInput
     from ..backbones.trainable import TRAINABLE_BACKBONES, inference_network, load_network
     from ..checkpoints import pair_model_from_checkpoint
-    from ..backbones.suffix import ChipInput
 
     backbone = checkpoint["backbone"]
+    if get_spec(backbone).family == get_spec("dlib-torch").family:
+        backbone = "dlib-torch"  # dlib-resnet and dlib-native: the same network, exported from the port
     if backbone not in TRAINABLE_BACKBONES:
         raise InputError(f"exporting a checkpoint needs a PyTorch backbone ({', '.join(TRAINABLE_BACKBONES)}); "
                          f"this one was trained on {backbone}")
