@@ -77,14 +77,15 @@ def family_folds(index, protocol: FamilyProtocol) -> np.ndarray:
 
 
 def protocol_pairs(index, image_folds: np.ndarray, protocol: FamilyProtocol) -> ProtocolPairs:
-    """``pairs_per_class`` same and different pairs of each kind in each fold (fewer where a fold has
-    fewer candidates), drawn uniformly from every allowed pair of the fold's images."""
+    """``pairs_per_class`` same and different pairs of each kind in each fold of ``image_folds`` (fewer
+    where a fold has fewer candidates), drawn uniformly from every allowed pair of the fold's images."""
     ages = _column(index, protocol.age_column)
     genders = _column(index, "gender")
     identities = index.identity_codes
-    streams = np.random.SeedSequence(protocol.seed).spawn(2)[1].spawn(protocol.folds * len(PAIR_KINDS))
+    fold_count = int(image_folds.max()) + 1
+    streams = np.random.SeedSequence(protocol.seed).spawn(2)[1].spawn(fold_count * len(PAIR_KINDS))
     parts = []
-    for fold in range(protocol.folds):
+    for fold in range(fold_count):
         rows = np.flatnonzero(image_folds == fold)
         a, b = np.triu_indices(len(rows), k=1)
         a, b = rows[a], rows[b]
