@@ -162,7 +162,7 @@ def test_cluster_groups_a_folder_by_person(tmp_path):
                  "--model", "dlib")  # dlib's measured link distance
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output)
-    assert summary["faces"] == 12 and summary["bcubed"]["f1"] >= 0.9
+    assert summary["faces"] == 12 and summary["bcubed"]["f1"] >= 0.8  # 4 people; one big cluster scores 0.4
     header = out.read_text().splitlines()[0]
     assert header == "path,cluster,identity"
 
@@ -210,6 +210,8 @@ from kface.galleries import Gallery
 probe = np.load(sys.argv[2])
 answers, seen, deadline = {}, 0, time.monotonic() + 300
 with Gallery.open(sys.argv[1]) as gallery:
+    gallery.search_vectors(probe)
+    print("ready", file=sys.stderr, flush=True)
     while seen < int(sys.argv[3]) and time.monotonic() < deadline:  # until the enrolment is done
         answer = gallery.search_vectors(probe, top=3)[0]
         seen = answer.gallery_images
@@ -233,10 +235,12 @@ def test_two_searchers_during_an_enrolment_see_whole_committed_states(tmp_path):
     gallery = tmp_path / "busy.kgallery"
     with Gallery.open(gallery, "dlib", create=True, fallback="whole-image") as empty:
         empty.enroll([str(people[0][1][0])], people[0][0])  # the searchers need someone to find
-    enroller = subprocess.Popen(KFACE + ["enroll", "--gallery", str(gallery), "--dataset", "folder", "--root",
-                                         str(tree), "--batch", "2", "-q"], stderr=subprocess.PIPE, text=True)
     searchers = [subprocess.Popen([sys.executable, "-c", SEARCHER, str(gallery), str(probe), "40"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for searcher in searchers:  # both searching before the enrolment starts
+        assert any(line.strip() == "ready" for line in searcher.stderr), "a searcher ended before it was ready"
+    enroller = subprocess.Popen(KFACE + ["enroll", "--gallery", str(gallery), "--dataset", "folder", "--root",
+                                         str(tree), "--batch", "1", "-q"], stderr=subprocess.PIPE, text=True)
     outputs = [s.communicate(timeout=600) for s in searchers]
     assert enroller.wait(timeout=600) == 0, enroller.stderr.read()
     assert all(s.returncode == 0 for s in searchers), [err for _, err in outputs]
