@@ -270,7 +270,8 @@ class Gallery:
         """Delete ``identity``'s embeddings for good (SQLite delete with secure_delete, VACUUM, and an
         index rebuilt without them); returns how many images were removed."""
         removed = self.store.remove(identity)
-        self.rebuild()
+        self.rebuild()  # first the index file, which holds the vectors too
+        self.store.scrub()
         return removed
 
     # -- searching ---------------------------------------------------------------------------------

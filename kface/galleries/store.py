@@ -219,7 +219,8 @@ class GalleryStore:
         return added
 
     def remove(self, identity: str) -> int:
-        """Delete ``identity`` and all its embeddings for good; returns the images removed."""
+        """Delete ``identity`` and all its embeddings (zeroed by secure_delete; :meth:`scrub` then leaves
+        no old page anywhere); returns the images removed."""
         with self._write():
             row = self.connection.execute("SELECT id FROM identities WHERE name = ?", (identity,)).fetchone()
             if row is None:
@@ -227,7 +228,6 @@ class GalleryStore:
             removed = self.connection.execute("DELETE FROM images WHERE identity_id = ?", (row[0],)).rowcount
             self.connection.execute("DELETE FROM identities WHERE id = ?", (row[0],))
             self._bump(epoch=True)
-        self.scrub()
         return int(removed)
 
     def scrub(self) -> None:
