@@ -5,8 +5,10 @@
 Chips are the sample portraits' aligned chips, tiled. Each engine runs batch 1 (one chip per call) and
 batch 64 for about ``--seconds`` each, after a warm-up call; figures are faces/s and the ratios
 against dlib-torch (PyTorch eager, affine layers folded, channels-last) and dlib-native (dlib's own
-API, one chip at a time: its batch-64 figure is the same loop). ``--variants`` adds the float32 file
-(exported here), fewer graph optimisations, and one thread, to show what each setting is worth.
+API, one chip at a time: its batch-64 figure is the same loop). ``--variants`` adds the file with the
+other weight precision (float16 if float32 ships; exported here), fewer graph optimisations, and one
+thread, to show what each setting is worth. The usable cores are the process's affinity mask, as
+onnxruntime's threads are sized.
 Targets (issue 16): >= 300 faces/s at batch 64 and >= 150 at batch 1 on this 2-core CPU.
 """
 from __future__ import annotations
@@ -58,7 +60,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="timing per engine and batch size")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default: cores)")
-    parser.add_argument("--variants", action="store_true", help="also float32 weights, basic optimisation, 1 thread")
+    parser.add_argument("--variants", action="store_true", help="also the other weight precision, basic "
+                        "optimisation, 1 thread")
     args = parser.parse_args()
 
     from kface.backbones import get_spec
@@ -67,16 +70,21 @@ def main() -> int:
     from kface.engines.runtime import usable_cores
     from kface.engines.shipped import shipped_network
 
+    from kface.models import network_card
+
     chips = sample_chips()
     shipped = shipped_network("dlib-resnet-v1", "cpu").path
-    engines = {f"onnx (shipped fp16 weights, {args.threads or usable_cores()} threads)": onnx_session(shipped, args.threads)}
+    fp16 = bool(network_card("dlib-resnet-v1")["export"]["fp16"])
+    precision = "fp16" if fp16 else "fp32"
+    engines = {f"onnx (shipped, {precision} weights, {args.threads or usable_cores()} threads)":
+               onnx_session(shipped, args.threads)}
     if args.variants:
         from kface.backbones.dlib_torch import fold_affine, load_dlib_resnet
         from kface.engines.export import ChipGraph, export_onnx
 
-        fp32 = Path(tempfile.mkdtemp()) / "dlib-fp32.onnx"
-        export_onnx(ChipGraph(fold_affine(load_dlib_resnet()).eval()), fp32, 150)
-        engines["onnx, fp32 weights"] = onnx_session(fp32, args.threads)
+        other = Path(tempfile.mkdtemp()) / "dlib-other.onnx"
+        export_onnx(ChipGraph(fold_affine(load_dlib_resnet()).eval()), other, 150, fp16=not fp16)
+        engines[f"onnx, {'fp32' if fp16 else 'fp16'} weights"] = onnx_session(other, args.threads)
         engines["onnx, basic graph optimisation"] = onnx_session(shipped, args.threads, level="basic")
         engines["onnx, 1 thread"] = onnx_session(shipped, 1)
     engines["dlib-torch (PyTorch eager)"] = DlibTorchBackbone(get_spec("dlib-torch"), "cpu").embed_chips
