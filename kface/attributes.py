@@ -239,6 +239,9 @@ class AttributeConfig:
     sampling: str = "weighted"
     tta: str = "none"  # flip: train on each face and its mirror image, average the two at prediction
     group_by: Optional[str] = None  # a dataset column (e.g. family) whose groups stay on one side of the split
+    # HOG's pass policy for the training faces (kface.faces.HOG_POLICIES): "fixed" finds the chips cached
+    # before the sized pass existed (commit 7ce26a8), which is how the shipped heads were trained.
+    hog_policy: str = "sized"
     seed: int = 0
     backbone: str = DEFAULT_BACKBONE
     detector: str = "dlib"
@@ -331,8 +334,13 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
 
 
 def _embed(config: AttributeConfig, tta: str, sources, boxes, progress: bool):
+    from dataclasses import replace
+
     embedder = Embedder(config.backbone, detector=config.detector, fallback=config.fallback, tta=tta,
                         device=config.device, cache=config.cache, max_pixels=config.max_pixels, progress=progress)
+    # Embedder takes no HOG policy of its own yet; its settings (the cache key, the finder made on first
+    # use) are replaced before any face is looked up.
+    embedder.settings = replace(embedder.settings, policy=config.hog_policy)
     try:
         return embedder.embed(sources, boxes=boxes, on_error="skip")
     finally:
