@@ -1,9 +1,10 @@
 """kill -9 at seeded random moments of real ``kface`` processes, then a rerun or ``--resume``: the result
 equals an uninterrupted run's, and no partial file is ever left under an output's final name.
 
-Covers ``train`` (with ``--dataset``: a resume never samples its pairs.csv again), ``make-pairs`` and
-``embed``. The moments are drawn from each command's own uninterrupted duration, measured in the same
-test, so they land in every phase (start-up, features, epochs, commit) on a fast or a slow machine.
+Covers ``train`` (with ``--dataset``: a resume never samples its pairs.csv again, even when the dataset
+grew), ``make-pairs``, ``embed`` and ``enroll``. The moments are drawn from each command's own
+uninterrupted duration, measured in the same test, so they land in every phase (start-up, features,
+epochs, commit) on a fast or a slow machine.
 """
 from __future__ import annotations
 
@@ -116,9 +117,9 @@ def same_run(run: Path, reference: Path) -> None:
 
 def test_train_killed_at_random_moments_resumes_to_the_uninterrupted_result(tree, reference_train, tmp_path):
     reference, duration, epochs_s = reference_train
-    # One kill anywhere in the run (start-up, features, epoch 0 mostly), the others while epochs are
-    # being trained and committed: after the first last.pt, within the time the epochs take.
-    schedule = [(moments(duration, seed=20)[0], "start"), *((moment, "epochs") for moment in moments(epochs_s, 21))]
+    # One kill anywhere in the run (start-up, features, epoch 0 mostly), one while epochs are being
+    # trained and committed: after the first last.pt, within the time the epochs take.
+    schedule = [(moments(duration, seed=20)[0], "start"), (moments(epochs_s, seed=21)[0], "epochs")]
     for round_, (moment, phase) in enumerate(schedule):
         run = tmp_path / f"run-{round_}"
         args = ["train", "--root", tree, "--out", run, *TRAIN_ARGS]
@@ -127,27 +128,19 @@ def test_train_killed_at_random_moments_resumes_to_the_uninterrupted_result(tree
         if phase == "epochs":
             assert (run / "last.pt").exists()
         if (run / "last.pt").exists():
-            before = (run / "pairs.csv").stat().st_mtime_ns
-            assert_ok(kface(*args, "--resume"))
-            assert (run / "pairs.csv").stat().st_mtime_ns == before  # read, never sampled again
+            before = (sha256(run / "pairs.csv"), (run / "pairs.csv").stat().st_mtime_ns)
+            # Someone joins the dataset meanwhile: sampling again would draw other pairs (and then refuse
+            # them as changed); the resume reads the run's own pairs.csv instead.
+            name, images = lfw_people(25, 4)[-1]
+            link_tree([(name, images)], tree)
+            try:
+                assert_ok(kface(*args, "--resume"))
+            finally:
+                shutil.rmtree(tree / name)
+            assert (sha256(run / "pairs.csv"), (run / "pairs.csv").stat().st_mtime_ns) == before
         else:
             assert_ok(kface(*args))  # killed before the first commit: a fresh start is accepted
         same_run(run, reference)
-
-
-def test_resume_with_dataset_keeps_the_pairs_of_the_run_when_the_dataset_grew(tree, reference_train, tmp_path):
-    reference, _, _ = reference_train
-    run = tmp_path / "run"
-    shutil.copytree(reference, run)
-    original = sha256(run / "pairs.csv")
-    name, images = lfw_people(25, 4)[-1]  # someone new joins the dataset after the run started
-    link_tree([(name, images)], tree)
-    try:
-        result = kface("train", "--root", tree, "--out", run, "--resume", *TRAIN_ARGS)
-    finally:
-        shutil.rmtree(tree / name)
-    assert_ok(result)  # sampling again would have drawn other pairs, and refused them as changed
-    assert sha256(run / "pairs.csv") == original
 
 
 # -- make-pairs ------------------------------------------------------------------------------------
@@ -205,7 +198,7 @@ def test_enroll_killed_at_random_moments_reruns_to_the_same_gallery(tmp_path):
     reference = tmp_path / "reference.kgallery"
     duration = timed([*args, "--gallery", reference, "--cache-dir", tmp_path / "reference-cache"])
     expected = gallery_contents(reference, probe)
-    for round_, moment in enumerate(moments(duration, seed=23)):
+    for round_, moment in enumerate(moments(duration, seed=23)[:1]):  # one: each costs two enrolments
         gallery = tmp_path / f"round-{round_}" / "faces.kgallery"
         run = [*args, "--gallery", gallery, "--cache-dir", tmp_path / f"cache-{round_}"]
         kill_at(run, moment)
