@@ -308,3 +308,22 @@ def test_an_lfw_pairs_file_that_does_not_parse_is_an_input_error(tmp_path, text,
     (tmp_path / "pairs.txt").write_bytes(text)
     with pytest.raises(InputError, match=fragment):
         read_lfw_pairs(tmp_path)
+
+
+def test_train_feature_store_leaves_the_cache_with_no_cache_or_an_unwritable_cache(tmp_path, monkeypatch, caplog):
+    from kface.cache import NO_CACHE_ENV
+    from kface.train import _feature_store_folder
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("KFACE_CACHE_DIR", str(cache))
+    assert _feature_store_folder() is None  # the usual place: <cache>/features
+    monkeypatch.setenv(NO_CACHE_ENV, "1")
+    folder = _feature_store_folder()
+    assert folder.is_dir() and cache not in folder.parents
+    monkeypatch.delenv(NO_CACHE_ENV)
+    (cache / "features").rmdir()
+    with read_only(cache), caplog.at_level(logging.WARNING, logger="kface"):
+        folder = _feature_store_folder()
+    assert folder.is_dir() and cache not in folder.parents
+    assert "cannot write the feature store" in caplog.text
