@@ -714,9 +714,19 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
         if processes.main:
             _write_history(result.out, config, result.history, result.best, data.summary, result.timing,
                            result.baseline, durable=True)
+            _make_durable(result.out / MODEL)
         return result
     finally:
         processes.close()
+
+
+def _make_durable(path: Path) -> None:
+    """fsync a file written without it (and its folder), once, at the end of a run."""
+    from .outputs import fsync_file, fsync_folder
+
+    if path.is_file():
+        fsync_file(path)
+        fsync_folder(path.parent)
 
 
 def _remove_stale_temps(out: Path) -> None:
@@ -1019,7 +1029,9 @@ class TrainingRun:
             "scaler": self.scaler.state_dict(), "history": plain(self.history), "best": plain(self.best),
             "best_model": self.best_model, "baseline": plain(self.baseline), "versions": versions()}, durable=True)
         if self._best_changed:
-            save_checkpoint(self.out / MODEL, self.best_model, durable=True)
+            # Not fsynced each time: after a power loss --resume rebuilds it from last.pt; the end of the
+            # run (train) makes the final one durable.
+            save_checkpoint(self.out / MODEL, self.best_model)
             self._best_changed = False
         _write_history(self.out, self.config, self.history, self.best, self.data.summary, None, self.baseline)
 
