@@ -128,12 +128,14 @@ def main() -> None:
                 command = [sys.executable, "-m", "kface", "embed", *chosen, "--out", str(out), *OPTIONS, *extra]
                 seconds, rss, pss = run(command, env, root)
                 results[label] = (seconds, rss, pss, found_set(out))
+                print(f"  ({label}: {seconds:.2f} s)", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_seconds, _, _, base_found = results["before"]
+    load = os.getloadavg()[0]
     print(f"kface embed, {args.images} Korean 128 px crops (seed {args.seed}), {' '.join(OPTIONS[:4])}, "
-          f"empty cache, whole process, {os.cpu_count()} CPUs")
+          f"empty cache, whole process, {os.cpu_count()} CPUs, load average {load:.1f} at the end")
     for label, (seconds, rss, pss, found) in results.items():
         lost = len(base_found - found)
         print(f"  {label:10s} {seconds:6.2f} s  {args.images / seconds:6.1f} images/s  "

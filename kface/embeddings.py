@@ -163,7 +163,7 @@ class Embedder:
                 bar.update(1)
         finally:
             bar.close()
-        self._note_several_faces(names, entries)
+        self._note_several_faces([(name, e.n_faces) for name, e in zip(names, entries) if e is not None])
         return entries, errors
 
     def embed(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[Optional[Box]]] = None,
@@ -194,7 +194,7 @@ class Embedder:
                        errors, notes) -> int:
         """Embed the ``missing`` images' faces in batches as they are found; each batch is stored at once."""
         pending: dict[int, FaceEntry] = {}
-        found: list[tuple[str, FaceEntry]] = []
+        counts: list[tuple[str, int]] = []  # faces per image, not the entries: chips leave with their batch
         computed = 0
         bar = self._bar(len(missing), f"embedding ({self.spec.name})")
 
@@ -217,14 +217,14 @@ class Embedder:
                     bar.update(1)
                     continue
                 pending[index] = entry
-                found.append((names[index], entry))
+                counts.append((names[index], entry.n_faces))
                 if len(pending) >= EMBED_BATCH:
                     flush()
             if pending:
                 flush()
         finally:
             bar.close()
-        self._note_several_faces([name for name, _ in found], [entry for _, entry in found])
+        self._note_several_faces(counts)
         return computed
 
     def _read(self, sources, boxes, on_error):
@@ -312,9 +312,9 @@ class Embedder:
         return None
 
     @staticmethod
-    def _note_several_faces(names, entries) -> None:
+    def _note_several_faces(counts: list[tuple[str, int]]) -> None:
         """Say (via logging, shown on stderr) where the largest of several faces was taken."""
-        several = [(name, e.n_faces) for name, e in zip(names, entries) if e is not None and e.n_faces > 1]
+        several = [(name, count) for name, count in counts if count > 1]
         if len(several) <= 3:
             for name, count in several:
                 log.info("%s: %d faces found, using the largest", name, count)
