@@ -28,7 +28,6 @@ shipped Korean heads (:mod:`kface.models.attributes`, ONNX, no torch) unless giv
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

@@ -106,8 +106,12 @@ def _markdown(metrics: dict) -> str:
         lines += ["Age: accuracy is the exact group; adjacent-group accuracy allows one group off; MAE in years "
                   "uses the predicted group's representative age (group) or the probability-weighted age "
                   "(expected).", ""]
-    lines += ["Class imbalance is handled with inverse-frequency class weights in the loss; the best epoch is "
-              "chosen on val, the figures above for test come from people never seen in training.", ""]
+    config = metrics.get("config", {})
+    balancing = ("batches drawn evenly over the label cells" if config.get("sampling") == "balanced"
+                 else "inverse-frequency class weights in the loss")
+    lines += [f"Class imbalance is handled with {balancing}; age loss {config.get('age_loss', 'ce')}, flip "
+              f"{config.get('tta', 'none')}, trunk {config.get('trunk', 'separate')}. The best epoch is chosen on "
+              f"val; test figures come from people (or groups) never seen in training.", ""]
     images = metrics["images"]
     lines.append(f"Images: {images['indexed']} indexed, {images['embedded']} embedded, {images['skipped']} "
                  f"skipped; face stages {images['stages']}; labels left out {images['labels_left_out']}.")
