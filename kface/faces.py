@@ -20,6 +20,7 @@ that found it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -34,6 +35,10 @@ PAD_FRACTION = 0.35
 #: HOG runs on a copy downscaled to this longer side (a 2,300 px portrait takes 1.6 s at full size);
 #: landmarks and the chip still come from the full-resolution image.
 DETECT_MAX_SIDE = 800
+#: dlib's frontal face detector, saved by ``python -m kface.engines.build_shipped``: loading it takes
+#: 2 ms, against 0.7 s for ``dlib.get_frontal_face_detector()``, which decodes the copy compiled into
+#: dlib (a third of a cold ``kface verify``). The same detector: tests/test_detection_policy.py.
+HOG_DETECTOR_FILE = Path(__file__).resolve().parent / "models" / "dlib-frontal-face-detector.svm"
 #: HOG policies: ``sized`` first runs HOG at the scale where the smallest face worth finding first
 #: (see below) just fills dlib's detection window, and retries harder only on a miss; ``fixed`` runs
 #: only the hard pass (upsampled ``upsample`` times at :data:`DETECT_MAX_SIDE`), as kface did before.
@@ -117,6 +122,18 @@ def hog_passes(height: int, width: int, settings: FaceSettings) -> list[tuple[fl
     return [(sized, 0), hard]
 
 
+def hog_detector():
+    """dlib's frontal face detector, from :data:`HOG_DETECTOR_FILE` where it ships, else built by dlib."""
+    import dlib
+
+    if HOG_DETECTOR_FILE.is_file():
+        try:
+            return dlib.fhog_object_detector(str(HOG_DETECTOR_FILE))
+        except RuntimeError:
+            pass  # damaged: dlib's own copy is the same detector, only slower to build
+    return dlib.get_frontal_face_detector()
+
+
 def _largest(boxes: Sequence[Box]) -> int:
     return int(np.argmax([(r - l) * (b - t) for l, t, r, b in boxes]))
 
@@ -139,9 +156,7 @@ class FaceFinder:
     # -- models, loaded lazily -------------------------------------------------------------------
     def _dlib(self):
         if self._hog is None:
-            import dlib
-
-            self._hog = dlib.get_frontal_face_detector()
+            self._hog = hog_detector()
         return self._hog
 
     def _landmark_model(self):

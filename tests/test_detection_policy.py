@@ -80,3 +80,19 @@ def _iou(a, b) -> float:
     inter = max(0, right - left) * max(0, bottom - top)
     area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
     return inter / (area(a) + area(b) - inter)
+
+
+def test_the_saved_hog_detector_is_dlibs_frontal_face_detector():
+    import dlib
+
+    from kface.faces import HOG_DETECTOR_FILE, hog_detector
+
+    assert HOG_DETECTOR_FILE.is_file()
+    saved, built = hog_detector(), dlib.get_frontal_face_detector()
+    paths = sorted(EXAMPLES.glob("*.jpg")) + [p for _, images in lfw_people(8, 1) for p in images]
+    for path in paths:
+        image = load_image(path)
+        for upsample in (0, 1):
+            boxes = [[(r.left(), r.top(), r.right(), r.bottom()) for r in detector(image, upsample)]
+                     for detector in (saved, built)]
+            assert boxes[0] == boxes[1], (path, upsample)

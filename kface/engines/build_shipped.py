@@ -1,13 +1,15 @@
 """Make the ONNX file of dlib's stock descriptor that ships as ``kface/models/dlib-resnet-v1.onnx``.
 
-    python -m kface.engines.build_shipped            # float16 weights (the shipped file)
-    python -m kface.engines.build_shipped --fp32     # float32 weights
+    python -m kface.engines.build_shipped --fp32     # float32 weights (the shipped file)
+    python -m kface.engines.build_shipped            # float16 weights
 
 dlib's ``dlib_face_recognition_resnet_model_v1.dat`` (from face_recognition_models) is converted to the
 PyTorch port (:mod:`kface.backbones.dlib_torch`), its affine layers folded, exported with
 :func:`kface.engines.export.export_onnx`, and compared with dlib's own descriptor on the sample
 portraits' chips. The card beside it (``dlib-resnet-v1.json``) records the source file's sha256, this
 command, the kface version, the ONNX file's sha256 (checked at load) and the parity measured here.
+It also saves dlib's frontal face detector as ``kface/models/dlib-frontal-face-detector.svm``, which
+loads in 2 ms instead of the 0.7 s ``dlib.get_frontal_face_detector()`` takes.
 """
 from __future__ import annotations
 
@@ -55,6 +57,17 @@ def dlib_parity(path: Path, chips: np.ndarray) -> dict:
             "chips": int(len(chips)), "against": "dlib.face_recognition_model_v1 on the examples/ portraits' chips"}
 
 
+def save_hog_detector() -> None:
+    """Save dlib's frontal face detector where :mod:`kface.faces` loads it (2 ms instead of 0.7 s)."""
+    import dlib
+
+    from ..faces import HOG_DETECTOR_FILE
+    from ..outputs import atomic_path
+
+    with atomic_path(HOG_DETECTOR_FILE, suffix=".svm") as temp:
+        dlib.get_frontal_face_detector().save(str(temp))
+
+
 def build(fp16: bool = True) -> dict:
     """Export dlib's stock network to :data:`NETWORK_FILE` and write :data:`CARD_FILE`; return the card."""
     from ..backbones.dlib_torch import fold_affine, load_dlib_resnet
@@ -85,6 +98,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fp32", action="store_true", help="store float32 weights (default: float16)")
     args = parser.parse_args(argv)
     card = build(fp16=not args.fp32)
+    save_hog_detector()
     print(f"wrote {NETWORK_FILE} ({card['size_bytes'] / 2**20:.1f} MiB, sha256 {card['sha256'][:16]}...) and "
           f"{CARD_FILE}; parity with dlib: {card['parity']}")
     return 0
