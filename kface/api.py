@@ -109,6 +109,11 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
                                 cache=cache, progress=progress, max_pixels=max_pixels)
     if model != STOCK_MODEL:
         from .checkpoints import verifier_from_checkpoint
+        from .models import shipped_names
+
+        if not os.path.isfile(model):
+            raise InputError(f"--model {model}: no such model file, and no shipped model of that name "
+                             f"(shipped: {', '.join(shipped_names())})")
 
         return verifier_from_checkpoint(model, detector=detector, threshold=threshold, fallback=fallback,
                                         device=device, cache=cache, progress=progress, max_pixels=max_pixels,

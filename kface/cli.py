@@ -524,6 +524,9 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
               help="Same and different pairs of each kind per fold.")
 @click.option("--age-column", default="age_class", show_default=True,
               help="The age label that defines same-age pairs.")
+@click.option("--keep-copies", is_flag=True,
+              help="Keep images whose bytes are filed under two identities or outside the chosen groups "
+                   "(left out by default: a copy on both sides of a split measures nothing).")
 @click.option("--model", "models", multiple=True,
               help="A model to score (a shipped name such as korean or dlib, or runs/NAME/model.pt); repeatable.")
 @click.option("--recipe", "recipes", multiple=True, type=click.Path(dir_okay=False),
@@ -538,7 +541,7 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 @common_options
 @handle_errors
 def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, folds, pairs_per_class,
-                       age_column, models, recipes, rule, seed, out, device, as_json, quiet, no_cache):
+                       age_column, keep_copies, models, recipes, rule, seed, out, device, as_json, quiet, no_cache):
     """Family-disjoint k-fold verification: pairs across ages and same-age same-gender hard pairs.
 
     Example: kface benchmark families --dataset csv --root korean_family --manifest
@@ -552,7 +555,7 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
     rows = run_benchmark(dataset, root, layout_options, group_by=group_by, groups_file=groups_file,
                          exclude_file=exclude_groups, folds=folds, pairs_per_class=pairs_per_class,
                          age_column=age_column, models=models, recipes=recipes, rule=rule, seed=seed, out=Path(out),
-                         device=device, cache=not no_cache, progress=not quiet,
+                         device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
                          log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
     if as_json:
         print_json({"out": out, "rows": rows})

@@ -20,7 +20,7 @@ import csv
 import io
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -254,18 +254,110 @@ def write_results(out: Path, rows: list[dict], protocol: FamilyProtocol, dataset
     write_text(out / "benchmark.md", markdown_table(rows, protocol))
 
 
-def restrict_groups(index, column: str, keep: Optional[set[str]] = None, drop: Optional[set[str]] = None):
-    """``index`` limited to images whose ``column`` is in ``keep`` (when given) and not in ``drop``."""
+def distinct_images(index, rows: np.ndarray, group_by: str) -> tuple:
+    """An index of ``rows`` of ``index`` in which every image is one person's, once.
+
+    Album sets file one scan under several identities: a grandmother shared by two families appears
+    under both family numbers, with the same photos. Such identities are one person here (merged, and
+    their groups merged with them, so no split or fold holds the same face twice); repeated copies are
+    kept once; images whose bytes are also outside ``rows`` (e.g. in a model's training families) are
+    left out. Returns the new index and what was done, counted.
+    """
+    from .hashing import file_sha256
+
+    digests = [file_sha256(index.absolute_path(row)) for row in range(len(index))]
+    chosen = set(rows.tolist())
+    outside = {digests[row] for row in range(len(index)) if row not in chosen}
+    kept = [int(row) for row in rows if digests[row] not in outside]
+    identity = _merged(kept, digests, index.identity_codes)
+    groups = index.attributes.get(group_by)
+    names = {code: index.identity_names[code] for code in set(identity.values())}
+    if groups is not None:
+        group_of_identity = _merged_groups(kept, identity, groups)
+    seen: set = set()
+    records, repeated = [], 0
+    for row in kept:
+        key = (identity[row], digests[row])
+        if key in seen:
+            repeated += 1
+            continue
+        seen.add(key)
+        record = index.record(row)
+        attributes = dict(record.attributes)
+        if groups is not None:
+            attributes[group_by] = group_of_identity[identity[row]]
+        records.append(replace(record, identity=names[identity[row]], attributes=attributes))
+    merged_identities = len({int(index.identity_codes[row]) for row in kept}) - len(set(identity.values()))
+    counts = {"also_outside": len(rows) - len(kept), "repeated": repeated, "identities_merged": merged_identities}
     from .datasets import DatasetIndex
 
+    return DatasetIndex.from_records(index.kind, index.root, records, index.problems, index.options,
+                                     index.conditions), counts
+
+
+def _merged(rows: list[int], digests: list[str], codes: np.ndarray) -> dict[int, int]:
+    """Row -> identity code, identities that share any image joined (union-find, smallest code wins)."""
+    parent: dict[int, int] = {}
+
+    def find(code: int) -> int:
+        while parent.setdefault(code, code) != code:
+            parent[code] = parent[parent[code]]
+            code = parent[code]
+        return code
+
+    first_owner: dict[str, int] = {}
+    for row in rows:
+        code = int(codes[row])
+        other = first_owner.setdefault(digests[row], code)
+        a, b = find(code), find(other)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return {row: find(int(codes[row])) for row in rows}
+
+
+def _merged_groups(rows: list[int], identity: dict[int, int], groups: list) -> dict[int, str]:
+    """Merged identity -> its group name: groups joined by a shared person become one ("F1+F2")."""
+    members: dict[int, set] = {}
+    for row in rows:
+        members.setdefault(identity[row], set()).add(groups[row])
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for names in members.values():
+        first, *rest = sorted(names)
+        find(first)
+        for name in rest:
+            a, b = find(first), find(name)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    joined: dict[str, set] = {}
+    for name in list(parent):
+        joined.setdefault(find(name), set()).add(name)
+    label = {root: "+".join(sorted(names)) for root, names in joined.items()}
+    return {code: label[find(next(iter(names)))] for code, names in members.items()}
+
+
+def subset_index(index, rows: np.ndarray):
+    """A new index of ``rows`` of ``index``."""
+    from .datasets import DatasetIndex
+
+    return DatasetIndex.from_records(index.kind, index.root, (index.record(int(i)) for i in rows),
+                                     index.problems, index.options, index.conditions)
+
+
+def restrict_groups(index, column: str, keep: Optional[set[str]] = None, drop: Optional[set[str]] = None):
+    """``index`` limited to images whose ``column`` is in ``keep`` (when given) and not in ``drop``."""
     values = index.attributes.get(column)
     if values is None:
         raise InputError(f"the {index.kind} dataset has no {column!r} column")
     rows = [i for i, value in enumerate(values) if (keep is None or value in keep) and not (drop and value in drop)]
     if not rows:
         raise InputError(f"no image is left after choosing {column} groups")
-    return DatasetIndex.from_records(index.kind, index.root, (index.record(i) for i in rows),
-                                     index.problems, index.options, index.conditions)
+    return subset_index(index, np.array(rows, dtype=np.int64))
 
 
 def read_group_list(path: os.PathLike) -> set[str]:
@@ -284,9 +376,13 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
                   groups_file: Optional[str] = None, exclude_file: Optional[str] = None, folds: int = 5,
                   pairs_per_class: int = 400, age_column: str = "age_class", models=(), recipes=(),
                   rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto", cache: bool = True,
+                  distinct: bool = True,
                   progress: bool = False, log: Callable[[str], None] = lambda text: None) -> list[dict]:
     """The whole protocol for ``models`` (names or checkpoint paths) and ``recipes`` (JSON files); writes
-    ``out/benchmark.json`` and ``out/benchmark.md`` after every row, and returns the rows."""
+    ``out/benchmark.json`` and ``out/benchmark.md`` after every row, and returns the rows.
+
+    With ``distinct`` (the default) copied images are left out first (:func:`distinct_images`), so no
+    fold, and no held-out group, shares an image with another."""
     from .api import load_verifier
     from .datasets import load_dataset
 
@@ -295,13 +391,23 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
     recipe_settings = [(Path(path).stem, _read_recipe(path)) for path in recipes]
     protocol = FamilyProtocol(folds, pairs_per_class, seed, group_by, age_column, rule)
     index = load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
+    rows = np.arange(len(index))
     if groups_file or exclude_file:
-        index = restrict_groups(index, group_by, read_group_list(groups_file) if groups_file else None,
-                                read_group_list(exclude_file) if exclude_file else None)
+        values = index.attributes.get(group_by) or [None] * len(index)
+        keep = read_group_list(groups_file) if groups_file else None
+        drop = read_group_list(exclude_file) if exclude_file else set()
+        rows = np.array([i for i, value in enumerate(values) if (keep is None or value in keep) and value not in drop],
+                        dtype=np.int64)
+    copies = None
+    if distinct:
+        index, copies = distinct_images(index, rows, group_by)
+        log(f"copied images: {copies}")
+    else:
+        index = subset_index(index, rows)
     image_folds = family_folds(index, protocol)
     pairs = protocol_pairs(index, image_folds, protocol)
     dataset = {"kind": kind, "root": str(root), "images": len(index), "identities": len(index.identity_names),
-               "groups_file": groups_file, "exclude_groups": exclude_file}
+               "groups_file": groups_file, "exclude_groups": exclude_file, "copies_left_out": copies}
     rows: list[dict] = []
     for name in models:
         log(f"scoring model {name}")

@@ -100,3 +100,40 @@ def test_korean_family_folds_are_family_disjoint():
     family = np.array(index.attributes["family"])
     assert all(len(set(folds[family == name])) == 1 for name in np.unique(family))
     assert len(np.unique(folds)) == 5
+
+
+class ColourVerifier:
+    """A stand-in verifier whose vector is an image's colour (family, person, image): same person = close."""
+
+    threshold = 0.5
+    threshold_source = "fixed for the test"
+
+    def embed(self, paths, on_error="raise"):
+        from PIL import Image
+
+        class Result:
+            errors: dict = {}
+
+        vectors = np.array([np.asarray(Image.open(path).convert("RGB"))[0, 0, :2] * [10.0, 1.0] for path in paths],
+                           dtype=np.float64)
+        return vectors.astype(np.float32), Result()
+
+    def distances(self, a, b):
+        return np.linalg.norm(a - b, axis=1)
+
+
+def test_a_fixed_model_is_scored_at_its_own_and_at_the_other_folds_threshold(tmp_path):
+    from kface.family_benchmark import markdown_table, score_fixed_model
+
+    manifest = write_family_manifest(tmp_path, families=10)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    protocol = FamilyProtocol(folds=5, pairs_per_class=10, seed=1)
+    pairs = protocol_pairs(index, family_folds(index, protocol), protocol)
+    row = score_fixed_model(ColourVerifier(), index, pairs, protocol, "colour")
+    for kind in ("cross-age", "same-age-hard"):
+        entry = row["pair_kinds"][kind]
+        # Same person: distance 0; another person: at least 1 (person) or 10 (family) away.
+        assert entry["accuracy"] == 1.0 and entry["accuracy_folds_threshold"] == 1.0 and entry["auc"] == 1.0
+        assert entry["pairs"]["same"] > 0 and entry["pairs"]["different"] > 0
+    table = markdown_table([row], protocol)
+    assert "| colour | fixed for the test | 100.00% ± 0.00 |" in table and "chosen on the other folds" in table

@@ -87,7 +87,11 @@ def test_model_dlib_gives_stock_results(samples_dir):
     stock = load_verifier("dlib", detector="dlib")
     answer = stock.verify(samples_dir / "obama.jpg", samples_dir / "biden.jpg")
     assert answer.model == "dlib" and answer.threshold == 0.6144 and not answer.same
-    # The same distance as a plain dlib script (HOG, 5-point chip, dlib's descriptor).
+    # dlib's own descriptor on kface's chips gives the same distance ...
+    native = load_verifier("dlib", backbone="dlib-native", detector="dlib", cache=False)
+    assert answer.distance == pytest.approx(native.verify(samples_dir / "obama.jpg", samples_dir / "biden.jpg").distance,
+                                            abs=1e-4)
+    # ... and a plain dlib script nearly so (its HOG pass runs at full size, kface's at a size-chosen scale).
     detector = dlib.get_frontal_face_detector()
     landmarks = dlib.shape_predictor(str(model_file(DLIB_LANDMARKS_5)))
     network = dlib.face_recognition_model_v1(str(model_file(DLIB_RESNET)))
@@ -96,7 +100,7 @@ def test_model_dlib_gives_stock_results(samples_dir):
         image = dlib.load_rgb_image(str(samples_dir / name))
         box = max(detector(image, 1), key=lambda rect: rect.area())
         vectors.append(np.array(network.compute_face_descriptor(image, landmarks(image, box))))
-    assert answer.distance == pytest.approx(float(np.linalg.norm(vectors[0] - vectors[1])), abs=1e-4)
+    assert answer.distance == pytest.approx(float(np.linalg.norm(vectors[0] - vectors[1])), abs=0.02)
 
 
 @pytest.mark.slow
