@@ -17,7 +17,7 @@ from torch import nn
 
 from . import __version__
 from .attributes import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeAnswers,
-                         AttributeConfig, class_weights)
+                         AttributeConfig, average_views, class_weights)
 from .errors import InputError
 
 
@@ -228,7 +228,7 @@ class AttributeModel(AttributeAnswers):
         views = [embeddings] + ([mirrored] if mirrored is not None else [])
         outputs = [self.heads.probabilities(torch.from_numpy(np.ascontiguousarray(view, dtype=np.float32)))
                    for view in views]
-        return {task: np.mean([output[task].double().numpy() for output in outputs], axis=0) for task in outputs[0]}
+        return {task: average_views([output[task].numpy() for output in outputs]) for task in outputs[0]}
 
 def save_attribute_model(path: os.PathLike, heads: AttributeHeads, meta: dict) -> None:
     """Write the checkpoint atomically (temp file beside it, then rename)."""

@@ -533,6 +533,14 @@ def _run_summary(config: AttributeConfig, index, features: Features, split: np.n
 # --------------------------------------------------------------------------- answers
 
 
+def average_views(views: Sequence[np.ndarray]) -> np.ndarray:
+    """The mean of per-view (N, K) probabilities, renormalised in float64 so each row sums to 1 exactly
+    (the networks compute in float32)."""
+    mean = np.mean([np.asarray(view, dtype=np.float64) for view in views], axis=0)
+    return mean / mean.sum(axis=1, keepdims=True)
+
+
+
 class AttributeAnswers:
     """What every attribute model (a trained checkpoint, or the shipped ONNX heads) tells from its ``meta``,
     and the documented answer for one face from its probabilities."""

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..attributes import AttributeAnswers
+from ..attributes import AttributeAnswers, average_views
 from ..errors import KfaceError
 from . import MODELS_DIR
 
@@ -84,8 +84,7 @@ class ShippedAttributeModel(AttributeAnswers):
         views = [embeddings] + ([mirrored] if mirrored is not None else [])
         outputs = [self.session.run(names, {INPUT_NAME: np.ascontiguousarray(view, dtype=np.float32)})
                    for view in views]
-        return {task: np.mean([np.asarray(output[k], dtype=np.float64) for output in outputs], axis=0)
-                for k, task in enumerate(self.tasks)}
+        return {task: average_views([output[k] for output in outputs]) for k, task in enumerate(self.tasks)}
 
 
 def load_shipped_attributes(device: str = "auto") -> ShippedAttributeModel:
