@@ -208,9 +208,10 @@ def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, 
         # Per fold, then averaged: a recipe's folds are different models, whose distances do not pool.
         measured = [separation(d[folds == f], labels[folds == f], far_levels=(FAR_LEVEL,)).to_dict()
                     for f in range(protocol.folds)]
-        for key, value in measured[0].items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                values = [fold[key] for fold in measured if fold[key] is not None]
+        for key in measured[0]:
+            values = [fold[key] for fold in measured
+                      if isinstance(fold[key], (int, float)) and not isinstance(fold[key], bool) and np.isfinite(fold[key])]
+            if not isinstance(measured[0][key], dict):
                 entry[key] = float(np.mean(values)) if values else None
         row["pair_kinds"][pair_kind] = entry
     return row
@@ -232,10 +233,10 @@ def markdown_table(rows: list[dict], protocol: FamilyProtocol) -> str:
         for label, key, std in variants:
             source = row["threshold_source"] if label == "own" else f"chosen on the other folds ({protocol.rule})"
             lines.append(f"| {row['name']} | {source} | {100 * cross[key]:.2f}% ± {100 * cross[std]:.2f} | "
-                         f"{100 * hard[key]:.2f}% ± {100 * hard[std]:.2f} | {cross['auc']:.4f} / {hard['auc']:.4f} | "
-                         f"{100 * cross['eer']:.2f}% / {100 * hard['eer']:.2f}% | "
+                         f"{100 * hard[key]:.2f}% ± {100 * hard[std]:.2f} | {_number(cross['auc'])} / "
+                         f"{_number(hard['auc'])} | {_percent(cross['eer'])} / {_percent(hard['eer'])} | "
                          f"{_percent(cross.get(TAR_KEY))} / {_percent(hard.get(TAR_KEY))} | "
-                         f"{cross['overlap']:.3f} / {hard['overlap']:.3f} |")
+                         f"{_number(cross['overlap'], 3)} / {_number(hard['overlap'], 3)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -244,6 +245,10 @@ TAR_KEY = "tar_at_far_1e-2"
 
 def _percent(value: Optional[float]) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _number(value: Optional[float], digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def write_results(out: Path, rows: list[dict], protocol: FamilyProtocol, dataset: dict) -> None:

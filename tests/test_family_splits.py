@@ -137,3 +137,34 @@ def test_a_fixed_model_is_scored_at_its_own_and_at_the_other_folds_threshold(tmp
         assert entry["pairs"]["same"] > 0 and entry["pairs"]["different"] > 0
     table = markdown_table([row], protocol)
     assert "| colour | fixed for the test | 100.00% ± 0.00 |" in table and "chosen on the other folds" in table
+
+
+def test_copies_filed_under_two_families_are_one_person_once(tmp_path):
+    import shutil
+
+    from kface.family_benchmark import distinct_images
+
+    manifest = write_family_manifest(tmp_path, families=4)
+    rows = list(csv.reader(open(manifest)))
+    # Family F001's person 0 is also filed (same photos) as F002's person 2; one photo of F003_1 twice.
+    extra = []
+    for row in rows[1:]:
+        if row[1] == "F001_0":
+            copy = row[0].replace("F001_0", "F002_copy")
+            shutil.copy(tmp_path / row[0], tmp_path / copy)
+            extra.append([copy, "F002_2x", "F002", row[3], row[4]])
+    twin = rows[1 + 3 * 3 * 4 + 4]  # the first image of F003_1
+    shutil.copy(tmp_path / twin[0], tmp_path / "images" / "twin.png")
+    extra.append(["images/twin.png", twin[1], twin[2], twin[3], twin[4]])
+    with open(manifest, "a", newline="") as handle:
+        csv.writer(handle).writerows(extra)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    merged, counts = distinct_images(index, np.arange(len(index)), "family")
+    assert counts == {"also_outside": 0, "repeated": 5, "identities_merged": 1}
+    assert len(merged) == 4 * 3 * 4
+    families = set(merged.attributes["family"])
+    assert "F001+F002" in families and "F001" not in families and len(families) == 3
+    # Held out F000 alone: nothing of it is elsewhere, so everything stays.
+    family = np.array(index.attributes["family"])
+    held, counts = distinct_images(index, np.flatnonzero(family == "F001"), "family")
+    assert counts["also_outside"] == 4 and len(held) == 8  # F001_0's four photos are also F002's
