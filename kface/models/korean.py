@@ -24,6 +24,7 @@ NETWORK_FILE = MODELS_DIR / f"korean-{VERSION}.onnx"
 CARD_FILE = MODELS_DIR / f"korean-{VERSION}.json"
 BACKBONE = f"kface-korean-{VERSION}"
 RUN_DIR = Path("runs") / f"korean-{VERSION}"
+HELDOUT_REPORT = Path("reports") / "korean-heldout"
 VAL_PAIRS_PER_CLASS = 800
 BUILD_COMMAND = "python -m kface.models.build korean --root ../shared/data/korean_family"
 
@@ -133,10 +134,11 @@ def heldout_figures(root: Path, device: str = "auto") -> dict:
     from ..family_benchmark import run_benchmark
 
     rows = run_benchmark("csv", str(root), {"manifest": str(root / "identities.csv")}, groups_file=str(HELDOUT_FILE),
-                         models=(NAME, "dlib"), out=RUN_DIR / "heldout-benchmark", device=device)
-    return {"protocol": "kface benchmark families --groups kface/models/korean-heldout-families.txt "
-                        "(5 folds of the 30 held-out families, 400+400 pairs of each kind per fold at most)",
-            "rows": rows}
+                         models=(NAME, "dlib"), out=HELDOUT_REPORT, device=device)
+    return {"protocol": "kface benchmark families --groups kface/models/korean-heldout-families.txt: 5 folds of "
+                        "the held-out families, on their images that appear nowhere else in the set (608 of 969 "
+                        "are copies of training-family images, left out), at most 400+400 pairs of each kind "
+                        "per fold", "rows": rows}
 
 
 def figures_text(figures: dict) -> list[str]:
