@@ -259,7 +259,7 @@ def build(root: Path, device: str = "auto") -> str:
                                             "backbone", "face")} | {"config": {"tta": meta["config"]["tta"]}},
         "recipe": {"name": SHIPPED_RECIPE, **{key: meta["config"][key] for key in (
             "age_loss", "sampling", "tta", "trunk", "hidden", "dropout", "epochs", "lr", "weight_decay",
-            "batch_size", "split", "group_by", "seed")}, "best_epoch": meta["best_epoch"], "val": meta["val"]},
+            "batch_size", "split", "group_by", "hog_policy", "seed")}, "best_epoch": meta["best_epoch"], "val": meta["val"]},
         "training": {"data": SOURCE, "held_out_families_file": HELDOUT_FILE.name,
                      "held_out_families_sha256": file_sha256(HELDOUT_FILE)},
         "made_by": BUILD_COMMAND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
