@@ -183,3 +183,32 @@ def test_age_interval_covers_the_middle_of_the_predicted_years():
     assert spread["low"] < 25 and spread["high"] > 38
     oldest = age_interval(np.eye(8)[7], KOREAN_AGE_BINS, ages)
     assert 67 <= oldest["low"] < oldest["high"] <= 80
+
+
+def test_train_attributes_group_by_keeps_each_family_on_one_side(tmp_path):
+    from test_attributes import LFW, chosen_people
+
+    people = chosen_people()  # skips where ../shared is missing
+    manifest = tmp_path / "faces.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "identity", "age", "gender", "family"])
+        for number, (person, gender, files) in enumerate(people):
+            for index, file in enumerate(files):  # two people per made-up family
+                writer.writerow([f"images/{person}/{file.name}", person, 20 + 3 * number + index, gender,
+                                 f"F{number // 2}"])
+    out = tmp_path / "run"
+    result = invoke("train-attributes", "--dataset", "csv", "--root", LFW, "--manifest", manifest, "--task", "both",
+                    "--group-by", "family", "--age-loss", "ordinal", "--epochs", 2, "--split", "0.6:0.2:0.2",
+                    "--out", out, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["split"]["by"] == "family"
+    family_of = {person: f"F{number // 2}" for number, (person, _, _) in enumerate(people)}
+    with open(out / "split.csv", newline="") as handle:
+        sides: dict[str, set] = {}
+        for row in csv.DictReader(handle):
+            sides.setdefault(family_of[row["path"].split("/")[1]], set()).add(row["split"])
+    assert len(sides) == len(people) // 2 and all(len(split) == 1 for split in sides.values())
+    refused = invoke("train-attributes", "--dataset", "csv", "--root", LFW, "--manifest", manifest,
+                     "--group-by", "clan", "--out", tmp_path / "bad")
+    assert refused.exit_code == 2 and "clan" in refused.stderr
