@@ -9,6 +9,7 @@ and imports no torch. Editing or retraining ``model.pt`` changes its sha256, hen
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Union
@@ -42,6 +43,7 @@ def export_to_cache(model: Union[str, os.PathLike], checkpoint_sha256: str) -> d
     from .export import export_checkpoint
 
     onnx_file, card_file = cache_paths(checkpoint_sha256)
+    logging.getLogger("kface").info("%s: exporting to ONNX once (cached in %s)", model, onnx_file.parent)
     exported = export_checkpoint(model, onnx_file, fp16=False)
     checkpoint = load_checkpoint(model)
     state = checkpoint["head"]["state"]
