@@ -66,7 +66,7 @@ class Face:
     landmarks: np.ndarray  # (5, 2) float32, dlib's 5-point order, image coordinates
     chip: np.ndarray  # (S, S, 3) uint8 RGB aligned chip
     stage: str  # "hog", "hog-padded", "mtcnn", "label", "whole-image"
-    n_faces: int = 1  # faces the detector saw in the image
+    n_faces: int = 1  # faces the detector saw (the sized HOG pass sees faces of its minimum size and up)
 
     @property
     def found(self) -> bool:
@@ -183,6 +183,10 @@ class FaceFinder:
                 return boxes
         return []
 
+    def _fixed_hog_pass(self, image: np.ndarray) -> list[Box]:
+        """The fixed policy's (hard) pass alone."""
+        return self._hog_pass(image, *hog_passes(*image.shape[:2], replace(self.settings, policy="fixed"))[0])
+
     def _hog_pass(self, image: np.ndarray, scale: float, upsample: int) -> list[Box]:
         """HOG on ``image`` resized by ``scale`` and upsampled ``upsample`` times; boxes in ``image``'s pixels."""
         detector = self._dlib()
@@ -244,7 +248,8 @@ class FaceFinder:
         boxes: list[Box] = []
         stage = ""
         if detector in ("dlib", "auto"):
-            boxes, stage = self._hog_boxes(image), "hog"
+            # Every face is wanted here, small ones too: the fixed passes, never the sized one.
+            boxes, stage = self._fixed_hog_pass(image), "hog"
             if not boxes:
                 face = self._find_padded(image, name)
                 if face is not None:
@@ -268,7 +273,7 @@ class FaceFinder:
         padded[:] = fill
         padded[pad:pad + height, pad:pad + width] = image
         # The last retry: straight to the hard pass (the sized one has already missed on the crop).
-        boxes = self._hog_pass(padded, *hog_passes(*padded.shape[:2], replace(self.settings, policy="fixed"))[0])
+        boxes = self._fixed_hog_pass(padded)
         if not boxes:
             return None
         face = self._pick(padded, boxes, "hog-padded", name)

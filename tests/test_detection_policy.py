@@ -96,3 +96,18 @@ def test_the_saved_hog_detector_is_dlibs_frontal_face_detector():
             boxes = [[(r.left(), r.top(), r.right(), r.bottom()) for r in detector(image, upsample)]
                      for detector in (saved, built)]
             assert boxes[0] == boxes[1], (path, upsample)
+
+
+def test_every_face_is_still_found_when_all_are_wanted(samples_dir):
+    from PIL import Image
+
+    obama = load_image(samples_dir / "obama.jpg")
+    small = np.asarray(Image.fromarray(obama).resize((obama.shape[1] // 3, obama.shape[0] // 3)))
+    canvas = np.full((obama.shape[0], obama.shape[1] + small.shape[1], 3), 255, dtype=np.uint8)
+    canvas[:, :obama.shape[1]] = obama
+    canvas[:small.shape[0], obama.shape[1]:] = small
+    finder = FaceFinder(FaceSettings(), "cpu")
+    # find() wants the largest face: the sized pass takes it without seeing the small one ...
+    assert finder.find(canvas).n_faces == 1
+    # ... find_all() wants every face: the fixed passes run, and see both.
+    assert [face.n_faces for face in finder.find_all(canvas)] == [2, 2]
