@@ -6,8 +6,8 @@ Chips are the sample portraits' aligned chips, tiled. Each engine runs batch 1 (
 batch 64 for about ``--seconds`` each, after a warm-up call; figures are faces/s and the ratios
 against dlib-torch (PyTorch eager, affine layers folded, channels-last) and dlib-native (dlib's own
 API, one chip at a time: its batch-64 figure is the same loop). ``--variants`` adds the file with the
-other weight precision (float16 if float32 ships; exported here), fewer graph optimisations, and one
-thread, to show what each setting is worth. The usable cores are the process's affinity mask, as
+other weight precision (float16 if float32 ships; exported here), fewer graph optimisations, one
+thread, and spin-waiting threads (onnxruntime's default, off in kface), to show what each is worth. The usable cores are the process's affinity mask, as
 onnxruntime's threads are sized.
 Targets (issue 16): >= 300 faces/s at batch 64 and >= 150 at batch 1 on this 2-core CPU.
 """
@@ -42,15 +42,17 @@ def throughput(embed, chips: np.ndarray, batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def onnx_session(path: Path, threads=None, level: str = "all"):
+def onnx_session(path: Path, threads=None, level: str = "all", spinning: bool = False):
     import onnxruntime
 
     from kface.engines.runtime import OnnxNetwork, usable_cores
 
-    if level == "all":
-        return OnnxNetwork(path, device="cpu", threads=threads).run
+    if level == "all" and not spinning:
+        return OnnxNetwork(path, device="cpu", threads=threads).run  # kface's own settings
     options = onnxruntime.SessionOptions()
-    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if level == "all"
+                                        else onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.intra_op_num_threads = threads or usable_cores()
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     return lambda chips: session.run(None, {"chips": chips})[0]
@@ -87,6 +89,7 @@ def main() -> int:
         engines[f"onnx, {'fp32' if fp16 else 'fp16'} weights"] = onnx_session(other, args.threads)
         engines["onnx, basic graph optimisation"] = onnx_session(shipped, args.threads, level="basic")
         engines["onnx, 1 thread"] = onnx_session(shipped, 1)
+        engines["onnx, threads spin-wait (onnxruntime's default)"] = onnx_session(shipped, args.threads, spinning=True)
     engines["dlib-torch (PyTorch eager)"] = DlibTorchBackbone(get_spec("dlib-torch"), "cpu").embed_chips
     native = DlibNativeBackbone(get_spec("dlib-native"), "cpu").embed_chips
 
