@@ -27,8 +27,9 @@ log = logging.getLogger("kface")
 
 TTA_MODES = ("none", "flip")
 NO_FACE_MODES = ("error", "row")
-#: Chips per network run. 32, not 64: as fast on this CPU (132 against 114 faces/s through onnxruntime,
-#: same run) and onnxruntime's arena, which keeps the largest batch's activations, is 55 MB smaller.
+#: Chips per network run. 32, not 64: no slower on this CPU (132 against 114 faces/s through onnxruntime
+#: in one run on a busy machine) and onnxruntime's arena, which keeps the largest batch's activations,
+#: is 55 MB smaller (peak 185 against 240 MB).
 EMBED_BATCH = 32
 #: New faces are written to the cache in transactions of this many (an interruption keeps the rest).
 FACE_WRITE_BATCH = 64
