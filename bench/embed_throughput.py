@@ -11,7 +11,8 @@ time) in three configurations, one after the other:
 - ``workers 0``: today's code with ``--workers 0`` (everything in one process);
 - ``pipeline``: today's code with the default workers (the CPU cores).
 
-For each: wall time and images/s, the ratio to ``before``, the peak over the process tree (sampled every
+For each: wall time and images/s, the ratio to ``before``, CPU seconds (user + system of the whole tree;
+on this shared machine the wall-time ratio moves with the load, the CPU ratio much less), the peak over the process tree (sampled every
 100 ms) of the summed RSS and of the summed PSS (RSS counts pages forked workers share with their parent
 once per process; PSS splits them), and the faces found (stages other than whole-image/none), with the
 images ``before`` found that this configuration did not. Targets (issue 16): >= 3x ``before``'s
@@ -62,11 +63,13 @@ def _memory_kb(pid: int) -> tuple[int, int]:
         return 0, 0
 
 
-def run(command: list[str], env: dict, cwd: Path) -> tuple[float, float, float]:
-    """Wall seconds and peak summed RSS, PSS (MB) of ``command``'s process tree."""
+def run(command: list[str], env: dict, cwd: Path) -> tuple[float, float, float, float]:
+    """Wall seconds, CPU seconds (user + system, the process and the children it waited for) and peak
+    summed RSS, PSS (MB) of ``command``'s process tree."""
     peak = [0, 0]
+    stderr = tempfile.TemporaryFile()
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
     done = threading.Event()
 
     def sample() -> None:
@@ -80,13 +83,15 @@ def run(command: list[str], env: dict, cwd: Path) -> tuple[float, float, float]:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    _, stderr = process.communicate()
+    _, status, usage = os.wait4(process.pid, 0)  # wait4: the CPU time too, which load barely changes
+    process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     done.set()
     sampler.join()
     if process.returncode != 0:
-        sys.exit(f"error: {' '.join(command[:4])} ... failed ({process.returncode}): {stderr.decode()[-500:]}")
-    return seconds, peak[0] / 1024, peak[1] / 1024
+        stderr.seek(0)
+        sys.exit(f"error: {' '.join(command[:4])} ... failed ({process.returncode}): {stderr.read().decode()[-500:]}")
+    return seconds, usage.ru_utime + usage.ru_stime, peak[0] / 1024, peak[1] / 1024
 
 
 def found_set(npz: Path) -> set[str]:
@@ -119,20 +124,21 @@ def main() -> None:
                 # PYTHONPATH first: the baseline tree's kface, not the editable install's.
                 env = {**os.environ, "KFACE_CACHE_DIR": str(cache), "PYTHONPATH": str(root)}
                 command = [sys.executable, "-m", "kface", "embed", *chosen, "--out", str(out), *OPTIONS, *extra]
-                seconds, rss, pss = run(command, env, root)
-                results[label] = (seconds, rss, pss, found_set(out))
+                seconds, cpu, rss, pss = run(command, env, root)
+                results[label] = (seconds, cpu, rss, pss, found_set(out))
                 print(f"  ({label}: {seconds:.2f} s)", flush=True)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base_seconds, _, _, base_found = results["before"]
+    base_seconds, base_cpu, _, _, base_found = results["before"]
     load = os.getloadavg()[0]
     print(f"kface embed, {args.images} Korean 128 px crops (seed {args.seed}), {' '.join(OPTIONS[:4])}, "
           f"empty cache, whole process, {os.cpu_count()} CPUs, load average {load:.1f} at the end")
-    for label, (seconds, rss, pss, found) in results.items():
+    for label, (seconds, cpu, rss, pss, found) in results.items():
         lost = len(base_found - found)
         print(f"  {label:10s} {seconds:6.2f} s  {args.images / seconds:6.1f} images/s  "
-              f"{base_seconds / seconds:4.2f}x before  peak RSS {rss:6.0f} MB  PSS {pss:6.0f} MB  "
+              f"{base_seconds / seconds:4.2f}x before  CPU {cpu:6.1f} s ({base_cpu / cpu:4.2f}x less)  "
+              f"peak RSS {rss:6.0f} MB  PSS {pss:6.0f} MB  "
               f"faces found {len(found)} (before {len(base_found)}; lost {lost}, gained {len(found - base_found)})")
     print("targets: pipeline >= 3x before, peak <= 500 MB, faces found the same or more")
 
