@@ -59,12 +59,14 @@ def main() -> None:
     from kface.datasets import load_dataset
     from kface.embeddings import Embedder
     from kface.engines.export import checkpoint_graph
-    from kface.family_benchmark import FamilyProtocol, family_folds, protocol_pairs
+    from kface.family_benchmark import FamilyProtocol, distinct_images, family_folds, protocol_pairs
     from kface.metrics import accuracy_at, choose_threshold
 
     body = json.loads((args.protocol / "benchmark.json").read_text())
     protocol = FamilyProtocol(**body["protocol"])
     index = load_dataset("csv", KOREAN, manifest=KOREAN / "identities.csv")
+    if body["dataset"].get("copies_left_out") is not None:  # the protocol merged copies: the same index here
+        index, _ = distinct_images(index, np.arange(len(index)), protocol.group_by)
     folds = family_folds(index, protocol)
     pairs = protocol_pairs(index, folds, protocol)
     embedder = Embedder("dlib-resnet", detector="auto", fallback="whole-image")
