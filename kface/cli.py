@@ -95,13 +95,23 @@ def device_option(function):
 
 
 def _set_cache_env(ctx: click.Context, param: click.Parameter, value):
-    """--cache-dir / --no-cache reach every cache a command opens, its worker processes' included."""
-    if value and param.name == "cache_dir":
-        os.environ["KFACE_CACHE_DIR"] = str(value)
-    elif value:
-        from .cache import NO_CACHE_ENV
+    """--cache-dir / --no-cache reach every cache a command opens, its worker processes' included; the
+    environment is restored when the command ends (it may run inside a longer process, e.g. a test)."""
+    if not value:
+        return value
+    from .cache import NO_CACHE_ENV
 
-        os.environ[NO_CACHE_ENV] = "1"
+    name, setting = ("KFACE_CACHE_DIR", str(value)) if param.name == "cache_dir" else (NO_CACHE_ENV, "1")
+    previous = os.environ.get(name)
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+    os.environ[name] = setting
+    ctx.call_on_close(restore)
     return value
 
 
