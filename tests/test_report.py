@@ -186,12 +186,16 @@ def test_subgroups_by_brute_force(shared):
     assert "| gender | male |" in (shared.folder / "report" / "report.md").read_text()
 
 
-def test_save_threshold_rewrites_the_checkpoint(shared, tmp_path):
+def test_save_threshold_of_the_shared_report_rewrites_the_checkpoint(shared, tmp_path):
     torch = pytest.importorskip("torch")
     from kface.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
 
     model = tmp_path / "model.pt"
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION,
+    # The smallest checkpoint that passes load_checkpoint's structural checks.
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": "dlib-resnet", "distance": "euclidean",
+                "features": {"cut": "none", "tta": "none", "detector": "dlib", "upsample": 1, "fallback": "none",
+                             "shape": [128]},
+                "head": {"kind": "siamese", "cut": "none", "loss": "bce", "embedding_size": 128, "state": {}},
                 "threshold": {"value": 0.5, "rule": "intersection", "split": "val", "note": None}}, model)
     saved = save_report_threshold(model, shared.body)
     assert load_checkpoint(model)["threshold"] == saved
@@ -242,7 +246,10 @@ def test_save_threshold_rewrites_the_checkpoint(tmp_path):
     from kface.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
 
     model = tmp_path / "model.pt"
-    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION,
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": "dlib-resnet", "distance": "euclidean",
+                "features": {"cut": "none", "tta": "none", "detector": "dlib", "upsample": 1, "fallback": "none",
+                             "shape": [128]},
+                "head": {"kind": "siamese", "cut": "none", "loss": "bce", "embedding_size": 128, "state": {}},
                 "threshold": {"value": 0.5, "rule": "intersection", "split": "val", "note": None}}, model)
     body = overlap_report(write_pair_file(tmp_path), FakeVerifier(), rule="eer", out_dir=tmp_path / "r")
     saved = save_report_threshold(model, body)
@@ -268,7 +275,7 @@ def test_cli_on_real_lfw_faces(tmp_path, lfw_dir):
             writer.writerow(["val" if i < 5 else "test", image(name_a, a), image(name_b, b), 0, name_a, name_b])
     out = tmp_path / "report"
     runner = CliRunner()
-    result = runner.invoke(cli, ["overlap-report", "--pairs", str(pair_file), "--rule", "max-accuracy",
+    result = runner.invoke(cli, ["overlap-report", "--pairs", str(pair_file), "--model", "dlib", "--rule", "max-accuracy",
                                  "--out", str(out), "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)
