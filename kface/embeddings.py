@@ -82,6 +82,18 @@ class EmbeddingResult:
     notes: dict[str, str] = field(default_factory=dict)  # name -> why no face was found (stage "none")
     computed: int = 0  # embeddings computed in this call (the rest came from the cache)
 
+    @classmethod
+    def from_faces(cls, names: list[str], embeddings: np.ndarray, entries: list, errors: dict,
+                   computed: int) -> "EmbeddingResult":
+        """A result whose rows are ``embeddings`` of the faces ``entries`` (None for an image that failed)."""
+        return cls(
+            paths=names, embeddings=embeddings,
+            found=np.array([entry is not None and entry.found for entry in entries], dtype=bool),
+            stages=[entry.stage if entry is not None else "error" for entry in entries],
+            boxes=[entry.box if entry is not None else None for entry in entries],
+            n_faces=np.array([entry.n_faces if entry is not None else 0 for entry in entries], dtype=np.int64),
+            errors=errors, computed=computed)
+
     def stage_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for stage in self.stages:

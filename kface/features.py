@@ -445,13 +445,7 @@ class PrefixEmbedder:
             features = self._features(np.stack([entries[i].chip for i in kept]))
             # Through the training dtype first, so the model sees the values it trained on.
             vectors[kept] = features.astype(self.dtype).reshape(len(kept), -1).astype(np.float32)
-        return EmbeddingResult(
-            paths=names, embeddings=vectors,
-            found=np.array([entry is not None and entry.found for entry in entries], dtype=bool),
-            stages=[entry.stage if entry is not None else "error" for entry in entries],
-            boxes=[entry.box if entry is not None else None for entry in entries],
-            n_faces=np.array([entry.n_faces if entry is not None else 0 for entry in entries], dtype=np.int64),
-            errors=errors, computed=len(kept))
+        return EmbeddingResult.from_faces(names, vectors, entries, errors, len(kept))
 
     def __getattr__(self, name: str):
         # Everything else (settings, tta, device, ...) is the wrapped Embedder's.

@@ -39,13 +39,7 @@ class NetworkEmbedder:
         embeddings = np.full((len(sources), dim), np.nan, dtype=np.float32)
         if kept:
             embeddings[kept] = vectors
-        return EmbeddingResult(
-            paths=names, embeddings=embeddings,
-            found=np.array([entry is not None and entry.found for entry in entries], dtype=bool),
-            stages=[entry.stage if entry is not None else "error" for entry in entries],
-            boxes=[entry.box if entry is not None else None for entry in entries],
-            n_faces=np.array([entry.n_faces if entry is not None else 0 for entry in entries], dtype=np.int64),
-            errors=errors, computed=len(kept))
+        return EmbeddingResult.from_faces(names, embeddings, entries, errors, len(kept))
 
     def __getattr__(self, name: str):
         if name == "embedder":  # not set yet (e.g. while unpickling): no recursion
