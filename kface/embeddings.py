@@ -247,9 +247,7 @@ class Embedder:
             raise ValueError("boxes must have one entry per source")
         names, keys, datas, errors = [], [], [], {}
         for index, source in enumerate(sources):
-            name = "<upload>" if isinstance(source, (bytes, bytearray)) else str(source)
-            if isinstance(source, (bytes, bytearray)) and len(sources) > 1:
-                name = f"<upload {index + 1}>"
+            name = source_name(source, index, len(sources))
             names.append(name)
             try:
                 data = read_bytes(source)
@@ -378,3 +376,46 @@ class Embedder:
 
     def close(self) -> None:
         self._cache.close()
+
+
+def source_name(source: ImageSource, index: int, count: int) -> str:
+    """The name :class:`Embedder` gives an input (results and errors are keyed by it)."""
+    if isinstance(source, (bytes, bytearray)):
+        return "<upload>" if count == 1 else f"<upload {index + 1}>"
+    return str(source)
+
+
+class ChipEmbedder:
+    """An :class:`Embedder`'s face stage with another network after it, behind Embedder's interface.
+
+    Subclasses give :meth:`_vectors` (aligned chips -> rows) and :attr:`empty_size` (the row size when no
+    face was found); faces come from ``embedder.faces`` (its detector, face cache and fallback), and every
+    other attribute (``spec``, ``settings``, ``tta``...) is the wrapped Embedder's.
+    """
+
+    empty_size: int
+
+    def __init__(self, embedder: Embedder):
+        self.embedder = embedder
+
+    def _vectors(self, chips: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed(self, sources: Sequence[ImageSource], on_error: str = "raise") -> EmbeddingResult:
+        entries, errors = self.embedder.faces(sources, on_error=on_error)
+        names = [source_name(source, i, len(sources)) for i, source in enumerate(sources)]
+        kept = [i for i, entry in enumerate(entries) if entry is not None]
+        vectors = self._vectors(np.stack([entries[i].chip for i in kept])) if kept else None
+        size = vectors.shape[1] if vectors is not None else self.empty_size
+        embeddings = np.full((len(sources), size), np.nan, dtype=np.float32)
+        if kept:
+            embeddings[kept] = vectors
+        return EmbeddingResult.from_faces(names, embeddings, entries, errors, len(kept))
+
+    def __getattr__(self, name: str):
+        if name == "embedder":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.embedder, name)
+
+    def close(self) -> None:
+        self.embedder.close()

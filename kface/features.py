@@ -42,10 +42,10 @@ import numpy as np
 from .backbones import DEFAULT_BACKBONE, get_spec
 from .backbones.trainable import VIEWS, check_cut
 from .cache import cache_dir
-from .embeddings import EmbeddingResult, Embedder
+from .embeddings import ChipEmbedder, Embedder
 from .errors import InputError
 from .faces import mirror
-from .images import ImageSource, content_hash, read_bytes
+from .images import content_hash, read_bytes
 from .outputs import write_json
 from .progress import progress_bar
 
@@ -414,7 +414,7 @@ def _hash_files(paths: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
     return hashes, errors
 
 
-class PrefixEmbedder:
+class PrefixEmbedder(ChipEmbedder):
     """Images -> flattened frozen-prefix features of both views, with :class:`~kface.embeddings.Embedder`'s
     interface.
 
@@ -424,11 +424,12 @@ class PrefixEmbedder:
     """
 
     def __init__(self, embedder: Embedder, cut: str, device: str = "auto"):
-        self.embedder = embedder
+        super().__init__(embedder)
         self.spec = embedder.spec
         self.cut = cut
         self.shape = feature_shape(embedder.spec.name, cut)
         self.dtype = feature_dtype(cut, self.shape)
+        self.empty_size = int(np.prod(self.shape))
         self._prefix = None if cut == "all" else PrefixNetwork(embedder.spec.name, cut, device, embedder.weights)
 
     def _features(self, chips: np.ndarray) -> np.ndarray:
@@ -436,29 +437,6 @@ class PrefixEmbedder:
             return self._prefix(chips)
         return np.stack([chips, mirror(chips)], axis=1)
 
-    def embed(self, sources: Sequence[ImageSource], on_error: str = "raise") -> EmbeddingResult:
-        entries, errors = self.embedder.faces(sources, on_error=on_error)
-        names = [_source_name(source, i, len(sources)) for i, source in enumerate(sources)]
-        kept = [i for i, entry in enumerate(entries) if entry is not None]
-        vectors = np.full((len(sources), int(np.prod(self.shape))), np.nan, dtype=np.float32)
-        if kept:
-            features = self._features(np.stack([entries[i].chip for i in kept]))
-            # Through the training dtype first, so the model sees the values it trained on.
-            vectors[kept] = features.astype(self.dtype).reshape(len(kept), -1).astype(np.float32)
-        return EmbeddingResult.from_faces(names, vectors, entries, errors, len(kept))
-
-    def __getattr__(self, name: str):
-        # Everything else (settings, tta, device, ...) is the wrapped Embedder's.
-        if name == "embedder":  # not set yet (e.g. while unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.embedder, name)
-
-    def close(self) -> None:
-        self.embedder.close()
-
-
-def _source_name(source: ImageSource, index: int, count: int) -> str:
-    # The names Embedder gives (errors are keyed by them).
-    if isinstance(source, (bytes, bytearray)):
-        return "<upload>" if count == 1 else f"<upload {index + 1}>"
-    return str(source)
+    def _vectors(self, chips: np.ndarray) -> np.ndarray:
+        # Through the training dtype first, so the model sees the values it trained on.
+        return self._features(chips).astype(self.dtype).reshape(len(chips), -1).astype(np.float32)

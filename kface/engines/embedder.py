@@ -6,17 +6,13 @@ checkpoint's suffix and head included), so a :class:`~kface.api.Verifier` serves
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 import numpy as np
 
-from ..embeddings import EmbeddingResult, Embedder
-from ..features import _source_name  # the names Embedder gives (errors are keyed by them)
-from ..images import ImageSource
+from ..embeddings import ChipEmbedder, Embedder
 from .runtime import OnnxNetwork
 
 
-class NetworkEmbedder:
+class NetworkEmbedder(ChipEmbedder):
     """``embed(sources)`` -> :class:`~kface.embeddings.EmbeddingResult` of ``network``'s vectors.
 
     Faces come from ``embedder.faces`` (its detector, face cache and fallback); everything else
@@ -26,25 +22,10 @@ class NetworkEmbedder:
     """
 
     def __init__(self, embedder: Embedder, network: OnnxNetwork, tta: str = "none"):
-        self.embedder = embedder
+        super().__init__(embedder)
+        self.empty_size = embedder.spec.embedding_size
         self.network = network
         self.tta = tta
 
-    def embed(self, sources: Sequence[ImageSource], on_error: str = "raise") -> EmbeddingResult:
-        entries, errors = self.embedder.faces(sources, on_error=on_error)
-        names = [_source_name(source, i, len(sources)) for i, source in enumerate(sources)]
-        kept = [i for i, entry in enumerate(entries) if entry is not None]
-        vectors = self.network.run(np.stack([entries[i].chip for i in kept])) if kept else None
-        dim = vectors.shape[1] if vectors is not None else self.embedder.spec.embedding_size
-        embeddings = np.full((len(sources), dim), np.nan, dtype=np.float32)
-        if kept:
-            embeddings[kept] = vectors
-        return EmbeddingResult.from_faces(names, embeddings, entries, errors, len(kept))
-
-    def __getattr__(self, name: str):
-        if name == "embedder":  # not set yet (e.g. while unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.embedder, name)
-
-    def close(self) -> None:
-        self.embedder.close()
+    def _vectors(self, chips: np.ndarray) -> np.ndarray:
+        return self.network.run(chips)
