@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kface.degradations import old_album_crop, tight_crop
+from kface.datasets.degradations import old_album_crop, tight_crop
 from kface.errors import NoFaceError
 from kface.faces import FaceFinder, FaceSettings
 from kface.images import load_image

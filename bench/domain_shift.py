@@ -2,14 +2,14 @@
 
 1. Builds a seeded degraded copy of LFW: for every LFW person with at least ``--min-images`` images
    (at most ``--max-images`` each, ``--identities`` of them), ``--degradation`` (one of
-   kface.degradations.DEGRADATIONS; default ``old-album``: a tight 128 px crop around the face, grey or
+   kface.datasets.degradations.DEGRADATIONS; default ``old-album``: a tight 128 px crop around the face, grey or
    sepia, downscaled to 64-96 px and back, blurred, JPEG quality 20-40), stored losslessly (PNG) as
    ``<work>/album-lfw/<person>/<image>.png``. Each image's degradation is drawn from (seed, its path),
    so a subset or a rerun gives the same pixels.
 2. Samples identity-disjoint train/val/test pairs from that tree (kface.pairs, ``--ratio`` 4:6 as in
    the paper, ``--split`` by identity).
-3. Reports the base backbone and trains each row of :data:`ROWS` (kface.train), then scores every one
-   with kface.report.overlap_report: threshold chosen on val by the study's ``intersection`` rule,
+3. Reports the base backbone and trains each row of :data:`ROWS` (kface.training.run), then scores every one
+   with kface.evaluation.report.overlap_report: threshold chosen on val by the study's ``intersection`` rule,
    accuracy, ROC AUC, EER and overlap area measured on every test pair. Faces come from the ``auto``
    detector (HOG, padded HOG, MTCNN), with the whole crop as the face where all three miss.
 
@@ -41,7 +41,7 @@ DETECTOR, FALLBACK = "auto", "whole-image"
 BASE_ROWS = [("base", "base backbone, euclidean", "euclidean", "none"),
              ("base-cosine", "base backbone, cosine", "cosine", "none"),
              ("base-flip", "base backbone, euclidean, flip", "euclidean", "flip")]
-#: The trained rows, after those: (key for --rows, name in the table, kface.train.TrainConfig settings).
+#: The trained rows, after those: (key for --rows, name in the table, kface.training.run.TrainConfig settings).
 #: To compare another recipe, add a row here.
 ROWS: list[tuple[str, str, dict]] = [
     ("siamese", "siamese, euclidean (the paper's)", {"head": "siamese", "distance": "euclidean"}),
@@ -71,12 +71,12 @@ def build_album_lfw(lfw_images: Path, out: Path, *, min_images: int, max_images:
     """Write the degraded tree into ``out`` (reused when a complete one with the same settings is there)."""
     from PIL import Image
 
-    from kface.degradations import DEGRADATIONS
+    from kface.datasets.degradations import DEGRADATIONS
     from kface.images import load_image
     from kface.outputs import atomic_path, write_json
 
     settings = {"source": str(lfw_images), "min_images": min_images, "max_images": max_images,
-                "identities": identities, "seed": seed, "degradation": f"kface.degradations.DEGRADATIONS[{degradation!r}]",
+                "identities": identities, "seed": seed, "degradation": f"kface.datasets.degradations.DEGRADATIONS[{degradation!r}]",
                 "format": "png"}
     done = out / "build.json"
     if done.is_file():
@@ -127,7 +127,7 @@ def make_pairs(tree: Path, out: Path, *, ratio: str, pairs: int, split: str, see
 def base_row(key: str, name: str, distance: str, tta: str, pair_file: Path, out: Path, seed: int) -> dict:
     from kface.api import Verifier
     from kface.embeddings import Embedder
-    from kface.report import overlap_report
+    from kface.evaluation.report import overlap_report
 
     started = time.perf_counter()
     embedder = Embedder("dlib-resnet", detector=DETECTOR, fallback=FALLBACK, tta=tta)
@@ -139,8 +139,8 @@ def base_row(key: str, name: str, distance: str, tta: str, pair_file: Path, out:
 
 
 def trained_row(key: str, name: str, settings: dict, pair_file: Path, out: Path, seed: int, epochs: int) -> dict:
-    from kface.report import overlap_report, report_verifier
-    from kface.train import TrainConfig, train
+    from kface.evaluation.report import overlap_report, report_verifier
+    from kface.training.run import TrainConfig, train
 
     run = out / "runs" / key
     config = TrainConfig.from_dict({"pairs": str(pair_file), "out": str(run), "epochs": epochs, "seed": seed,
@@ -180,12 +180,12 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from kface.degradations import DEGRADATIONS
+    from kface.datasets.degradations import DEGRADATIONS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lfw-images", type=Path, default=LFW_IMAGES)
     parser.add_argument("--degradation", default="old-album", choices=sorted(DEGRADATIONS),
-                        help="how LFW is degraded (kface.degradations.DEGRADATIONS)")
+                        help="how LFW is degraded (kface.datasets.degradations.DEGRADATIONS)")
     parser.add_argument("--work", type=Path, default=None,
                         help="where the degraded tree, pairs, runs and reports go "
                              "(default: <kface cache>/bench/domain-shift/<degradation>)")

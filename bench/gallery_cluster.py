@@ -24,7 +24,7 @@ DATA = REPO.parent / "shared" / "data"
 
 def korean_index():
     from kface.datasets import load_dataset
-    from kface.family_benchmark import read_group_list, restrict_groups
+    from kface.evaluation.families import read_group_list, restrict_groups
     from kface.galleries.protocol import drop_shared_images
 
     root = DATA / "korean_family"

@@ -55,11 +55,11 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=0.3)
     args = parser.parse_args()
 
-    from kface.checkpoints import load_checkpoint
+    from kface.training.checkpoints import load_checkpoint
     from kface.datasets import load_dataset
     from kface.embeddings import Embedder
     from kface.engines.export import checkpoint_graph
-    from kface.family_benchmark import FamilyProtocol, distinct_images, family_folds, protocol_pairs
+    from kface.evaluation.families import FamilyProtocol, distinct_images, family_folds, protocol_pairs
     from kface.metrics import accuracy_at, choose_threshold
 
     body = json.loads((args.protocol / "benchmark.json").read_text())

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from test_serve_limits import SAME, Server, padded, post  # noqa: E402  (the tests' real-process client)
 
-from kface.serve_guard import memory_bound_bytes  # noqa: E402
+from kface.serve.guard import memory_bound_bytes  # noqa: E402
 
 MIB = 2 ** 20
 

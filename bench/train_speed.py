@@ -33,7 +33,7 @@ LFW_IMAGES = (Path(__file__).parents[1] / ".." / "shared" / "data" / "lfw" / "im
 
 def synthetic_data(train_pairs: int, val_pairs: int, seed: int = 0):
     """TrainingData over synthetic dlib-like embeddings; train and val identities disjoint; 40% negatives."""
-    from kface.train import SplitPairs, TrainingData
+    from kface.training.run import SplitPairs, TrainingData
 
     rng = np.random.default_rng(seed)
     identities, per_identity, dim = 2000, 5, 128
@@ -57,7 +57,7 @@ def synthetic_data(train_pairs: int, val_pairs: int, seed: int = 0):
 
 
 def time_extraction(count: int, workers: int, device: str) -> dict:
-    from kface.features import FeatureSpec, FeatureStore
+    from kface.training.store import FeatureSpec, FeatureStore
 
     people = [p for p in sorted(LFW_IMAGES.iterdir()) if p.is_dir()]
     paths = [str(image) for person in people for image in sorted(person.glob("*.jpg"))][:count]
@@ -73,7 +73,7 @@ def time_extraction(count: int, workers: int, device: str) -> dict:
 
 
 def time_training(train_pairs: int, val_pairs: int, epochs: int, device: str, out: Path) -> dict:
-    from kface.train import TrainConfig, fit
+    from kface.training.run import TrainConfig, fit
 
     data = synthetic_data(train_pairs, val_pairs)
     config = TrainConfig(pairs="synthetic", out=str(out), epochs=epochs, device=device)

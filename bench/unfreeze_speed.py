@@ -8,7 +8,7 @@ epoch (``--unfreeze none``, the paper's recipe) measured in the same run. Valida
 apart (they run once per epoch over the val pairs).
 
 Data: LFW people with at least 4 images (at most ``--max-images`` each), cropped to the face like a
-pre-cropped dataset (kface.degradations.tight_crop) so that no detector runs and the figures are the
+pre-cropped dataset (kface.datasets.degradations.tight_crop) so that no detector runs and the figures are the
 network's alone; pairs at 1:1, split 0.8:0.1:0.1 by identity. Everything goes to a cache folder of the
 bench's own (``<work>/cache``), never the user's.
 
@@ -35,7 +35,7 @@ def build_tree(lfw_images: Path, tree: Path, people: int, max_images: int) -> in
     """Tight face crops of LFW (PNG, lossless) under ``tree``; reused when already there. Returns the image count."""
     from PIL import Image
 
-    from kface.degradations import tight_crop
+    from kface.datasets.degradations import tight_crop
     from kface.images import load_image
 
     count = 0
@@ -59,7 +59,7 @@ def make_pairs(tree: Path, out: Path, pairs: int) -> Path:
 
 
 def image_paths(pair_file: Path) -> list[str]:
-    from kface.identity_training import train_identity_images
+    from kface.training.identity import train_identity_images
     from kface.pairs import read_pairs
 
     pairs = read_pairs(pair_file)
@@ -69,7 +69,7 @@ def image_paths(pair_file: Path) -> list[str]:
 
 def time_cache_build(cut: str, paths: list[str], device: str) -> dict:
     """Build the prefix cache of ``cut`` from scratch (faces come from the face cache, filled before)."""
-    from kface.features import FeatureSpec, FeatureStore
+    from kface.training.store import FeatureSpec, FeatureStore
 
     store = FeatureStore(FeatureSpec("dlib-torch", cut, detector="none"), device=device)
     if cut != "all":
@@ -86,7 +86,7 @@ def time_cache_build(cut: str, paths: list[str], device: str) -> dict:
 
 
 def time_training(pair_file: Path, out: Path, epochs: int, device: str, **settings) -> dict:
-    from kface.train import TrainConfig, train
+    from kface.training.run import TrainConfig, train
 
     shutil.rmtree(out, ignore_errors=True)
     config = TrainConfig.from_dict({"pairs": str(pair_file), "out": str(out), "epochs": epochs, "patience": None,
@@ -121,7 +121,7 @@ def main() -> None:
     os.environ["KFACE_CACHE_DIR"] = str(work / "cache")  # the bench's own cache: it deletes stores to time them
     import torch
 
-    from kface.features import FeatureSpec, FeatureStore
+    from kface.training.store import FeatureSpec, FeatureStore
 
     images = build_tree(args.lfw_images, work / "tree", args.people, args.max_images)
     pair_file = make_pairs(work / "tree", work / "pairs.csv", args.pairs)

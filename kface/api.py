@@ -108,7 +108,7 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
         return shipped_verifier(model, detector=detector, threshold=threshold, fallback=fallback, device=device,
                                 cache=cache, progress=progress, max_pixels=max_pixels)
     if model != STOCK_MODEL:
-        from .checkpoints import verifier_from_checkpoint
+        from .training.checkpoints import verifier_from_checkpoint
         from .models import shipped_names
 
         if not os.path.isfile(model):

@@ -16,8 +16,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from kface.attribute_heads import fit_heads, load_attribute_model
-from kface.attributes import (AgeBins, AttributeConfig, age_metrics, class_weights, gender_metrics, load_analyzer,
+from kface.attributes.heads import fit_heads, load_attribute_model
+from kface.attributes.model import (AgeBins, AttributeConfig, age_metrics, class_weights, gender_metrics, load_analyzer,
                               parse_age_bins, split_by_group)
 from kface.cli import cli
 from kface.datasets import load_dataset

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kface.attributes import AgeBins, AttributeConfig, age_interval, load_analyzer, split_by_group
+from kface.attributes.model import AgeBins, AttributeConfig, age_interval, load_analyzer, split_by_group
 from kface.cli import cli
 from kface.hashing import file_sha256
 from kface.models import attributes as shipped
@@ -79,7 +79,7 @@ def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
 
 
 def test_analyze_uses_the_shipped_heads_by_default_without_torch(samples_dir):
-    code = ("from kface.attributes import load_analyzer\n"
+    code = ("from kface.attributes.model import load_analyzer\n"
             f"answer = load_analyzer(cache=False).analyze({str(samples_dir / 'obama.jpg')!r})\n"
             "assert answer['model'] == 'attributes-korean-v1' and answer['gender'] == 'male', answer\n"
             "import sys\nprint('heavy:', *sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
@@ -129,7 +129,7 @@ def test_a_users_model_overrides_the_shipped_one(samples_dir, tmp_path):
 
 
 def test_serve_loads_the_shipped_heads_when_no_attribute_model_is_given():
-    from kface.serve import load_pipelines
+    from kface.serve.app import load_pipelines
 
     pipeline = load_pipelines(1, "dlib")[0]
     assert pipeline.analyzer is not None and pipeline.analyzer.model_path == shipped.SHIPPED_NAME
@@ -141,7 +141,7 @@ def test_serve_loads_the_shipped_heads_when_no_attribute_model_is_given():
 def test_ordinal_heads_give_probabilities_and_learn_an_ordered_target(tmp_path):
     import torch
 
-    from kface.attribute_heads import AttributeHeads, fit_heads
+    from kface.attributes.heads import AttributeHeads, fit_heads
 
     heads = AttributeHeads(4, {"age": 5, "gender": 2}, hidden=8, ordinal_age=True)
     probs = heads.probabilities(torch.randn(6, 4))
@@ -159,7 +159,7 @@ def test_ordinal_heads_give_probabilities_and_learn_an_ordered_target(tmp_path):
 
 
 def test_balanced_draws_weigh_every_label_cell_alike():
-    from kface.attribute_heads import balanced_draw_weights
+    from kface.attributes.heads import balanced_draw_weights
 
     targets = {"age": np.array([0, 0, 0, 1, 1, 2]), "gender": np.array([0, 0, 1, 1, 1, 0])}
     weights = balanced_draw_weights(targets, np.ones(6, dtype=bool))

@@ -16,7 +16,7 @@ from PIL import Image
 from kface.datasets import ADAPTERS, DatasetIndex, dataset_options, load_dataset
 from kface.datasets.kface_layout import format_code_set, parse_code_set
 from kface.errors import InputError
-from kface.records import Record
+from kface.datasets.records import Record
 
 LFW_IMAGES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw" / "images").resolve()
 MEN = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "Ariel_Sharon",

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kface.degradations import DEGRADATIONS, capture_condition, old_photo, tight_crop
+from kface.datasets.degradations import DEGRADATIONS, capture_condition, old_photo, tight_crop
 
 
 @pytest.fixture

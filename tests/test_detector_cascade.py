@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from kface.degradations import old_album_crop, tight_crop
+from kface.datasets.degradations import old_album_crop, tight_crop
 from kface.errors import NoFaceError
 from kface.faces import FaceFinder, FaceSettings
 from kface.images import load_image

@@ -9,7 +9,7 @@ import pytest
 from conftest import SHARED, require
 from kface.datasets import load_dataset
 from kface.errors import InputError
-from kface.family_benchmark import FamilyProtocol, family_folds, protocol_pairs
+from kface.evaluation.families import FamilyProtocol, family_folds, protocol_pairs
 from kface.pairs import PairRequest, parse_ratio, sample_pairs
 
 KOREAN = SHARED / "data" / "korean_family"
@@ -123,7 +123,7 @@ class ColourVerifier:
 
 
 def test_a_fixed_model_is_scored_at_its_own_and_at_the_other_folds_threshold(tmp_path):
-    from kface.family_benchmark import markdown_table, score_fixed_model
+    from kface.evaluation.families import markdown_table, score_fixed_model
 
     manifest = write_family_manifest(tmp_path, families=10)
     index = load_dataset("csv", tmp_path, manifest=manifest)
@@ -142,7 +142,7 @@ def test_a_fixed_model_is_scored_at_its_own_and_at_the_other_folds_threshold(tmp
 def test_copies_filed_under_two_families_are_one_person_once(tmp_path):
     import shutil
 
-    from kface.family_benchmark import distinct_images
+    from kface.evaluation.families import distinct_images
 
     manifest = write_family_manifest(tmp_path, families=4)
     rows = list(csv.reader(open(manifest)))

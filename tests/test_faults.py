@@ -58,7 +58,7 @@ def test_a_bare_group_prints_its_help():
 FAILING_CLI = textwrap.dedent("""
     import errno, sqlite3, sys
     import click
-    from kface.cli_errors import run
+    from kface.cli.errors import run
 
     @click.group()
     def cli():
@@ -238,7 +238,7 @@ def trained_model(tmp_path_factory):
     """A real model.pt from a short run on made-up features."""
     from test_train import synthetic_data
 
-    from kface.train import TrainConfig, fit
+    from kface.training.run import TrainConfig, fit
 
     out = tmp_path_factory.mktemp("crafted") / "run"
     fit(TrainConfig(pairs="synthetic.csv", out=str(out), epochs=2, device="cpu"), synthetic_data())
@@ -256,7 +256,7 @@ def trained_model(tmp_path_factory):
 def test_a_crafted_checkpoint_is_refused_before_any_model_is_built(trained_model, tmp_path, tamper, fragment):
     import torch
 
-    from kface.checkpoints import load_checkpoint
+    from kface.training.checkpoints import load_checkpoint
     from kface.errors import InputError
 
     checkpoint = torch.load(trained_model, weights_only=True)
@@ -271,7 +271,7 @@ def test_a_crafted_checkpoint_is_refused_before_any_model_is_built(trained_model
 def test_a_checkpoint_whose_tensors_do_not_fit_is_one_clear_error(trained_model, tmp_path):
     import torch
 
-    from kface.checkpoints import load_checkpoint, pair_model_from_checkpoint
+    from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint
     from kface.errors import InputError
 
     checkpoint = torch.load(trained_model, weights_only=True)
@@ -302,7 +302,7 @@ def test_a_crafted_train_state_is_refused_on_resume(trained_model, tmp_path):
 ])
 def test_an_lfw_pairs_file_that_does_not_parse_is_an_input_error(tmp_path, text, fragment):
     from kface.errors import InputError
-    from kface.lfw import read_lfw_pairs
+    from kface.evaluation.lfw import read_lfw_pairs
 
     (tmp_path / "images").mkdir()
     (tmp_path / "pairs.txt").write_bytes(text)
@@ -312,7 +312,7 @@ def test_an_lfw_pairs_file_that_does_not_parse_is_an_input_error(tmp_path, text,
 
 def test_train_feature_store_leaves_the_cache_with_no_cache_or_an_unwritable_cache(tmp_path, monkeypatch, caplog):
     from kface.cache import NO_CACHE_ENV
-    from kface.train import _feature_store_folder
+    from kface.training.run import _feature_store_folder
 
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -86,7 +86,7 @@ def reference_train(tree, tmp_path_factory) -> tuple[Path, float, float]:
 
 def check_whole(run: Path, reference: Path) -> None:
     """Whatever exists under a final name is a whole file."""
-    from kface.checkpoints import load_checkpoint
+    from kface.training.checkpoints import load_checkpoint
 
     if (run / "last.pt").exists():
         load_checkpoint(run / "last.pt", expected="kface-train-state")

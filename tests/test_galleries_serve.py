@@ -19,7 +19,7 @@ def served(tmp_path_factory):
 
     from kface.api import load_verifier
     from kface.galleries import Gallery
-    from kface.serve import Pipeline, create_app
+    from kface.serve.app import Pipeline, create_app
 
     path = tmp_path_factory.mktemp("served") / "people.kgallery"
     with Gallery.open(path, create=True) as gallery:
@@ -80,7 +80,7 @@ def test_bad_enrolments_are_4xx_and_change_nothing(served, fields, status):
 def test_a_gallery_of_another_model_is_refused(tmp_path):
     from kface.api import load_verifier
     from kface.galleries.store import GalleryStore, ModelIdentity
-    from kface.serve import Pipeline, create_app
+    from kface.serve.app import Pipeline, create_app
 
     path = tmp_path / "other.kgallery"
     GalleryStore.create(path, ModelIdentity("korean@0123", "korean", "korean-v1", "euclidean", 0.5, 128),
@@ -93,7 +93,7 @@ def test_without_a_gallery_search_is_501(tmp_path):
     from fastapi.testclient import TestClient
 
     from kface.api import load_verifier
-    from kface.serve import Pipeline, create_app
+    from kface.serve.app import Pipeline, create_app
 
     with TestClient(create_app([Pipeline(load_verifier(cache=False))])) as client:
         response = client.post("/search", files={"image": ("q.jpg", photo("obama.jpg"), "image/jpeg")})

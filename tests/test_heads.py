@@ -16,13 +16,13 @@ import torch
 from click.testing import CliRunner
 
 from conftest import lfw_people, link_tree, write_folder_pairs
-from kface.checkpoints import load_checkpoint, verifier_from_checkpoint
+from kface.training.checkpoints import load_checkpoint, verifier_from_checkpoint
 from kface.cli import cli
 from kface.distances import get_distance
 from kface.embeddings import Embedder
-from kface.features import FeatureStore
+from kface.training.store import FeatureStore
 from kface.pairs import read_pairs
-from kface.train import TrainConfig, train
+from kface.training.run import TrainConfig, train
 
 PEOPLE, IMAGES_EACH = 24, 4
 FACES = {"detector": "dlib", "upsample": 0, "fallback": "whole-image"}

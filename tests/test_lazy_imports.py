@@ -44,7 +44,7 @@ def test_embedding_many_images_imports_nothing_heavy(samples_dir):
 
 
 def test_serve_app_loads_and_warms_up_without_torch():
-    code = ("from kface.serve import create_app, load_pipelines\n"
+    code = ("from kface.serve.app import create_app, load_pipelines\n"
             "app = create_app(load_pipelines(1, 'dlib'))\n"
             "assert app.routes")
     assert _imported_after(code) == set()

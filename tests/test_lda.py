@@ -1,11 +1,11 @@
-"""The closed-form LDA head (kface.lda) on synthetic embeddings whose classes differ in known ways."""
+"""The closed-form LDA head (kface.training.lda) on synthetic embeddings whose classes differ in known ways."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from kface.errors import InputError
-from kface.lda import LdaProjection, choose_dimensions, dimension_candidates, fit_lda, image_classes
+from kface.training.lda import LdaProjection, choose_dimensions, dimension_candidates, fit_lda, image_classes
 
 
 def _classes_along(direction: np.ndarray, classes: int, per_class: int, rng: np.random.Generator,

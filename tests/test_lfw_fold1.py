@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kface import load_verifier
-from kface.lfw import read_lfw_pairs
+from kface.evaluation.lfw import read_lfw_pairs
 
 
 @pytest.mark.parametrize("model, least", [("dlib", 0.96), (None, 0.93)])  # measured: 0.97, 0.95

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from kface.errors import InputError
-from kface.metric_loss import MarginMetricLoss
+from kface.training.losses import MarginMetricLoss
 
 THRESHOLD, MARGIN = 0.6, 0.04
 

@@ -1,4 +1,4 @@
-"""kface.report and `kface overlap-report`: val chooses, test scores; files, subgroups, fallbacks.
+"""kface.evaluation.report and `kface overlap-report`: val chooses, test scores; files, subgroups, fallbacks.
 
 Most tests use a synthetic verifier (points scattered around one centre per identity, no images),
 so expected numbers can be recomputed independently; one test runs the command on real LFW faces.
@@ -21,7 +21,7 @@ from kface.cli import cli
 from kface.distances import get_distance
 from kface.errors import InputError
 from kface.pairs import HEADER
-from kface.report import overlap_report, pair_groups, save_report_threshold, subgroup_table
+from kface.evaluation.report import overlap_report, pair_groups, save_report_threshold, subgroup_table
 
 CONTRACT_KEYS = {"accuracy", "loss", "auc", "eer", "overlap", "threshold", "rule", "n_same", "n_diff"}
 
@@ -188,7 +188,7 @@ def test_subgroups_by_brute_force(shared):
 
 def test_save_threshold_of_the_shared_report_rewrites_the_checkpoint(shared, tmp_path):
     torch = pytest.importorskip("torch")
-    from kface.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
+    from kface.training.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
 
     model = tmp_path / "model.pt"
     # The smallest checkpoint that passes load_checkpoint's structural checks.
@@ -243,7 +243,7 @@ def test_pair_groups_mixed_and_unlabelled():
 
 def test_save_threshold_rewrites_the_checkpoint(tmp_path):
     torch = pytest.importorskip("torch")
-    from kface.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
+    from kface.training.checkpoints import FORMAT, FORMAT_VERSION, load_checkpoint
 
     model = tmp_path / "model.pt"
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": "dlib-resnet", "distance": "euclidean",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kface.errors import InputError
-from kface.samplers import IdentityBatchSampler
+from kface.training.samplers import IdentityBatchSampler
 
 # 10 identities: "a".."h" with 3 to 10 images, "lone" with one image (never drawn), "i" with 2.
 IDENTITIES = [name for name, count in zip("abcdefgh", range(3, 11)) for _ in range(count)] + ["lone", "i", "i"]

@@ -19,7 +19,7 @@ from PIL import Image
 
 from kface.api import load_verifier
 from kface.errors import InputError
-from kface.serve import Pipeline, ServeLimits, create_app, load_distances
+from kface.serve.app import Pipeline, ServeLimits, create_app, load_distances
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -45,7 +45,7 @@ def write_attribute_model(path: Path, seed: int = 0) -> Path:
     """An attribute checkpoint with seeded random age and gender heads on dlib-resnet's 128-d embedding."""
     import torch
 
-    from kface.attributes import GENDERS, AgeBins, AttributeHeads, save_attribute_model
+    from kface.attributes.model import GENDERS, AgeBins, AttributeHeads, save_attribute_model
 
     bins = AgeBins()
     heads = AttributeHeads(128, {"age": len(bins), "gender": len(GENDERS)}, hidden=16, dropout=0.0)
@@ -67,7 +67,7 @@ def verifier():
 
 @pytest.fixture(scope="module")
 def analyzer(tmp_path_factory):
-    from kface.attributes import load_analyzer
+    from kface.attributes.model import load_analyzer
 
     model = write_attribute_model(tmp_path_factory.mktemp("attributes") / "model.pt")
     return load_analyzer(str(model), cache=False)
@@ -344,7 +344,7 @@ def test_distribution_without_scores_says_how_to_get_one(client):
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     """A model trained (2 epochs) on made-up 128-d dlib-resnet features: identities 0-29 train, 30-44 val."""
-    from kface.train import SplitPairs, TrainConfig, TrainingData, fit
+    from kface.training.run import SplitPairs, TrainConfig, TrainingData, fit
 
     rng = np.random.default_rng(0)
     features = (np.repeat(rng.normal(0, 0.1, (45, 128)), 4, axis=0) + rng.normal(0, 0.03, (180, 128)))
@@ -409,7 +409,7 @@ def test_distances_file_problems_are_clear(tmp_path):
 
 # -- the command ---------------------------------------------------------------------------------------
 def test_only_loopback_addresses_count_as_this_machine():
-    from kface.serve import is_loopback
+    from kface.serve.app import is_loopback
 
     assert all(is_loopback(host) for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"))
     assert not any(is_loopback(host) for host in ("0.0.0.0", "::", "192.168.0.10", "example.org"))

@@ -3,7 +3,7 @@ uploads under the documented memory bound, a slow client cut off, and a bounded 
 from 8 clients) with every answer right and memory flat.
 
 The documented bounds (README, "Faults tried"): request bodies take at most
-``--max-in-flight × 3 × --max-upload-mb`` (:func:`kface.serve_guard.memory_bound_bytes`); a soak's
+``--max-in-flight × 3 × --max-upload-mb`` (:func:`kface.serve.guard.memory_bound_bytes`); a soak's
 resident memory grows by at most :data:`SOAK_GROWTH_BYTES` once the server has answered its first
 requests.
 """
@@ -156,7 +156,7 @@ def padded(photo: bytes, size: int) -> bytes:
 
 
 def test_sixteen_concurrent_20mb_uploads_stay_under_the_memory_bound(server):
-    from kface.serve_guard import memory_bound_bytes
+    from kface.serve.guard import memory_bound_bytes
 
     half = 10 * 2 ** 20  # two 10 MiB photos: a 20 MiB request
     files = {"image_a": padded(SAME["image_a"], half), "image_b": padded(SAME["image_b"], half)}

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from kface.cli import cli
 from kface.errors import InputError
-from kface.sweep import COLUMNS, parse_images_per_identity, parse_ratios
+from kface.evaluation.sweep import COLUMNS, parse_images_per_identity, parse_ratios
 
 IDENTITIES = 16
 IMAGES = 4

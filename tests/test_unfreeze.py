@@ -1,7 +1,7 @@
 """Training the backbone's last layers (``kface train --unfreeze``) on real LFW faces.
 
 The data: 40 LFW people with 5 or more images, 5 each, cropped to the face as pre-cropped datasets
-are (kface.degradations.tight_crop), so no detector runs (``--detector none``) and the one-time
+are (kface.datasets.degradations.tight_crop), so no detector runs (``--detector none``) and the one-time
 prefix pass is the only slow step. Identity-disjoint train/val/test pair splits.
 """
 from __future__ import annotations
@@ -16,9 +16,9 @@ import torch
 from click.testing import CliRunner
 
 from conftest import lfw_people, write_folder_pairs
-from kface.checkpoints import load_checkpoint, pair_model_from_checkpoint
+from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint
 from kface.cli import cli
-from kface.features import FeatureSpec, FeatureStore
+from kface.training.store import FeatureSpec, FeatureStore
 from kface.metrics import accuracy_at, choose_threshold, sample_per_class
 from kface.pairs import read_pairs
 
@@ -32,7 +32,7 @@ def face_tree(tmp_path_factory) -> Path:
     """<tmp>/tree/<person>/<image>.png: tight face crops of LFW images."""
     from PIL import Image
 
-    from kface.degradations import tight_crop
+    from kface.datasets.degradations import tight_crop
     from kface.images import load_image
 
     tree = tmp_path_factory.mktemp("lfw-faces") / "tree"
@@ -100,7 +100,7 @@ def test_last_block_with_metric_loss_trains_and_does_not_lose_to_the_frozen_back
 
 
 def test_resume_of_identity_batches_ends_with_the_same_weights(metric_run, pair_file, tmp_path):
-    from kface.train import TrainConfig, saved_config, train
+    from kface.training.run import TrainConfig, saved_config, train
 
     class Interrupted(Exception):
         pass

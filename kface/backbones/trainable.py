@@ -4,7 +4,7 @@
 ``last-block`` (its last residual block and after), ``last-stage`` (its last stage and after), ``all``
 (every layer; GPU only, see :func:`check_cut`). For the cached cuts (``fc``, ``last-block``,
 ``last-stage``) the prefix runs once per image and per mirror image, and its output is stored
-(:mod:`kface.features`); for ``all`` the input is the aligned chip itself.
+(:mod:`kface.training.store`); for ``all`` the input is the aligned chip itself.
 
 Networks (``dlib-torch``: :class:`~kface.backbones.dlib_torch.DlibResNet`; ``facenet-*``:
 :class:`~kface.backbones.facenet_network.FacenetNetwork`) provide ``prepare_chips``,

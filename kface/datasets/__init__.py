@@ -1,4 +1,4 @@
-"""Dataset adapters: one module per layout, each yielding :class:`~kface.records.Record` objects.
+"""Dataset adapters: one module per layout, each yielding :class:`~kface.datasets.records.Record` objects.
 
 ``load_dataset(kind, root, **options)`` indexes a tree into a :class:`DatasetIndex` (the records as
 columns plus a :class:`ProblemReport`); :data:`ADAPTERS` is the registry, one line per layout. A new
@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Union
 
 from ..errors import InputError
-from ..records import Record
+from .records import Record
 from . import aaf, aging, folder, kface_layout, lfw_gender, manifest
 from .common import DatasetIndex, IndexBuilder, ProblemReport, age_group
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import InputError
-from ..records import Record
+from .records import Record
 from .common import ProblemReport, is_image_name, progress_bar, sorted_entries, walk_files
 
 IMAGE_FOLDERS = {"aligned": ("aligned", "aglined"), "original": ("original",)}

@@ -9,7 +9,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import numpy as np
 
 from .. import progress
-from ..records import Box, Landmarks, Record
+from .records import Box, Landmarks, Record
 
 #: File name endings read as images (lower case).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
@@ -108,7 +108,7 @@ class DatasetIndex:
 
     Only what the sampler and the attribute heads need is kept per image, so that a large tree fits in
     memory: a relative path, an identity code, one small value per attribute, and a box and landmarks
-    only where a label file gave them. Iterating yields :class:`~kface.records.Record` objects.
+    only where a label file gave them. Iterating yields :class:`~kface.datasets.records.Record` objects.
 
     ``conditions`` names the attributes that vary by design within one identity (K-Face's accessory,
     lighting, expression and camera codes; the aging set's age band): choosing *K* images per identity

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
-from ..records import Record
+from .records import Record
 from .common import ProblemReport, is_image_name, progress_bar, sorted_entries
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from ..errors import InputError
-from ..records import Record
+from .records import Record
 from .common import ProblemReport, normalize_gender, progress_bar
 
 REQUIRED_COLUMNS = ("path", "identity")

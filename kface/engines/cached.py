@@ -38,7 +38,7 @@ def _read_card(path: Path):
 
 def export_to_cache(model: Union[str, os.PathLike], checkpoint_sha256: str) -> dict:
     """Export checkpoint ``model`` into the cache (imports torch) and write its card; return the card."""
-    from ..checkpoints import load_checkpoint
+    from ..training.checkpoints import load_checkpoint
     from ..outputs import write_json
     from .export import export_checkpoint
 

@@ -168,7 +168,7 @@ def checkpoint_graph(checkpoint: dict, weights: Optional[str] = None) -> ChipGra
     from ..backbones import get_spec
     from ..backbones.suffix import ChipInput
     from ..backbones.trainable import TRAINABLE_BACKBONES, inference_network, load_network
-    from ..checkpoints import pair_model_from_checkpoint
+    from ..training.checkpoints import pair_model_from_checkpoint
 
     backbone = checkpoint["backbone"]
     if get_spec(backbone).family == get_spec("dlib-torch").family:
@@ -203,7 +203,7 @@ def export_checkpoint(model_pt_path: Union[str, os.PathLike], onnx_path: Union[s
     parity}`` (``parity``: against the PyTorch module on seeded chips, see :func:`check_parity`).
     """
     from ..backbones import get_spec
-    from ..checkpoints import checkpoint_weights_file, load_checkpoint
+    from ..training.checkpoints import checkpoint_weights_file, load_checkpoint
 
     checkpoint = load_checkpoint(model_pt_path)
     graph = checkpoint_graph(checkpoint, checkpoint_weights_file(checkpoint, model_pt_path))

@@ -183,7 +183,7 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
     """
     from ..api import load_verifier
     from ..datasets import load_dataset
-    from ..family_benchmark import read_group_list, restrict_groups
+    from ..evaluation.families import read_group_list, restrict_groups
 
     if not models:
         raise InputError("give at least one --model to score")

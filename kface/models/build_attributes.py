@@ -53,7 +53,7 @@ BUILD_COMMAND = "python -m kface.models.build_attributes build --root ../shared/
 
 
 def recipe_config(name: str, root: Path, out: Path, device: str = "auto"):
-    from ..attributes import AttributeConfig
+    from ..attributes.model import AttributeConfig
 
     return AttributeConfig(root=str(root), out=str(out), device=device, **BASE, **RECIPES[name])
 
@@ -61,9 +61,9 @@ def recipe_config(name: str, root: Path, out: Path, device: str = "auto"):
 def korean_index(root: Path, heldout: bool):
     """The korean_family index limited to every family but the held-out ones, or (``heldout``) to the held-out
     families' images that appear nowhere else in the set (608 of their 969 files are copies of training-family
-    files; see :func:`kface.family_benchmark.distinct_images`)."""
+    files; see :func:`kface.evaluation.families.distinct_images`)."""
     from ..datasets import load_dataset
-    from ..family_benchmark import distinct_images, read_group_list, restrict_groups
+    from ..evaluation.families import distinct_images, read_group_list, restrict_groups
 
     index = load_dataset("csv", root, manifest=root / "identities.csv")
     families = read_group_list(HELDOUT_FILE)
@@ -75,7 +75,7 @@ def korean_index(root: Path, heldout: bool):
 
 def korean_features(root: Path, heldout: bool, device: str = "auto", hog_policy: str = BASE["hog_policy"]):
     """Embeddings (and mirror-image embeddings) with labels of the training or held-out families."""
-    from ..attributes import AgeBins, dataset_features
+    from ..attributes.model import AgeBins, dataset_features
 
     config = replace(recipe_config("ordinal+flip", root, Path("unused"), device),  # tta flip: both views
                      hog_policy=hog_policy)
@@ -113,7 +113,7 @@ def compare(root: Path, device: str = "auto", out: Path = REPORT_DIR, max_folds:
             recipes: tuple[str, ...] = tuple(RECIPES)) -> list[dict]:
     """``recipes`` on the first ``max_folds`` of FOLDS family folds of the training families: train on three
     folds, pick the epoch on one, score the last; mean and spread over the folds run."""
-    from ..attribute_heads import AttributeModel, fit_heads
+    from ..attributes.heads import AttributeModel, fit_heads
     from ..outputs import write_json, write_text
 
     features = korean_features(root, heldout=False, device=device)
@@ -155,19 +155,19 @@ def _family_folds(groups: np.ndarray) -> np.ndarray:
 
 
 def _labels() -> list[str]:
-    from ..attributes import AgeBins
+    from ..attributes.model import AgeBins
 
     return AgeBins(KOREAN_AGE_BINS).labels
 
 
 def _group_ages(features) -> list[float]:
-    from ..attributes import AgeBins
+    from ..attributes.model import AgeBins
 
     return AgeBins(KOREAN_AGE_BINS).representative_ages(features.labels.ages, features.labels.targets["age"])
 
 
 def _rows(features, keep: np.ndarray):
-    from ..attributes import Features, LabelledData
+    from ..attributes.model import Features, LabelledData
 
     labels = LabelledData({task: target[keep] for task, target in features.labels.targets.items()},
                           features.labels.ages[keep])
@@ -196,8 +196,8 @@ def recipes_markdown(rows: list[dict], max_folds: int = FOLDS) -> str:
 
 def train_recipe(root: Path, name: str, device: str = "auto") -> Path:
     """kface train-attributes with recipe ``name`` on every training family; returns its model.pt."""
-    from ..attributes import train_attributes
-    from ..family_benchmark import write_manifest
+    from ..attributes.model import train_attributes
+    from ..evaluation.families import write_manifest
 
     run = RUN_DIR / name
     run.mkdir(parents=True, exist_ok=True)
@@ -213,7 +213,7 @@ def export_heads(model_pt: Path, path: Path = NETWORK_FILE) -> dict:
     """The heads of a train-attributes checkpoint as an ONNX graph: embeddings -> probabilities per task."""
     import torch
 
-    from ..attribute_heads import load_attribute_model
+    from ..attributes.heads import load_attribute_model
     from ..outputs import atomic_path
 
     model = load_attribute_model(model_pt)
@@ -240,7 +240,7 @@ def export_heads(model_pt: Path, path: Path = NETWORK_FILE) -> dict:
 def build(root: Path, device: str = "auto") -> str:
     """Train (unless done) the shipped recipe and today's, export the shipped one, score both on the
     held-out families, write the card."""
-    from ..attribute_heads import load_attribute_model
+    from ..attributes.heads import load_attribute_model
     from ..hashing import file_sha256
     from ..outputs import write_json, write_text
     from . import attributes as shipped

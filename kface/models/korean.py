@@ -4,7 +4,7 @@ Run through ``python -m kface.models.build korean --root <korean_family>`` (see 
 Training uses every family except the held-out ones (``korean-heldout-families.txt``), a tenth of the
 training families as val (family-disjoint; val picks the epoch and the threshold). The held-out families
 give the card's figures, for this model and for stock dlib, with the family protocol
-(:mod:`kface.family_benchmark`).
+(:mod:`kface.evaluation.families`).
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def recipe() -> dict:
 def train_korean(root: Path, run: Path = RUN_DIR, device: str = "auto", progress: bool = True) -> Path:
     """Train the recipe on every family but the held-out ones; return the run's model.pt."""
     from ..datasets import load_dataset
-    from ..family_benchmark import read_group_list, restrict_groups, write_manifest
-    from ..train import TrainConfig, train
+    from ..evaluation.families import read_group_list, restrict_groups, write_manifest
+    from ..training.run import TrainConfig, train
 
     index = load_dataset("csv", root, manifest=root / "identities.csv")
     training = restrict_groups(index, "family", drop=read_group_list(HELDOUT_FILE))
@@ -61,7 +61,7 @@ def build_korean(root: Path, device: str = "auto") -> str:
     if not model.is_file():
         model = train_korean(root, device=device)
     exported = export_checkpoint(model, NETWORK_FILE, fp16=True)
-    from ..checkpoints import load_checkpoint
+    from ..training.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(model)
     threshold = checkpoint["threshold"]  # provisional: replaced below, once the card names the new file
@@ -104,7 +104,7 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
     from ..api import Verifier
     from ..datasets import load_dataset
     from ..embeddings import Embedder
-    from ..family_benchmark import FamilyProtocol, protocol_pairs, restrict_groups
+    from ..evaluation.families import FamilyProtocol, protocol_pairs, restrict_groups
     from ..metrics import choose_threshold
     from ..pairs import read_pairs
 
@@ -131,7 +131,7 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
 
 def heldout_figures(root: Path, device: str = "auto") -> dict:
     """The family protocol on the held-out families only, for this model and stock dlib."""
-    from ..family_benchmark import run_benchmark
+    from ..evaluation.families import run_benchmark
 
     rows = run_benchmark("csv", str(root), {"manifest": str(root / "identities.csv")}, groups_file=str(HELDOUT_FILE),
                          models=(NAME, "dlib"), out=HELDOUT_REPORT, device=device)

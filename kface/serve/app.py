@@ -2,7 +2,7 @@
 
 One process loads the verifier (and, when given, an attribute model) once, then answers:
 
-- ``GET /`` — the page (``kface/web/``): two drop zones, the verdict, the distance drawn against the
+- ``GET /`` — the page (``kface/serve/web/``): two drop zones, the verdict, the distance drawn against the
   threshold and, when known, the model's same/different distance distributions (from ``--distances``,
   else the val distances a trained model stores); a third zone for age group and gender. English and
   Korean labels.
@@ -47,10 +47,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from . import __version__
-from .errors import InputError, KfaceError, NoFaceError
-from .images import MAX_PIXELS
-from .serve_guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_IN_FLIGHT, RequestGuard, memory_bound_bytes
+from .. import __version__
+from ..errors import InputError, KfaceError, NoFaceError
+from ..images import MAX_PIXELS
+from .guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_IN_FLIGHT, RequestGuard, memory_bound_bytes
 
 log = logging.getLogger("kface")
 
@@ -359,7 +359,7 @@ class Distribution:
 
     def to_dict(self, threshold: float, metric: str) -> dict:
         """What the page draws: both densities on one grid of ``CURVE_POINTS`` x values, and the counts."""
-        from .metrics import kde_densities, overlap_area
+        from ..metrics import kde_densities, overlap_area
 
         densities = kde_densities(self.same, self.different)
         higher = np.maximum(densities.same, densities.diff)
@@ -433,7 +433,7 @@ def stored_distribution(model: Optional[os.PathLike]) -> Optional[Distribution]:
     epoch it saved), or None: no model (a base backbone), or a checkpoint written before they were stored."""
     if model is None:
         return None
-    from .checkpoints import load_checkpoint, stored_val_distances
+    from ..training.checkpoints import load_checkpoint, stored_val_distances
 
     stored = stored_val_distances(load_checkpoint(model))
     if stored is None:
@@ -595,7 +595,7 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
                distribution: Optional[Distribution] = None, gallery: Optional[str] = None) -> FastAPI:
     """The ASGI app serving ``pipelines``: as many requests are worked on at once as there are pipelines.
 
-    Each :class:`Pipeline` holds a :class:`~kface.api.Verifier` and an :class:`~kface.attributes.Analyzer`
+    Each :class:`Pipeline` holds a :class:`~kface.api.Verifier` and an :class:`~kface.attributes.model.Analyzer`
     (or None: ``/analyze`` then answers 501), all loaded alike (see :func:`load_pipelines`).
     ``distribution``: the labelled distances the page draws (see :func:`load_distances`); without it,
     the val distances a trained model stores (:func:`stored_distribution`), if any.
@@ -612,9 +612,9 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
     async def in_worker(function, *args):
         return await anyio.to_thread.run_sync(function, *args, limiter=limiter)
 
-    from .serve_gallery import add_gallery_routes
+    from .gallery import add_gallery_routes
 
-    galleries = add_gallery_routes(app, service, gallery, in_worker)  # /search, /enroll (kface/serve_gallery.py)
+    galleries = add_gallery_routes(app, service, gallery, in_worker)  # /search, /enroll (kface/serve/gallery.py)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -708,17 +708,17 @@ def load_pipelines(count: int, model: Optional[str] = None, attributes_model: Op
                    threshold: Optional[float] = None, device: str = "auto",
                    max_pixels: Optional[int] = None) -> list[Pipeline]:
     """``count`` alike pipelines, their models loaded and warmed up, caching nothing on disk."""
-    from .api import load_verifier
+    from ..api import load_verifier
 
     pipelines = []
     for _ in range(count):
         verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=False,
                                  max_pixels=max_pixels)
         analyzer = None
-        from .models.attributes import has_shipped_attributes
+        from ..models.attributes import has_shipped_attributes
 
         if attributes_model is not None or has_shipped_attributes():  # default: the shipped Korean heads
-            from .attributes import load_analyzer
+            from ..attributes.model import load_analyzer
 
             analyzer = load_analyzer(attributes_model, detector=detector, fallback=fallback, device=device,
                                      cache=False, max_pixels=max_pixels)
@@ -737,12 +737,12 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
                gallery: Optional[str] = None) -> None:
     """Load the models once, then serve the page and the API on ``host:port`` until interrupted, behind
-    :class:`~kface.serve_guard.RequestGuard` (Host/Origin checks, ``max_in_flight`` requests with a body at
+    :class:`~kface.serve.guard.RequestGuard` (Host/Origin checks, ``max_in_flight`` requests with a body at
     once, each body within ``body_timeout_s``)."""
     import uvicorn
 
     limits = ServeLimits(int(max_request_mb * 1024 * 1024), max_pixels or MAX_PIXELS)
-    from .serve_gallery import check_gallery
+    from .gallery import check_gallery
 
     check_gallery(gallery)  # a bad --gallery fails before any model loads
     sock = listen(host, port)

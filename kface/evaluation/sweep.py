@@ -4,7 +4,7 @@ For every setting (each ``images_per_identity`` value x each ratio x each head x
 
 1. samples a pair file from the dataset, indexed once (``OUT/pairs/<k and ratio>.csv``, shared by
    the heads and distances of that cell, so they are compared on the very same pairs);
-2. trains a model on it with :func:`kface.train.train` (``OUT/runs/<setting>/model.pt``);
+2. trains a model on it with :func:`kface.training.run.train` (``OUT/runs/<setting>/model.pt``);
 3. writes that model's overlap report (``OUT/<setting>/``): threshold chosen on val, scored on test;
 
 and, when heads or distances are compared (or ``baseline`` asks), scores the **base backbone** on
@@ -35,8 +35,8 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import InputError
-from .outputs import atomic_path, write_json, write_text
+from ..errors import InputError
+from ..outputs import atomic_path, write_json, write_text
 
 log = logging.getLogger("kface")
 
@@ -52,7 +52,7 @@ COLUMNS = ("setting", "ratio", "negative_fraction", "images_per_identity", "head
 
 def parse_ratios(text: Union[str, Sequence[str]]):
     """``"1:9,2:8"`` (or a list) as :class:`~kface.pairs.Ratio` objects, repeats refused."""
-    from .pairs import parse_ratio
+    from ..pairs import parse_ratio
 
     items = [part.strip() for part in (text.split(",") if isinstance(text, str) else text) if str(part).strip()]
     if not items:
@@ -77,15 +77,15 @@ def parse_choices(text: Union[str, Sequence[str]], valid: Sequence[str], option:
 
 
 def parse_heads(text: Union[str, Sequence[str]]) -> tuple[str, ...]:
-    """``"siamese,lda"`` as head names of :data:`kface.siamese.HEADS`."""
-    from .siamese import HEADS
+    """``"siamese,lda"`` as head names of :data:`kface.training.heads.HEADS`."""
+    from ..training.heads import HEADS
 
     return parse_choices(text, list(HEADS), "--heads")
 
 
 def parse_distances(text: Union[str, Sequence[str]]) -> tuple[str, ...]:
     """``"euclidean,cosine"`` as distance names of :data:`kface.distances.DISTANCES`."""
-    from .distances import DISTANCES
+    from ..distances import DISTANCES
 
     return parse_choices(text, list(DISTANCES), "--distance")
 
@@ -117,7 +117,7 @@ def parse_images_per_identity(text: Union[str, Sequence, None]) -> tuple[Optiona
 class SweepConfig:
     """A sweep: the dataset, the grid, the pair sampling, and the settings passed on to training and reports.
 
-    ``train`` holds :class:`kface.train.TrainConfig` settings (``epochs``, ``backbone``, ``lr``, ...;
+    ``train`` holds :class:`kface.training.run.TrainConfig` settings (``epochs``, ``backbone``, ``lr``, ...;
     an unknown key fails when the first run is configured); ``pairs``/``out``/``seed`` and
     ``head``/``distance`` there are set by the sweep (from ``heads`` and ``distances``).
     """
@@ -180,7 +180,7 @@ class Setting:
 def settings_of(config: SweepConfig) -> list[Setting]:
     """The grid in table order: images per identity outermost, then the ratios as given, heads (the base
     backbone first, when scored), distances."""
-    from .pairs import parse_ratio
+    from ..pairs import parse_ratio
 
     tagged = _tagged(config)
     heads = ((BASE_HEAD,) if config.scores_baseline else ()) + tuple(config.heads)
@@ -201,8 +201,8 @@ def _tagged(config: SweepConfig) -> bool:
 def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = False,
               cache: bool = True, command: Optional[str] = None) -> list[dict]:
     """Run every setting of ``config`` (sample, train, report) and write the sweep tables; return the rows."""
-    from .datasets import load_dataset
-    from .pairs import PairRequest, sample_pairs, write_pairs
+    from ..datasets import load_dataset
+    from ..pairs import PairRequest, sample_pairs, write_pairs
 
     out = Path(config.out)
     if not resume and out.is_dir() and any(out.iterdir()):
@@ -235,7 +235,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
 def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resume: bool, progress: bool,
                  cache: bool) -> dict:
     from .report import overlap_report, report_verifier
-    from .train import HISTORY, LAST, MODEL, TrainConfig, train
+    from ..training.run import HISTORY, LAST, MODEL, TrainConfig, train
 
     run_dir = Path(config.out) / "runs" / setting.name
     report_dir = Path(config.out) / setting.name
@@ -265,8 +265,8 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
 def _base_report(config: SweepConfig, train_config, pair_file: Path, report_dir: Path, *, resume: bool,
                  progress: bool, cache: bool) -> dict:
     """The overlap report of the untrained backbone with the setting's distance (threshold chosen on val)."""
-    from .api import Verifier
-    from .embeddings import Embedder
+    from ..api import Verifier
+    from ..embeddings import Embedder
     from .report import overlap_report
 
     metrics_file = report_dir / "metrics.json"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass
@@ -77,7 +77,7 @@ def benchmark_lfw(lfw_dir: str | Path, verifier, pairs_file: str | Path | None =
     k-fold result as a JSON-ready dict, plus the threshold chosen on all ten folds (the one to use as
     the backbone's default) and the per-stage detection counts.
     """
-    from .metrics import choose_threshold, kfold_protocol
+    from ..metrics import choose_threshold, kfold_protocol
 
     pairs = read_lfw_pairs(lfw_dir, pairs_file)
     paths = pairs.unique_paths

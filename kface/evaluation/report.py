@@ -28,8 +28,8 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .errors import InputError
-from .outputs import atomic_path, write_json, write_text
+from ..errors import InputError
+from ..outputs import atomic_path, write_json, write_text
 
 log = logging.getLogger("kface")
 
@@ -59,9 +59,9 @@ def report_verifier(model: Optional[str] = None, *, backbone: str = "dlib-resnet
     Unlike :func:`kface.api.load_verifier`, an untrained backbone without a published threshold is
     accepted (its ``threshold`` is NaN): the report measures one on the val split anyway.
     """
-    from .api import BASE_THRESHOLDS, Verifier, load_verifier
-    from .backbones import get_spec
-    from .embeddings import Embedder
+    from ..api import BASE_THRESHOLDS, Verifier, load_verifier
+    from ..backbones import get_spec
+    from ..embeddings import Embedder
 
     if model is not None or get_spec(backbone).family in BASE_THRESHOLDS:
         return load_verifier(model, backbone, detector, None, fallback, device, weights=weights, cache=cache,
@@ -76,7 +76,7 @@ def report_verifier(model: Optional[str] = None, *, backbone: str = "dlib-resnet
 
 def _group_value(key: str, value: Any) -> Optional[str]:
     """An attribute value as the group label the table shows (K-Face codes keep their letter)."""
-    from .datasets.kface_layout import CODES
+    from ..datasets.kface_layout import CODES
 
     if value is None:
         return None
@@ -93,7 +93,7 @@ def load_image_attributes(kind: str, root: Union[str, os.PathLike], options: Opt
 
     Attributes are those of :data:`SUBGROUP_ATTRIBUTES` (``age`` becomes its ten-year ``age_group``).
     """
-    from .datasets import load_dataset
+    from ..datasets import load_dataset
 
     index = load_dataset(kind, root, progress=progress, **(options or {}))
     columns = dict(index.attributes)
@@ -161,7 +161,7 @@ def subgroup_table(distances: np.ndarray, same: np.ndarray, threshold: float,
     ``far``/``frr``/``overlap`` are None where the group lacks the pairs they need (``overlap``:
     two distinct distances of each class).
     """
-    from .metrics import overlap_area
+    from ..metrics import overlap_area
 
     rows = []
     for key, column in groups.items():
@@ -199,7 +199,7 @@ def compare_rules(val_distances: np.ndarray, val_same: np.ndarray, test_distance
 
     A rule the val pairs cannot support (``far=X`` with fewer than 1/X negatives) gets a ``note``.
     """
-    from .metrics import choose_threshold
+    from ..metrics import choose_threshold
 
     rows = []
     for rule in rules:
@@ -231,7 +231,7 @@ class _ScoredSplit:
 
 
 def _sample_split(pairs, name: str, samples, seed: int):
-    from .metrics import sample_per_class
+    from ..metrics import sample_per_class
 
     part = pairs.select(name)
     if len(part) == 0:
@@ -252,7 +252,7 @@ def _score(part, sample, name: str, vectors: np.ndarray, row_of: dict, verifier)
 
 def _fallback_threshold(verifier, threshold: Optional[float], val_split: str, reason: str):
     """The threshold to use when none can be chosen on ``val_split``, labelled as such."""
-    from .metrics import Threshold
+    from ..metrics import Threshold
 
     if threshold is not None:
         return Threshold(float(threshold), "fixed", None, f"given with --threshold ({reason})")
@@ -288,9 +288,9 @@ def overlap_report(pairs_file: Union[str, os.PathLike], verifier, *, split: str 
         threshold_chosen_on, n_same, n_diff, split, samples, seed, notes) plus the model, the pair
         file, the val sample, the verifier's own threshold and its accuracy, and ``subgroups``.
     """
-    from . import __version__
-    from .metrics import choose_threshold, evaluate, parse_rule, parse_samples
-    from .pairs import SPLITS, read_pairs
+    from .. import __version__
+    from ..metrics import choose_threshold, evaluate, parse_rule, parse_samples
+    from ..pairs import SPLITS, read_pairs
 
     samples = parse_samples(samples)
     parsed_rule = parse_rule(rule)
@@ -552,7 +552,7 @@ def _save(figure, path: Path) -> None:
 
 
 def _plot_distributions(path: Path, distances: np.ndarray, same: np.ndarray, body: dict) -> None:
-    from .metrics import histogram_densities, kde_densities
+    from ..metrics import histogram_densities, kde_densities
 
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(8, 4.8))
@@ -592,7 +592,7 @@ def _plot_distributions(path: Path, distances: np.ndarray, same: np.ndarray, bod
 
 
 def _plot_roc(path: Path, distances: np.ndarray, same: np.ndarray, body: dict) -> None:
-    from .metrics import roc
+    from ..metrics import roc
 
     plt = _pyplot()
     curve = roc(distances, same)
@@ -641,7 +641,7 @@ def save_report_threshold(model: Union[str, os.PathLike], body: dict) -> dict:
 
     Only a threshold chosen on a val split is saved; returns the stored ``{value, rule, split, note}``.
     """
-    from .checkpoints import save_threshold
+    from ..training.checkpoints import save_threshold
 
     if not body.get("threshold_chosen_on"):
         raise InputError("--save-threshold saves a threshold chosen on a val split; this report's was not "

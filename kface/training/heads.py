@@ -1,6 +1,6 @@
 """The trainable part of a Siamese verifier: heads, the distance-to-probability mapping, pair losses.
 
-A :class:`PairModel` takes the frozen features of two images (see :mod:`kface.features`) and returns
+A :class:`PairModel` takes the frozen features of two images (see :mod:`kface.training.store`) and returns
 their distance and the logit of P(same)::
 
     features ─► [backbone suffix] ─► head ─► distance(a, b) ─► DistanceToProbability ─► logit
@@ -10,7 +10,7 @@ their distance and the logit of P(same)::
   layers, and its input has a view axis, (N, views, ...): one view (the chip or its mirror image) or
   both, whose outputs are averaged (``--tta flip``);
 - the *head* comes from :data:`HEADS` (``siamese``: a d->d linear layer ending in tanh, the study's;
-  ``lda``: the closed-form projection of :mod:`kface.lda`, fitted on the train identities, nothing
+  ``lda``: the closed-form projection of :mod:`kface.training.lda`, fitted on the train identities, nothing
   trained; ``lda+siamese``: the study's head trained on that projection; ``none``: the embedding as
   it is, for training the backbone's own layers);
 - the *distance* is one of :mod:`kface.distances` (smaller = more alike);
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distances import Distance, get_distance
-from .errors import InputError
+from ..distances import Distance, get_distance
+from ..errors import InputError
 
 
 # -- heads -------------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ class SiameseHead(nn.Module):
 
 
 class LdaHead(nn.Module):
-    """The closed-form head, fixed: ``(x - mean) @ projection``, D -> K (see :mod:`kface.lda`).
+    """The closed-form head, fixed: ``(x - mean) @ projection``, D -> K (see :mod:`kface.training.lda`).
 
     Buffers, not parameters: nothing here trains, and the fitted values travel in the state dict.
     """
@@ -66,7 +66,7 @@ class LdaHead(nn.Module):
         self.register_buffer("projection", torch.zeros(features, dims))
 
     def load_projection_(self, projection) -> None:
-        """Take the values of a fitted :class:`kface.lda.LdaProjection` of the same shape."""
+        """Take the values of a fitted :class:`kface.training.lda.LdaProjection` of the same shape."""
         if tuple(projection.matrix.shape) != tuple(self.projection.shape):
             raise ValueError(f"projection {projection.matrix.shape} does not fit head {tuple(self.projection.shape)}")
         with torch.no_grad():
@@ -217,7 +217,7 @@ class ContrastiveLoss(PairLoss):
 
 
 class MetricLoss(PairLoss):
-    """dlib's metric loss (:class:`~kface.metric_loss.MarginMetricLoss`, ``--loss metric``).
+    """dlib's metric loss (:class:`~kface.training.losses.MarginMetricLoss`, ``--loss metric``).
 
     It trains on P x K identity batches (``identity_batches``: see :meth:`batch_loss`); on pairs, as
     here, each pair's own margin term is the loss that val reports: same-person pairs beyond
@@ -231,14 +231,14 @@ class MetricLoss(PairLoss):
 
     def __init__(self, margin: float = 0.04):
         super().__init__()
-        from .metric_loss import DEFAULT_THRESHOLD, MarginMetricLoss
+        from .losses import DEFAULT_THRESHOLD, MarginMetricLoss
 
         self.batch = MarginMetricLoss(DEFAULT_THRESHOLD, margin)
         self.margin = float(margin)
 
     def batch_loss(self, distance: str | Distance = "euclidean"):
         """The loss over an identity batch's embeddings, measuring with ``distance``."""
-        from .metric_loss import MarginMetricLoss
+        from .losses import MarginMetricLoss
 
         return MarginMetricLoss(self.batch.threshold, self.margin, distance)
 
@@ -313,7 +313,7 @@ def backbone_suffix(cut: str, network: Optional[nn.Module] = None, backbone: str
     """
     if cut == "none":
         return None
-    from .backbones.trainable import build_suffix, empty_network
+    from ..backbones.trainable import build_suffix, empty_network
 
     return build_suffix(network if network is not None else empty_network(backbone), cut)
 

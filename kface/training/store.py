@@ -39,15 +39,15 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, get_spec
-from .backbones.trainable import VIEWS, check_cut
-from .cache import cache_dir
-from .embeddings import ChipEmbedder, Embedder
-from .errors import InputError
-from .faces import mirror
-from .images import content_hash, read_bytes
-from .outputs import write_json
-from .progress import progress_bar
+from ..backbones import DEFAULT_BACKBONE, get_spec
+from ..backbones.trainable import VIEWS, check_cut
+from ..cache import cache_dir
+from ..embeddings import ChipEmbedder, Embedder
+from ..errors import InputError
+from ..faces import mirror
+from ..images import content_hash, read_bytes
+from ..outputs import write_json
+from ..progress import progress_bar
 
 log = logging.getLogger("kface")
 
@@ -128,7 +128,7 @@ def feature_shape(backbone: str, cut: str) -> tuple[int, ...]:
         return (VIEWS, spec.input_size, spec.input_size, 3)
     import torch
 
-    from .backbones.trainable import empty_network
+    from ..backbones.trainable import empty_network
 
     with torch.no_grad():
         probe = empty_network(backbone).forward_prefix(torch.zeros(1, 3, spec.input_size, spec.input_size), cut)
@@ -141,8 +141,8 @@ class PrefixNetwork:
     def __init__(self, backbone: str, cut: str, device: str = "auto", weights: Optional[str] = None):
         import torch
 
-        from .backbones.trainable import inference_network, load_network
-        from .devices import resolve_device
+        from ..backbones.trainable import inference_network, load_network
+        from ..devices import resolve_device
 
         self.backbone, self.cut = backbone, cut
         self.device = torch.device(resolve_device(device))

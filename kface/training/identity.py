@@ -1,14 +1,14 @@
 """Metric learning on identity batches (``kface train --loss metric``): its images and its epoch.
 
 The pair file's val pairs still choose the epoch and the threshold; training itself draws P x K
-batches (:class:`~kface.samplers.IdentityBatchSampler`) from the images of the train split's
-identities and minimises :class:`~kface.metric_loss.MarginMetricLoss` over each batch. Which images:
+batches (:class:`~kface.training.samplers.IdentityBatchSampler`) from the images of the train split's
+identities and minimises :class:`~kface.training.losses.MarginMetricLoss` over each batch. Which images:
 
 - from a pair file: every image its train pairs use, labelled by their ``identity_a``/``identity_b``;
 - from ``--dataset/--root``: every image of each identity in the train split (:func:`write_dataset_pairs`
   samples the split and its pairs first).
 
-Features hold two views per image (the chip and its mirror image, see :mod:`kface.features`); a batch
+Features hold two views per image (the chip and its mirror image, see :mod:`kface.training.store`); a batch
 takes the view the sampler drew for each image, which is the mirror augmentation.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError
+from ..errors import InputError
 
 #: How many in-batch distances (about) an epoch keeps for calibrating P(same).
 CALIBRATION_SAMPLES = 20000
@@ -66,8 +66,8 @@ def write_dataset_pairs(kind: str, root: str, out: Path, *, ratio: str, pair_cou
                         group_by: Optional[str] = None, options: Optional[dict] = None, progress: bool = False):
     """Sample identity-disjoint (with ``group_by``, group-disjoint) train/val/test pairs from a dataset into ``out`` (a pair CSV and its
     manifest, as ``kface make-pairs`` writes them); return the pairs and the dataset index."""
-    from .datasets import load_dataset
-    from .pairs import PairRequest, parse_ratio, parse_split, read_pairs, sample_pairs, write_pairs
+    from ..datasets import load_dataset
+    from ..pairs import PairRequest, parse_ratio, parse_split, read_pairs, sample_pairs, write_pairs
 
     index = load_dataset(kind, root, progress=progress, **(options or {}))
     request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), None, seed, group_by=group_by)
@@ -101,7 +101,7 @@ class IdentityEpochOutput:
 def run_identity_epoch(embedding: nn.Module, table: torch.Tensor, rows: np.ndarray, batches: Sequence, criterion,
                        optimizer, *, scaler=None, amp: bool = False, reduce: Callable = lambda t: t,
                        seed: int = 0) -> IdentityEpochOutput:
-    """One optimiser step per batch of ``batches`` (:class:`~kface.samplers.Batch`).
+    """One optimiser step per batch of ``batches`` (:class:`~kface.training.samplers.Batch`).
 
     ``embedding`` maps features to embeddings (an :class:`Embedding`, or its DDP wrapper); ``table``
     holds the features, (images, views, ...); item ``i`` of a batch is image ``rows[i]`` in view

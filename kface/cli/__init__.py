@@ -14,8 +14,8 @@ from typing import Optional
 
 import click
 
-from . import __version__
-from .errors import KfaceError
+from .. import __version__
+from ..errors import KfaceError
 
 DETECTOR_CHOICES = ["dlib", "mtcnn", "auto", "none"]
 
@@ -99,7 +99,7 @@ def _set_cache_env(ctx: click.Context, param: click.Parameter, value):
     environment is restored when the command ends (it may run inside a longer process, e.g. a test)."""
     if not value:
         return value
-    from .cache import NO_CACHE_ENV
+    from ..cache import NO_CACHE_ENV
 
     name, setting = ("KFACE_CACHE_DIR", str(value)) if param.name == "cache_dir" else (NO_CACHE_ENV, "1")
     previous = os.environ.get(name)
@@ -175,9 +175,9 @@ def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, wei
     why) unless --strict; results are cached as they come, so an interrupted run resumes.
     """
     setup_logging(quiet)
-    from .api import embed as embed_images
-    from .engines import backbone_for_engine
-    from .outputs import write_npz
+    from ..api import embed as embed_images
+    from ..engines import backbone_for_engine
+    from ..outputs import write_npz
 
     result = embed_images(list(images), model=model, backbone=backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, tta=tta,
                           device=device, weights=weights, cache=not no_cache, max_pixels=max_pixels,
@@ -207,7 +207,7 @@ def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, wei
 
 def _model_label(model: Optional[str], backbone: str) -> str:
     """The model a command used: the one named, else the default one (or the backbone named instead)."""
-    from .models import default_model
+    from ..models import default_model
 
     return model or (default_model() if backbone == "dlib-resnet" else backbone)
 
@@ -240,12 +240,12 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
             raise click.UsageError("--pairs needs --out results.csv")
     elif len(images) != 2:
         raise click.UsageError(f"verify takes two images (A B), got {len(images)}")
-    from .api import load_verifier
+    from ..api import load_verifier
 
     verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=not no_cache,
                              progress=not quiet, max_pixels=max_pixels, engine=engine)
     if pairs_file:
-        from .scoring import score_pair_file
+        from ..evaluation.scoring import score_pair_file
 
         summary = score_pair_file(verifier, pairs_file, out, root=root)
         if as_json:
@@ -339,8 +339,8 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
     --pairs 2000 --images-per-identity 5
     """
     setup_logging(quiet)
-    from .datasets import load_dataset
-    from .pairs import (PairRequest, default_out_path, parse_ratio, parse_split, require_identities, sample_pairs,
+    from ..datasets import load_dataset
+    from ..pairs import (PairRequest, default_out_path, parse_ratio, parse_split, require_identities, sample_pairs,
                         write_pairs)
 
     require_identities(dataset)
@@ -401,7 +401,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
               help="Also train the backbone's final layer, last residual block, last stage, or (GPU only) every "
                    "layer (dlib-torch, facenet-*). The frozen part runs once per image and mirror image and is "
                    "cached. Changes the defaults of --head, --lr, --min-lr, --weight-decay, --epochs, "
-                   "--patience and --augment (see kface.train.UNFROZEN_DEFAULTS).")
+                   "--patience and --augment (see kface.training.run.UNFROZEN_DEFAULTS).")
 @click.option("--augment", type=click.Choice(["none", "mirror"]), default=None,
               help="mirror: train on the mirrored chip half of the time [default: mirror with --unfreeze, else none].")
 @click.option("--ids-per-batch", type=int, default=32, show_default=True, help="--loss metric: identities per batch (P).")
@@ -449,7 +449,7 @@ def train(ctx, resume, as_json, quiet, **options):
     """
     import os
 
-    from .train import TrainConfig, saved_config, train as run
+    from ..training.run import TrainConfig, saved_config, train as run
 
     main_process = os.environ.get("RANK", "0") == "0"
     setup_logging(quiet or not main_process)
@@ -506,8 +506,8 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
     setup_logging(quiet)
     from pathlib import Path
 
-    from .api import load_verifier
-    from .lfw import benchmark_lfw as run
+    from ..api import load_verifier
+    from ..evaluation.lfw import benchmark_lfw as run
 
     verifier = load_verifier(model, backbone, detector, None if model else 1.0, fallback, device,
                              cache=not no_cache, progress=not quiet, max_pixels=max_pixels, engine=engine)
@@ -560,7 +560,7 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
     setup_logging(quiet)
     from pathlib import Path
 
-    from .family_benchmark import run_benchmark
+    from ..evaluation.families import run_benchmark
 
     rows = run_benchmark(dataset, root, layout_options, group_by=group_by, groups_file=groups_file,
                          exclude_file=exclude_groups, folds=folds, pairs_per_class=pairs_per_class,
@@ -578,7 +578,7 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
 @handle_errors
 def models(as_json):
     """The face models that ship with kface: data, recipe, threshold, figures, size and sha256."""
-    from .models import default_model, describe, shipped_names
+    from ..models import default_model, describe, shipped_names
 
     cards = [describe(name) for name in shipped_names()]
     if as_json:
@@ -603,7 +603,7 @@ def models(as_json):
 def export(model, out, fp16, as_json):
     """Export a trained MODEL (runs/NAME/model.pt) to ONNX: aligned uint8 chips in, the vectors its
     distance is measured on out (tuned layers, flip averaging and head inside), run by onnxruntime."""
-    from .engines import export_checkpoint
+    from ..engines import export_checkpoint
 
     info = export_checkpoint(model, out, fp16=fp16)
     if as_json:
@@ -664,9 +664,9 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, group
     The shipped Korean heads: python -m kface.models.build_attributes build --root ../shared/data/korean_family
     """
     setup_logging(quiet)
-    from .attributes import AttributeConfig, parse_age_bins, train_attributes as run
-    from .datasets import dataset_options as checked_dataset_options
-    from .pairs import parse_split
+    from ..attributes.model import AttributeConfig, parse_age_bins, train_attributes as run
+    from ..datasets import dataset_options as checked_dataset_options
+    from ..pairs import parse_split
 
     config = AttributeConfig(dataset=dataset, root=root, out=out,
                              dataset_options=checked_dataset_options(dataset, **layout_options), task=task,
@@ -715,7 +715,7 @@ def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_
     Exit 2 for bad input or a missing model file.
     """
     setup_logging(quiet)
-    from .attributes import load_analyzer
+    from ..attributes.model import load_analyzer
 
     analyzer = load_analyzer(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
                              max_pixels=max_pixels)
@@ -799,13 +799,13 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
     Example: kface overlap-report --pairs pairs/lfw-4to6.csv --out reports/lfw-base
     """
     setup_logging(quiet)
-    from .errors import InputError
+    from ..errors import InputError
 
     if save_threshold and not model:
         raise InputError("--save-threshold writes into a trained model: give --model runs/NAME/model.pt")
     if save_threshold and threshold is not None:
         raise InputError("--save-threshold saves a threshold chosen on val; it cannot be combined with --threshold")
-    from .report import overlap_report as run, report_verifier, save_report_threshold
+    from ..evaluation.report import overlap_report as run, report_verifier, save_report_threshold
 
     verifier = report_verifier(model, backbone=backbone, detector=detector, fallback=fallback, device=device,
                                weights=weights, cache=not no_cache, progress=not quiet, max_pixels=max_pixels)
@@ -881,10 +881,10 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
     --distance euclidean,cosine
     """
     setup_logging(quiet)
-    from .datasets import dataset_options as checked_dataset_options
-    from .metrics import parse_rule, parse_samples
-    from .pairs import parse_split
-    from .sweep import SweepConfig, parse_distances, parse_heads, parse_images_per_identity, parse_ratios, run_sweep
+    from ..datasets import dataset_options as checked_dataset_options
+    from ..metrics import parse_rule, parse_samples
+    from ..pairs import parse_split
+    from ..evaluation.sweep import SweepConfig, parse_distances, parse_heads, parse_images_per_identity, parse_ratios, run_sweep
 
     train_options = {"epochs": epochs, "backbone": backbone, "unfreeze": unfreeze, "loss": loss,
                      "batch_size": batch_size, "lr": lr, "min_lr": min_lr, "detector": detector, "fallback": fallback,
@@ -946,7 +946,7 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
     http://127.0.0.1:8000/
     """
     setup_logging(quiet)
-    from .serve import run_server
+    from ..serve.app import run_server
 
     run_server(model, attributes_model, host=host, port=port, backbone=backbone, detector=detector, fallback=fallback,
                threshold=threshold, device=device, max_pixels=max_pixels, max_request_mb=max_upload_mb,
@@ -954,14 +954,14 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
                max_in_flight=max_in_flight, body_timeout_s=body_timeout, gallery=gallery)
 
 
-from .cli_gallery import register as _register_gallery_commands  # noqa: E402  (enroll, search, gallery, cluster)
+from .gallery import register as _register_gallery_commands  # noqa: E402  (enroll, search, gallery, cluster)
 
 _register_gallery_commands(cli, benchmark)
 
 
 def main() -> None:
     """Console-script entry point: every failure, kface's or not, ends as one ``error:`` line."""
-    from .cli_errors import run
+    from .errors import run
 
     run(cli, prog_name="kface")
 

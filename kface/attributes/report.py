@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .outputs import atomic_path, write_json, write_text
+from ..outputs import atomic_path, write_json, write_text
 
 SPLIT_NAMES = ("train", "val", "test")
 

@@ -7,7 +7,7 @@ cosine schedule from 0.01 to 0.001, 200 epochs). The steps, in order:
 
 1. :class:`TrainConfig`: every setting, typed, with the study's defaults, checked when made.
 2. :func:`load_training_data`: the pair file's train and val pairs and the frozen features of their
-   images from the :mod:`feature store <kface.features>` (computed once per image, ever); pairs
+   images from the :mod:`feature store <kface.training.store>` (computed once per image, ever); pairs
    whose image failed are dropped and counted.
 3. :func:`fit`: epoch 0 measures the untrained head, and the base backbone alone as a baseline
    (``baseline`` in ``history.json``; a warning when the saved model does not beat it on val); each
@@ -24,7 +24,7 @@ cosine schedule from 0.01 to 0.001, 200 epochs). The steps, in order:
 ``--unfreeze`` trains the backbone's last layers too (:mod:`kface.backbones.trainable`): the store
 then holds the frozen prefix's output for each image and its mirror image, and the defaults change
 (:data:`UNFROZEN_DEFAULTS`; ``--patience`` stops early). ``--loss metric`` trains on P x K identity
-batches of the train identities' images instead of pairs (:mod:`kface.identity_training`); val pairs
+batches of the train identities' images instead of pairs (:mod:`kface.training.identity`); val pairs
 still choose the epoch and the threshold. ``--dataset/--root`` samples the pair file first.
 
 Everything is seeded and resumable: epoch ``e`` shuffles (or draws its identity batches and mirror
@@ -52,18 +52,18 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 import torch
 
-from .backbones import DEFAULT_BACKBONE, get_spec
-from .backbones.trainable import VIEWS, check_cut_device
+from ..backbones import DEFAULT_BACKBONE, get_spec
+from ..backbones.trainable import VIEWS, check_cut_device
 from .checkpoints import (STATE_FORMAT, file_sha256, load_checkpoint, load_state, model_checkpoint, plain,
                           save_checkpoint, versions)
-from .distances import get_distance
-from .errors import InputError, KfaceError
-from .faces import DETECTORS, FALLBACKS
-from .features import FeatureSpec, FeatureStore
-from .metrics import (DEFAULT_SAMPLES, accuracy_at, bce_loss, choose_threshold, overlap_area, parse_rule,
+from ..distances import get_distance
+from ..errors import InputError, KfaceError
+from ..faces import DETECTORS, FALLBACKS
+from .store import FeatureSpec, FeatureStore
+from ..metrics import (DEFAULT_SAMPLES, accuracy_at, bce_loss, choose_threshold, overlap_area, parse_rule,
                       sample_per_class)
 from .samplers import IdentityBatchSampler
-from .siamese import PairModel, build_pair_model, get_head, get_loss, lda_head_of, loss_class, trainable_parameters
+from .heads import PairModel, build_pair_model, get_head, get_loss, lda_head_of, loss_class, trainable_parameters
 
 log = logging.getLogger("kface")
 
@@ -183,8 +183,8 @@ class TrainConfig:
         if (self.pairs is None) == (self.dataset is None):
             raise InputError("training needs either --pairs FILE or --dataset KIND --root DIR (not both)")
         if self.dataset is not None:
-            from .datasets import get_adapter
-            from .pairs import parse_ratio, parse_split, require_identities
+            from ..datasets import get_adapter
+            from ..pairs import parse_ratio, parse_split, require_identities
 
             get_adapter(self.dataset)
             require_identities(self.dataset)
@@ -299,19 +299,19 @@ class TrainingData:
 
 def load_training_data(config: TrainConfig, *, progress: bool = False, resume: bool = False) -> TrainingData:
     """The train and val pairs of the pair file with the stored frozen features of their images, and for
-    identity batches the images of the train identities (see :mod:`kface.identity_training`).
+    identity batches the images of the train identities (see :mod:`kface.training.identity`).
 
     With ``--dataset`` the pairs are sampled first, into ``<out>/pairs.csv`` (``resume``: the run's own
     pairs.csv is read, never sampled again: it is what ``last.pt`` was trained on). Pairs with an image that
     could not be read or had no face are dropped, counted per split and reported (``note:`` lines);
     too few usable pairs is an :class:`InputError`.
     """
-    from .identity_training import train_identity_images, write_dataset_pairs
-    from .pairs import read_pairs
+    from .identity import train_identity_images, write_dataset_pairs
+    from ..pairs import read_pairs
 
     pair_file, index = config.pair_file(), None
     if config.dataset is not None and resume:
-        from .datasets import load_dataset
+        from ..datasets import load_dataset
 
         options = {"manifest": config.manifest} if config.manifest else {}
         index = load_dataset(config.dataset, config.root, progress=progress, **options)
@@ -382,7 +382,7 @@ def _feature_store_folder() -> Optional[Path]:
     import shutil
     import tempfile
 
-    from .cache import NO_CACHE_ENV, cache_dir
+    from ..cache import NO_CACHE_ENV, cache_dir
 
     if os.environ.get(NO_CACHE_ENV) != "1":
         store = cache_dir() / "features"
@@ -429,14 +429,14 @@ class Processes:
     @classmethod
     def single(cls, device: str) -> "Processes":
         """This process alone, on ``device`` (auto, cpu or cuda)."""
-        from .devices import resolve_device
+        from ..devices import resolve_device
 
         return cls(torch.device(resolve_device(device)))
 
     @classmethod
     def from_env(cls, device: str) -> "Processes":
         """One process, or DDP when launched by torchrun (``WORLD_SIZE`` > 1): gloo on CPU, nccl on GPU."""
-        from .devices import resolve_device
+        from ..devices import resolve_device
 
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
@@ -722,7 +722,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
 
 def _make_durable(path: Path) -> None:
     """fsync a file written without it (and its folder), once, at the end of a run."""
-    from .outputs import fsync_file, fsync_folder
+    from ..outputs import fsync_file, fsync_folder
 
     if path.is_file():
         fsync_file(path)
@@ -731,7 +731,7 @@ def _make_durable(path: Path) -> None:
 
 def _remove_stale_temps(out: Path) -> None:
     """Temp files a killed run left beside its outputs (never under a final name) are deleted."""
-    from .outputs import remove_stale_temps
+    from ..outputs import remove_stale_temps
 
     for name in (LAST, MODEL, HISTORY, DATASET_PAIRS, Path(DATASET_PAIRS).with_suffix(".json").name):
         for stale in remove_stale_temps(out / name):
@@ -758,7 +758,7 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
     ``on_epoch_end(record)`` is called after each epoch's files are written. ``processes`` (from
     :meth:`Processes.from_env`) makes it one process of a DDP job; by default it runs alone.
     """
-    from .progress import progress_bar
+    from ..progress import progress_bar
 
     processes = processes or Processes.single(config.device)
     with _threads_for(data.features), _single_threaded_blas():
@@ -795,7 +795,7 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
 
 
 def fit_projection(config: TrainConfig, data: TrainingData, val_sample: np.ndarray):
-    """A closed-form head's projection (:mod:`kface.lda`): fitted on the train identities' embeddings,
+    """A closed-form head's projection (:mod:`kface.training.lda`): fitted on the train identities' embeddings,
     truncated to the number of dimensions that the val pairs (``val_sample`` for the threshold and
     overlap) choose by ``--select``; what was fitted and chosen is added to ``data.summary["lda"]``."""
     from .lda import choose_dimensions, fit_lda
@@ -940,7 +940,7 @@ class TrainingRun:
     def _identity_epoch(self, epoch: int):
         """One epoch of P x K identity batches (this process's share); then P(same) is calibrated on the
         distances of the epoch's batches (so it follows the embedding as it moves)."""
-        from .identity_training import run_identity_epoch
+        from .identity import run_identity_epoch
 
         share = self.sampler.epoch_batches(epoch, self.processes.rank, self.processes.world_size)
         output = run_identity_epoch(self._trained_embedding(), self.features, self.data.identity_rows, share,
@@ -953,7 +953,7 @@ class TrainingRun:
     def _trained_embedding(self) -> torch.nn.Module:
         """The embedding the optimiser steps through on identity batches: alone, or wrapped in DDP."""
         if self._trained is None:
-            from .identity_training import Embedding
+            from .identity import Embedding
 
             self._trained = Embedding(self.model)
             if self.processes.world_size > 1:
@@ -1054,7 +1054,7 @@ def _pretrained_network(config: TrainConfig):
     """The unfolded network whose suffix trains (None when nothing of the backbone trains)."""
     if config.unfreeze == "none":
         return None
-    from .backbones.trainable import load_network
+    from ..backbones.trainable import load_network
 
     return load_network(config.backbone, config.weights)
 
@@ -1109,7 +1109,7 @@ def _write_history(out: Path, config: TrainConfig, history: list, best: Optional
                    timing: Optional[dict], baseline: Optional[dict] = None, durable: bool = False) -> None:
     import json
 
-    from .outputs import atomic_path
+    from ..outputs import atomic_path
 
     payload = {"config": config.to_dict(), "seed": config.seed, "select": config.select, "best": best,
                "baseline": baseline, "epochs": history, "data": summary}

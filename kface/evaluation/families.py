@@ -26,8 +26,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import InputError
-from .outputs import write_text
+from ..errors import InputError
+from ..outputs import write_text
 
 PAIR_KINDS = ("cross-age", "same-age-hard")
 FAR_LEVEL = 1e-2  # 400 different pairs a fold measure down to about this
@@ -64,7 +64,7 @@ class ProtocolPairs:
 
 def family_folds(index, protocol: FamilyProtocol) -> np.ndarray:
     """The fold of every image of ``index``: whole families dealt round-robin after a seeded shuffle."""
-    from .pairs import identity_groups
+    from ..pairs import identity_groups
 
     per_identity = identity_groups(index, np.arange(len(index.identity_names)), protocol.group_by)
     groups = np.unique(per_identity)
@@ -128,8 +128,8 @@ def score_recipe(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPa
                  log: Callable[[str], None] = lambda text: None) -> dict:
     """Train ``recipe`` once per fold on the other folds' families; score each fold with its own model at
     the threshold its val split chose."""
-    from .api import load_verifier
-    from .train import TrainConfig, train
+    from ..api import load_verifier
+    from ..training.run import TrainConfig, train
 
     distances = np.full(len(pairs.labels), np.nan)
     thresholds = []
@@ -187,7 +187,7 @@ def _pair_distances(verifier, index, pairs: ProtocolPairs, rows: np.ndarray) -> 
 
 def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, protocol: FamilyProtocol, *,
              own_threshold, threshold_source: str, recipe: Optional[dict] = None) -> dict:
-    from .metrics import accuracy_at, kfold_protocol, separation
+    from ..metrics import accuracy_at, kfold_protocol, separation
 
     row: dict = {"name": name, "kind": kind, "threshold_source": threshold_source, "pair_kinds": {}}
     if recipe is not None:
@@ -268,7 +268,7 @@ def distinct_images(index, rows: np.ndarray, group_by: str) -> tuple:
     kept once; images whose bytes are also outside ``rows`` (e.g. in a model's training families) are
     left out. Returns the new index and what was done, counted.
     """
-    from .hashing import file_sha256
+    from ..hashing import file_sha256
 
     digests = [file_sha256(index.absolute_path(row)) for row in range(len(index))]
     chosen = set(rows.tolist())
@@ -294,7 +294,7 @@ def distinct_images(index, rows: np.ndarray, group_by: str) -> tuple:
         records.append(replace(record, identity=names[identity[row]], attributes=attributes))
     merged_identities = len({int(index.identity_codes[row]) for row in kept}) - len(set(identity.values()))
     counts = {"also_outside": len(rows) - len(kept), "repeated": repeated, "identities_merged": merged_identities}
-    from .datasets import DatasetIndex
+    from ..datasets import DatasetIndex
 
     return DatasetIndex.from_records(index.kind, index.root, records, index.problems, index.options,
                                      index.conditions), counts
@@ -348,7 +348,7 @@ def _merged_groups(rows: list[int], identity: dict[int, int], groups: list) -> d
 
 def subset_index(index, rows: np.ndarray):
     """A new index of ``rows`` of ``index``."""
-    from .datasets import DatasetIndex
+    from ..datasets import DatasetIndex
 
     return DatasetIndex.from_records(index.kind, index.root, (index.record(int(i)) for i in rows),
                                      index.problems, index.options, index.conditions)
@@ -388,8 +388,8 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
 
     With ``distinct`` (the default) copied images are left out first (:func:`distinct_images`), so no
     fold, and no held-out group, shares an image with another."""
-    from .api import load_verifier
-    from .datasets import load_dataset
+    from ..api import load_verifier
+    from ..datasets import load_dataset
 
     if not models and not recipes:
         raise InputError("give at least one --model or --recipe to score")

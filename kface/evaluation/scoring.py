@@ -8,8 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from .outputs import write_text
-from .pairs import read_pairs
+from ..outputs import write_text
+from ..pairs import read_pairs
 
 RESULT_HEADER = ["split", "path_a", "path_b", "label", "distance", "same", "threshold", "found_a", "found_b",
                  "error"]

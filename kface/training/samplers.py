@@ -2,7 +2,7 @@
 
 :class:`IdentityBatchSampler` draws P x K batches: ``ids_per_batch`` identities, ``images_per_id``
 images of each, so every batch holds same-person pairs (P * K * (K - 1) / 2 of them) and many
-different-person pairs for the loss to mine (see :mod:`kface.metric_loss`). Identities are walked in
+different-person pairs for the loss to mine (see :mod:`kface.training.losses`). Identities are walked in
 a shuffled order, so over an epoch each is drawn about equally often, however many images it has.
 
 :class:`BatchSampler` is the template. :meth:`BatchSampler.epoch_batches` makes the epoch's generator
@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Optional
 from fastapi import Request  # module level: FastAPI reads the handlers' annotations from these globals
 from fastapi.responses import JSONResponse
 
-from .images import content_hash
+from ..images import content_hash
 
 SEARCH_FIELDS = ("image",)
 ENROLL_FIELDS = ("image", "identity")
@@ -22,11 +22,11 @@ MAX_TOP = 50
 
 
 class GalleryService:
-    """The gallery a server searches and enrolls into, beside its :class:`~kface.serve.FaceService`."""
+    """The gallery a server searches and enrolls into, beside its :class:`~kface.serve.app.FaceService`."""
 
     def __init__(self, service, path: str):
-        from .galleries import Gallery
-        from .galleries.gallery import model_identity
+        from ..galleries import Gallery
+        from ..galleries.gallery import model_identity
 
         self.service = service
         served = service.pool.first.verifier
@@ -35,7 +35,7 @@ class GalleryService:
         self.lock = threading.Lock()
 
     def _embed(self, upload):
-        from .serve import _check_pixels, _named_errors
+        from .app import _check_pixels, _named_errors
 
         _check_pixels(upload, self.service.limits.max_pixels)
         with self.service.pool.checkout() as pipeline:
@@ -47,7 +47,7 @@ class GalleryService:
         return vectors, result, face
 
     def search(self, upload, top: int = 5) -> dict:
-        from .serve import ApiError
+        from .app import ApiError
 
         if not 1 <= top <= MAX_TOP:
             raise ApiError(422, f"top must be between 1 and {MAX_TOP}, got {top}")
@@ -58,8 +58,8 @@ class GalleryService:
         return answer.to_dict()
 
     def enroll(self, upload, identity_field) -> dict:
-        from .galleries.store import NewImage
-        from .serve import ApiError
+        from ..galleries.store import NewImage
+        from .app import ApiError
 
         try:
             identity = identity_field.data.decode("utf-8").strip()
@@ -89,7 +89,7 @@ class GalleryService:
 
 def add_gallery_routes(app, service, gallery_path: Optional[str], in_worker) -> Optional[GalleryService]:
     """Mount ``/search`` and ``/enroll`` on ``app`` when the server has a gallery (else they answer 501)."""
-    from .serve import ERRORS, ApiError, ErrorAnswer, _multipart_body, read_uploads
+    from .app import ERRORS, ApiError, ErrorAnswer, _multipart_body, read_uploads
 
     galleries = GalleryService(service, gallery_path) if gallery_path else None
     missing = {501: {"model": ErrorAnswer, "description": "The server has no gallery (start it with --gallery)."}}
@@ -126,6 +126,6 @@ def add_gallery_routes(app, service, gallery_path: Optional[str], in_worker) -> 
 def check_gallery(path: Optional[str]) -> None:
     """Fail before any model loads when ``--gallery`` is not a gallery file."""
     if path:
-        from .galleries.store import GalleryStore
+        from ..galleries.store import GalleryStore
 
         GalleryStore.open(path).close()

@@ -1,6 +1,6 @@
 """The torch side of the attribute heads: the network, its training loop and the ``.pt`` checkpoint.
 
-Kept apart from :mod:`kface.attributes` so that analysing a face with the shipped (ONNX) heads never
+Kept apart from :mod:`kface.attributes.model` so that analysing a face with the shipped (ONNX) heads never
 imports torch; training, and a user's own ``--model runs/NAME/model.pt``, do.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .attributes import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeAnswers,
+from .. import __version__
+from .model import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeAnswers,
                          AttributeConfig, average_views, class_weights)
-from .errors import InputError
+from ..errors import InputError
 
 
 class AttributeHeads(nn.Module):
@@ -84,8 +84,8 @@ def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.
     ``mirrored`` (``config.tta == "flip"``): the embeddings of the mirror-image faces, row for row; each
     training example is then one of the two views, drawn at random, and val averages their probabilities.
     """
-    from .devices import resolve_device
-    from .progress import progress_bar
+    from ..devices import resolve_device
+    from ..progress import progress_bar
 
     device = resolve_device(config.device)
     train = split == 0
@@ -232,7 +232,7 @@ class AttributeModel(AttributeAnswers):
 
 def save_attribute_model(path: os.PathLike, heads: AttributeHeads, meta: dict) -> None:
     """Write the checkpoint atomically (temp file beside it, then rename)."""
-    from .outputs import atomic_path
+    from ..outputs import atomic_path
 
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **meta,
                "state_dict": {name: tensor.detach().cpu() for name, tensor in heads.state_dict().items()}}
@@ -241,7 +241,7 @@ def save_attribute_model(path: os.PathLike, heads: AttributeHeads, meta: dict) -
 
 
 def load_attribute_model(path: os.PathLike) -> AttributeModel:
-    """Load a checkpoint written by :func:`~kface.attributes.train_attributes` (``weights_only=True``)."""
+    """Load a checkpoint written by :func:`~kface.attributes.model.train_attributes` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")

@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import click
 
-from .errors import INPUT_ERROR, RUNTIME_ERROR, KfaceError
+from ..errors import INPUT_ERROR, RUNTIME_ERROR, KfaceError
 
 DEBUG_ENV = "KFACE_DEBUG"
 # click >= 8.2 raises this for a group called without a command; older versions print the help themselves.

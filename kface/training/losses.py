@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distances import Distance, get_distance
-from .errors import InputError
+from ..distances import Distance, get_distance
+from ..errors import InputError
 
 #: dlib's defaults: its face descriptor calls two faces the same person below 0.6.
 DEFAULT_THRESHOLD = 0.6

@@ -3,7 +3,7 @@
 The heads share the verification pipeline up to the embedding: the same image loading, detection,
 alignment and backbone, through :class:`~kface.embeddings.Embedder`, whose content-keyed cache is the
 feature store (an image embedded once by any command is never embedded again). Only the heads are new:
-small MLPs on the standardised embedding (:class:`~kface.attribute_heads.AttributeHeads`), one per task
+small MLPs on the standardised embedding (:class:`~kface.attributes.heads.AttributeHeads`), one per task
 or one shared hidden layer with an output per task.
 
 - **Age** is classified into groups (default bins 0-9, 10-19, ..., 60+; ``AgeBins``), by cross-entropy
@@ -35,10 +35,10 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE
-from .embeddings import Embedder
-from .errors import InputError
-from .images import ImageSource, decode_image, read_bytes
+from ..backbones import DEFAULT_BACKBONE
+from ..embeddings import Embedder
+from ..errors import InputError
+from ..images import ImageSource, decode_image, read_bytes
 
 log = logging.getLogger("kface")
 
@@ -313,7 +313,7 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
     if kept.size == 0:
         raise InputError(f"no image under {config.root} could be embedded (e.g. {next(iter(result.errors.values()))})")
     if config.group_by:
-        from .pairs import identity_groups
+        from ..pairs import identity_groups
 
         groups = identity_groups(index, index.identity_codes[kept], config.group_by)
     else:
@@ -421,11 +421,11 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     Writes ``<out>/model.pt`` (best epoch on val), ``<out>/history.json``, ``<out>/split.csv`` and the
     report folder (``metrics.json``, ``confusion.png``, ``report.md``).
     """
-    from .attribute_heads import AttributeModel, fit_heads, save_attribute_model, versions
-    from .attributes_report import write_attribute_report, write_split_csv
-    from .backbones import get_spec
-    from .datasets import load_dataset
-    from .outputs import write_json
+    from .heads import AttributeModel, fit_heads, save_attribute_model, versions
+    from .report import write_attribute_report, write_split_csv
+    from ..backbones import get_spec
+    from ..datasets import load_dataset
+    from ..outputs import write_json
 
     config.check()
     bins = AgeBins(tuple(config.age_bins))
@@ -502,7 +502,7 @@ def evaluate_splits(model: "AttributeAnswers", features: Features, split: np.nda
 
 def _run_summary(config: AttributeConfig, index, features: Features, split: np.ndarray, tasks: Sequence[str],
                  best_epoch: int, started: float) -> dict:
-    from .attribute_heads import versions
+    from .heads import versions
 
     counts = {}
     for part, name in enumerate(SPLITS):
@@ -630,12 +630,12 @@ class Analyzer:
         return {**common, "n_faces": sum(face.found for face in faces), "faces": listed}
 
     def _mirrored(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        from .faces import mirror
+        from ..faces import mirror
 
         return self.embedder.backbone.embed_chips(mirror(np.stack(chips)))
 
     def _all_faces(self, source: ImageSource, name: str):
-        from .errors import NoFaceError
+        from ..errors import NoFaceError
 
         kwargs = {"max_pixels": self.embedder.max_pixels} if self.embedder.max_pixels else {}
         image = decode_image(read_bytes(source), name, **kwargs)
@@ -656,12 +656,12 @@ def load_analyzer(model: Optional[str] = None, detector: Optional[str] = None, f
     Korean heads (ONNX, no torch). The detector is the caller's or, when None, the model's own (the one
     it was trained with)."""
     if model is None:
-        from .models.attributes import SHIPPED_NAME, load_shipped_attributes
+        from ..models.attributes import SHIPPED_NAME, load_shipped_attributes
 
         attribute_model = load_shipped_attributes(device)
         label = SHIPPED_NAME
     else:
-        from .attribute_heads import load_attribute_model
+        from .heads import load_attribute_model
 
         attribute_model = load_attribute_model(model)
         label = str(model)
@@ -672,10 +672,10 @@ def load_analyzer(model: Optional[str] = None, detector: Optional[str] = None, f
 
 
 def __getattr__(name: str):
-    # The torch side lives in kface.attribute_heads (imported only when asked for): the shipped heads run
+    # The torch side lives in kface.attributes.heads (imported only when asked for): the shipped heads run
     # without torch. These names stay reachable here for callers of the one-module API.
     if name in ("AttributeHeads", "AttributeModel", "fit_heads", "load_attribute_model", "save_attribute_model"):
-        from . import attribute_heads
+        from . import heads as attribute_heads
 
         return getattr(attribute_heads, name)
-    raise AttributeError(f"module 'kface.attributes' has no attribute {name!r}")
+    raise AttributeError(f"module 'kface.attributes.model' has no attribute {name!r}")

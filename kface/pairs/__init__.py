@@ -33,9 +33,9 @@ from typing import Optional, Union
 
 import numpy as np
 
-from .datasets import ADAPTERS, DatasetIndex, age_group
-from .errors import InputError
-from .outputs import atomic_path
+from ..datasets import ADAPTERS, DatasetIndex, age_group
+from ..errors import InputError
+from ..outputs import atomic_path
 
 SPLITS = ("train", "val", "test")
 HEADER = ("split", "path_a", "path_b", "label", "identity_a", "identity_b")
@@ -805,7 +805,7 @@ def _first_distinct(keys: np.ndarray, limit: int) -> np.ndarray:
 
 def _manifest(index: DatasetIndex, request: PairRequest, pool: _Pool, plans: list[_SplitPlan],
               excluded: dict) -> dict:
-    from . import __version__
+    from .. import __version__
 
     return {
         "format": FORMAT,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from .cli import DETECTOR_CHOICES, common_options, device_option, handle_errors, print_json, setup_logging
-from .errors import InputError, KfaceError
+from . import DETECTOR_CHOICES, common_options, device_option, handle_errors, print_json, setup_logging
+from ..errors import InputError, KfaceError
 
 DATASET_KINDS = ["folder", "csv", "kface", "aging"]
 
@@ -40,7 +40,7 @@ def dataset_source_options(function):
 
 
 def _open(gallery_path, model=None, create=False, **options):
-    from .galleries import Gallery
+    from ..galleries import Gallery
 
     return Gallery.open(gallery_path, model, create=create, **options)
 
@@ -251,10 +251,10 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
     clusters and the grouping is scored (BCubed precision, recall, F1).
     """
     setup_logging(quiet)
-    from .api import load_verifier
-    from .galleries.clustering import CLUSTER_THRESHOLDS, bcubed
-    from .galleries.clustering import cluster as group_faces
-    from .galleries.gallery import model_identity
+    from ..api import load_verifier
+    from ..galleries.clustering import CLUSTER_THRESHOLDS, bcubed
+    from ..galleries.clustering import cluster as group_faces
+    from ..galleries.gallery import model_identity
 
     paths, truth = _cluster_inputs(inputs, dataset, root, manifest)
     verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
@@ -284,14 +284,14 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
 
 def _cluster_inputs(inputs, dataset, root, manifest):
     """Image paths to cluster, and their true identities for a dataset (else None)."""
-    from .datasets.common import IMAGE_EXTENSIONS
+    from ..datasets.common import IMAGE_EXTENSIONS
 
     if dataset:
         if inputs:
             raise click.UsageError("give either DIR/IMAGE... or --dataset, not both")
         if not root:
             raise click.UsageError("--dataset needs --root DIR")
-        from .datasets import load_dataset
+        from ..datasets import load_dataset
 
         index = load_dataset(dataset, root, **({"manifest": manifest} if manifest else {}))
         return ([str(index.absolute_path(i)) for i in range(len(index))],
@@ -312,7 +312,7 @@ def _cluster_inputs(inputs, dataset, root, manifest):
 def _write_clusters(out, paths, labels, truth) -> None:
     import csv
 
-    from .outputs import atomic_path
+    from ..outputs import atomic_path
 
     with atomic_path(out, suffix=".csv") as temp:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
@@ -362,8 +362,8 @@ def benchmark_identification(dataset, root, manifest, groups_file, group_by, kee
     kface/models/korean-heldout-families.txt --out reports/identification-korean
     """
     setup_logging(quiet)
-    from .galleries.protocol import IdentificationProtocol, run_identification
-    from .models import STOCK_MODEL, default_model
+    from ..galleries.protocol import IdentificationProtocol, run_identification
+    from ..models import STOCK_MODEL, default_model
 
     protocol = IdentificationProtocol(gallery_age, age_column, unenrolled_share, probes_per_person, identities, fpir,
                                       seed, unenrolled_by)

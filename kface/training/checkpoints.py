@@ -3,11 +3,11 @@
 A model checkpoint (``runs/NAME/model.pt``) holds:
 
 - ``backbone``, ``weights`` (path and sha256, for backbones that take a weights file), ``features``
-  (the :class:`~kface.features.FeatureSpec`: cut point, test-time augmentation, face settings, and the
+  (the :class:`~kface.training.store.FeatureSpec`: cut point, test-time augmentation, face settings, and the
   feature shape);
 - ``head``: its kind, the cut point, the embedding size, the loss it was trained with, ``dims`` (the
   output size of a closed-form head's LDA projection, else None) and the state dict of the whole
-  :class:`~kface.siamese.PairModel` (trainable backbone layers, head with any fitted projection,
+  :class:`~kface.training.heads.PairModel` (trainable backbone layers, head with any fitted projection,
   probability mapping);
 - ``distance``; ``threshold`` ``{value, rule, split, note}`` (chosen on the val split unless
   rewritten by :func:`save_threshold`); ``metrics`` (val, at the saved epoch) and ``epoch``;
@@ -29,10 +29,10 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from . import __version__
-from .errors import InputError
-from .hashing import file_sha256  # noqa: F401  (re-exported: callers record files by it)
-from .outputs import atomic_path
+from .. import __version__
+from ..errors import InputError
+from ..hashing import file_sha256  # noqa: F401  (re-exported: callers record files by it)
+from ..outputs import atomic_path
 
 FORMAT = "kface-model"
 FORMAT_VERSION = 1
@@ -180,7 +180,7 @@ def threshold_record(threshold) -> dict:
 def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_size: int, threshold, metrics: dict,
                      epoch: int, data: dict, val_distances: Optional[np.ndarray] = None,
                      val_labels: Optional[np.ndarray] = None) -> dict:
-    """The model checkpoint of a :class:`~kface.siamese.PairModel` trained with ``config`` (a TrainConfig)
+    """The model checkpoint of a :class:`~kface.training.heads.PairModel` trained with ``config`` (a TrainConfig)
     on features of ``feature_shape`` whose embeddings (the head's input) have ``embedding_size`` values.
 
     ``val_distances`` and ``val_labels``: the model's distance and the label of every val pair at
@@ -234,15 +234,15 @@ def stored_val_distances(checkpoint: dict) -> Optional[tuple[np.ndarray, np.ndar
 
 
 def _projection_dims(model: torch.nn.Module) -> Optional[int]:
-    from .siamese import lda_head_of
+    from .heads import lda_head_of
 
     projection = lda_head_of(model.head)
     return None if projection is None else int(projection.projection.shape[1])
 
 
 def pair_model_from_checkpoint(checkpoint: dict):
-    """The :class:`~kface.siamese.PairModel` of a loaded checkpoint, in eval mode on the CPU."""
-    from .siamese import build_pair_model
+    """The :class:`~kface.training.heads.PairModel` of a loaded checkpoint, in eval mode on the CPU."""
+    from .heads import build_pair_model
 
     head = checkpoint["head"]
     model = build_pair_model(head["kind"], head["embedding_size"], checkpoint["distance"], head["cut"], head["loss"],
@@ -274,7 +274,7 @@ def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dl
     through ONNX Runtime, exported on first use and cached by the checkpoint's sha256
     (:mod:`kface.engines.cached`), so later calls import no torch; ``torch`` runs the PairModel.
     """
-    from .engines import ENGINES
+    from ..engines import ENGINES
 
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
@@ -299,10 +299,10 @@ def _threshold_and_source(model, saved: dict, threshold: Optional[float]) -> tup
 
 
 def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
-    from .api import Verifier
-    from .embeddings import Embedder
-    from .engines.cached import checkpoint_network
-    from .engines.embedder import NetworkEmbedder
+    from ..api import Verifier
+    from ..embeddings import Embedder
+    from ..engines.cached import checkpoint_network
+    from ..engines.embedder import NetworkEmbedder
 
     network, card = checkpoint_network(model, device)
     features = card["features"]
@@ -325,9 +325,9 @@ def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress
 def _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
     import torch
 
-    from .api import Verifier
-    from .embeddings import Embedder
-    from .features import PrefixEmbedder
+    from ..api import Verifier
+    from ..embeddings import Embedder
+    from .store import PrefixEmbedder
 
     checkpoint = load_checkpoint(model)
     features = checkpoint["features"]

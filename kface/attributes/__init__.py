@@ -1,0 +1,1 @@
+"""Age group and gender: labels, heads, training, the analyzer and its report."""

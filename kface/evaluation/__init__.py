@@ -1,0 +1,1 @@
+"""Evaluation: overlap reports, sweeps, pair scoring and the LFW and Korean-family protocols."""

@@ -1,0 +1,1 @@
+"""Training: the feature store, heads, losses, samplers, the training run and its checkpoints."""
