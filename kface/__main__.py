@@ -1,3 +1,4 @@
+"""`python -m kface`: the same commands as `kface`."""
 from .cli import main
 
 main()
