@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from . import DETECTOR_CHOICES, common_options, device_option, handle_errors, print_json, setup_logging
+from .options import DETECTOR_CHOICES, common_options, device_option, handle_errors, print_json, setup_logging
 from ..errors import InputError, KfaceError
 
 DATASET_KINDS = ["folder", "csv", "kface", "aging"]

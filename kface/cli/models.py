@@ -1,0 +1,49 @@
+"""The model commands: ``kface models`` (the shipped model cards) and ``kface export`` (ONNX)."""
+from __future__ import annotations
+
+import click
+
+from .options import (handle_errors, print_json)
+
+
+
+@click.command("models")
+@click.option("--json", "as_json", is_flag=True, help="Print every model card as JSON on stdout.")
+@handle_errors
+def models(as_json):
+    """The face models that ship with kface: data, recipe, threshold, figures, size and sha256."""
+    from ..models import default_model, describe, shipped_names
+
+    cards = [describe(name) for name in shipped_names()]
+    if as_json:
+        print_json({"default": default_model(), "models": cards})
+        return
+    for body in cards:
+        marker = " (default)" if body["name"] == default_model() else ""
+        threshold = body["threshold"]
+        click.echo(f"{body['name']}{marker}: {body['description']}")
+        click.echo(f"  threshold {threshold['value']:.4f} ({threshold['rule']}): {threshold['source']}")
+        for line in body.get("figures_text", []):
+            click.echo(f"  {line}")
+        click.echo(f"  file {body['file']} ({body['size_bytes'] / 2**20:.1f} MiB, sha256 {body['sha256']})")
+
+
+@click.command("export")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
+@click.option("--fp16", is_flag=True, help="Store the weights as float16 (half the file; computation stays float32).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON on stdout.")
+@handle_errors
+def export(model, out, fp16, as_json):
+    """Export a trained MODEL (runs/NAME/model.pt) to ONNX: aligned uint8 chips in, the vectors its
+    distance is measured on out (tuned layers, flip averaging and head inside), run by onnxruntime."""
+    from ..engines import export_checkpoint
+
+    info = export_checkpoint(model, out, fp16=fp16)
+    if as_json:
+        print_json({"out": out, **info})
+        return
+    parity = info["parity"]
+    click.echo(f"wrote {out} ({info['size_bytes'] / 2**20:.1f} MiB, sha256 {info['sha256']}); input chips uint8 "
+               f"{info['input']['shape']}, output {info['output']['shape']}; parity with PyTorch: cosine >= "
+               f"{parity['min_cosine']:.7f}, max |diff| {parity['max_abs_diff']:.1e}")

@@ -1,0 +1,199 @@
+"""Option decorators and output helpers shared by the kface commands (error handling, logging, JSON)."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Optional
+
+import click
+
+from ..errors import KfaceError
+
+DETECTOR_CHOICES = ["dlib", "mtcnn", "auto", "none"]
+
+
+def handle_errors(command):
+    """Turn KfaceError (and Ctrl-C) into one ``error:`` line and the right exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KfaceError as exc:
+            if os.environ.get("KFACE_DEBUG") == "1":
+                import traceback
+
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def setup_logging(quiet: bool) -> None:
+    """Notes from the library (several faces, stage counts) go to stderr as ``note: ...``."""
+    logger = logging.getLogger("kface")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def print_json(payload: dict) -> None:
+    """The payload as indented JSON on stdout."""
+    click.echo(json.dumps(payload, indent=2, default=str))
+
+
+# -- options shared by several commands ------------------------------------------------------------
+def backbone_option(function):
+    return click.option("--backbone", default="dlib-resnet", show_default=True,
+                        help="Face backbone: dlib-resnet, dlib-native, dlib-torch, facenet-vggface2, facenet-casia.")(function)
+
+
+def detector_options(default: str = "dlib", fallback: str = "none"):
+    def decorate(function):
+        function = click.option("--max-pixels", type=click.IntRange(1), default=None,
+                                help="Refuse images with more pixels than this (default 40,000,000).")(function)
+        function = click.option("--fallback", type=click.Choice(["none", "whole-image"]), default=fallback,
+                                show_default=True,
+                                help="When no face is found: fail (none) or use the whole image as the face.")(function)
+        function = click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default=default,
+                                show_default=True,
+                                help="dlib HOG (with a padded retry), MTCNN, auto (HOG then MTCNN) or none "
+                                     "(the whole image is the face).")(function)
+        return function
+
+    return decorate
+
+
+def model_option(function):
+    return click.option("--model", help="korean (the shipped Korean face model, the default), dlib (stock dlib at its "
+                                        "LFW threshold; with --backbone, that backbone), or a trained "
+                                        "runs/NAME/model.pt.")(function)
+
+
+def engine_option(function):
+    return click.option("--engine", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+                        help="What runs the network: onnxruntime (no torch import) or PyTorch (dlib-resnet as "
+                             "dlib-torch; a trained model through its PairModel).")(function)
+
+
+def device_option(function):
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto, cpu or cuda (torch backbones, MTCNN, training).")(function)
+
+
+def set_cache_env(ctx: click.Context, param: click.Parameter, value):
+    """--cache-dir / --no-cache reach every cache a command opens, its worker processes' included; the
+    environment is restored when the command ends (it may run inside a longer process, e.g. a test)."""
+    if not value:
+        return value
+    from ..cache import NO_CACHE_ENV
+
+    name, setting = ("KFACE_CACHE_DIR", str(value)) if param.name == "cache_dir" else (NO_CACHE_ENV, "1")
+    previous = os.environ.get(name)
+
+    def restore() -> None:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+    os.environ[name] = setting
+    ctx.call_on_close(restore)
+    return value
+
+
+def cache_dir_option(function):
+    return click.option("--cache-dir", type=click.Path(file_okay=False), expose_value=False, callback=set_cache_env,
+                        help="Cache folder for this command [default: $KFACE_CACHE_DIR or ~/.cache/kface].")(function)
+
+
+def common_options(function):
+    function = click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")(function)
+    function = cache_dir_option(function)
+    function = click.option("--no-cache", is_flag=True, callback=set_cache_env,
+                            help="Do not read or write the face/embedding cache.")(function)
+    return function
+
+
+def echo_no_face_notes(messages: list[str], shown: int = 10) -> None:
+    """One ``note:`` line per image with no face, the first ``shown`` of them, then a count."""
+    for message in messages[:shown]:
+        click.echo(f"note: {message}", err=True)
+    if len(messages) > shown:
+        click.echo(f"note: {len(messages) - shown} more images with no face (stage none in the output)", err=True)
+
+def model_label(model: Optional[str], backbone: str) -> str:
+    """The model a command used: the one named, else the default one (or the backbone named instead)."""
+    from ..models import default_model
+
+    return model or (default_model() if backbone == "dlib-resnet" else backbone)
+
+# -- datasets and pairs ----------------------------------------------------------------------------
+#: Every layout option a dataset may take; kface.datasets.dataset_options checks them against the kind.
+DATASET_LAYOUT_OPTIONS = ("manifest", "accessories", "lights", "expressions", "cameras", "frontal_camera",
+                          "box_format", "aaf_images")
+
+
+def dataset_options(kinds: list[str]):
+    """--dataset, --root and every layout's options, for each command that reads a dataset.
+
+    The command receives ``dataset``, ``root`` and ``layout_options`` (the raw layout values, ``None``
+    where not given) and passes them on: ``load_dataset(dataset, root, **layout_options)`` checks them
+    against the layout through ``kface.datasets.dataset_options``.
+    """
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            layout_options = {name: kwargs.pop(name) for name in DATASET_LAYOUT_OPTIONS}
+            return function(*args, layout_options=layout_options, **kwargs)
+
+        for option in reversed([
+            click.option("--dataset", required=True, type=click.Choice(kinds),
+                         help="Layout of the data under --root (see pairs/README.md and docs/datasets.md)."),
+            click.option("--root", required=True, type=click.Path(), help="The dataset's root folder."),
+            click.option("--manifest", type=click.Path(dir_okay=False),
+                         help="--dataset csv: the manifest, columns path,identity[,age][,gender], "
+                              "paths relative to --root."),
+            click.option("--accessories", help="--dataset kface: accessory codes, e.g. S1~3,5 (default all)."),
+            click.option("--lights", help="--dataset kface: lighting codes, e.g. L1~7,10~15 (default all)."),
+            click.option("--expressions", help="--dataset kface: expression codes, e.g. E1~2 (default all)."),
+            click.option("--cameras", help="--dataset kface: camera codes, e.g. C6~8, or 'frontal' (default all)."),
+            click.option("--frontal-camera", help="--dataset kface: the frontal camera code [default: C7]."),
+            click.option("--box-format", type=click.Choice(["xywh", "xyxy", "none"]),
+                         help="--dataset kface: how per-image label files give the face box [default: xywh]; "
+                              "none ignores them (detection is used)."),
+            click.option("--aaf-images", type=click.Choice(["aligned", "original"]),
+                         help="--dataset aaf: the aligned crops or the original photos [default: aligned]."),
+        ]):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorate
+
+
+# -- reports and sweeps ----------------------------------------------------------------------------
+def command_line(ctx: click.Context) -> str:
+    """The command as typed (the options given on the command line), for a report's "Reproduce" section."""
+    import shlex
+
+    parts = ["kface", ctx.info_name]
+    for param in ctx.command.params:
+        if param.name in ("as_json", "quiet") or \
+                ctx.get_parameter_source(param.name) != click.core.ParameterSource.COMMANDLINE:
+            continue
+        flag = max(param.opts, key=len)
+        value = ctx.params[param.name]
+        if getattr(param, "is_flag", False):
+            parts += [flag] if value else []
+        else:
+            parts += [flag, shlex.quote(str(value))]
+    return " ".join(parts)

@@ -1,0 +1,163 @@
+"""The face commands: ``kface embed``, ``kface verify`` and ``kface analyze``."""
+from __future__ import annotations
+
+import click
+
+from ..errors import KfaceError
+from .options import (backbone_option, common_options, detector_options, device_option, echo_no_face_notes, engine_option, handle_errors, model_label, model_option, print_json, setup_logging)
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output .npz file.")
+@model_option
+@backbone_option
+@detector_options(default="auto")
+@click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
+              help="flip: average each embedding with its mirrored chip's.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Local weights file (facenet backbones).")
+@click.option("--strict", is_flag=True,
+              help="An image with no face is an error (exit 2) instead of a row with found=false and stage none.")
+@click.option("--skip-bad", is_flag=True,
+              help="Leave out unreadable images (with --strict, faceless ones too) instead of failing.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="Processes that decode, detect and align faces for large inputs (0: none) [default: CPU cores].")
+@engine_option
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@common_options
+@handle_errors
+def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, weights, strict, skip_bad, workers, engine, device,
+          as_json, quiet, no_cache):
+    """Embed the faces of IMAGES into an .npz (keys: paths, embeddings, found, stages, notes).
+
+    An image with no face is a row of its own (found false, stage none, a NaN embedding, a note saying
+    why) unless --strict; results are cached as they come, so an interrupted run resumes.
+    """
+    setup_logging(quiet)
+    from ..api import embed as embed_images
+    from ..engines import backbone_for_engine
+    from ..outputs import write_npz
+
+    result = embed_images(list(images), model=model, backbone=backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, tta=tta,
+                          device=device, weights=weights, cache=not no_cache, max_pixels=max_pixels,
+                          on_error="skip" if skip_bad else "raise", no_face="error" if strict else "row",
+                          workers=workers, progress=not quiet)
+    keep = [i for i, path in enumerate(result.paths) if path not in result.errors]
+    for path, message in result.errors.items():
+        click.echo(f"skipped: {message}", err=True)
+    if not keep:
+        raise KfaceError("no image could be embedded")
+    if not quiet:
+        echo_no_face_notes(list(result.notes.values()))
+    import numpy as np
+
+    paths = [result.paths[i] for i in keep]
+    write_npz(out, paths=np.array(paths), embeddings=result.embeddings[keep],
+              found=result.found[keep], stages=np.array([result.stages[i] for i in keep]),
+              notes=np.array([result.notes.get(path, "") for path in paths]))
+    summary = {"out": out, "count": len(keep), "skipped": len(result.errors), "dim": int(result.embeddings.shape[1]),
+               "found": int(result.found[keep].sum()), "no_face": len(result.notes), "stages": result.stage_counts(),
+               "computed": result.computed, "backbone": backbone, "model": model_label(model, backbone)}
+    if as_json:
+        print_json(summary)
+    elif not quiet:
+        click.echo(f"wrote {len(keep)} embeddings ({summary['dim']}-d, {summary['model']}) to {out}", err=True)
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=click.Path())
+@model_option
+@backbone_option
+@detector_options(default="auto")
+@click.option("--threshold", type=float, help="Distance threshold (default: the model's or the backbone's measured one).")
+@click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), help="Score a whole pair file instead of A B.")
+@click.option("--root", type=click.Path(file_okay=False), help="Dataset root for the pair file's relative paths.")
+@click.option("--out", type=click.Path(dir_okay=False), help="With --pairs: the results CSV.")
+@engine_option
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common_options
+@handle_errors
+def verify(images, model, backbone, detector, fallback, max_pixels, threshold, pairs_file, root, out, engine, device,
+           as_json, quiet, no_cache):
+    """Are the faces in A and B the same person? Prints same/different, the distance and the threshold.
+
+    Exit code 0 whether same or different; 2 for bad input (unreadable file, no face).
+    """
+    setup_logging(quiet)
+    if pairs_file:
+        if images:
+            raise click.UsageError("give either two images or --pairs FILE, not both")
+        if not out:
+            raise click.UsageError("--pairs needs --out results.csv")
+    elif len(images) != 2:
+        raise click.UsageError(f"verify takes two images (A B), got {len(images)}")
+    from ..api import load_verifier
+
+    verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=not no_cache,
+                             progress=not quiet, max_pixels=max_pixels, engine=engine)
+    if pairs_file:
+        from ..evaluation.scoring import score_pair_file
+
+        summary = score_pair_file(verifier, pairs_file, out, root=root)
+        if as_json:
+            print_json(summary)
+        elif not quiet:
+            click.echo(f"scored {summary['pairs']} pairs ({summary['accuracy_text']}); wrote {out}", err=True)
+        return
+    answer = verifier.verify(images[0], images[1])
+    if as_json:
+        print_json(answer.to_dict())
+        return
+    if answer.same:
+        click.echo(f"same person (distance {answer.distance:.4f} <= threshold {answer.threshold:.4f}, "
+                   f"model {answer.model})")
+    else:
+        click.echo(f"different people (distance {answer.distance:.4f} > threshold {answer.threshold:.4f}, "
+                   f"model {answer.model})")
+
+
+
+@click.command()
+@click.argument("image", type=click.Path())
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="An attribute model from kface train-attributes (runs/NAME/model.pt) [default: the shipped "
+                   "Korean heads, attributes-korean-v1].")
+@click.option("--all-faces", is_flag=True, help="Every face in the image with its box, not only the largest.")
+@detector_options(default=None)
+@device_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@common_options
+@handle_errors
+def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_json, quiet, no_cache):
+    """Age group and gender of the face in IMAGE (the largest, or every face with --all-faces).
+
+    Uses the shipped Korean heads (8 age classes 0-6 ... 67-80, gender; trained on Korean family-album
+    faces) unless --model names your own; the detector defaults to the model's (auto for the shipped one).
+    JSON keys: model, age_group, age_probs, expected_age, age_interval (low, high, coverage), gender,
+    gender_prob, gender_probs, box, stage, found (with --all-faces: a list of those under "faces").
+    Exit 2 for bad input or a missing model file.
+    """
+    setup_logging(quiet)
+    from ..attributes.model import load_analyzer
+
+    analyzer = load_analyzer(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
+                             max_pixels=max_pixels)
+    try:
+        answer = analyzer.analyze(image, all_faces=all_faces)
+    finally:
+        analyzer.close()
+    if as_json:
+        print_json(answer)
+        return
+    for face in answer.get("faces", [answer]):
+        parts = []
+        if face["age_group"] is not None:
+            interval = face["age_interval"]
+            spread = f", {interval['coverage']:.0%} within {interval['low']:.0f}-{interval['high']:.0f}" if interval else ""
+            parts.append(f"age {face['age_group']} (p {face['age_probs'][face['age_group']]:.2f}, "
+                         f"expected {face['expected_age']:.0f}{spread})")
+        if face["gender"] is not None:
+            parts.append(f"{face['gender']} (p {face['gender_prob']:.2f})")
+        click.echo(f"{', '.join(parts)}; face {tuple(face['box'])} found by {face['stage']}")
