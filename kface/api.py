@@ -2,14 +2,16 @@
 
 A verifier is an :class:`~kface.embeddings.Embedder` (backbone + detector + cache), a distance and a
 threshold. The threshold of an untrained backbone is the one measured for it on LFW View-2 (see
-``BASE_THRESHOLDS``); a trained model (``model=runs/NAME/model.pt``) brings its head and the threshold
-chosen on its validation split.
+``BASE_THRESHOLDS``); a shipped model brings its card's (:func:`shipped_verifier`); a trained model
+(``model=runs/NAME/model.pt``, :func:`verifier_from_checkpoint`) brings its head and the threshold chosen
+on its validation split (:mod:`kface.training.checkpoints` only reads the file).
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -18,13 +20,7 @@ from .embeddings import EmbeddingResult, Embedder
 from .errors import InputError
 from .images import ImageSource
 
-#: Thresholds for untrained backbones (Euclidean distance), each with where it comes from.
-#: dlib-resnet: the max-accuracy threshold over LFW View-2's 6,000 official pairs (deep-funneled, HOG +
-#: 5-point alignment, whole-image fallback), measured by the README's `kface benchmark lfw` command:
-#: 0.6144 (every one of the ten nine-fold thresholds was 0.6144 or 0.6150; 10-fold accuracy 98.23%).
-BASE_THRESHOLDS: dict[str, tuple[float, str]] = {
-    "dlib-resnet-v1": (0.6144, "measured on LFW View-2 (max-accuracy over the 6,000 official pairs)"),
-}
+from .models import BASE_THRESHOLDS  # noqa: F401  (re-exported: part of the API)
 
 
 @dataclass
@@ -103,12 +99,9 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
     if model is None:
         model = default_model() if backbone == DEFAULT_BACKBONE else STOCK_MODEL
     if is_shipped(model) and model != STOCK_MODEL:
-        from .models.verifier import shipped_verifier
-
         return shipped_verifier(model, detector=detector, threshold=threshold, fallback=fallback, device=device,
                                 cache=cache, progress=progress, max_pixels=max_pixels)
     if model != STOCK_MODEL:
-        from .training.checkpoints import verifier_from_checkpoint
         from .models import shipped_names
 
         if not os.path.isfile(model):
@@ -122,6 +115,125 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
                         weights=weights, cache=cache, progress=progress, max_pixels=max_pixels)
     source = "--threshold" if threshold is not None else ""
     return Verifier(embedder, threshold, source, model_name=STOCK_MODEL if backbone == DEFAULT_BACKBONE else None)
+
+
+# -- verifiers of shipped models and trained checkpoints -------------------------------------------------
+def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optional[float] = None,
+                     fallback: str = "none", device: str = "auto", cache: bool = True, progress: bool = False,
+                     max_pixels: Optional[int] = None) -> Verifier:
+    """The verifier of shipped model ``name`` (e.g. ``"korean"``).
+
+    The face settings (upsampling) and distance come from the card (flip averaging, where the recipe has
+    it, is inside the exported graph, so the embedder adds none); the detector is the
+    caller's or, when None, the card's; the threshold is the card's (chosen on held-out validation
+    families) unless ``threshold`` is given.
+    """
+    from .models import card
+
+    body = card(name)
+    faces = body["faces"]
+    embedder = Embedder(body["backbone"], detector=detector or faces["detector"], upsample=faces["upsample"],
+                        fallback=fallback, tta="none", device=device, cache=cache, progress=progress,
+                        max_pixels=max_pixels)
+    if threshold is None:
+        value = body["threshold"]["value"]
+        source = f"{name} model card: {body['threshold']['source']}"
+    else:
+        value, source = threshold, "--threshold"
+    return Verifier(embedder, value, source, distance=body["distance"], model_name=name)
+
+
+def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dlib",
+                             threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
+                             cache: bool = True, progress: bool = False, max_pixels: Optional[int] = None,
+                             engine: str = "onnx") -> Verifier:
+    """A :class:`Verifier` for the trained model in ``model`` (a model.pt).
+
+    The backbone, cut point, test-time augmentation, upsampling and distance come from the
+    checkpoint; ``detector`` and ``fallback`` from the caller (a note says when they differ from
+    training); the threshold is the checkpoint's unless ``threshold`` is given.
+
+    ``engine``: ``onnx`` (default) runs the whole chip -> vector path (tuned layers and head included)
+    through ONNX Runtime, exported on first use and cached by the checkpoint's sha256
+    (:mod:`kface.engines.cached`), so later calls import no torch; ``torch`` runs the PairModel.
+    """
+    from .engines import ENGINES
+
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if engine == "onnx":
+        return _onnx_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels)
+    return _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels)
+
+
+def _note_face_settings(model, features: dict, detector: str, fallback: str) -> None:
+    for name, given in (("detector", detector), ("fallback", fallback)):
+        if given != features[name]:
+            logging.getLogger("kface").info("%s was trained with --%s %s; verifying with --%s %s",
+                                            model, name, features[name], name, given)
+
+
+def _threshold_and_source(model, saved: dict, threshold: Optional[float]) -> tuple[float, str]:
+    if threshold is not None:
+        return threshold, "--threshold"
+    return saved["value"], f"{model}: {saved['rule']} rule on the {saved['split'] or 'given'} split"
+
+
+def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
+    from .engines.cached import checkpoint_network
+    from .engines.embedder import NetworkEmbedder
+
+    network, card = checkpoint_network(model, device)
+    features = card["features"]
+    _note_face_settings(model, features, detector, fallback)
+    # The graph holds the backbone, flip averaging and head: the Embedder only finds and caches faces.
+    faces = Embedder(card["backbone"], detector=detector, upsample=features["upsample"], fallback=fallback,
+                     device=device, cache=cache, progress=progress, max_pixels=max_pixels)
+    mapping = card["probability"]
+    sharpness, offset = float(np.exp(mapping["log_sharpness"])), mapping["offset"]
+
+    def probability(distances: np.ndarray) -> np.ndarray:
+        # DistanceToProbability: sigmoid(sharpness * (offset - distance)).
+        return 1.0 / (1.0 + np.exp(-sharpness * (offset - np.asarray(distances, dtype=np.float32))))
+
+    value, source = _threshold_and_source(model, card["threshold"], threshold)
+    return Verifier(NetworkEmbedder(faces, network, features["tta"]), value, source, distance=card["distance"],
+                    probability=probability, model_path=str(model))
+
+
+def _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
+    import torch
+
+    from .training.checkpoints import checkpoint_weights_file, load_checkpoint, pair_model_from_checkpoint
+    from .training.store import PrefixEmbedder
+
+    checkpoint = load_checkpoint(model)
+    features = checkpoint["features"]
+    weights = checkpoint_weights_file(checkpoint, model)
+    _note_face_settings(model, features, detector, fallback)
+    # With trained backbone layers the model averages the views itself (--tta flip), after those layers.
+    embedder_tta = features["tta"] if features["cut"] == "none" else "none"
+    embedder = Embedder(checkpoint["backbone"], detector=detector, upsample=features["upsample"], fallback=fallback,
+                        tta=embedder_tta, device=device, weights=weights, cache=cache, progress=progress,
+                        max_pixels=max_pixels)
+    if features["cut"] != "none":
+        embedder = PrefixEmbedder(embedder, features["cut"], device)
+    pair_model = pair_model_from_checkpoint(checkpoint)
+    shape = tuple(features["shape"])
+    views = slice(None) if features["cut"] == "none" or features["tta"] == "flip" else slice(0, 1)
+
+    def head(vectors: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            inputs = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).view(-1, *shape)
+            return pair_model.embed(inputs[:, views]).numpy()
+
+    def probability(distances: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return pair_model.probability(torch.as_tensor(np.asarray(distances, dtype=np.float32))).numpy()
+
+    value, source = _threshold_and_source(model, checkpoint["threshold"], threshold)
+    return Verifier(embedder, value, source, distance=checkpoint["distance"], head=head, probability=probability,
+                    model_path=str(model))
 
 
 def verify(image_a: ImageSource, image_b: ImageSource, *, model: Optional[str] = None,

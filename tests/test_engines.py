@@ -122,7 +122,7 @@ def tuned_checkpoint(path, cut: str = "last-block", head: str = "siamese", tta: 
 @pytest.mark.parametrize("cut,head,tta", [("last-block", "siamese", "flip"), ("last-stage", "none", "none"),
                                           ("none", "siamese", "flip")])
 def test_tuned_checkpoint_through_onnx_matches_the_torch_pair_model_path(tmp_path, cut, head, tta):
-    from kface.training.checkpoints import verifier_from_checkpoint
+    from kface.api import verifier_from_checkpoint
 
     model = tmp_path / "model.pt"
     tuned_checkpoint(model, cut, head, tta)
@@ -143,7 +143,7 @@ def test_a_checkpoint_is_exported_once_and_later_verifies_import_no_torch(tmp_pa
     model = tmp_path / "model.pt"
     tuned_checkpoint(model)
     a, b = (str(path) for path in lfw_people(1, 2)[0][1])
-    code = ("import json, sys\nfrom kface.training.checkpoints import verifier_from_checkpoint\n"
+    code = ("import json, sys\nfrom kface.api import verifier_from_checkpoint\n"
             f"v = verifier_from_checkpoint({str(model)!r}, detector='none', device='cpu')\n"
             f"answer = v.verify({a!r}, {b!r})\n"
             "print(json.dumps({'distance': answer.distance, 'torch': 'torch' in sys.modules}))")

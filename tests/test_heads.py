@@ -16,7 +16,8 @@ import torch
 from click.testing import CliRunner
 
 from conftest import lfw_people, link_tree, write_folder_pairs
-from kface.training.checkpoints import load_checkpoint, verifier_from_checkpoint
+from kface.api import verifier_from_checkpoint
+from kface.training.checkpoints import load_checkpoint
 from kface.cli import cli
 from kface.distances import get_distance
 from kface.embeddings import Embedder

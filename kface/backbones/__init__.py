@@ -3,7 +3,8 @@
 A backbone turns aligned face chips (N, S, S, 3 RGB uint8, S = its ``input_size``) into embeddings
 (N, D float32). Each entry names its module, so torch, dlib and facenet-pytorch are imported only when
 that backbone is loaded. ``family`` names the weights, not the implementation: two implementations of
-the same network (``dlib-native`` and ``dlib-torch``) share cached embeddings.
+the same network (``dlib-native`` and ``dlib-torch``) share cached embeddings. ``network`` names the module
+building a backbone's trainable PyTorch network (see :mod:`.trainable`), and so its cut points.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Optional, Protocol
 import numpy as np
 
 from ..errors import InputError
+from .cuts import CUT_POINTS
 
 
 class Backbone(Protocol):
@@ -36,6 +38,14 @@ class BackboneSpec:
     chip_padding: float  # dlib.get_face_chip padding used to cut the chip
     embedding_size: int
     description: str
+    #: Module under kface.backbones with ``pretrained_network(spec, weights)`` and ``empty_network(spec)``
+    #: (a :class:`~kface.backbones.cut_points.CutPointNetwork`); None: no layer of it can train.
+    network: Optional[str] = None
+
+    @property
+    def cut_points(self) -> tuple[str, ...]:
+        """The ``--unfreeze`` cuts this backbone trains from."""
+        return CUT_POINTS if self.network else CUT_POINTS[:1]
 
 
 DEFAULT_BACKBONE = "dlib-resnet"
@@ -46,11 +56,13 @@ BACKBONES: dict[str, BackboneSpec] = {
         BackboneSpec("dlib-native", "dlib_native", "DlibNativeBackbone", "dlib-resnet-v1", 150, 0.25, 128,
                      "dlib's ResNet descriptor through dlib's own Python API (the reference)"),
         BackboneSpec("dlib-torch", "dlib_torch", "DlibTorchBackbone", "dlib-resnet-v1", 150, 0.25, 128,
-                     "dlib's ResNet ported to PyTorch: batched, CPU or GPU, last layers trainable"),
+                     "dlib's ResNet ported to PyTorch: batched, CPU or GPU, last layers trainable", "dlib_torch"),
         BackboneSpec("facenet-vggface2", "facenet", "FacenetBackbone", "facenet-vggface2", 160, 0.3, 512,
-                     "facenet-pytorch InceptionResnetV1 trained on VGGFace2 (weights: download or --weights)"),
+                     "facenet-pytorch InceptionResnetV1 trained on VGGFace2 (weights: download or --weights)",
+                     "facenet_network"),
         BackboneSpec("facenet-casia", "facenet", "FacenetBackbone", "facenet-casia-webface", 160, 0.3, 512,
-                     "facenet-pytorch InceptionResnetV1 trained on CASIA-WebFace (weights: download or --weights)"),
+                     "facenet-pytorch InceptionResnetV1 trained on CASIA-WebFace (weights: download or --weights)",
+                     "facenet_network"),
     ]
 }
 #: Networks of the shipped models (kface/models/), run through ONNX Runtime; use them as --model NAME.
@@ -61,6 +73,8 @@ BACKBONES["kface-korean-v1"] = BackboneSpec(
 BACKBONES[DEFAULT_BACKBONE] = BackboneSpec(
     DEFAULT_BACKBONE, "dlib_resnet", "DlibResnetBackbone", "dlib-resnet-v1", 150, 0.25, 128,
     "dlib's ResNet descriptor from face_recognition_models (default; offline)")
+#: Backbones with a trainable network, in registry order.
+TRAINABLE_BACKBONES = tuple(name for name, spec in BACKBONES.items() if spec.network)
 
 
 def get_spec(name: str) -> BackboneSpec:
@@ -69,6 +83,12 @@ def get_spec(name: str) -> BackboneSpec:
         return BACKBONES[name]
     except KeyError:
         raise InputError(f"unknown backbone {name!r}; choose one of: {', '.join(sorted(BACKBONES))}") from None
+
+
+def trainable_backbone(name: str) -> str:
+    """The trainable backbone that runs the same weights (family) as ``name``; ``name`` when none does."""
+    family = get_spec(name).family
+    return next((other for other in TRAINABLE_BACKBONES if BACKBONES[other].family == family), name)
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", weights: Optional[str] = None) -> Backbone:

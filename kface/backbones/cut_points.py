@@ -13,12 +13,12 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .trainable import CUT_POINTS
+from .cuts import CUT_POINTS
 
 
 class CutPointNetwork(nn.Module, ABC):
     """An ``nn.Module`` whose forward pass is :meth:`_steps` applied in order, cut at a named point of
-    :data:`~kface.backbones.trainable.CUT_POINTS`: ``none`` trains no step, ``all`` every step, and
+    :data:`~kface.backbones.cuts.CUT_POINTS`: ``none`` trains no step, ``all`` every step, and
     the partial cuts the last :meth:`_suffix_lengths` steps."""
 
     @abstractmethod
@@ -37,6 +37,11 @@ class CutPointNetwork(nn.Module, ABC):
         if cut not in indices:
             raise InputError(f"unknown cut point {cut!r}; choose one of: {', '.join(CUT_POINTS)}")
         return indices[cut]
+
+    def for_inference(self) -> "CutPointNetwork":
+        """The network to run the frozen prefix with: this one, unless a subclass has a faster
+        equivalent (dlib's folds its affine layers)."""
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for step in self._steps():

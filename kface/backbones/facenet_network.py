@@ -7,6 +7,8 @@ block (``block8``) and after, ``last-stage`` = the last stage (the five ``repeat
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,3 +59,17 @@ class FacenetNetwork(CutPointNetwork):
         fc = 3  # last_linear, last_bn, normalise
         last_block = fc + 2  # block8 and the pool, then the fc steps
         return {"fc": fc, "last-block": last_block, "last-stage": last_block + len(self.model.repeat_3)}
+
+
+def pretrained_network(spec, weights: Optional[str] = None) -> FacenetNetwork:
+    """The registry's network builder (:mod:`.trainable`): ``spec``'s pretrained weights (or ``weights``)."""
+    from .facenet import load_inception_resnet
+
+    return FacenetNetwork(load_inception_resnet(spec.name, weights)).eval()
+
+
+def empty_network(spec) -> FacenetNetwork:
+    """The registry's network builder: the layout alone, untrained, in eval mode."""
+    from facenet_pytorch import InceptionResnetV1
+
+    return FacenetNetwork(InceptionResnetV1(classify=False)).eval()

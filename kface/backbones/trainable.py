@@ -6,25 +6,22 @@
 ``last-stage``) the prefix runs once per image and per mirror image, and its output is stored
 (:mod:`kface.training.store`); for ``all`` the input is the aligned chip itself.
 
-Networks (``dlib-torch``: :class:`~kface.backbones.dlib_torch.DlibResNet`; ``facenet-*``:
-:class:`~kface.backbones.facenet_network.FacenetNetwork`) provide ``prepare_chips``,
-``forward_prefix(x, cut)`` and ``suffix_modules(cut)`` (the cut-point part from their shared base,
-:class:`~kface.backbones.cut_points.CutPointNetwork`); this module builds them and the suffix.
+Each trainable backbone's registry entry (:data:`kface.backbones.BACKBONES`) names the module that
+builds its network (``dlib-torch``: :mod:`~kface.backbones.dlib_torch`; ``facenet-*``:
+:mod:`~kface.backbones.facenet_network`), each a :class:`~kface.backbones.cut_points.CutPointNetwork`
+(``prepare_chips``, ``forward_prefix(x, cut)``, ``suffix_modules(cut)``, ``for_inference()``); this
+module builds them and the suffix.
 """
 from __future__ import annotations
 
 import copy
+import importlib
+from types import ModuleType
 from typing import Optional
 
 from ..errors import InputError
-
-CUT_POINTS = ("none", "fc", "last-block", "last-stage", "all")
-#: Cuts whose prefix output is computed once and stored.
-CACHED_CUTS = ("fc", "last-block", "last-stage")
-#: Stored views of each image for the cached cuts: the chip, and the chip mirrored left-right.
-VIEWS = 2
-#: Backbones with a trainable network, and the module that builds it.
-TRAINABLE_BACKBONES = ("dlib-torch", "facenet-vggface2", "facenet-casia")
+from . import TRAINABLE_BACKBONES, BackboneSpec, get_spec
+from .cuts import CACHED_CUTS, CUT_POINTS, VIEWS  # noqa: F401  (re-exported: training reads them here)
 
 
 def check_cut(backbone: str, cut: str) -> None:
@@ -43,37 +40,30 @@ def check_cut_device(cut: str, device_type: str) -> None:
                          "on this machine use --unfreeze last-block or last-stage")
 
 
+def _network_module(backbone: str) -> tuple[BackboneSpec, ModuleType]:
+    """``backbone``'s registry entry and the module that builds its network (imports torch)."""
+    spec = get_spec(backbone)
+    if spec.network is None:
+        raise InputError(f"--backbone {backbone} has no trainable network; use {' or '.join(TRAINABLE_BACKBONES)}")
+    return spec, importlib.import_module(f"{__package__}.{spec.network}")
+
+
 def load_network(backbone: str, weights: Optional[str] = None):
     """The pretrained network of ``backbone``, unfolded (as it trains), on the CPU, in eval mode."""
-    if backbone == "dlib-torch":
-        from .dlib_torch import load_dlib_resnet
-
-        return load_dlib_resnet(weights)
-    from .facenet import load_inception_resnet
-    from .facenet_network import FacenetNetwork
-
-    return FacenetNetwork(load_inception_resnet(backbone, weights)).eval()
+    spec, module = _network_module(backbone)
+    return module.pretrained_network(spec, weights)
 
 
 def empty_network(backbone: str):
     """The network of ``backbone`` with untrained weights: the layout a checkpoint's suffix loads into."""
-    if backbone == "dlib-torch":
-        from .dlib_torch import DlibResNet
-
-        return DlibResNet().eval()
-    from facenet_pytorch import InceptionResnetV1
-
-    from .facenet_network import FacenetNetwork
-
-    return FacenetNetwork(InceptionResnetV1(classify=False)).eval()
+    spec, module = _network_module(backbone)
+    return module.empty_network(spec)
 
 
 def inference_network(network):
-    """A copy of ``network`` for running the frozen prefix: dlib's affine layers folded into its
-    convolutions (same function, about twice as fast); other networks unchanged."""
-    from .dlib_torch import DlibResNet, fold_affine
-
-    return fold_affine(network) if isinstance(network, DlibResNet) else network
+    """A copy of ``network`` for running the frozen prefix (see :meth:`CutPointNetwork.for_inference
+    <kface.backbones.cut_points.CutPointNetwork.for_inference>`)."""
+    return network.for_inference()
 
 
 def build_suffix(network, cut: str):

@@ -25,11 +25,11 @@ The stable API (the shipped Korean model is made with it):
 """
 from __future__ import annotations
 
+#: The graph's input and output, as :func:`export_onnx` writes them (re-exported).
+from .graph_names import INPUT_NAME, OUTPUT_NAME  # noqa: F401
+
 ENGINES = ("onnx", "torch")
 DEFAULT_ENGINE = "onnx"
-#: The graph's input and output, as :func:`export_onnx` writes them.
-INPUT_NAME = "chips"
-OUTPUT_NAME = "embeddings"
 
 
 def __getattr__(name: str):

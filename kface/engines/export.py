@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import InputError
 from ..hashing import file_sha256
 from ..outputs import atomic_path
-from . import INPUT_NAME, OUTPUT_NAME
+from .graph_names import INPUT_NAME, OUTPUT_NAME
 
 #: ONNX opset of exported files (onnxruntime >= 1.14 runs it).
 OPSET = 17
@@ -165,14 +165,13 @@ def checkpoint_graph(checkpoint: dict, weights: Optional[str] = None) -> ChipGra
 
     ``weights``: the backbone's weights file where the checkpoint names one (checked by the caller).
     """
-    from ..backbones import get_spec
+    from ..backbones import TRAINABLE_BACKBONES, trainable_backbone
     from ..backbones.suffix import ChipInput
-    from ..backbones.trainable import TRAINABLE_BACKBONES, inference_network, load_network
+    from ..backbones.trainable import inference_network, load_network
     from ..training.checkpoints import pair_model_from_checkpoint
 
-    backbone = checkpoint["backbone"]
-    if get_spec(backbone).family == get_spec("dlib-torch").family:
-        backbone = "dlib-torch"  # dlib-resnet and dlib-native: the same network, exported from the port
+    # dlib-resnet and dlib-native: the same network as dlib-torch, exported from the port.
+    backbone = trainable_backbone(checkpoint["backbone"])
     if backbone not in TRAINABLE_BACKBONES:
         raise InputError(f"exporting a checkpoint needs a PyTorch backbone ({', '.join(TRAINABLE_BACKBONES)}); "
                          f"this one was trained on {backbone}")

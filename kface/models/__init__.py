@@ -18,6 +18,13 @@ from ..errors import KfaceError
 
 MODELS_DIR = Path(__file__).resolve().parent
 STOCK_MODEL = "dlib"
+#: Thresholds for untrained backbones (Euclidean distance), by backbone family, each with where it comes from.
+#: dlib-resnet: the max-accuracy threshold over LFW View-2's 6,000 official pairs (deep-funneled, HOG +
+#: 5-point alignment, whole-image fallback), measured by the README's `kface benchmark lfw` command:
+#: 0.6144 (every one of the ten nine-fold thresholds was 0.6144 or 0.6150; 10-fold accuracy 98.23%).
+BASE_THRESHOLDS: dict[str, tuple[float, str]] = {
+    "dlib-resnet-v1": (0.6144, "measured on LFW View-2 (max-accuracy over the 6,000 official pairs)"),
+}
 #: Backbone family -> the card of the ONNX network that ships for it (in this folder).
 NETWORK_CARDS = {"dlib-resnet-v1": "dlib-resnet-v1.json", "kface-korean-v1": "korean-v1.json"}
 #: Shipped model name -> the backbone family it runs; its network card is also the model card
@@ -84,7 +91,6 @@ def card(name: str) -> dict:
 def describe(name: str) -> dict:
     """What ``kface models`` shows of one model: its card, or for stock dlib the descriptor file's facts."""
     if name == STOCK_MODEL:
-        from ..api import BASE_THRESHOLDS
         from ..models_path import DLIB_RESNET, model_file
 
         path = model_file(DLIB_RESNET)
