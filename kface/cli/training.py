@@ -38,8 +38,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
     """
     setup_logging(quiet)
     from ..datasets import load_dataset
-    from ..pairs import (PairRequest, default_out_path, parse_ratio, parse_split, require_identities, sample_pairs,
-                        write_pairs)
+    from ..pairs import PairRequest, default_out_path, make_pair_file, parse_ratio, parse_split, require_identities
 
     require_identities(dataset)
     request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), images_per_identity, seed,
@@ -48,9 +47,8 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
     if not quiet:
         for line in index.problems.lines():
             click.echo(f"warning: {line}", err=True)
-    pairs = sample_pairs(index, request)
     out_path = out or default_out_path(dataset, request)
-    manifest_path = write_pairs(pairs, out_path)
+    pairs, manifest_path = make_pair_file(index, request, out_path)
     counts = pairs.counts()
     if as_json:
         print_json({"out": str(out_path), "manifest": str(manifest_path), "pairs": len(pairs),

@@ -202,7 +202,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
               cache: bool = True, command: Optional[str] = None) -> list[dict]:
     """Run every setting of ``config`` (sample, train, report) and write the sweep tables; return the rows."""
     from ..datasets import load_dataset
-    from ..pairs import PairRequest, sample_pairs, write_pairs
+    from ..pairs import PairRequest, make_pair_file
 
     out = Path(config.out)
     if not resume and out.is_dir() and any(out.iterdir()):
@@ -217,12 +217,11 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
             continue
         request = PairRequest(setting.ratio, config.pairs, tuple(config.split), setting.images_per_identity,
                               config.seed, config.hard_negatives, config.group_by)
+        pair_files[setting.pairs_name] = out / "pairs" / f"{setting.pairs_name}.csv"
         try:
-            pairs = sample_pairs(index, request)
+            make_pair_file(index, request, pair_files[setting.pairs_name])
         except InputError as error:
             raise InputError(f"setting {setting.pairs_name}: {error}") from None
-        pair_files[setting.pairs_name] = out / "pairs" / f"{setting.pairs_name}.csv"
-        write_pairs(pairs, pair_files[setting.pairs_name])
     rows = []
     for number, setting in enumerate(settings, start=1):
         log.info("sweep %d/%d: %s", number, len(settings), setting.name)

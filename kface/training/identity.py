@@ -67,11 +67,11 @@ def write_dataset_pairs(kind: str, root: str, out: Path, *, ratio: str, pair_cou
     """Sample identity-disjoint (with ``group_by``, group-disjoint) train/val/test pairs from a dataset into ``out`` (a pair CSV and its
     manifest, as ``kface make-pairs`` writes them); return the pairs and the dataset index."""
     from ..datasets import load_dataset
-    from ..pairs import PairRequest, parse_ratio, parse_split, read_pairs, sample_pairs, write_pairs
+    from ..pairs import PairRequest, make_pair_file, parse_ratio, parse_split, read_pairs
 
     index = load_dataset(kind, root, progress=progress, **(options or {}))
     request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), None, seed, group_by=group_by)
-    write_pairs(sample_pairs(index, request), out)
+    make_pair_file(index, request, out)
     return read_pairs(out), index
 
 
