@@ -1,6 +1,6 @@
 """The report of an attribute run: ``metrics.json``, ``confusion.png`` and ``report.md`` in one folder.
 
-Every file is written atomically. matplotlib (Agg backend, no display) is imported here only.
+Every file is written atomically; matplotlib (Agg backend, no display) is imported only to draw.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import atomic_path, write_json, write_text
+from ..outputs import write_json, write_text
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -35,10 +35,9 @@ def write_attribute_report(folder: os.PathLike, metrics: dict) -> None:
 
 
 def _plot_confusion(path: Path, test: dict) -> None:
-    import matplotlib
+    from ..evaluation.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [(task, test[task]) for task in ("age", "gender") if task in test]
     figure, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.8), squeeze=False)
@@ -57,9 +56,7 @@ def _plot_confusion(path: Path, test: dict) -> None:
         axis.set_ylabel("true")
         axis.set_title(f"{task}: accuracy {entry['accuracy']:.1%} (n={entry['n']})")
     figure.tight_layout()
-    with atomic_path(path, suffix=".png") as temp:
-        figure.savefig(temp, format="png", dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
 
 
 def _percent(value) -> str:

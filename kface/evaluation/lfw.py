@@ -78,15 +78,14 @@ def benchmark_lfw(lfw_dir: str | Path, verifier, pairs_file: str | Path | None =
     the backbone's default) and the per-stage detection counts.
     """
     from ..metrics import choose_threshold, kfold_protocol
+    from .scoring import measure_pairs
 
     pairs = read_lfw_pairs(lfw_dir, pairs_file)
-    paths = pairs.unique_paths
-    vectors, result = verifier.embed(paths, on_error="skip")
+    measured = measure_pairs(verifier, pairs.path_a, pairs.path_b)
+    result, distances = measured.result, measured.distances
     if result.errors:
         first = next(iter(result.errors.values()))
         raise InputError(f"{len(result.errors)} LFW images could not be embedded, e.g. {first}")
-    row = {path: i for i, path in enumerate(paths)}
-    distances = verifier.distances(vectors[[row[p] for p in pairs.path_a]], vectors[[row[p] for p in pairs.path_b]])
     folds = kfold_protocol(distances, pairs.labels, pairs.folds, rule=rule)
     overall = choose_threshold(distances, pairs.labels, rule, split="all ten folds")
     return {
@@ -98,7 +97,7 @@ def benchmark_lfw(lfw_dir: str | Path, verifier, pairs_file: str | Path | None =
         "fallback": verifier.embedder.settings.fallback,
         "distance": verifier.distance.name,
         "pairs": int(len(pairs.labels)),
-        "images": len(paths),
+        "images": len(pairs.unique_paths),
         "detection_stages": result.stage_counts(),
         "threshold_all_folds": overall.value,
         "threshold_rule": str(rule),

@@ -4,15 +4,38 @@ from __future__ import annotations
 import csv
 import io
 import os
-from typing import Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..distances import Distance
 from ..outputs import write_text
 from ..pairs import read_pairs
 
 RESULT_HEADER = ["split", "path_a", "path_b", "label", "distance", "same", "threshold", "found_a", "found_b",
                  "error"]
+
+
+@dataclass(frozen=True)
+class MeasuredPairs:
+    """Each pair's distance (NaN where an image failed) and the embedding result of the unique images."""
+
+    distances: np.ndarray
+    result: Any  # kface.embeddings.EmbeddingResult, one row per unique image
+    row_a: np.ndarray  # each pair's first image's row in ``result``
+    row_b: np.ndarray
+
+
+def measure_pairs(verifier, paths_a: Sequence[str], paths_b: Sequence[str]) -> MeasuredPairs:
+    """Embed every unique image once (failures skipped, not fatal), then measure each pair ``(a[i], b[i])``."""
+    unique = sorted(set(paths_a) | set(paths_b))
+    vectors, result = verifier.embed(unique, on_error="skip")
+    row_of = {path: i for i, path in enumerate(unique)}
+    row_a = np.array([row_of[p] for p in paths_a], dtype=np.int64)
+    row_b = np.array([row_of[p] for p in paths_b], dtype=np.int64)
+    distances = np.asarray(verifier.distances(vectors[row_a], vectors[row_b]), dtype=np.float64)
+    return MeasuredPairs(distances, result, row_a, row_b)
 
 
 def score_pair_file(verifier, pairs_file: os.PathLike, out: os.PathLike, root: Optional[os.PathLike] = None) -> dict:
@@ -22,14 +45,10 @@ def score_pair_file(verifier, pairs_file: os.PathLike, out: os.PathLike, root: O
     has labels, the accuracy at the verifier's threshold.
     """
     pairs = read_pairs(pairs_file, root)
-    unique = pairs.unique_paths()
-    vectors, result = verifier.embed(unique, on_error="skip")
-    row_of = {path: i for i, path in enumerate(unique)}
-    index_a = np.array([row_of[p] for p in pairs.abs_path_a])
-    index_b = np.array([row_of[p] for p in pairs.abs_path_b])
-    distances = verifier.distances(vectors[index_a], vectors[index_b])
+    measured = measure_pairs(verifier, pairs.abs_path_a, pairs.abs_path_b)
+    distances, result, index_a, index_b = measured.distances, measured.result, measured.row_a, measured.row_b
     failed = np.isnan(distances)
-    same = distances <= verifier.threshold
+    same = Distance.is_same(distances, verifier.threshold)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(RESULT_HEADER)

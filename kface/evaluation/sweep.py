@@ -36,7 +36,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from ..errors import InputError
-from ..outputs import atomic_path, write_json, write_text
+from ..outputs import write_json, write_text
 
 log = logging.getLogger("kface")
 
@@ -368,10 +368,9 @@ def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str]
 
 
 def _plot_sweep(path: Path, rows: list[dict], tagged: bool = False) -> None:
-    import matplotlib
+    from .plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import matplotlib.ticker
 
     panels = (("accuracy", "accuracy (test)"), ("loss", "BCE loss (test)"), ("overlap", "overlap area (test, KDE)"),
@@ -397,6 +396,4 @@ def _plot_sweep(path: Path, rows: list[dict], tagged: bool = False) -> None:
         axis.set_xlabel("different : same pairs")
     axes[0, 0].legend(fontsize=8)
     figure.tight_layout()
-    with atomic_path(path, suffix=".png") as temp:
-        figure.savefig(temp, dpi=120)
-    plt.close(figure)
+    save_figure(figure, path)
