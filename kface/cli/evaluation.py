@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
-from .options import (backbone_option, command_line, common_options, dataset_options, detector_options, device_option, engine_option, handle_errors, model_option, print_json, setup_logging)
+from ..names import IDENTITY_DATASETS
+from .options import (backbone_option, command_line, common_options, dataset_options, detector_options, device_option,
+                      engine_option, handle_errors, model_option, print_json, setup_logging)
 
 
 
@@ -49,14 +51,10 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
     Example: kface overlap-report --pairs pairs/lfw-4to6.csv --out reports/lfw-base
     """
     setup_logging(quiet)
-    from ..errors import InputError
+    from ..evaluation.report import check_save_threshold, overlap_report as run, report_verifier, save_report_threshold
 
-    if save_threshold and not model:
-        raise InputError("--save-threshold writes into a trained model: give --model runs/NAME/model.pt")
-    if save_threshold and threshold is not None:
-        raise InputError("--save-threshold saves a threshold chosen on val; it cannot be combined with --threshold")
-    from ..evaluation.report import overlap_report as run, report_verifier, save_report_threshold
-
+    if save_threshold:
+        check_save_threshold(model, threshold)
     verifier = report_verifier(model, backbone=backbone, detector=detector, fallback=fallback, device=device,
                                weights=weights, cache=not no_cache, progress=not quiet, max_pixels=max_pixels)
     body = run(pairs_file, verifier, split=split, val_split=val_split, rule=rule, samples=samples, seed=seed,
@@ -119,7 +117,7 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 
 
 @benchmark.command("families")
-@dataset_options(["folder", "kface", "aging", "csv"])
+@dataset_options(IDENTITY_DATASETS)
 @click.option("--group-by", default="family", show_default=True, metavar="COLUMN",
               help="The column whose groups (families) the folds are made of.")
 @click.option("--groups", "groups_file", type=click.Path(dir_okay=False),

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from .options import DETECTOR_CHOICES, common_options, device_option, handle_errors, print_json, setup_logging
 from ..errors import InputError, KfaceError
+from ..names import DETECTOR_NAMES, FALLBACK_NAMES, IDENTITY_DATASETS
+from .options import common_options, device_option, handle_errors, print_json, setup_logging
 
-DATASET_KINDS = ["folder", "csv", "kface", "aging"]
 
 
 def gallery_option(function):
@@ -20,9 +20,9 @@ def gallery_option(function):
 
 def verifier_options(function):
     """--model, --detector, --fallback: default to the gallery's own model and settings."""
-    function = click.option("--fallback", type=click.Choice(["none", "whole-image"]), default=None,
+    function = click.option("--fallback", type=click.Choice(FALLBACK_NAMES), default=None,
                             help="When no face is found: fail (none, default) or use the whole image.")(function)
-    function = click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default=None,
+    function = click.option("--detector", type=click.Choice(DETECTOR_NAMES), default=None,
                             help="Face detector [default: auto].")(function)
     function = click.option("--model", help="The model to embed with: a shipped name (korean, dlib) or a trained "
                                             "runs/NAME/model.pt [default: the gallery's own; for a new gallery, "
@@ -34,7 +34,7 @@ def dataset_source_options(function):
     function = click.option("--manifest", type=click.Path(dir_okay=False),
                             help="--dataset csv: the manifest (path,identity,...), paths relative to --root.")(function)
     function = click.option("--root", type=click.Path(), help="--dataset: the dataset's root folder.")(function)
-    function = click.option("--dataset", type=click.Choice(DATASET_KINDS),
+    function = click.option("--dataset", type=click.Choice(IDENTITY_DATASETS),
                             help="Read a whole dataset (identities from its layout) instead of IMAGE arguments.")(function)
     return function
 
@@ -236,8 +236,8 @@ def gallery_rebuild(gallery_path):
 @click.option("--threshold", type=float,
               help="Link distance [default: the one measured for the model, else its 1:1 threshold].")
 @click.option("--model", help="korean, dlib or runs/NAME/model.pt [default: kface's default model].")
-@click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default="auto", show_default=True)
-@click.option("--fallback", type=click.Choice(["none", "whole-image"]), default="none", show_default=True)
+@click.option("--detector", type=click.Choice(DETECTOR_NAMES), default="auto", show_default=True)
+@click.option("--fallback", type=click.Choice(FALLBACK_NAMES), default="none", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of chinese-whispers' node order.")
 @device_option
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
@@ -324,7 +324,7 @@ def _write_clusters(out, paths, labels, truth) -> None:
 
 # -- the identification protocol -------------------------------------------------------------------
 @click.command("identification")
-@click.option("--dataset", required=True, type=click.Choice(DATASET_KINDS), help="Layout of the data under --root.")
+@click.option("--dataset", required=True, type=click.Choice(IDENTITY_DATASETS), help="Layout of the data under --root.")
 @click.option("--root", required=True, type=click.Path(), help="The dataset's root folder.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="--dataset csv: the manifest.")
 @click.option("--groups", "groups_file", type=click.Path(dir_okay=False),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import (handle_errors, print_json)
+from .options import handle_errors, print_json
 
 
 

@@ -11,8 +11,8 @@ from typing import Optional
 import click
 
 from ..errors import KfaceError
+from ..names import BACKBONE_NAMES, DETECTOR_NAMES, FALLBACK_NAMES
 
-DETECTOR_CHOICES = ["dlib", "mtcnn", "auto", "none"]
 
 
 def handle_errors(command):
@@ -54,17 +54,17 @@ def print_json(payload: dict) -> None:
 # -- options shared by several commands ------------------------------------------------------------
 def backbone_option(function):
     return click.option("--backbone", default="dlib-resnet", show_default=True,
-                        help="Face backbone: dlib-resnet, dlib-native, dlib-torch, facenet-vggface2, facenet-casia.")(function)
+                        help=f"Face backbone: {', '.join(BACKBONE_NAMES)}.")(function)
 
 
 def detector_options(default: str = "dlib", fallback: str = "none"):
     def decorate(function):
         function = click.option("--max-pixels", type=click.IntRange(1), default=None,
                                 help="Refuse images with more pixels than this (default 40,000,000).")(function)
-        function = click.option("--fallback", type=click.Choice(["none", "whole-image"]), default=fallback,
+        function = click.option("--fallback", type=click.Choice(FALLBACK_NAMES), default=fallback,
                                 show_default=True,
                                 help="When no face is found: fail (none) or use the whole image as the face.")(function)
-        function = click.option("--detector", type=click.Choice(DETECTOR_CHOICES), default=default,
+        function = click.option("--detector", type=click.Choice(DETECTOR_NAMES), default=default,
                                 show_default=True,
                                 help="dlib HOG (with a padded retry), MTCNN, auto (HOG then MTCNN) or none "
                                      "(the whole image is the face).")(function)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import (backbone_option, detector_options, device_option, handle_errors, model_option, setup_logging)
+from .options import backbone_option, detector_options, device_option, handle_errors, model_option, setup_logging
 
 
 

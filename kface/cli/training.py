@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import click
 
-from .options import (backbone_option, cache_dir_option, command_line, common_options, dataset_options, detector_options, device_option, handle_errors, print_json, set_cache_env, setup_logging)
+from ..names import (ATTRIBUTE_DATASETS, DISTANCE_NAMES, IDENTITY_DATASETS, PAIR_SOURCE_DATASETS,
+                     UNFREEZE_NAMES)
+from .options import (backbone_option, cache_dir_option, command_line, common_options, dataset_options,
+                      detector_options, device_option, handle_errors, print_json, set_cache_env,
+                      setup_logging)
 
 
 @click.command("make-pairs")
-@dataset_options(["folder", "kface", "aging", "aaf", "csv"])
+@dataset_options(PAIR_SOURCE_DATASETS)
 @click.option("--ratio", required=True,
               help="Different:same pairs in every split, e.g. 4:6 (40% different-person), or the fraction "
                    "of different-person pairs, e.g. 0.4.")
@@ -64,7 +68,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
               help="Pair file from make-pairs (its train and val splits); or train from --dataset/--root.")
 @click.option("--root", type=click.Path(file_okay=False),
               help="With --dataset: the dataset's root; with --pairs: the root its relative paths resolve against.")
-@click.option("--dataset", type=click.Choice(["folder", "kface", "aging", "csv"]),
+@click.option("--dataset", type=click.Choice(IDENTITY_DATASETS),
               help="Train from a dataset instead of a pair file: identity-disjoint train/val/test pairs are "
                    "sampled into OUT/pairs.csv, and --loss metric uses every image of the train identities.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="--dataset csv: the manifest (path,identity,...).")
@@ -83,7 +87,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
                    "LDA projection, fitted in closed form on the train identities, its size chosen on val; no "
                    "training loop), lda+siamese (siamese trained on that projection), or none (the backbone's "
                    "own embedding, with --unfreeze) [default: siamese; none with --unfreeze].")
-@click.option("--distance", type=click.Choice(["euclidean", "cosine"]), default="euclidean", show_default=True)
+@click.option("--distance", type=click.Choice(DISTANCE_NAMES), default="euclidean", show_default=True)
 @click.option("--loss", default="bce", show_default=True,
               help="bce (P(same) from the distance, binary cross-entropy), contrastive, or metric (dlib's margin "
                    "loss around distance 0.6 on P x K identity batches: every same-person pair and as many of "
@@ -91,7 +95,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @click.option("--margin", type=float, default=None,
               help="--loss contrastive: the margin [default: 1.0]; --loss metric: the margin on each side of 0.6 "
                    "[default: 0.04].")
-@click.option("--unfreeze", type=click.Choice(["none", "fc", "last-block", "last-stage", "all"]), default="none",
+@click.option("--unfreeze", type=click.Choice(UNFREEZE_NAMES), default="none",
               show_default=True,
               help="Also train the backbone's final layer, last residual block, last stage, or (GPU only) every "
                    "layer (dlib-torch, facenet-*). The frozen part runs once per image and mirror image and is "
@@ -178,7 +182,7 @@ def train(ctx, resume, as_json, quiet, **options):
 
 
 @click.command()
-@dataset_options(["folder", "kface", "aging", "csv"])
+@dataset_options(IDENTITY_DATASETS)
 @click.option("--ratios", default="1:9,2:8,3:7,4:6,5:5,6:4,7:3,8:2,9:1", show_default=True,
               help="Different:same ratios to sweep, comma-separated.")
 @click.option("--images-per-identity", help="K values to sweep, e.g. 5,10 ('all' for every image) [default: all].")
@@ -191,7 +195,7 @@ def train(ctx, resume, as_json, quiet, **options):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of sampling, training and reports.")
 @click.option("--epochs", type=click.IntRange(1), default=None, help="[default: 200; 20 with --unfreeze]")
 @backbone_option
-@click.option("--unfreeze", type=click.Choice(["none", "fc", "last-block", "last-stage", "all"]), default="none",
+@click.option("--unfreeze", type=click.Choice(UNFREEZE_NAMES), default="none",
               show_default=True, help="Also train the backbone's last layers (as kface train --unfreeze).")
 @click.option("--loss", default="bce", show_default=True, help="bce, contrastive or metric (as kface train --loss).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
@@ -200,7 +204,7 @@ def train(ctx, resume, as_json, quiet, **options):
 @click.option("--heads", default="siamese", show_default=True,
               help="Heads to compare, comma-separated: siamese, lda, lda+siamese (as kface train --head).")
 @click.option("--distance", "distances", default="euclidean", show_default=True,
-              help="Distances to compare, comma-separated: euclidean, cosine.")
+              help=f"Distances to compare, comma-separated: {', '.join(DISTANCE_NAMES)}.")
 @click.option("--baseline/--no-baseline", default=None,
               help="Also score the base backbone (head 'base', nothing trained) on each pair file and distance "
                    "[default: when heads or distances are compared].")
@@ -257,7 +261,7 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
 
 # -- age and gender --------------------------------------------------------------------------------
 @click.command("train-attributes")
-@dataset_options(["aging", "aaf", "csv", "lfw-gender"])
+@dataset_options(ATTRIBUTE_DATASETS)
 @click.option("--task", type=click.Choice(["age", "gender", "both"]),
               help="Heads to train [default: every attribute the dataset labels].")
 @click.option("--age-bins", default="0,10,20,30,40,50,60", show_default=True,
@@ -304,7 +308,8 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, group
     The shipped Korean heads: python -m kface.models.build_attributes build --root ../shared/data/korean_family
     """
     setup_logging(quiet)
-    from ..attributes.model import AttributeConfig, parse_age_bins, train_attributes as run
+    from ..attributes.labels import AttributeConfig, parse_age_bins
+    from ..attributes.train import train_attributes as run
     from ..datasets import dataset_options as checked_dataset_options
     from ..pairs import parse_split
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import click
 
-from ..errors import KfaceError
-from .options import (backbone_option, common_options, detector_options, device_option, echo_no_face_notes, engine_option, handle_errors, model_label, model_option, print_json, setup_logging)
+from .options import (backbone_option, common_options, detector_options, device_option, echo_no_face_notes,
+                      engine_option, handle_errors, model_label, model_option, print_json,
+                      setup_logging)
 
 
 @click.command()
@@ -36,33 +37,23 @@ def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, wei
     """
     setup_logging(quiet)
     from ..api import embed as embed_images
+    from ..embedding_file import write_embedding_file
     from ..engines import backbone_for_engine
-    from ..outputs import write_npz
 
     result = embed_images(list(images), model=model, backbone=backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, tta=tta,
                           device=device, weights=weights, cache=not no_cache, max_pixels=max_pixels,
                           on_error="skip" if skip_bad else "raise", no_face="error" if strict else "row",
                           workers=workers, progress=not quiet)
-    keep = [i for i, path in enumerate(result.paths) if path not in result.errors]
-    for path, message in result.errors.items():
+    for message in result.errors.values():
         click.echo(f"skipped: {message}", err=True)
-    if not keep:
-        raise KfaceError("no image could be embedded")
+    counts = write_embedding_file(result, out)
     if not quiet:
         echo_no_face_notes(list(result.notes.values()))
-    import numpy as np
-
-    paths = [result.paths[i] for i in keep]
-    write_npz(out, paths=np.array(paths), embeddings=result.embeddings[keep],
-              found=result.found[keep], stages=np.array([result.stages[i] for i in keep]),
-              notes=np.array([result.notes.get(path, "") for path in paths]))
-    summary = {"out": out, "count": len(keep), "skipped": len(result.errors), "dim": int(result.embeddings.shape[1]),
-               "found": int(result.found[keep].sum()), "no_face": len(result.notes), "stages": result.stage_counts(),
-               "computed": result.computed, "backbone": backbone, "model": model_label(model, backbone)}
+    summary = {"out": out, **counts, "backbone": backbone, "model": model_label(model, backbone)}
     if as_json:
         print_json(summary)
     elif not quiet:
-        click.echo(f"wrote {len(keep)} embeddings ({summary['dim']}-d, {summary['model']}) to {out}", err=True)
+        click.echo(f"wrote {summary['count']} embeddings ({summary['dim']}-d, {summary['model']}) to {out}", err=True)
 
 
 @click.command()

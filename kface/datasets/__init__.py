@@ -36,6 +36,10 @@ class Adapter:
     description: str
     #: Canonical, JSON-ready form of the options, recorded in what is written from the index.
     describe: Callable[[dict], dict] = lambda options: {key: str(value) for key, value in options.items()}
+    #: Labels (age, gender) its records can carry, for attribute training.
+    labels: tuple[str, ...] = ()
+    #: True for a set labelled only for attribute training (its identities are not meant for pairs).
+    attributes_only: bool = False
 
 
 ADAPTERS: dict[str, Adapter] = {
@@ -49,14 +53,17 @@ ADAPTERS: dict[str, Adapter] = {
                 "AIHub K-Face: <ID>/S001/L1/E01/C7.jpg, filterable by accessory, light, expression, camera",
                 kface_layout.describe_options),
         Adapter("aging", aging.iter_records, (), aging.CONDITIONS, True,
-                "AIHub face aging: images with JSON labels (age at photo, gender, box, landmarks)"),
+                "AIHub face aging: images with JSON labels (age at photo, gender, box, landmarks)",
+                labels=("age", "gender")),
         Adapter("aaf", aaf.iter_records, ("aaf_images",), (), False,
-                "All-Age-Faces: 00000A02.jpg names (age), gender lists; one person per image"),
+                "All-Age-Faces: 00000A02.jpg names (age), gender lists; one person per image",
+                labels=("age", "gender")),
         Adapter("csv", manifest.iter_records, ("manifest",), (), True,
                 "a CSV manifest with columns path,identity[,age][,gender]",
-                lambda options: {"manifest": os.path.abspath(options["manifest"])}),
+                lambda options: {"manifest": os.path.abspath(options["manifest"])}, labels=("age", "gender")),
         Adapter("lfw-gender", lfw_gender.iter_records, (), (), True,
-                "LFW identity folders with the male_names.txt / female_names.txt gender lists"),
+                "LFW identity folders with the male_names.txt / female_names.txt gender lists",
+                labels=("gender",), attributes_only=True),
     ]
 }
 

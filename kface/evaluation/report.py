@@ -296,6 +296,14 @@ def _context(pairs_file, pairs, verifier, test: _ScoredSplit, val: Optional[_Sco
     }
 
 
+def check_save_threshold(model: Optional[Union[str, os.PathLike]], threshold: Optional[float]) -> None:
+    """Refuse, before any scoring, a --save-threshold that has no trained model to write into or no val choice."""
+    if not model:
+        raise InputError("--save-threshold writes into a trained model: give --model runs/NAME/model.pt")
+    if threshold is not None:
+        raise InputError("--save-threshold saves a threshold chosen on val; it cannot be combined with --threshold")
+
+
 def save_report_threshold(model: Union[str, os.PathLike], body: dict) -> dict:
     """Write the report's threshold into the model checkpoint ``model``, so ``kface verify`` uses it.
 

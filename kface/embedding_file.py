@@ -1,0 +1,28 @@
+"""The ``kface embed`` output: an EmbeddingResult's embedded rows as an .npz (paths, embeddings, found, stages, notes)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .embeddings import EmbeddingResult
+from .errors import KfaceError
+from .outputs import write_npz
+
+
+def write_embedding_file(result: EmbeddingResult, out: os.PathLike) -> dict:
+    """Write every row of ``result`` but the skipped images (``result.errors``) to ``out``, atomically; return
+    the counts a summary gives: count, skipped, dim, found, no_face, stages, computed.
+
+    Raises :class:`KfaceError` when every image was skipped (nothing is written then).
+    """
+    keep = [i for i, path in enumerate(result.paths) if path not in result.errors]
+    if not keep:
+        raise KfaceError("no image could be embedded")
+    paths = [result.paths[i] for i in keep]
+    write_npz(out, paths=np.array(paths), embeddings=result.embeddings[keep],
+              found=result.found[keep], stages=np.array([result.stages[i] for i in keep]),
+              notes=np.array([result.notes.get(path, "") for path in paths]))
+    return {"count": len(keep), "skipped": len(result.errors), "dim": int(result.embeddings.shape[1]),
+            "found": int(result.found[keep].sum()), "no_face": len(result.notes), "stages": result.stage_counts(),
+            "computed": result.computed}
