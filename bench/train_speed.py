@@ -33,7 +33,7 @@ LFW_IMAGES = (Path(__file__).parents[1] / ".." / "shared" / "data" / "lfw" / "im
 
 def synthetic_data(train_pairs: int, val_pairs: int, seed: int = 0):
     """TrainingData over synthetic dlib-like embeddings; train and val identities disjoint; 40% negatives."""
-    from kface.training.run import SplitPairs, TrainingData
+    from kface.training.data import SplitPairs, TrainingData
 
     rng = np.random.default_rng(seed)
     identities, per_identity, dim = 2000, 5, 128

@@ -312,7 +312,7 @@ def test_an_lfw_pairs_file_that_does_not_parse_is_an_input_error(tmp_path, text,
 
 def test_train_feature_store_leaves_the_cache_with_no_cache_or_an_unwritable_cache(tmp_path, monkeypatch, caplog):
     from kface.cache import NO_CACHE_ENV
-    from kface.training.run import _feature_store_folder
+    from kface.training.data import _feature_store_folder
 
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -344,7 +344,9 @@ def test_distribution_without_scores_says_how_to_get_one(client):
 @pytest.fixture(scope="module")
 def trained_model(tmp_path_factory):
     """A model trained (2 epochs) on made-up 128-d dlib-resnet features: identities 0-29 train, 30-44 val."""
-    from kface.training.run import SplitPairs, TrainConfig, TrainingData, fit
+    from kface.training.config import TrainConfig
+    from kface.training.data import SplitPairs, TrainingData
+    from kface.training.run import fit
 
     rng = np.random.default_rng(0)
     features = (np.repeat(rng.normal(0, 0.1, (45, 128)), 4, axis=0) + rng.normal(0, 0.03, (180, 128)))

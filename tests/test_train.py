@@ -24,7 +24,10 @@ from kface.cli import cli
 from kface.errors import InputError
 from kface.training.store import FeatureSpec, FeatureStore
 from kface.training.heads import ContrastiveLoss, DistanceToProbability, SiameseHead, build_pair_model, get_loss
-from kface.training.run import PairTensors, SplitPairs, TrainConfig, batches, epoch_order, run_epoch, train
+from kface.training.config import TrainConfig
+from kface.training.data import SplitPairs
+from kface.training.loop import PairTensors, batches, epoch_order, run_epoch
+from kface.training.run import train
 
 PEOPLE, IMAGES_EACH = 48, 4
 FAST = {"upsample": 0, "device": "cpu", "workers": 2}
@@ -36,7 +39,7 @@ TORCHRUN_TOLERANCE = 2e-5
 @pytest.fixture(scope="module")
 def lfw_pairs(tmp_path_factory) -> Path:
     """A pair file over a tree of 48 LFW people (hard links), with its features computed once."""
-    from kface.training.run import load_training_data
+    from kface.training.data import load_training_data
 
     folder = tmp_path_factory.mktemp("lfw-subset")
     write_folder_pairs(link_tree(lfw_people(PEOPLE, IMAGES_EACH), folder / "tree"), folder / "pairs.csv", 500,
@@ -181,7 +184,7 @@ def synthetic_data(seed: int = 0):
     """Features of 60 made-up identities, 5 images each: 8 dimensions carry the identity, 8 only noise that
     hides it (like lighting), which a head can learn to ignore for new people too. Pairs of identities
     0-39 train, 40-59 val."""
-    from kface.training.run import TrainingData
+    from kface.training.data import TrainingData
 
     rng = np.random.default_rng(seed)
     identity = np.repeat(rng.normal(0, 0.1, (60, 8)), 5, axis=0) + rng.normal(0, 0.02, (300, 8))
@@ -215,7 +218,8 @@ def test_contrastive_loss_with_cosine_distance_trains_on_synthetic_features(tmp_
 # -- checkpoints ---------------------------------------------------------------------------------------
 def test_model_checkpoint_holds_the_val_distances_of_its_epoch(tmp_path):
     from kface.metrics import overlap_area
-    from kface.training.run import VAL_GRID, fit
+    from kface.training.loop import VAL_GRID
+    from kface.training.run import fit
 
     data = synthetic_data()
     # Val accuracy peaks at epoch 3 of 6 here (measured): the saved epoch is not the last one.
@@ -373,7 +377,8 @@ def test_process_shares_partition_every_batch():
 
 def test_training_measures_the_base_backbone_on_val_as_its_baseline(tmp_path, caplog):
     from kface.metrics import accuracy_at, choose_threshold, overlap_area
-    from kface.training.run import VAL_GRID, fit
+    from kface.training.loop import VAL_GRID
+    from kface.training.run import fit
 
     data = synthetic_data()
     config = TrainConfig(pairs="synthetic.csv", out=str(tmp_path / "run"), epochs=6, lr=0.003, min_lr=0.0003,

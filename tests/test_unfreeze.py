@@ -100,7 +100,8 @@ def test_last_block_with_metric_loss_trains_and_does_not_lose_to_the_frozen_back
 
 
 def test_resume_of_identity_batches_ends_with_the_same_weights(metric_run, pair_file, tmp_path):
-    from kface.training.run import TrainConfig, saved_config, train
+    from kface.training.config import TrainConfig, saved_config
+    from kface.training.run import train
 
     class Interrupted(Exception):
         pass

@@ -23,27 +23,18 @@ Only tensors, numbers, strings, lists and dicts are stored, so every file loads 
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 
-from .. import __version__
 from ..errors import InputError
 from ..hashing import file_sha256  # noqa: F401  (re-exported: callers record files by it)
 from ..outputs import atomic_path
+from ..versions import versions  # noqa: F401  (re-exported: checkpoints record it)
 
 FORMAT = "kface-model"
 FORMAT_VERSION = 1
-
-
-def versions() -> dict:
-    """The library versions a checkpoint was written with."""
-    import torch
-
-    return {"kface": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "python": platform.python_version()}
 
 
 def plain(value: Any) -> Any:
@@ -72,15 +63,8 @@ def save_checkpoint(path: os.PathLike, payload: dict, durable: bool = False) -> 
 
 def load_checkpoint(path: os.PathLike, expected: str = FORMAT) -> dict:
     """Load a kface checkpoint with ``weights_only=True`` (on the CPU) and check what it is."""
-    import torch  # here, not at the top: a cached ONNX export serves verify without torch
-
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for a damaged or foreign file
-        raise InputError(f"{path}: not a readable kface checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from None
+    payload = read_checkpoint(path, "not a readable kface checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != expected:
         found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise InputError(f"{path}: expected a {expected} checkpoint, found {found!r}")
@@ -91,6 +75,20 @@ def load_checkpoint(path: os.PathLike, expected: str = FORMAT) -> dict:
     if found:
         raise InputError(f"{path}: damaged or foreign {expected} checkpoint ({found})")
     return payload
+
+
+def read_checkpoint(path: os.PathLike, unreadable: str) -> Any:
+    """What ``torch.load(weights_only=True)`` reads from ``path`` on the CPU; a missing file, or one torch
+    cannot read (``unreadable``: how the message says so), is an :class:`InputError`."""
+    import torch  # here, not at the top: a cached ONNX export serves verify without torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise InputError(f"{path}: {unreadable} ({type(exc).__name__}: {str(exc)[:200]})") from None
 
 
 STATE_FORMAT = "kface-train-state"

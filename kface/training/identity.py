@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from .loop import optimiser_step
 
 #: How many in-batch distances (about) an epoch keeps for calibrating P(same).
 CALIBRATION_SAMPLES = 20000
@@ -111,7 +112,6 @@ def run_identity_epoch(embedding: nn.Module, table: torch.Tensor, rows: np.ndarr
     embedding.train(True)
     device = table.device
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    scaling = scaler is not None and scaler.is_enabled()
     rows = torch.as_tensor(rows, device=device)
     total_loss, correct, pairs = 0.0, 0, 0
     kept_distances, kept_labels = [], []
@@ -123,15 +123,7 @@ def run_identity_epoch(embedding: nn.Module, table: torch.Tensor, rows: np.ndarr
         with torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext():
             embeddings = embedding(table[items, views].unsqueeze(1))  # one view per image
         result = criterion(embeddings.float(), labels)
-        for parameter in parameters:
-            parameter.grad = None
-        if scaling:
-            scaler.scale(result.loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            result.loss.backward()
-            optimizer.step()
+        optimiser_step(result.loss, optimizer, parameters, scaler)
         total_loss += float(result.loss.detach())
         correct, pairs = correct + result.correct, pairs + result.pairs
         distances, same = batch_pair_distances(criterion.distance, embeddings.detach().float(), labels)
