@@ -13,8 +13,9 @@ import io
 import logging
 import os
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional, Protocol, Union
 
 import numpy as np
 
@@ -158,9 +159,57 @@ class NullCache:
         pass
 
 
-def open_cache(enabled: bool = True, folder: Optional[os.PathLike] = None):
+class RequestMemory:
+    """The cache's interface in memory, one request at a time (``kface serve``): nothing reaches the disk.
+
+    Outside :meth:`request` nothing is stored; what a request stored is dropped when it ends, so uploads
+    never outlive it. Within a request it lets the chips shown on the page and the verdict come from one
+    detection.
+    """
+
+    path = None
+
+    def __init__(self):
+        self._tables: Optional[dict[str, dict]] = None
+
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        self._tables = {}
+        try:
+            yield
+        finally:
+            self._tables = None
+
+    def get_many(self, table: str, keys: Iterable[str]) -> dict:
+        stored = (self._tables or {}).get(table, {})
+        return {key: stored[key] for key in keys if key in stored}
+
+    def put_many(self, table: str, items: dict) -> None:
+        if self._tables is not None:
+            self._tables.setdefault(table, {}).update(items)
+
+    def close(self) -> None:
+        pass
+
+
+class CacheStore(Protocol):
+    """What :class:`~kface.embeddings.Embedder` needs of a cache: :class:`Cache`, :class:`NullCache` or
+    :class:`RequestMemory`."""
+
+    path: Optional[Path]
+
+    def get_many(self, table: str, keys: Iterable[str]) -> dict: ...
+
+    def put_many(self, table: str, items: dict) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def open_cache(enabled: Union[bool, CacheStore] = True, folder: Optional[os.PathLike] = None) -> CacheStore:
     """A :class:`Cache`, or a :class:`NullCache` when caching is off or the cache cannot be used (a note
-    on stderr says why)."""
+    on stderr says why); a cache object given as ``enabled`` is used as it is."""
+    if not isinstance(enabled, bool):
+        return enabled
     if not enabled or os.environ.get(NO_CACHE_ENV) == "1":
         return NullCache()
     try:

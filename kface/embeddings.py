@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field, replace
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone
-from .cache import open_cache
+from .cache import CacheStore, open_cache
 from .errors import InputError, NoFaceError
 from .hashing import file_sha256
 from .faces import FaceFinder, FaceSettings, mirror
@@ -112,14 +112,16 @@ class Embedder:
         tta: ``none`` or ``flip`` (average with the mirrored chip's embedding).
         device: ``auto``, ``cpu`` or ``cuda`` for torch backbones and MTCNN.
         weights: a local weights file for backbones that need one.
-        cache: use the on-disk cache (``cache_dir`` overrides its folder).
+        cache: use the on-disk cache (``cache_dir`` overrides its folder), or a cache object to use
+            (:class:`~kface.cache.RequestMemory`, :class:`~kface.cache.NullCache`...).
         progress: show progress bars on stderr.
         workers: face-finding worker processes for large inputs (``None``: the CPU cores; 0: this process).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib", upsample: int = 1,
                  fallback: str = "none", tta: str = "none", device: str = "auto",
-                 weights: Optional[str] = None, cache: bool = True, cache_dir: Optional[os.PathLike] = None,
+                 weights: Optional[str] = None, cache: Union[bool, CacheStore] = True,
+                 cache_dir: Optional[os.PathLike] = None,
                  max_pixels: Optional[int] = None, progress: bool = False, workers: Optional[int] = None):
         if tta not in TTA_MODES:
             raise InputError(f"unknown --tta {tta!r}; choose one of: {', '.join(TTA_MODES)}")
@@ -373,6 +375,11 @@ class Embedder:
         from .progress import progress_bar
 
         return progress_bar(total, desc, enabled=self.progress)
+
+    def use_cache(self, cache: CacheStore) -> None:
+        """Store faces and embeddings in ``cache`` from now on (the current one is closed)."""
+        self._cache.close()
+        self._cache = cache
 
     def close(self) -> None:
         self._cache.close()

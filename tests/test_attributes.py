@@ -17,8 +17,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from kface.attributes.heads import fit_heads, load_attribute_model
-from kface.attributes.model import (AgeBins, AttributeConfig, age_metrics, class_weights, gender_metrics, load_analyzer,
-                              parse_age_bins, split_by_group)
+from kface.attributes.labels import AgeBins, AttributeConfig, class_weights, parse_age_bins, split_by_group
+from kface.attributes.model import load_analyzer
+from kface.attributes.train import age_metrics, gender_metrics
 from kface.cli import cli
 from kface.datasets import load_dataset
 from kface.errors import InputError

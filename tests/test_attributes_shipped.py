@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from kface.attributes.model import AgeBins, AttributeConfig, age_interval, load_analyzer, split_by_group
+from kface.attributes.labels import AgeBins, AttributeConfig, age_interval, split_by_group
+from kface.attributes.model import load_analyzer
 from kface.cli import cli
 from kface.hashing import file_sha256
 from kface.models import attributes as shipped

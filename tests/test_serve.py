@@ -45,7 +45,8 @@ def write_attribute_model(path: Path, seed: int = 0) -> Path:
     """An attribute checkpoint with seeded random age and gender heads on dlib-resnet's 128-d embedding."""
     import torch
 
-    from kface.attributes.model import GENDERS, AgeBins, AttributeHeads, save_attribute_model
+    from kface.attributes.heads import AttributeHeads, save_attribute_model
+    from kface.attributes.labels import GENDERS, AgeBins
 
     bins = AgeBins()
     heads = AttributeHeads(128, {"age": len(bins), "gender": len(GENDERS)}, hidden=16, dropout=0.0)

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .model import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeAnswers,
-                         AttributeConfig, average_views, class_weights)
+from .answers import AttributeAnswers, average_views
+from .labels import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeConfig, class_weights
 from ..errors import InputError
 
 
@@ -241,7 +241,7 @@ def save_attribute_model(path: os.PathLike, heads: AttributeHeads, meta: dict) -
 
 
 def load_attribute_model(path: os.PathLike) -> AttributeModel:
-    """Load a checkpoint written by :func:`~kface.attributes.model.train_attributes` (``weights_only=True``)."""
+    """Load a checkpoint written by :func:`~kface.attributes.train.train_attributes` (``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")

@@ -2,7 +2,7 @@
 
 ``attributes-korean-v1.onnx`` takes the 128-d ``dlib-resnet`` embeddings of aligned faces and returns
 the probabilities of the 8 Korean age classes and of the two genders; ``attributes-korean-v1.json`` (its
-card) holds what :class:`~kface.attributes.model.AttributeAnswers` needs (classes, age bins, each class's age
+card) holds what :class:`~kface.attributes.answers.AttributeAnswers` needs (classes, age bins, each class's age
 in years, face settings, flip averaging), the training provenance, the recipe, the file's sha256
 (checked before the session is created) and the figures on the held-out families. Made by
 ``python -m kface.models.build_attributes`` (:mod:`kface.models.build_attributes`). No torch here.
@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..attributes.model import AttributeAnswers, average_views
+from ..attributes.answers import AttributeAnswers, average_views
 from ..errors import KfaceError
 from . import MODELS_DIR
 

@@ -53,7 +53,7 @@ BUILD_COMMAND = "python -m kface.models.build_attributes build --root ../shared/
 
 
 def recipe_config(name: str, root: Path, out: Path, device: str = "auto"):
-    from ..attributes.model import AttributeConfig
+    from ..attributes.labels import AttributeConfig
 
     return AttributeConfig(root=str(root), out=str(out), device=device, **BASE, **RECIPES[name])
 
@@ -75,7 +75,8 @@ def korean_index(root: Path, heldout: bool):
 
 def korean_features(root: Path, heldout: bool, device: str = "auto", hog_policy: str = BASE["hog_policy"]):
     """Embeddings (and mirror-image embeddings) with labels of the training or held-out families."""
-    from ..attributes.model import AgeBins, dataset_features
+    from ..attributes.labels import AgeBins
+    from ..attributes.train import dataset_features
 
     config = replace(recipe_config("ordinal+flip", root, Path("unused"), device),  # tta flip: both views
                      hog_policy=hog_policy)
@@ -155,19 +156,20 @@ def _family_folds(groups: np.ndarray) -> np.ndarray:
 
 
 def _labels() -> list[str]:
-    from ..attributes.model import AgeBins
+    from ..attributes.labels import AgeBins
 
     return AgeBins(KOREAN_AGE_BINS).labels
 
 
 def _group_ages(features) -> list[float]:
-    from ..attributes.model import AgeBins
+    from ..attributes.labels import AgeBins
 
     return AgeBins(KOREAN_AGE_BINS).representative_ages(features.labels.ages, features.labels.targets["age"])
 
 
 def _rows(features, keep: np.ndarray):
-    from ..attributes.model import Features, LabelledData
+    from ..attributes.labels import LabelledData
+    from ..attributes.train import Features
 
     labels = LabelledData({task: target[keep] for task, target in features.labels.targets.items()},
                           features.labels.ages[keep])
@@ -196,7 +198,7 @@ def recipes_markdown(rows: list[dict], max_folds: int = FOLDS) -> str:
 
 def train_recipe(root: Path, name: str, device: str = "auto") -> Path:
     """kface train-attributes with recipe ``name`` on every training family; returns its model.pt."""
-    from ..attributes.model import train_attributes
+    from ..attributes.train import train_attributes
     from ..evaluation.families import write_manifest
 
     run = RUN_DIR / name

@@ -15,6 +15,7 @@ from fastapi import Request  # module level: FastAPI reads the handlers' annotat
 from fastapi.responses import JSONResponse
 
 from ..images import content_hash
+from .uploads import ERRORS, ApiError, ErrorAnswer, check_pixels, multipart_body, named_errors, read_uploads
 
 SEARCH_FIELDS = ("image",)
 ENROLL_FIELDS = ("image", "identity")
@@ -22,7 +23,7 @@ MAX_TOP = 50
 
 
 class GalleryService:
-    """The gallery a server searches and enrolls into, beside its :class:`~kface.serve.app.FaceService`."""
+    """The gallery a server searches and enrolls into, beside its :class:`~kface.serve.pipelines.FaceService`."""
 
     def __init__(self, service, path: str):
         from ..galleries import Gallery
@@ -35,11 +36,9 @@ class GalleryService:
         self.lock = threading.Lock()
 
     def _embed(self, upload):
-        from .app import _check_pixels, _named_errors
-
-        _check_pixels(upload, self.service.limits.max_pixels)
+        check_pixels(upload, self.service.limits.max_pixels)
         with self.service.pool.checkout() as pipeline:
-            with _named_errors(upload):
+            with named_errors(upload):
                 vectors, result = pipeline.verifier.embed([upload.data])
         face = {"path": upload.field, "filename": upload.filename, "found": bool(result.found[0]),
                 "stage": result.stages[0], "box": list(result.boxes[0]) if result.boxes[0] else None,
@@ -47,8 +46,6 @@ class GalleryService:
         return vectors, result, face
 
     def search(self, upload, top: int = 5) -> dict:
-        from .app import ApiError
-
         if not 1 <= top <= MAX_TOP:
             raise ApiError(422, f"top must be between 1 and {MAX_TOP}, got {top}")
         vectors, _, face = self._embed(upload)
@@ -59,8 +56,6 @@ class GalleryService:
 
     def enroll(self, upload, identity_field) -> dict:
         from ..galleries.store import NewImage
-        from .app import ApiError
-
         try:
             identity = identity_field.data.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -89,15 +84,13 @@ class GalleryService:
 
 def add_gallery_routes(app, service, gallery_path: Optional[str], in_worker) -> Optional[GalleryService]:
     """Mount ``/search`` and ``/enroll`` on ``app`` when the server has a gallery (else they answer 501)."""
-    from .app import ERRORS, ApiError, ErrorAnswer, _multipart_body, read_uploads
-
     galleries = GalleryService(service, gallery_path) if gallery_path else None
     missing = {501: {"model": ErrorAnswer, "description": "The server has no gallery (start it with --gallery)."}}
     no_gallery = "this server has no gallery: start it with --gallery FILE (made by kface enroll)"
 
     @app.post("/search", summary="Who in the gallery is the face in image? Ranked identities and the open-set answer",
               responses={**ERRORS, **missing},
-              openapi_extra=_multipart_body({"image": "A photo with one face (the largest is used)."}))
+              openapi_extra=multipart_body({"image": "A photo with one face (the largest is used)."}))
     async def search(request: Request, top: int = 5) -> JSONResponse:
         if galleries is None:
             raise ApiError(501, no_gallery)
@@ -107,7 +100,7 @@ def add_gallery_routes(app, service, gallery_path: Optional[str], in_worker) -> 
     @app.post("/enroll", summary="Enroll the face in image under identity (only its embedding is stored)",
               responses={**ERRORS, **missing, 409: {"model": ErrorAnswer,
                                                     "description": "The photo is enrolled as someone else."}},
-              openapi_extra=_multipart_body({"image": "A photo of the person.", "identity": "Their name (text)."}))
+              openapi_extra=multipart_body({"image": "A photo of the person.", "identity": "Their name (text)."}))
     async def enroll(request: Request) -> JSONResponse:
         if galleries is None:
             raise ApiError(501, no_gallery)

@@ -200,6 +200,11 @@ async function post(url, fields) {
   }
   const form = new FormData();
   for (const [name, file] of Object.entries(fields)) form.append(name, file, file.name);
+  return postForm(url, form);
+}
+
+// POST a form and return its JSON answer; an error answer throws its one-line detail (gallery.js uses it too).
+async function postForm(url, form) {
   const response = await fetch(url, { method: "POST", body: form });
   let body;
   try {

@@ -2,54 +2,40 @@
 // model's same/different distributions beside the 1:1 and open-set thresholds); a name -> POST /enroll.
 "use strict";
 
+// Each text as [English, Korean].
 const GALLERY_TEXT = {
-  en: {
-    heading: "Find a person in the gallery",
-    none: "No gallery is loaded: start the server with --gallery FILE (made by kface enroll).",
-    size: "Gallery: {people} people, {images} photos (model {model}); open-set threshold {t}.",
-    drop: "Drop a photo here or click to choose one",
-    photo: "Photo to search",
-    searching: "Searching…",
-    match: "Found: {name}",
-    noOne: "No one in the gallery",
-    matchDetail: "distance {d} ≤ open-set threshold {t}",
-    noOneDetail: "nearest: {name} at {d} > open-set threshold {t}",
-    rank: "#", name: "Person", distance: "Distance", oneToOne: "Same person at the 1:1 threshold?",
-    yes: "yes", no: "no",
-    enrollLabel: "Enroll this photo as", enroll: "Enroll", enrolled: "Enrolled {name} ({n} new).",
-    already: "{name}: this photo was already enrolled.",
-    plot: "The matches' distances on the model's distance distributions",
-    threshold: "1:1 threshold {t}", openSet: "open-set {t}",
-    noDistribution: "No distance distributions for this model (start the server with --distances to draw them).",
-    error: "Error: {m}",
-  },
-  ko: {
-    heading: "갤러리에서 사람 찾기",
-    none: "갤러리가 없습니다: --gallery FILE 로 서버를 시작하세요 (kface enroll 로 만듭니다).",
-    size: "갤러리: {people}명, 사진 {images}장 (모델 {model}); 오픈셋 임계값 {t}.",
-    drop: "사진을 여기에 놓거나 클릭해서 고르세요",
-    photo: "찾을 사진",
-    searching: "찾는 중…",
-    match: "찾음: {name}",
-    noOne: "갤러리에 없는 사람",
-    matchDetail: "거리 {d} ≤ 오픈셋 임계값 {t}",
-    noOneDetail: "가장 가까운 사람: {name}, 거리 {d} > 오픈셋 임계값 {t}",
-    rank: "#", name: "사람", distance: "거리", oneToOne: "1:1 임계값에서 같은 사람?",
-    yes: "예", no: "아니오",
-    enrollLabel: "이 사진을 등록할 이름", enroll: "등록", enrolled: "{name} 등록됨 (새 사진 {n}장).",
-    already: "{name}: 이미 등록된 사진입니다.",
-    plot: "모델의 거리 분포 위의 후보 거리",
-    threshold: "1:1 임계값 {t}", openSet: "오픈셋 {t}",
-    noDistribution: "이 모델의 거리 분포가 없습니다 (--distances 로 서버를 시작하면 그립니다).",
-    error: "오류: {m}",
-  },
+  heading: ["Find a person in the gallery", "갤러리에서 사람 찾기"],
+  none: ["No gallery is loaded: start the server with --gallery FILE (made by kface enroll).", "갤러리가 없습니다: --gallery FILE 로 서버를 시작하세요 (kface enroll 로 만듭니다)."],
+  size: ["Gallery: {people} people, {images} photos (model {model}); open-set threshold {t}.", "갤러리: {people}명, 사진 {images}장 (모델 {model}); 오픈셋 임계값 {t}."],
+  drop: ["Drop a photo here or click to choose one", "사진을 여기에 놓거나 클릭해서 고르세요"],
+  photo: ["Photo to search", "찾을 사진"],
+  searching: ["Searching…", "찾는 중…"],
+  match: ["Found: {name}", "찾음: {name}"],
+  noOne: ["No one in the gallery", "갤러리에 없는 사람"],
+  matchDetail: ["distance {d} ≤ open-set threshold {t}", "거리 {d} ≤ 오픈셋 임계값 {t}"],
+  noOneDetail: ["nearest: {name} at {d} > open-set threshold {t}", "가장 가까운 사람: {name}, 거리 {d} > 오픈셋 임계값 {t}"],
+  rank: ["#", "#"],
+  name: ["Person", "사람"],
+  distance: ["Distance", "거리"],
+  oneToOne: ["Same person at the 1:1 threshold?", "1:1 임계값에서 같은 사람?"],
+  yes: ["yes", "예"],
+  no: ["no", "아니오"],
+  enrollLabel: ["Enroll this photo as", "이 사진을 등록할 이름"],
+  enroll: ["Enroll", "등록"],
+  enrolled: ["Enrolled {name} ({n} new).", "{name} 등록됨 (새 사진 {n}장)."],
+  already: ["{name}: this photo was already enrolled.", "{name}: 이미 등록된 사진입니다."],
+  plot: ["The matches' distances on the model's distance distributions", "모델의 거리 분포 위의 후보 거리"],
+  threshold: ["1:1 threshold {t}", "1:1 임계값 {t}"],
+  openSet: ["open-set {t}", "오픈셋 {t}"],
+  noDistribution: ["No distance distributions for this model (start the server with --distances to draw them).", "이 모델의 거리 분포가 없습니다 (--distances 로 서버를 시작하면 그립니다)."],
+  error: ["Error: {m}", "오류: {m}"],
 };
 
 const gallery = { health: null, distribution: null, file: null, answer: null, message: "" };
 
 function gt(key, values = {}) {
-  const language = document.documentElement.lang === "ko" ? "ko" : "en";
-  const text = GALLERY_TEXT[language][key] ?? GALLERY_TEXT.en[key];
+  const [english, korean] = GALLERY_TEXT[key];
+  const text = document.documentElement.lang === "ko" ? korean ?? english : english;
   return text.replace(/\{(\w+)\}/g, (_, name) => String(values[name] ?? ""));
 }
 
@@ -142,25 +128,13 @@ function galleryPlot() {
   });
 }
 
-async function galleryPost(url, form) {
-  const response = await fetch(url, { method: "POST", body: form });
-  let body;
-  try {
-    body = await response.json();
-  } catch {
-    throw new Error(`${response.status} ${response.statusText}`);
-  }
-  if (!response.ok) throw new Error(body.detail || `${response.status} ${response.statusText}`);
-  return body;
-}
-
 async function gallerySearch() {
   const form = new FormData();
   form.append("image", gallery.file, gallery.file.name);
   gallery.message = gt("searching");
   galleryRender();
   try {
-    gallery.answer = await galleryPost("/search?top=5", form);
+    gallery.answer = await postForm("/search?top=5", form);
     gallery.message = "";
   } catch (error) {
     gallery.answer = null;
@@ -176,7 +150,7 @@ async function galleryEnroll() {
   form.append("image", gallery.file, gallery.file.name);
   form.append("identity", name);
   try {
-    const body = await galleryPost("/enroll", form);
+    const body = await postForm("/enroll", form);
     gallery.message = body.enrolled ? gt("enrolled", { name, n: body.enrolled }) : gt("already", { name });
     gallery.health = await fetch("/health").then((response) => response.json());
   } catch (error) {
