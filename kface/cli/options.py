@@ -137,6 +137,7 @@ def model_label(model: Optional[str], backbone: str) -> str:
 
     return model or (default_model() if backbone == "dlib-resnet" else backbone)
 
+
 # -- datasets and pairs ----------------------------------------------------------------------------
 #: Every layout option a dataset may take; kface.datasets.dataset_options checks them against the kind.
 DATASET_LAYOUT_OPTIONS = ("manifest", "accessories", "lights", "expressions", "cameras", "frontal_camera",

@@ -234,30 +234,21 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
     --distance euclidean,cosine
     """
     setup_logging(quiet)
-    from ..datasets import dataset_options as checked_dataset_options
-    from ..metrics import parse_rule, parse_samples
-    from ..pairs import parse_split
-    from ..evaluation.sweep import SweepConfig, parse_distances, parse_heads, parse_images_per_identity, parse_ratios, run_sweep
+    from ..evaluation.sweep import run_sweep, sweep_config
 
-    train_options = {"epochs": epochs, "backbone": backbone, "unfreeze": unfreeze, "loss": loss,
-                     "batch_size": batch_size, "lr": lr, "min_lr": min_lr, "detector": detector, "fallback": fallback,
-                     "max_pixels": max_pixels, "device": device}
-    # Left out when not given, so that the defaults of the chosen recipe (--unfreeze) apply.
-    train_options = {name: value for name, value in train_options.items() if value is not None}
-    if workers is not None:
-        train_options["workers"] = workers
-    config = SweepConfig(dataset=dataset, root=root, out=out,
-                         dataset_options=checked_dataset_options(dataset, **layout_options),
-                         ratios=parse_ratios(ratios), images_per_identity=parse_images_per_identity(images_per_identity),
-                         heads=parse_heads(heads), distances=parse_distances(distances), pairs=pair_count, split=parse_split(split), hard_negatives=hard_negatives,
-                         group_by=group_by, seed=seed,
-                         rule=str(parse_rule(rule)), samples=parse_samples(samples), train=train_options,
-                         baseline=baseline)
+    train = {"epochs": epochs, "backbone": backbone, "unfreeze": unfreeze, "loss": loss, "batch_size": batch_size,
+             "lr": lr, "min_lr": min_lr, "detector": detector, "fallback": fallback, "max_pixels": max_pixels,
+             "device": device, "workers": workers}
+    config = sweep_config(dataset, root, out, layout_options, ratios=ratios, images_per_identity=images_per_identity,
+                          heads=heads, distances=distances, split=split, rule=rule, samples=samples, train=train,
+                          pairs=pair_count, hard_negatives=hard_negatives, group_by=group_by, seed=seed,
+                          baseline=baseline)
     rows = run_sweep(config, resume=resume, progress=not quiet, cache=not no_cache, command=command_line(ctx))
     if as_json:
         print_json({"out": out, "rows": rows})
     elif not quiet:
         click.echo(f"swept {len(rows)} settings; wrote {out}/sweep.csv, sweep.md and sweep.png", err=True)
+
 
 # -- age and gender --------------------------------------------------------------------------------
 @click.command("train-attributes")

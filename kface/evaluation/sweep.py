@@ -177,6 +177,22 @@ class Setting:
         """The pair name, then ``-<head>-<distance>`` when the setting is tagged."""
         return f"{self.pairs_name}-{self.head}-{self.distance}" if self.tagged else self.pairs_name
 
+def sweep_config(dataset: str, root: str, out: str, layout_options: dict, *, ratios: str,
+                 images_per_identity: Optional[str], heads: str, distances: str, split: str, rule: str, samples: str,
+                 train: dict, **settings) -> SweepConfig:
+    """A SweepConfig from the command line's text: the grid, split, rule and samples parsed, the layout options
+    checked, and the training settings not given (None) left out, so that the chosen recipe's defaults apply."""
+    from ..datasets import dataset_options
+    from ..metrics import parse_rule, parse_samples
+    from ..pairs import parse_split
+
+    return SweepConfig(dataset=dataset, root=root, out=out, dataset_options=dataset_options(dataset, **layout_options),
+                       ratios=parse_ratios(ratios), images_per_identity=parse_images_per_identity(images_per_identity),
+                       heads=parse_heads(heads), distances=parse_distances(distances), split=parse_split(split),
+                       rule=str(parse_rule(rule)), samples=parse_samples(samples),
+                       train={name: value for name, value in train.items() if value is not None}, **settings)
+
+
 def settings_of(config: SweepConfig) -> list[Setting]:
     """The grid in table order: images per identity outermost, then the ratios as given, heads (the base
     backbone first, when scored), distances."""
