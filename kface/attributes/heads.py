@@ -1,4 +1,4 @@
-"""The torch side of the attribute heads: the network, its training loop and the ``.pt`` checkpoint.
+"""The torch side of the attribute heads: the network, its training and the ``.pt`` checkpoint.
 
 Kept apart from :mod:`kface.attributes.model` so that analysing a face with the shipped (ONNX) heads never
 imports torch; training, and a user's own ``--model runs/NAME/model.pt``, do.
@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +18,8 @@ from .. import __version__
 from .answers import AttributeAnswers, average_views
 from .labels import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeConfig, class_weights
 from ..errors import InputError
+from ..training.checkpoints import read_checkpoint, save_checkpoint
+from ..training.loop import BestEpoch, one_thread, optimiser_step
 
 
 class AttributeHeads(nn.Module):
@@ -95,73 +96,87 @@ def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.
     balanced = config.sampling == "balanced"
     weights = {task: None if balanced else torch.tensor(class_weights(targets[task][train], classes[task]),
                                                           dtype=torch.float32, device=device) for task in classes}
-    for task in classes:
-        for name, part in (("train", 0), ("val", 1)):
-            if not np.any(targets[task][split == part] >= 0):
-                raise InputError(f"the {name} split has no {task} label: too few identities for --split "
-                                 f"{':'.join(f'{share:g}' for share in config.split)}")
+    _check_labelled(targets, split, classes, config)
     ordinal = config.age_loss == "ordinal"
     # Dropout draws from torch's global generator: fork it, so the run is seeded and the caller's state kept.
-    # The heads are tiny: on a CPU, more than one intra-op thread only adds synchronisation (30x slower
-    # on a busy 2-core machine), so training runs on one and restores the caller's setting after.
-    threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []):
+    with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []), \
+            one_thread():
         torch.manual_seed(config.seed)
-        torch.set_num_threads(1)
-        model = AttributeHeads(embeddings.shape[1], classes, config.hidden, config.dropout, config.trunk,
-                               ordinal).to(device)
-        train_features = features[:, torch.from_numpy(train).to(device)].reshape(-1, embeddings.shape[1])
-        model.mean.copy_(train_features.mean(dim=0))
-        model.scale.copy_(train_features.std(dim=0).clamp_min(1e-6))
-        if model.ordinal_age:
-            # Start each boundary's bias at the training split's log-odds of "older than group k": Adam
-            # moves a parameter by about lr a step, too slowly to get there from zero on its own.
-            groups = targets["age"][train & (targets["age"] >= 0)]
-            above = np.array([np.mean(groups > k) for k in range(classes["age"] - 1)]).clip(1e-3, 1 - 1e-3)
-            model.age_output.bias.data.copy_(torch.from_numpy(np.log(above / (1 - above))).float())
+        model = _initial_heads(features, targets, train, classes, config, ordinal).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         shuffler = torch.Generator().manual_seed(config.seed)
         train_rows = torch.from_numpy(np.flatnonzero(train))
         draw = torch.from_numpy(balanced_draw_weights(targets, train)) if balanced else None
         val_rows = torch.from_numpy(np.flatnonzero(split == 1)).to(device)
         history: list[dict] = []
-        best_state, best_epoch, best_key = None, 0, None
+        best, best_state = BestEpoch(lambda key, best_key: key > best_key), None
         bar = progress_bar(config.epochs, "training attribute heads", enabled=progress)
         try:
             for epoch in range(1, config.epochs + 1):
-                model.train()
-                total, batches = 0.0, 0
                 if draw is None:
                     order = train_rows[torch.randperm(len(train_rows), generator=shuffler)]
                 else:  # as many draws as training rows, each class cell equally likely
                     order = train_rows[torch.multinomial(draw, len(train_rows), replacement=True, generator=shuffler)]
                 view = torch.randint(len(views), (len(order),), generator=shuffler)
-                for batch, batch_view in zip(order.split(config.batch_size), view.split(config.batch_size)):
-                    batch, batch_view = batch.to(device), batch_view.to(device)
-                    loss = _loss(model(features[batch_view, batch]), {t: labels[t][batch] for t in classes}, weights,
-                                 ordinal)
-                    if loss is None:
-                        continue
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    total += loss.item()
-                    batches += 1
+                batches = [(rows.to(device), row_views.to(device))
+                           for rows, row_views in zip(order.split(config.batch_size), view.split(config.batch_size))]
+                train_loss = _train_epoch(model, optimizer, features, labels, batches, weights, ordinal)
                 val = _evaluate_split(model, features[:, val_rows], {t: labels[t][val_rows] for t in classes},
                                       weights, ordinal)
-                record = {"epoch": epoch, "train_loss": total / max(batches, 1), **val}
+                record = {"epoch": epoch, "train_loss": train_loss, **val}
                 history.append(record)
-                key = (val["val_accuracy"], -val["val_loss"])
-                if best_key is None or key > best_key:
-                    best_key, best_epoch, best_state = key, epoch, copy.deepcopy(model.state_dict())
+                if best.offer(epoch, (val["val_accuracy"], -val["val_loss"])):
+                    best_state = copy.deepcopy(model.state_dict())
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['train_loss']:.3f}", val_acc=f"{val['val_accuracy']:.3f}")
         finally:
             bar.close()
-            torch.set_num_threads(threads)
     model.load_state_dict(best_state)
     model.eval()
-    return model.cpu(), history, best_epoch
+    return model.cpu(), history, best.epoch
+
+
+def _check_labelled(targets: dict[str, np.ndarray], split: np.ndarray, classes: dict[str, int],
+                    config: AttributeConfig) -> None:
+    for task in classes:
+        for name, part in (("train", 0), ("val", 1)):
+            if not np.any(targets[task][split == part] >= 0):
+                raise InputError(f"the {name} split has no {task} label: too few identities for --split "
+                                 f"{':'.join(f'{share:g}' for share in config.split)}")
+
+
+def _initial_heads(features: torch.Tensor, targets: dict[str, np.ndarray], train: np.ndarray,
+                   classes: dict[str, int], config: AttributeConfig, ordinal: bool) -> AttributeHeads:
+    """Untrained heads, standardising by the train split's embeddings (both views)."""
+    dim = features.shape[2]
+    model = AttributeHeads(dim, classes, config.hidden, config.dropout, config.trunk, ordinal).to(features.device)
+    train_features = features[:, torch.from_numpy(train).to(features.device)].reshape(-1, dim)
+    model.mean.copy_(train_features.mean(dim=0))
+    model.scale.copy_(train_features.std(dim=0).clamp_min(1e-6))
+    if model.ordinal_age:
+        # Start each boundary's bias at the training split's log-odds of "older than group k": Adam
+        # moves a parameter by about lr a step, too slowly to get there from zero on its own.
+        groups = targets["age"][train & (targets["age"] >= 0)]
+        above = np.array([np.mean(groups > k) for k in range(classes["age"] - 1)]).clip(1e-3, 1 - 1e-3)
+        model.age_output.bias.data.copy_(torch.from_numpy(np.log(above / (1 - above))).float())
+    return model
+
+
+def _train_epoch(model: AttributeHeads, optimizer, features: torch.Tensor, labels: dict[str, torch.Tensor],
+                 batches: list, weights: dict[str, Optional[torch.Tensor]], ordinal: bool) -> float:
+    """One optimiser step per (rows, views) batch with a labelled row; the mean batch loss."""
+    model.train()
+    parameters = list(model.parameters())
+    total, steps = 0.0, 0
+    for rows, row_views in batches:
+        loss = _loss(model(features[row_views, rows]), {task: labels[task][rows] for task in labels}, weights,
+                     ordinal)
+        if loss is None:
+            continue
+        optimiser_step(loss, optimizer, parameters)
+        total += loss.item()
+        steps += 1
+    return total / max(steps, 1)
 
 
 def balanced_draw_weights(targets: dict[str, np.ndarray], train: np.ndarray) -> np.ndarray:
@@ -230,25 +245,18 @@ class AttributeModel(AttributeAnswers):
                    for view in views]
         return {task: average_views([output[task].numpy() for output in outputs]) for task in outputs[0]}
 
+
 def save_attribute_model(path: os.PathLike, heads: AttributeHeads, meta: dict) -> None:
     """Write the checkpoint atomically (temp file beside it, then rename)."""
-    from ..outputs import atomic_path
-
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **meta,
                "state_dict": {name: tensor.detach().cpu() for name, tensor in heads.state_dict().items()}}
-    with atomic_path(path, suffix=".pt") as temp:
-        torch.save(payload, temp)
+    save_checkpoint(path, payload)
 
 
 def load_attribute_model(path: os.PathLike) -> AttributeModel:
     """Load a checkpoint written by :func:`~kface.attributes.train.train_attributes` (``weights_only=True``)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such model file" if not path.exists() else f"{path}: not a file")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise InputError(f"{path}: not a kface model file ({type(exc).__name__})") from None
+    payload = read_checkpoint(path, "not a kface model file")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path}: not an attribute model (train one with kface train-attributes)")
     if payload.get("format_version") != CHECKPOINT_VERSION:
@@ -260,9 +268,3 @@ def load_attribute_model(path: os.PathLike) -> AttributeModel:
                            config.get("trunk", "separate"), config.get("age_loss", "ce") == "ordinal")
     heads.load_state_dict(payload.pop("state_dict"))
     return AttributeModel(heads, payload)
-
-
-def versions() -> dict:
-    """The library versions a checkpoint records."""
-    return {"kface": __version__, "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "python": platform.python_version()}
