@@ -1,4 +1,4 @@
-"""The on-disk cache of face chips and embeddings, keyed by image content and pipeline settings.
+"""The caches of face chips and embeddings: on disk (keyed by image content and settings), none, or one request's.
 
 One SQLite file (``<cache dir>/cache-v1.sqlite``) with two tables: ``faces`` (aligned chip, box,
 landmarks, stage) keyed by the image's sha256 + face settings, and ``embeddings`` keyed by the face key +
