@@ -37,8 +37,8 @@ from .subgroups import SUBGROUP_ATTRIBUTES, attributes_for_pairs, pair_groups, s
 
 log = logging.getLogger("kface")
 
-__all__ = ["COMPARED_RULES", "compare_rules", "overlap_report", "pair_groups", "report_verifier",
-           "save_report_threshold", "subgroup_table"]
+__all__ = ["COMPARED_RULES", "check_save_threshold", "compare_rules", "overlap_report", "pair_groups",
+           "report_verifier", "save_report_threshold", "subgroup_table"]
 
 
 # --------------------------------------------------------------------------- verifier
