@@ -102,7 +102,7 @@ def tuned_checkpoint(path, cut: str = "last-block", head: str = "siamese", tta: 
     from kface.backbones.trainable import load_network
     from kface.training.checkpoints import FORMAT, FORMAT_VERSION
     from kface.training.store import feature_shape
-    from kface.training.heads import build_pair_model
+    from kface.training.model import build_pair_model
 
     torch.manual_seed(0)
     model = build_pair_model(head, 128, "euclidean", cut, "metric", network=load_network("dlib-torch"))

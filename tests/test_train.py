@@ -23,7 +23,8 @@ from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoi
 from kface.cli import cli
 from kface.errors import InputError
 from kface.training.store import FeatureSpec, FeatureStore
-from kface.training.heads import ContrastiveLoss, DistanceToProbability, SiameseHead, build_pair_model, get_loss
+from kface.training.heads import ContrastiveLoss, DistanceToProbability, SiameseHead, get_loss
+from kface.training.model import build_pair_model
 from kface.training.config import TrainConfig
 from kface.training.data import SplitPairs
 from kface.training.loop import PairTensors, batches, epoch_order, run_epoch

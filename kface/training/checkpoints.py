@@ -7,7 +7,7 @@ A model checkpoint (``runs/NAME/model.pt``) holds:
   feature shape);
 - ``head``: its kind, the cut point, the embedding size, the loss it was trained with, ``dims`` (the
   output size of a closed-form head's LDA projection, else None) and the state dict of the whole
-  :class:`~kface.training.heads.PairModel` (trainable backbone layers, head with any fitted projection,
+  :class:`~kface.training.model.PairModel` (trainable backbone layers, head with any fitted projection,
   probability mapping);
 - ``distance``; ``threshold`` ``{value, rule, split, note}`` (chosen on the val split unless
   rewritten by :func:`save_threshold`); ``metrics`` (val, at the saved epoch) and ``epoch``;
@@ -178,7 +178,7 @@ def threshold_record(threshold) -> dict:
 def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_size: int, threshold, metrics: dict,
                      epoch: int, data: dict, val_distances: Optional[np.ndarray] = None,
                      val_labels: Optional[np.ndarray] = None) -> dict:
-    """The model checkpoint of a :class:`~kface.training.heads.PairModel` trained with ``config`` (a TrainConfig)
+    """The model checkpoint of a :class:`~kface.training.model.PairModel` trained with ``config`` (a TrainConfig)
     on features of ``feature_shape`` whose embeddings (the head's input) have ``embedding_size`` values.
 
     ``val_distances`` and ``val_labels``: the model's distance and the label of every val pair at
@@ -239,8 +239,8 @@ def _projection_dims(model: torch.nn.Module) -> Optional[int]:
 
 
 def pair_model_from_checkpoint(checkpoint: dict):
-    """The :class:`~kface.training.heads.PairModel` of a loaded checkpoint, in eval mode on the CPU."""
-    from .heads import build_pair_model
+    """The :class:`~kface.training.model.PairModel` of a loaded checkpoint, in eval mode on the CPU."""
+    from .model import build_pair_model
 
     head = checkpoint["head"]
     model = build_pair_model(head["kind"], head["embedding_size"], checkpoint["distance"], head["cut"], head["loss"],

@@ -16,7 +16,8 @@ from .checkpoints import STATE_FORMAT, load_state, model_checkpoint, plain, save
 from .config import LAST, MODEL, SELECT_METRICS, TrainConfig, load_last, write_history
 from .data import TrainingData
 from .distributed import Processes
-from .heads import build_pair_model, get_head, get_loss, lda_head_of, trainable_parameters
+from .heads import get_head, get_loss, lda_head_of
+from .model import build_pair_model, trainable_parameters
 from .loop import BestEpoch, PairTensors, VAL_GRID, batches, better, epoch_order, epoch_seed, evaluate_pairs, measure, run_epoch
 from .samplers import IdentityBatchSampler
 
