@@ -100,7 +100,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
               help="Also train the backbone's final layer, last residual block, last stage, or (GPU only) every "
                    "layer (dlib-torch, facenet-*). The frozen part runs once per image and mirror image and is "
                    "cached. Changes the defaults of --head, --lr, --min-lr, --weight-decay, --epochs, "
-                   "--patience and --augment (see kface.training.run.UNFROZEN_DEFAULTS).")
+                   "--patience and --augment (see kface.training.config.UNFROZEN_DEFAULTS).")
 @click.option("--augment", type=click.Choice(["none", "mirror"]), default=None,
               help="mirror: train on the mirrored chip half of the time [default: mirror with --unfreeze, else none].")
 @click.option("--ids-per-batch", type=int, default=32, show_default=True, help="--loss metric: identities per batch (P).")
