@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .attributes import CARD_FILE, INPUT_NAME, NETWORK_FILE, OUTPUT_NAMES, SHIPPED_NAME
-from .build import HELDOUT_FILE, SOURCE
+from .heldout import HELDOUT_FILE, SOURCE
 
 #: The dataset's 8 age classes a..h: 0-6, 7-12, 13-19, 20-30, 31-45, 46-55, 56-66, 67-80.
 KOREAN_AGE_BINS = (0, 7, 13, 20, 31, 46, 56, 67)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import MODELS_DIR, _read_card
-from .build import HELDOUT_FILE, SOURCE
+from .heldout import HELDOUT_FILE, SOURCE
 
 NAME = "korean"
 VERSION = "v1"
