@@ -9,12 +9,12 @@ when its image is unusable, and only the bad value is dropped otherwise.
 """
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from ..errors import InputError
+from ..tables import read_csv_rows
 from .records import Record
 from .common import ProblemReport, normalize_gender, progress_bar
 
@@ -29,11 +29,7 @@ def iter_records(root: Path, problems: ProblemReport, *, manifest: Union[str, os
     manifest_path = Path(manifest)
     if not manifest_path.is_file():
         raise InputError(f"{manifest_path}: no such manifest file")
-    try:
-        with open(manifest_path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{manifest_path}: cannot read the manifest ({exc})") from exc
+    rows = read_csv_rows(manifest_path, "manifest")
     if not rows:
         raise InputError(f"{manifest_path}: empty manifest (expected a header path,identity[,age][,gender])")
     header = [name.strip().lower() for name in rows[0]]

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..outputs import atomic_path
+from ..tables import read_csv_rows
 
 SPLITS = ("train", "val", "test")
 HEADER = ("split", "path_a", "path_b", "label", "identity_a", "identity_b")
@@ -180,11 +181,7 @@ def read_pairs(path: Union[str, os.PathLike], root: Union[str, os.PathLike, None
     if not pair_path.is_file():
         raise InputError(f"{pair_path}: no such pair file")
     manifest = _read_manifest(pair_path.with_suffix(".json")) if pair_path.suffix.lower() != ".json" else {}
-    try:
-        with open(pair_path, newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise InputError(f"{pair_path}: cannot read the pair file ({exc})") from None
+    rows = read_csv_rows(pair_path, "pair file")
     if not rows:
         raise InputError(f"{pair_path}: empty file (expected the header {','.join(HEADER)})")
     header = [name.strip().lower() for name in rows[0]]

@@ -1,7 +1,6 @@
 """The same/different distance distributions the page draws: from a CSV of labelled distances or a checkpoint."""
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
+from ..tables import read_csv_dicts
 
 log = logging.getLogger("kface")
 
@@ -54,11 +54,7 @@ def load_distances(path: os.PathLike, split: Optional[str] = None,
     a note says when the file was scored at another threshold (another model's scores, likely).
     """
     path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            rows = list(csv.DictReader(handle))
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    rows = read_csv_dicts(path, "distances file")
     columns = set(rows[0]) if rows else set()
     if not {"label", "distance"} <= columns:
         raise InputError(f"{path}: needs 'label' and 'distance' columns (as kface verify --pairs --out writes); "
