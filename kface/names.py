@@ -1,4 +1,4 @@
-"""The names the command line offers (backbones, detectors, datasets, unfreeze points, distances), read from the
+"""The names the command line offers (backbones, detectors, datasets, unfreeze points, distances, engines), read from the
 registries' light modules so that no list is copied by hand and ``kface --help`` imports no torch."""
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from .backbones import BACKBONES, DEFAULT_BACKBONE
 from .backbones.cuts import CUT_POINTS
 from .datasets import ADAPTERS
 from .distances import DISTANCES
+from .engines import DEFAULT_ENGINE, ENGINES
 from .faces import DETECTORS, FALLBACKS
 
 #: The default backbone first, then the others in the registry's order; the shipped models' networks
@@ -16,6 +17,7 @@ DETECTOR_NAMES: tuple[str, ...] = tuple(DETECTORS)
 FALLBACK_NAMES: tuple[str, ...] = tuple(FALLBACKS)
 UNFREEZE_NAMES: tuple[str, ...] = tuple(CUT_POINTS)
 DISTANCE_NAMES: tuple[str, ...] = tuple(DISTANCES)
+ENGINE_NAMES: tuple[str, ...] = tuple(ENGINES)
 
 #: Layouts pairs can be asked of (make-pairs names those without identities itself, saying why not).
 PAIR_SOURCE_DATASETS: tuple[str, ...] = tuple(kind for kind, adapter in ADAPTERS.items() if not adapter.attributes_only)

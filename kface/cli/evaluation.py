@@ -5,6 +5,7 @@ import click
 
 from ..names import IDENTITY_DATASETS
 from .options import (backbone_option, command_line, common_options, dataset_options, detector_options, device_option,
+                      json_option,
                       engine_option, handle_errors, model_option, print_json, setup_logging)
 
 
@@ -38,7 +39,7 @@ from .options import (backbone_option, command_line, common_options, dataset_opt
 @device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Report folder: metrics.json, distributions.png, roc.png, report.md.")
-@click.option("--json", "as_json", is_flag=True, help="Print metrics.json's content on stdout.")
+@json_option("Print metrics.json's content on stdout.")
 @common_options
 @click.pass_context
 @handle_errors
@@ -92,7 +93,7 @@ def benchmark() -> None:
               help="Threshold rule on the nine training folds: max-accuracy, intersection, eer, far=X.")
 @engine_option
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 @common_options
 @handle_errors
 def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_pixels, rule, engine, device, as_json,
@@ -142,7 +143,7 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for benchmark.json, benchmark.md and each recipe's per-fold runs.")
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print benchmark.json's rows on stdout.")
+@json_option("Print benchmark.json's rows on stdout.")
 @common_options
 @handle_errors
 def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, folds, pairs_per_class,

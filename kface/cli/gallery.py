@@ -9,7 +9,7 @@ import click
 
 from ..errors import InputError, KfaceError
 from ..names import DETECTOR_NAMES, FALLBACK_NAMES, IDENTITY_DATASETS
-from .options import common_options, device_option, handle_errors, print_json, setup_logging
+from .options import common_options, device_option, handle_errors, json_option, print_json, setup_logging
 
 
 
@@ -65,7 +65,7 @@ def _forget_new_gallery(path: Path) -> None:
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Face-finding worker processes [default: the CPU cores; 0: this process].")
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@json_option("Print a JSON summary on stdout.")
 @common_options
 @handle_errors
 def enroll(images, gallery_path, identity, dataset, root, manifest, model, detector, fallback, batch, workers, device,
@@ -133,7 +133,7 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, model, detec
               help="Distance within which the best match counts as found [default: the gallery's, measured at FPIR 1%].")
 @verifier_options
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 @common_options
 @handle_errors
 def search(image, gallery_path, top, open_set_threshold, model, detector, fallback, device, as_json, quiet, no_cache):
@@ -167,7 +167,7 @@ def gallery_group() -> None:
 
 @gallery_group.command("list")
 @gallery_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 @handle_errors
 def gallery_list(gallery_path, as_json):
     """The enrolled identities and their image counts."""
@@ -183,7 +183,7 @@ def gallery_list(gallery_path, as_json):
 @gallery_group.command("remove")
 @gallery_option
 @click.option("--identity", required=True, help="The person to delete, with every embedding of theirs.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 @handle_errors
 def gallery_remove(gallery_path, identity, as_json):
     """Delete a person for good: their rows are deleted with secure_delete, the file is VACUUMed and the
@@ -198,7 +198,7 @@ def gallery_remove(gallery_path, identity, as_json):
 
 @gallery_group.command("stats")
 @gallery_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 @handle_errors
 def gallery_stats(gallery_path, as_json):
     """People, images, the model and thresholds, and the index's state."""
@@ -240,7 +240,7 @@ def gallery_rebuild(gallery_path):
 @click.option("--fallback", type=click.Choice(FALLBACK_NAMES), default="none", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of chinese-whispers' node order.")
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@json_option("Print a JSON summary on stdout.")
 @common_options
 @handle_errors
 def cluster(inputs, dataset, root, manifest, out, method, threshold, model, detector, fallback, seed, device, as_json,
@@ -350,7 +350,7 @@ def _write_clusters(out, paths, labels, truth) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every choice of people and probes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for identification.json/.md.")
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print identification.json's rows on stdout.")
+@json_option("Print identification.json's rows on stdout.")
 @common_options
 @handle_errors
 def benchmark_identification(dataset, root, manifest, groups_file, group_by, keep_outside_copies, gallery_age, age_column, unenrolled_share,

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import click
 
-from .options import handle_errors, print_json
+from .options import handle_errors, json_option, print_json
 
 
 
 @click.command("models")
-@click.option("--json", "as_json", is_flag=True, help="Print every model card as JSON on stdout.")
+@json_option("Print every model card as JSON on stdout.")
 @handle_errors
 def models(as_json):
     """The face models that ship with kface: data, recipe, threshold, figures, size and sha256."""
@@ -32,7 +32,7 @@ def models(as_json):
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The ONNX file to write.")
 @click.option("--fp16", is_flag=True, help="Store the weights as float16 (half the file; computation stays float32).")
-@click.option("--json", "as_json", is_flag=True, help="Print what was written as JSON on stdout.")
+@json_option("Print what was written as JSON on stdout.")
 @handle_errors
 def export(model, out, fp16, as_json):
     """Export a trained MODEL (runs/NAME/model.pt) to ONNX: aligned uint8 chips in, the vectors its

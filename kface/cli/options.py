@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from ..errors import KfaceError
-from ..names import BACKBONE_NAMES, DETECTOR_NAMES, FALLBACK_NAMES
+from ..names import BACKBONE_NAMES, DEFAULT_ENGINE, DETECTOR_NAMES, ENGINE_NAMES, FALLBACK_NAMES
 
 
 
@@ -80,9 +80,14 @@ def model_option(function):
 
 
 def engine_option(function):
-    return click.option("--engine", type=click.Choice(["onnx", "torch"]), default="onnx", show_default=True,
+    return click.option("--engine", type=click.Choice(ENGINE_NAMES), default=DEFAULT_ENGINE, show_default=True,
                         help="What runs the network: onnxruntime (no torch import) or PyTorch (dlib-resnet as "
                              "dlib-torch; a trained model through its PairModel).")(function)
+
+
+def json_option(help: str = "Print one JSON object on stdout."):
+    """``--json`` (as ``as_json``): the command's result as JSON on stdout instead of text."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
 
 
 def device_option(function):

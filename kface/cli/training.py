@@ -6,7 +6,7 @@ import click
 from ..names import (ATTRIBUTE_DATASETS, DISTANCE_NAMES, IDENTITY_DATASETS, PAIR_SOURCE_DATASETS,
                      UNFREEZE_NAMES)
 from .options import (backbone_option, cache_dir_option, command_line, common_options, dataset_options,
-                      detector_options, device_option, handle_errors, print_json, set_cache_env,
+                      detector_options, device_option, handle_errors, json_option, print_json, set_cache_env,
                       setup_logging)
 
 
@@ -30,7 +30,7 @@ from .options import (backbone_option, cache_dir_option, command_line, common_op
 @click.option("--out", type=click.Path(dir_okay=False),
               help="Pair CSV to write [default: pairs/<dataset>-<N>-<P>-seed<S>.csv]; the manifest goes "
                    "beside it as .json.")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@json_option("Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars, warnings or notes.")
 @handle_errors
 def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_per_identity, seed, hard_negatives,
@@ -128,7 +128,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Face-detection worker processes [default: CPU cores, at most 8].")
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@json_option("Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
 @click.option("--no-cache", is_flag=True, expose_value=False, callback=set_cache_env,
               help="Neither read nor write the face/embedding cache; the feature store is a temporary folder.")
@@ -218,7 +218,7 @@ def train(ctx, resume, as_json, quiet, **options):
 @click.option("--resume", is_flag=True, help="Continue the sweep in --out: reuse finished settings.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Sweep folder: sweep.csv, sweep.md, sweep.png, and pairs/, runs/ and a report per setting.")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows of sweep.csv as JSON on stdout.")
+@json_option("Print the rows of sweep.csv as JSON on stdout.")
 @common_options
 @click.pass_context
 @handle_errors
@@ -287,7 +287,7 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
               help="Run folder: model.pt (best on val), history.json, split.csv, report/.")
 @click.option("--report", type=click.Path(file_okay=False),
               help="Report folder (metrics.json, confusion.png, report.md) [default: OUT/report].")
-@click.option("--json", "as_json", is_flag=True, help="Print the test metrics as one JSON object on stdout.")
+@json_option("Print the test metrics as one JSON object on stdout.")
 @common_options
 @handle_errors
 def train_attributes(dataset, root, layout_options, task, age_bins, split, group_by, age_loss, sampling, tta, trunk,

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from .options import (backbone_option, common_options, detector_options, device_option, echo_no_face_notes,
-                      engine_option, handle_errors, model_label, model_option, print_json,
+                      engine_option, handle_errors, json_option, model_label, model_option, print_json,
                       setup_logging)
 
 
@@ -25,7 +25,7 @@ from .options import (backbone_option, common_options, detector_options, device_
               help="Processes that decode, detect and align faces for large inputs (0: none) [default: CPU cores].")
 @engine_option
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@json_option("Print a JSON summary on stdout.")
 @common_options
 @handle_errors
 def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, weights, strict, skip_bad, workers, engine, device,
@@ -67,7 +67,7 @@ def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, wei
 @click.option("--out", type=click.Path(dir_okay=False), help="With --pairs: the results CSV.")
 @engine_option
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 @common_options
 @handle_errors
 def verify(images, model, backbone, detector, fallback, max_pixels, threshold, pairs_file, root, out, engine, device,
@@ -118,7 +118,7 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
 @click.option("--all-faces", is_flag=True, help="Every face in the image with its box, not only the largest.")
 @detector_options(default=None)
 @device_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+@json_option()
 @common_options
 @handle_errors
 def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_json, quiet, no_cache):
