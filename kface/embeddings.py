@@ -289,6 +289,8 @@ class Embedder:
                 continue
             tasks.append(FaceTask(i, names[i], datas[i], boxes[i] if boxes is not None else None,
                                   detect=True, whole_image=fallback))
+        if not tasks:  # a warm call: every face was cached
+            return
         new: dict[str, dict[str, np.ndarray]] = {}
         try:
             for result in find_faces(tasks, self.finder, self.finder.settings, self.workers, self.max_pixels):

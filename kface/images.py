@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
 
@@ -52,6 +51,9 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXEL
     """Decode image bytes to an RGB ``uint8`` array of shape (H, W, 3), EXIF orientation applied."""
     if not data:
         raise InputError(f"{name}: empty file")
+    # Lazy: a call whose faces are all cached decodes nothing, and skips Pillow's import.
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings():
             # Pillow's own bomb check is a warning below 2x its limit; ours is an error at max_pixels.
@@ -78,8 +80,10 @@ def decode_image(data: bytes, name: str = "<image>", max_pixels: int = MAX_PIXEL
     return to_rgb_array(image)
 
 
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """Convert any Pillow image mode to an 8-bit RGB array."""
+def to_rgb_array(image) -> np.ndarray:
+    """Convert any Pillow image (any mode) to an 8-bit RGB array."""
+    from PIL import Image
+
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit / 32-bit grayscale: rescale the value range to 8 bits instead of clipping it.
         values = np.asarray(image, dtype=np.float64)

@@ -14,7 +14,6 @@ and, where the fallback asks for it, of the whole-image chip, or the task's one-
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 import threading
@@ -62,7 +61,8 @@ class FaceResult:
 def default_workers() -> int:
     """Worker processes by default: the CPU cores this process may use; none inside a daemon process
     (a DataLoader worker, a pool worker), which may not have children."""
-    if multiprocessing.current_process().daemon:
+    multiprocessing = sys.modules.get("multiprocessing")  # a daemon worker has it imported; others need not
+    if multiprocessing is not None and multiprocessing.current_process().daemon:
         return 0
     try:
         return len(os.sched_getaffinity(0))
@@ -118,6 +118,8 @@ def _context():
     """Fork while this process holds no threaded native runtime (the usual case: the pool starts before
     the network loads), which costs nothing and re-imports nothing; else a fork server, a lean process
     forked once before any of that (it re-imports ``__main__``, which must then be guarded)."""
+    import multiprocessing  # lazy: a call that starts no pool does not pay for it
+
     methods = multiprocessing.get_all_start_methods()
     heavy = any(name in sys.modules for name in ("torch", "onnxruntime"))
     if "fork" in methods and not heavy:

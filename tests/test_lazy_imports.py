@@ -48,3 +48,17 @@ def test_serve_app_loads_and_warms_up_without_torch():
             "app = create_app(load_pipelines(1, 'dlib'))\n"
             "assert app.routes")
     assert _imported_after(code) == set()
+
+
+def test_warm_cli_verify_imports_only_its_own_command_and_no_decoder(samples_dir, tmp_path):
+    """A cached `kface verify` decodes nothing and starts no pool: neither Pillow nor multiprocessing is
+    imported, nor the modules of the other commands."""
+    a, b = str(samples_dir / "obama.jpg"), str(samples_dir / "obama2.jpg")
+    run = ("import os, sys\nos.environ['KFACE_CACHE_DIR'] = CACHE\nfrom kface.cli import cli\n"
+           "try:\n    cli(['verify', '--model', 'dlib', '-q', A, B])\nexcept SystemExit as stop:\n    assert stop.code == 0\n")
+    probe = (run + "print('loaded:', *sorted(m for m in ('PIL', 'multiprocessing', 'kface.cli.training', "
+             "'kface.cli.gallery', 'kface.cli.serve', 'kface.cli.evaluation') if m in sys.modules))")
+    code = f"A, B, CACHE = {a!r}, {b!r}, {str(tmp_path / 'cache')!r}\n" + probe
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)  # fills the cache
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1].split()[1:] == []

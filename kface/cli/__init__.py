@@ -1,22 +1,29 @@
 """The `kface` command line: each command parses its options, calls the Python API and prints.
 
 Errors are one line on stderr, ``error: ...``, exit 2 for bad input or usage and 1 for runtime failures
-(see kface.errors). Heavy libraries are imported inside the commands, so ``kface --help`` stays fast.
+(see kface.errors). Each command's module is imported only when it runs, and heavy libraries only inside
+the commands, so ``kface --help`` and ``kface verify`` stay fast.
 """
 from __future__ import annotations
 
 import click
 
 from .. import __version__
-from .evaluation import benchmark, overlap_report
-from .gallery import register as register_gallery_commands
-from .models import export, models
-from .serve import serve
-from .training import make_pairs, sweep, train, train_attributes
-from .verify import analyze, embed, verify
+from .options import LazyGroup
+
+#: Every command, imported only when it runs (or when --help lists them).
+COMMANDS = {
+    "embed": "kface.cli.verify:embed", "verify": "kface.cli.verify:verify", "analyze": "kface.cli.verify:analyze",
+    "make-pairs": "kface.cli.training:make_pairs", "train": "kface.cli.training:train",
+    "sweep": "kface.cli.training:sweep", "train-attributes": "kface.cli.training:train_attributes",
+    "overlap-report": "kface.cli.evaluation:overlap_report", "benchmark": "kface.cli.evaluation:benchmark",
+    "models": "kface.cli.models:models", "export": "kface.cli.models:export", "serve": "kface.cli.serve:serve",
+    "enroll": "kface.cli.gallery:enroll", "search": "kface.cli.gallery:search",
+    "gallery": "kface.cli.gallery:gallery_group", "cluster": "kface.cli.gallery:cluster",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="kface")
 def cli() -> None:
     """kface: face verification for Korean faces.
@@ -24,12 +31,6 @@ def cli() -> None:
     Pair sampling, Siamese fine-tuning on a frozen face backbone, overlap-area evaluation with measured
     thresholds. Every command answers --help.
     """
-
-
-for _command in (embed, verify, analyze, make_pairs, train, sweep, train_attributes, overlap_report, benchmark, models,
-                 export, serve):
-    cli.add_command(_command)
-register_gallery_commands(cli, benchmark)  # enroll, search, gallery, cluster, benchmark identification
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ import click
 
 from ..names import IDENTITY_DATASETS
 from .options import (backbone_option, command_line, common_options, dataset_options, detector_options, device_option,
-                      json_option,
+                      json_option, LazyGroup,
                       engine_option, handle_errors, model_option, print_json, setup_logging)
 
 
@@ -77,7 +77,7 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
         click.echo(f"saved threshold {body['threshold']:.4f} into {model}", err=True)
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy={"identification": "kface.cli.gallery:benchmark_identification"})
 def benchmark() -> None:
     """Standard benchmarks with their official protocols."""
 

@@ -377,10 +377,3 @@ def benchmark_identification(dataset, root, manifest, groups_file, group_by, kee
         print_json({"out": out, "rows": rows})
     elif not quiet:
         click.echo(Path(out, "identification.md").read_text(encoding="utf-8"), nl=False)
-
-
-def register(cli: click.Group, benchmark: click.Group) -> None:
-    """Add the gallery commands to the kface command group (and its benchmark group)."""
-    for command in (enroll, search, gallery_group, cluster):
-        cli.add_command(command)
-    benchmark.add_command(benchmark_identification)

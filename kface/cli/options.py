@@ -15,6 +15,26 @@ from ..names import BACKBONE_NAMES, DEFAULT_ENGINE, DETECTOR_NAMES, ENGINE_NAMES
 
 
 
+class LazyGroup(click.Group):
+    """A command group whose ``lazy`` commands (name -> ``"module:attribute"``) are imported when one is
+    run or listed, so ``kface verify`` does not pay for the imports of the training or gallery commands."""
+
+    def __init__(self, *args, lazy: dict[str, str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
+        if name in self.lazy and name not in self.commands:
+            import importlib
+
+            module, attribute = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
 def handle_errors(command):
     """Turn KfaceError (and Ctrl-C) into one ``error:`` line and the right exit code."""
 
