@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from kface.attributes.labels import AgeBins, AttributeConfig, age_interval, split_by_group
 from kface.attributes.model import load_analyzer
 from kface.cli import cli
+from kface.evaluation.families import read_group_list
 from kface.hashing import file_sha256
 from kface.models import attributes as shipped
 from kface.models.build_attributes import KOREAN_AGE_BINS
@@ -37,7 +38,7 @@ def heldout_faces() -> list[dict]:
     """FACES_PER_CLASS seeded held-out faces of each age class a..h (rows of identities.csv)."""
     if not (KOREAN / "identities.csv").is_file():
         pytest.skip(f"{KOREAN} is missing: the Korean faces live in ../shared beside the checkout")
-    families = {line.split("#")[0].strip() for line in HELDOUT.read_text().splitlines()} - {""}
+    families = read_group_list(HELDOUT)  # groups of related families: "F1+F2" stands for both
     with open(KOREAN / "identities.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["family"] in families]
     rng = np.random.default_rng(0)
@@ -82,7 +83,7 @@ def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
 def test_analyze_uses_the_shipped_heads_by_default_without_torch(samples_dir):
     code = ("from kface.attributes.model import load_analyzer\n"
             f"answer = load_analyzer(cache=False).analyze({str(samples_dir / 'obama.jpg')!r})\n"
-            "assert answer['model'] == 'attributes-korean-v1' and answer['gender'] == 'male', answer\n"
+            f"assert answer['model'] == {shipped.SHIPPED_NAME!r} and answer['gender'] == 'male', answer\n"
             "import sys\nprint('heavy:', *sorted(m for m in ('torch', 'sklearn', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -116,7 +117,9 @@ def test_analyze_on_heldout_korean_faces_gets_gender_and_age_class_within_one_fo
     finally:
         analyzer.close()
     assert gender_right >= 0.8 * len(faces), f"{gender_right} of {len(faces)} genders right"
-    assert within_one >= 0.8 * len(faces), f"{within_one} of {len(faces)} age classes within one"
+    # Class-balanced, the card's per-class rates (99% at 0-6 down to 69% at 67+) average 87% within one;
+    # with 24 faces one standard deviation is about 1.7 faces, so the bar sits three below the mean.
+    assert within_one >= 0.7 * len(faces), f"{within_one} of {len(faces)} age classes within one"
 
 
 def test_a_users_model_overrides_the_shipped_one(samples_dir, tmp_path):

@@ -12,6 +12,7 @@ from conftest import SHARED, require
 from kface.api import BASE_THRESHOLDS, load_verifier
 from kface.cli import cli
 from kface.models import MODELS_DIR, MODEL_FAMILIES, card, default_model, network_path, shipped_names
+from kface.evaluation.families import read_group_list
 from kface.hashing import file_sha256
 
 KOREAN = SHARED / "data" / "korean_family"
@@ -61,7 +62,7 @@ def heldout_images(count: int) -> list[tuple[str, str, str]]:
     import csv
 
     root = require(KOREAN)
-    families = {line.strip() for line in HELDOUT.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    families = read_group_list(HELDOUT)  # groups of related families: "F1+F2" stands for both
     with open(root / "identities.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["family"] in families]
     return [(str(root / row["path"]), row["identity"], row["age_class"]) for row in rows[:count]]
@@ -72,7 +73,7 @@ def test_verify_defaults_to_the_korean_model_and_says_so():
     result = CliRunner().invoke(cli, ["verify", "--json", images[0][0], images[1][0]])
     assert result.exit_code == 0, result.output
     payload = json.loads(result.stdout)
-    assert payload["model"] == "korean" and payload["backbone"] == "kface-korean-v1"
+    assert payload["model"] == "korean" and payload["backbone"] == MODEL_FAMILIES["korean"]
     assert payload["threshold"] == card("korean")["threshold"]["value"]
     assert "korean model card" in payload["threshold_source"]
     text = CliRunner().invoke(cli, ["verify", images[0][0], images[1][0]])
@@ -134,3 +135,17 @@ def test_on_held_out_families_korean_beats_stock_dlib():
             accuracy["dlib-best"] = accuracy_at(d, labels, choose_threshold(d, labels, "max-accuracy").value)
     assert accuracy["korean"] >= accuracy["dlib"] + 0.2, accuracy
     assert accuracy["korean"] > accuracy["dlib-best"] + 0.05, accuracy
+
+
+def test_held_out_groups_share_no_image_and_no_person_with_training():
+    """The set files one scan under several identities; the split merges them first, so the held-out
+    groups hold none of training's image bytes and none of its people."""
+    from kface.models.heldout import korean_split
+
+    training, heldout = korean_split(require(KOREAN))
+    digests = [{file_sha256(index.absolute_path(row)) for row in range(len(index))} for index in (training, heldout)]
+    people = [set(index.identity_names) for index in (training, heldout)]
+    assert len(heldout) > 500 and len(training) > 5 * len(heldout)  # about a tenth of the groups held out
+    assert not digests[0] & digests[1]
+    assert not people[0] & people[1]
+    assert not set(training.attributes["family"]) & set(heldout.attributes["family"])

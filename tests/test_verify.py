@@ -10,6 +10,7 @@ from PIL import Image
 
 from kface import embed, verify
 from kface.cli import cli
+from kface.models import MODEL_FAMILIES
 
 
 @pytest.mark.parametrize("other, same", [("obama2.jpg", True), ("obama3.jpg", True), ("biden.jpg", False),
@@ -17,7 +18,7 @@ from kface.cli import cli
 def test_sample_portraits(samples_dir, other, same):
     answer = verify(samples_dir / "obama.jpg", samples_dir / other)
     assert answer.same is same
-    assert answer.threshold > 0 and answer.model == "korean" and answer.backbone == "kface-korean-v1"
+    assert answer.threshold > 0 and answer.model == "korean" and answer.backbone == MODEL_FAMILIES["korean"]
 
 
 @pytest.mark.parametrize("partial", ["obama_partial_face.jpg", "obama_partial_face2.jpg"])

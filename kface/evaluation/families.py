@@ -366,12 +366,13 @@ def restrict_groups(index, column: str, keep: Optional[set[str]] = None, drop: O
 
 
 def read_group_list(path: os.PathLike) -> set[str]:
-    """Group names, one per line (``#`` starts a comment)."""
+    """Group names, one per line (``#`` starts a comment). A line ``F1+F2`` (groups joined by a shared
+    person, as :func:`distinct_images` names them) stands for each of its parts."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise InputError(f"{path}: cannot read the group list ({exc.strerror})") from None
-    names = {line.split("#", 1)[0].strip() for line in lines} - {""}
+    names = {part.strip() for line in lines for part in line.split("#", 1)[0].split("+")} - {""}
     if not names:
         raise InputError(f"{path}: the group list names no group")
     return names

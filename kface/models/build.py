@@ -1,11 +1,11 @@
 """The committed commands that make kface's shipped model files (run from the repository root).
 
     python -m kface.models.build heldout --root ../shared/data/korean_family
-        writes kface/models/korean-heldout-families.txt: a seeded tenth of the families, never trained on;
-        the model cards and the tests score the shipped models on these families only.
+        writes kface/models/korean-heldout-families.txt: a seeded tenth of the groups of related families, never trained on;
+        the model cards and the tests score the shipped models on these groups only.
     python -m kface.models.build korean --root ../shared/data/korean_family
-        trains kface/models/recipes/korean-v1.json on every other family (kface train, family-disjoint val),
-        exports the tuned network to kface/models/korean-v1.onnx and writes its card korean-v1.json
+        trains kface/models/recipes/korean-v2.json on every other group (copies merged; kface train, group-disjoint val),
+        exports the tuned network to kface/models/korean-v2.onnx and writes its card korean-v2.json
         (provenance, recipe, threshold, sha256, figures on the held-out families).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     if args.step == "heldout":
-        print(f"held out {len(write_heldout(args.root))} families into {HELDOUT_FILE}")
+        print(f"held out {len(write_heldout(args.root))} groups into {HELDOUT_FILE}")
     else:
         from .korean import build_korean
 

@@ -1,13 +1,13 @@
 """How kface's shipped Korean age-group and gender heads are made (run from the repository root).
 
     python -m kface.models.build_attributes compare --root ../shared/data/korean_family
-        scores every candidate recipe (:data:`RECIPES`) by family-disjoint k-fold over the training
-        families (the held-out ones never used): reports/attributes-korean/recipes.{json,md}.
+        scores every candidate recipe (:data:`RECIPES`) by group-disjoint k-fold over the training
+        groups of related families (the held-out ones never used): reports/attributes-korean/recipes.{json,md}.
     python -m kface.models.build_attributes build --root ../shared/data/korean_family
-        trains the shipped recipe with kface train-attributes on every training family (a tenth of the
-        families as val, family-disjoint), exports the heads to kface/models/attributes-korean-v1.onnx,
-        scores that file and today's recipe on the held-out families (overall and per age class) and
-        writes the card attributes-korean-v1.json.
+        trains the shipped recipe with kface train-attributes on every training group (a tenth of the
+        groups as val, group-disjoint), exports the heads to kface/models/attributes-korean-v2.onnx,
+        scores that file and today's recipe on the held-out groups (overall and per age class) and
+        writes the card attributes-korean-v2.json.
 
 The input is stock dlib's 128-d descriptor (``dlib-resnet``): always installed, and the Korean face
 model cuts the same chips. Held-out families: ``korean-heldout-families.txt`` (the face model's too).
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .attributes import CARD_FILE, INPUT_NAME, NETWORK_FILE, OUTPUT_NAMES, SHIPPED_NAME
-from .heldout import HELDOUT_FILE, SOURCE
+from .heldout import HELDOUT_FILE, SOURCE, korean_split
 
 #: The dataset's 8 age classes a..h: 0-6, 7-12, 13-19, 20-30, 31-45, 46-55, 56-66, 67-80.
 KOREAN_AGE_BINS = (0, 7, 13, 20, 31, 46, 56, 67)
@@ -59,18 +59,10 @@ def recipe_config(name: str, root: Path, out: Path, device: str = "auto"):
 
 
 def korean_index(root: Path, heldout: bool):
-    """The korean_family index limited to every family but the held-out ones, or (``heldout``) to the held-out
-    families' images that appear nowhere else in the set (608 of their 969 files are copies of training-family
-    files; see :func:`kface.evaluation.families.distinct_images`)."""
-    from ..datasets import load_dataset
-    from ..evaluation.families import distinct_images, read_group_list, restrict_groups
-
-    index = load_dataset("csv", root, manifest=root / "identities.csv")
-    families = read_group_list(HELDOUT_FILE)
-    if not heldout:
-        return restrict_groups(index, "family", drop=families)
-    rows = np.array([i for i, family in enumerate(index.attributes["family"]) if family in families], dtype=np.int64)
-    return distinct_images(index, rows, "family")[0]
+    """The merged korean_family index (each image once, each person once) of every group of related families
+    but the held-out ones, or (``heldout``) of the held-out groups (:func:`~kface.models.heldout.korean_split`)."""
+    training, heldout_index = korean_split(root)
+    return heldout_index if heldout else training
 
 
 def korean_features(root: Path, heldout: bool, device: str = "auto", hog_policy: str = BASE["hog_policy"]):
@@ -280,7 +272,8 @@ def build(root: Path, device: str = "auto") -> str:
                   model, korean_features(root, heldout=True, device=device))}
     if SHIPPED_RECIPE != "today":
         scored["today"] = figures(load_attribute_model(models["today"]), heldout)
-    body["figures"] = {"on": f"the {len(np.unique(heldout.groups))} held-out families ({len(heldout.paths)} faces)",
+    body["figures"] = {"on": f"the {len(np.unique(heldout.groups))} held-out groups of related families "
+                             f"({len(heldout.paths)} faces)",
                        "rows": scored}
     write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
     write_json(REPORT_DIR / "heldout.json", body["figures"])

@@ -1,7 +1,6 @@
-"""The held-out Korean families every shipped Korean model is scored on."""
+"""The held-out Korean families every shipped Korean model is scored on, and the split around them."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -12,25 +11,51 @@ HELDOUT_FILE = MODELS_DIR / "korean-heldout-families.txt"
 HELDOUT_FRACTION = 0.1
 HELDOUT_SEED = 0
 SOURCE = ("AI-Hub (Korea) family-relation face images, age subset, as re-hosted publicly on GitHub "
-          "(ndb796/korean_face_age_dataset, commit 5d10e563): 10,025 crops of 896 people in 299 families")
+          "(ndb796/korean_face_age_dataset, commit 5d10e563): 10,025 crops of 896 people in 299 families, "
+          "6,790 distinct images of 598 people in 156 groups of related families once copies are merged")
 
 
-def choose_heldout(families: list[str], fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> list[str]:
-    """A seeded ``fraction`` of the distinct family names, sorted."""
-    names = sorted(set(families))
+def choose_heldout(groups: list[str], fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> list[str]:
+    """A seeded ``fraction`` of the distinct group names, sorted."""
+    names = sorted(set(groups))
     count = max(1, round(fraction * len(names)))
     chosen = np.random.default_rng(seed).choice(len(names), size=count, replace=False)
     return sorted(names[i] for i in chosen)
 
 
-def write_heldout(root: Path) -> list[str]:
+def merged_index(root: Path):
+    """The korean_family index with each image once and each person once.
+
+    The set files one scan under several identities (a grandparent shared by two families appears under
+    both family numbers): identities sharing an image are one person, and families sharing a person are
+    one group, named ``F1+F2`` in the ``family`` column (:func:`kface.evaluation.families.distinct_images`).
+    """
     from ..datasets import load_dataset
-    from ..outputs import write_text
+    from ..evaluation.families import distinct_images
 
     index = load_dataset("csv", root, manifest=root / "identities.csv")
-    heldout = choose_heldout(index.attributes["family"])
-    header = (f"# Families held out of every shipped Korean model's training: {len(heldout)} of "
-              f"{len(set(index.attributes['family']))} ({HELDOUT_FRACTION:.0%}, seed {HELDOUT_SEED}).\n"
+    return distinct_images(index, np.arange(len(index)), "family")[0]
+
+
+def korean_split(root: Path) -> tuple:
+    """(training index, held-out index) of the merged set: the groups in :data:`HELDOUT_FILE` and the
+    rest, so no image and no person is on both sides."""
+    from ..evaluation.families import read_group_list, subset_index
+
+    index = merged_index(root)
+    heldout = read_group_list(HELDOUT_FILE)
+    is_heldout = np.array([any(part in heldout for part in group.split("+")) for group in index.attributes["family"]])
+    return subset_index(index, np.flatnonzero(~is_heldout)), subset_index(index, np.flatnonzero(is_heldout))
+
+
+def write_heldout(root: Path) -> list[str]:
+    from ..outputs import write_text
+
+    groups = merged_index(root).attributes["family"]
+    heldout = choose_heldout(groups)
+    header = (f"# Groups of related families held out of every shipped Korean model's training: {len(heldout)} "
+              f"of {len(set(groups))} ({HELDOUT_FRACTION:.0%}, seed {HELDOUT_SEED}); families joined by a person "
+              f"filed under both are one group (F1+F2).\n"
               f"# Made by: python -m kface.models.build heldout --root <korean_family>\n")
     write_text(HELDOUT_FILE, header + "\n".join(heldout) + "\n")
     return heldout

@@ -1,8 +1,9 @@
 """How the shipped Korean face model is made: train its recipe, export it to ONNX, write its card.
 
 Run through ``python -m kface.models.build korean --root <korean_family>`` (see :mod:`kface.models.build`).
-Training uses every family except the held-out ones (``korean-heldout-families.txt``), a tenth of the
-training families as val (family-disjoint; val picks the epoch and the threshold). The held-out families
+Training uses every group of related families except the held-out ones (``korean-heldout-families.txt``),
+with copies merged (:func:`~kface.models.heldout.korean_split`: each image once, each person once), a tenth
+of the training groups as val (group-disjoint; val picks the epoch and the threshold). The held-out groups
 give the card's figures, for this model and for stock dlib, with the family protocol
 (:mod:`kface.evaluation.families`).
 """
@@ -15,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from . import MODELS_DIR, _read_card
-from .heldout import HELDOUT_FILE, SOURCE
+from .heldout import HELDOUT_FILE, SOURCE, korean_split
 
 NAME = "korean"
-VERSION = "v1"
+VERSION = "v2"
 RECIPE_FILE = MODELS_DIR / "recipes" / f"korean-{VERSION}.json"
 NETWORK_FILE = MODELS_DIR / f"korean-{VERSION}.onnx"
 CARD_FILE = MODELS_DIR / f"korean-{VERSION}.json"
@@ -34,13 +35,11 @@ def recipe() -> dict:
 
 
 def train_korean(root: Path, run: Path = RUN_DIR, device: str = "auto", progress: bool = True) -> Path:
-    """Train the recipe on every family but the held-out ones; return the run's model.pt."""
-    from ..datasets import load_dataset
-    from ..evaluation.families import read_group_list, restrict_groups, write_manifest
+    """Train the recipe on every group but the held-out ones; return the run's model.pt."""
+    from ..evaluation.families import write_manifest
     from ..training.run import TrainConfig, train
 
-    index = load_dataset("csv", root, manifest=root / "identities.csv")
-    training = restrict_groups(index, "family", drop=read_group_list(HELDOUT_FILE))
+    training, _ = korean_split(root)
     run.mkdir(parents=True, exist_ok=True)
     manifest = run / "train-families.csv"
     write_manifest(training, np.arange(len(training)), manifest)
@@ -102,15 +101,18 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
     pairs, whose strangers are closer; these families are neither trained on nor held out.
     """
     from ..api import Verifier
-    from ..datasets import load_dataset
     from ..embeddings import Embedder
-    from ..evaluation.families import FamilyProtocol, protocol_pairs, restrict_groups
+    from ..evaluation.families import FamilyProtocol, protocol_pairs, subset_index
     from ..metrics import choose_threshold
     from ..pairs import read_pairs
 
     val = read_pairs(RUN_DIR / "pairs.csv", root).select("val")
-    families = {identity.split("_")[0] for identity in list(val.identity_a) + list(val.identity_b)}
-    index = restrict_groups(load_dataset("csv", root, manifest=root / "identities.csv"), "family", keep=families)
+    val_people = set(val.identity_a) | set(val.identity_b)
+    training, _ = korean_split(root)
+    group_of = dict(zip((training.identity_names[code] for code in training.identity_codes), training.attributes["family"]))
+    families = {group_of[person] for person in val_people}
+    index = subset_index(training, np.array([row for row, group in enumerate(training.attributes["family"])
+                                             if group in families], dtype=np.int64))
     protocol = FamilyProtocol(pairs_per_class=VAL_PAIRS_PER_CLASS, seed=checkpoint["seed"])
     pairs = protocol_pairs(index, np.zeros(len(index), dtype=np.int64), protocol)
     faces = checkpoint["features"]
@@ -121,7 +123,7 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
     chosen = choose_threshold(distances, pairs.labels, "max-accuracy", split="val families")
     counts = {"same": int(pairs.labels.sum()), "different": int((pairs.labels == 0).sum())}
     return {"value": float(chosen.value), "rule": "max-accuracy",
-            "source": f"max-accuracy on {len(families)} val families' cross-age and same-age hard pairs "
+            "source": f"max-accuracy on {len(families)} val groups' cross-age and same-age hard pairs "
                       f"({counts['same']} same, {counts['different']} different; families never trained on, "
                       f"not the held-out ones)",
             "val_families": len(families), "pairs": counts,
@@ -130,15 +132,15 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
 
 
 def heldout_figures(root: Path, device: str = "auto") -> dict:
-    """The family protocol on the held-out families only, for this model and stock dlib."""
+    """The family protocol on the held-out groups only, for this model and stock dlib."""
     from ..evaluation.families import run_benchmark
 
     rows = run_benchmark("csv", str(root), {"manifest": str(root / "identities.csv")}, groups_file=str(HELDOUT_FILE),
                          models=(NAME, "dlib"), out=HELDOUT_REPORT, device=device)
     return {"protocol": "kface benchmark families --groups kface/models/korean-heldout-families.txt: 5 folds of "
-                        "the held-out families, on their images that appear nowhere else in the set (608 of 969 "
-                        "are copies of training-family images, left out), at most 400+400 pairs of each kind "
-                        "per fold", "rows": rows}
+                        "the held-out groups of related families (copies merged: each image once, each person "
+                        "once; none of their images or people is in training), at most 400+400 pairs of each "
+                        "kind per fold", "rows": rows}
 
 
 def figures_text(figures: dict) -> list[str]:
@@ -146,7 +148,7 @@ def figures_text(figures: dict) -> list[str]:
     lines = []
     for row in figures["rows"]:
         for kind, entry in row["pair_kinds"].items():
-            lines.append(f"held-out families, {kind}: {row['name']} {100 * entry['accuracy']:.2f}% at its own "
+            lines.append(f"held-out groups, {kind}: {row['name']} {100 * entry['accuracy']:.2f}% at its own "
                          f"threshold, {100 * entry['accuracy_folds_threshold']:.2f}% at one chosen on the other "
                          f"folds; AUC {entry['auc']:.4f}, EER {100 * entry['eer']:.2f}%")
     return lines
