@@ -49,6 +49,9 @@ class BackboneSpec:
 
 
 DEFAULT_BACKBONE = "dlib-resnet"
+#: Backbone modules that run their network through onnxruntime by default; on ``--engine torch`` a
+#: backbone of theirs runs as the trainable backbone of the same weights (see kface.engines).
+ONNX_DEFAULT_MODULES = ("dlib_resnet",)
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec

@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from ..errors import KfaceError
-from ..names import BACKBONE_NAMES, DEFAULT_ENGINE, DETECTOR_NAMES, ENGINE_NAMES, FALLBACK_NAMES
+from ..names import BACKBONE_NAMES, DEFAULT_BACKBONE, DEFAULT_ENGINE, DETECTOR_NAMES, ENGINE_NAMES, FALLBACK_NAMES
 
 
 
@@ -73,7 +73,7 @@ def print_json(payload: dict) -> None:
 
 # -- options shared by several commands ------------------------------------------------------------
 def backbone_option(function):
-    return click.option("--backbone", default="dlib-resnet", show_default=True,
+    return click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
                         help=f"Face backbone: {', '.join(BACKBONE_NAMES)}.")(function)
 
 
@@ -160,7 +160,7 @@ def model_label(model: Optional[str], backbone: str) -> str:
     """The model a command used: the one named, else the default one (or the backbone named instead)."""
     from ..models import default_model
 
-    return model or (default_model() if backbone == "dlib-resnet" else backbone)
+    return model or (default_model() if backbone == DEFAULT_BACKBONE else backbone)
 
 
 # -- datasets and pairs ----------------------------------------------------------------------------

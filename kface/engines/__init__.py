@@ -48,12 +48,15 @@ def __getattr__(name: str):
 def backbone_for_engine(backbone: str, engine: str = DEFAULT_ENGINE) -> str:
     """The backbone name that runs ``backbone``'s network on ``engine`` (``--engine``).
 
-    ``dlib-resnet`` is dlib's network through onnxruntime; with ``torch`` it runs as ``dlib-torch``.
-    Other names already name their implementation (``dlib-native``, ``dlib-torch``; facenet runs on
-    torch either way).
+    A backbone the registry serves through onnxruntime by default (``dlib-resnet``) runs on ``torch``
+    as the trainable backbone of the same weights (``dlib-torch``). Other names already name their
+    implementation (``dlib-native``, ``dlib-torch``; facenet runs on torch either way).
     """
+    from ..backbones import ONNX_DEFAULT_MODULES, get_spec, trainable_backbone
     from ..errors import InputError
 
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
-    return "dlib-torch" if engine == "torch" and backbone == "dlib-resnet" else backbone
+    if engine == "torch" and get_spec(backbone).module in ONNX_DEFAULT_MODULES:
+        return trainable_backbone(backbone)
+    return backbone

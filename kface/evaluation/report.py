@@ -27,6 +27,7 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from ..backbones import DEFAULT_BACKBONE
 from ..distances import Distance
 from ..errors import InputError
 from ..outputs import write_json, write_text
@@ -44,7 +45,7 @@ __all__ = ["COMPARED_RULES", "check_save_threshold", "compare_rules", "overlap_r
 # --------------------------------------------------------------------------- verifier
 
 
-def report_verifier(model: Optional[str] = None, *, backbone: str = "dlib-resnet", detector: str = "dlib",
+def report_verifier(model: Optional[str] = None, *, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib",
                     fallback: str = "whole-image", device: str = "auto", weights: Optional[str] = None,
                     cache: bool = True, progress: bool = False, max_pixels: Optional[int] = None):
     """The :class:`~kface.api.Verifier` to report on: a trained ``model``, or the untrained ``backbone``.

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
+from ..backbones import DEFAULT_BACKBONE
 from ..errors import InputError, KfaceError
 from ..images import MAX_PIXELS
 from .distribution import Distribution, load_distances
@@ -211,7 +212,7 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_server(model: Optional[str] = None, attributes_model: Optional[str] = None, *, host: str = DEFAULT_HOST,
-               port: int = DEFAULT_PORT, backbone: str = "dlib-resnet", detector: str = "dlib",
+               port: int = DEFAULT_PORT, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib",
                fallback: str = "none", threshold: Optional[float] = None, device: str = "auto",
                max_pixels: Optional[int] = None, max_request_mb: float = DEFAULT_MAX_REQUEST_MB,
                workers: Optional[int] = None, distances: Optional[str] = None,

@@ -11,6 +11,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..backbones import DEFAULT_BACKBONE
 from ..cache import RequestMemory
 from ..images import MAX_PIXELS
 from ..versions import versions
@@ -171,7 +172,7 @@ class FaceService:
 
 
 def load_pipelines(count: int, model: Optional[str] = None, attributes_model: Optional[str] = None, *,
-                   backbone: str = "dlib-resnet", detector: str = "dlib", fallback: str = "none",
+                   backbone: str = DEFAULT_BACKBONE, detector: str = "dlib", fallback: str = "none",
                    threshold: Optional[float] = None, device: str = "auto",
                    max_pixels: Optional[int] = None) -> list[Pipeline]:
     """``count`` alike pipelines, their models loaded and warmed up, caching nothing on disk."""
