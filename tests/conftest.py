@@ -9,6 +9,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = (REPO / ".." / "shared").resolve()
+
+
+def default_embedding_size() -> int:
+    """The length of the vectors ``embed`` writes by default (the default model's embedding)."""
+    from kface.backbones import get_spec
+    from kface.models import MODEL_FAMILIES, default_model
+
+    return get_spec(MODEL_FAMILIES[default_model()]).embedding_size
 LFW = SHARED / "data" / "lfw"
 SAMPLES = SHARED / "data" / "samples"
 EXAMPLES = REPO / "examples"

@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import default_embedding_size
 from fault_helpers import EXAMPLES, assert_ok, assert_one_error, file_size_limit, kface, notes, read_only
 
 IMAGES = [EXAMPLES / "obama.jpg", EXAMPLES / "biden.jpg"]
@@ -163,7 +164,7 @@ def test_a_cache_file_that_is_not_a_database_is_a_note(scratch):
     result = embed(out, cache)
     assert_ok(result)
     assert any("carrying on without the cache" in line for line in notes(result.stderr)), result.stderr
-    assert embeddings(out).shape == (2, 128)
+    assert embeddings(out).shape == (2, default_embedding_size())
 
 
 def test_a_full_disk_is_one_error_naming_the_output_and_leaves_nothing(scratch):

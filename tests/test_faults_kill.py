@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import LFW, lfw_people, link_tree, require
+from conftest import LFW, default_embedding_size, lfw_people, link_tree, require
 from fault_helpers import assert_ok, kface, start_kface
 
 pytestmark = pytest.mark.slow
@@ -171,7 +171,7 @@ def test_embed_killed_at_random_moments_reruns_to_the_same_embeddings(tmp_path):
         kill_at(args, moment)
         if out.exists():
             with np.load(out) as data:
-                assert data["embeddings"].shape == (len(images), 128)
+                assert data["embeddings"].shape == (len(images), default_embedding_size())
         assert_ok(kface(*args))  # resumes through the faces and embeddings the killed run cached
         with np.load(out) as done, np.load(reference) as expected:
             np.testing.assert_allclose(done["embeddings"], expected["embeddings"], atol=1e-6)

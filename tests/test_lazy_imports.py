@@ -4,6 +4,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from conftest import default_embedding_size
+
 HEAVY = ("torch", "sklearn", "matplotlib", "scipy")
 
 
@@ -39,7 +41,7 @@ def test_embedding_many_images_imports_nothing_heavy(samples_dir):
     images = sorted(str(p) for p in samples_dir.glob("*.jpg"))
     code = (f"from kface.api import embed\n"
             f"result = embed({images * 5!r}, cache=False)\n"
-            f"assert result.embeddings.shape == ({len(images) * 5}, 128)")
+            f"assert result.embeddings.shape == ({len(images) * 5}, {default_embedding_size()})")
     assert _imported_after(code) == set()
 
 

@@ -23,7 +23,8 @@ def test_the_korean_card_and_its_file_agree():
     body = card("korean")
     network = network_path(MODEL_FAMILIES["korean"])
     assert file_sha256(network) == body["sha256"]
-    assert network.stat().st_size == body["size_bytes"] < 16 * 2**20
+    # float16: the shared layers and two last stages (tuned, and stock for the base ensemble) stay under 24 MiB
+    assert network.stat().st_size == body["size_bytes"] < 24 * 2**20
     assert body["training"]["held_out_families_sha256"] == file_sha256(HELDOUT)
     assert "held-out" in " ".join(body["figures_text"]) and body["made_by"].startswith("python -m kface.models.build")
     assert default_model() == "korean" and shipped_names() == ["dlib", "korean"]

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import default_embedding_size
 from kface import embed, verify
 from kface.cli import cli
 from kface.models import MODEL_FAMILIES
@@ -50,7 +51,7 @@ def test_embed_writes_npz_and_second_run_uses_cache(samples_dir, tmp_path):
     assert first.exit_code == 0, first.output
     with np.load(out) as data:
         assert list(data["paths"]) == images
-        assert data["embeddings"].shape == (3, 128) and data["embeddings"].dtype == np.float32
+        assert data["embeddings"].shape == (3, default_embedding_size()) and data["embeddings"].dtype == np.float32
         assert data["found"].all()
     second = runner.invoke(cli, ["embed", *images, "--out", str(out), "--json"])
     assert json.loads(second.stdout)["computed"] == 0

@@ -69,9 +69,10 @@ BACKBONES: dict[str, BackboneSpec] = {
     ]
 }
 #: Networks of the shipped models (kface/models/), run through ONNX Runtime; use them as --model NAME.
-BACKBONES["kface-korean-v2"] = BackboneSpec(
-    "kface-korean-v2", "shipped_onnx", "ShippedOnnxBackbone", "kface-korean-v2", 150, 0.25, 128,
-    "the shipped Korean face model's network (dlib's ResNet, last stage tuned on Korean faces); --model korean")
+BACKBONES["kface-korean-v3"] = BackboneSpec(
+    "kface-korean-v3", "shipped_onnx", "ShippedOnnxBackbone", "kface-korean-v3", 150, 0.25, 256,
+    "the shipped Korean face model's network (dlib's ResNet, last stage tuned on Korean faces, with 0.5 x stock "
+    "dlib's vector); --model korean")
 #: The default name: dlib's descriptor served by dlib-native for one-off calls, dlib-torch for batches.
 BACKBONES[DEFAULT_BACKBONE] = BackboneSpec(
     DEFAULT_BACKBONE, "dlib_resnet", "DlibResnetBackbone", "dlib-resnet-v1", 150, 0.25, 128,

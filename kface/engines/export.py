@@ -7,6 +7,7 @@
   ``fp16`` the weights are stored as float16 and cast back to float32 once, when the session loads).
 - :func:`export_checkpoint` does it for a ``kface train`` checkpoint (``runs/NAME/model.pt``) and
   returns what it wrote (sha256, size, input and output spec, parity against the PyTorch path).
+- :class:`BaseEnsembleGraph` concatenates a tuned graph's vector with the untuned network's embedding.
 - :func:`check_parity` compares a module with its exported file on given chips.
 
 Imports torch: used when exporting, never when an exported file runs (:mod:`.runtime`).
@@ -69,6 +70,35 @@ class ChipGraph(nn.Module):
         if self.flip:
             vectors = (vectors[:count] + vectors[count:]) / 2
         return self.head(vectors)
+
+
+class BaseEnsembleGraph(nn.Module):
+    """A tuned :class:`ChipGraph`'s vector concatenated with ``base_weight`` x the untuned network's
+    embedding, both from one run of the frozen prefix they share: ``(N, D) -> (N, D + D_base)``.
+
+    The base vector comes from the unflipped chip and the unrounded prefix, exactly as the base
+    backbone computes it alone; the tuned part is the graph's own (flip averaging, float16 prefix).
+    """
+
+    def __init__(self, tuned: ChipGraph, base: nn.Module, base_weight: float):
+        super().__init__()
+        if tuned.cut in ("none", "all"):
+            raise InputError(f"an ensemble with the base network needs a frozen prefix; the tuned graph is cut at "
+                             f"{tuned.cut!r}")
+        self.tuned = tuned
+        self.base = base
+        self.base_weight = float(base_weight)
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        count = chips.shape[0]
+        tuned = self.tuned
+        views = torch.cat([chips, torch.flip(chips, dims=[2])]) if tuned.flip else chips
+        prefix = tuned.network.forward_prefix(tuned.network.prepare_chips(views), tuned.cut)
+        vectors = tuned.network.forward_suffix(prefix.to(torch.float16).float(), tuned.cut)
+        if tuned.flip:
+            vectors = (vectors[:count] + vectors[count:]) / 2
+        base = self.base.forward_suffix(prefix[:count], tuned.cut)
+        return torch.cat([tuned.head(vectors), self.base_weight * base], dim=1)
 
 
 def _fp16_weights(model) -> None:
@@ -193,19 +223,26 @@ def checkpoint_graph(checkpoint: dict, weights: Optional[str] = None) -> ChipGra
 
 
 def export_checkpoint(model_pt_path: Union[str, os.PathLike], onnx_path: Union[str, os.PathLike],
-                      fp16: bool = False) -> dict:
+                      fp16: bool = False, base_weight: Optional[float] = None) -> dict:
     """Export the chip -> vector path of a ``kface train`` checkpoint to ``onnx_path``, atomically.
 
     The graph takes (N, S, S, 3) uint8 RGB chips (S = the backbone's chip size, cut by dlib's 5-point
-    alignment) and returns the vectors the checkpoint's distance is measured on. Returns ``{sha256,
-    size_bytes, input, output, fp16, opset, checkpoint_sha256, backbone, cut, tta, head, distance,
-    parity}`` (``parity``: against the PyTorch module on seeded chips, see :func:`check_parity`).
+    alignment) and returns the vectors the checkpoint's distance is measured on; with ``base_weight``,
+    those concatenated with ``base_weight`` x the untuned network's embedding (:class:`BaseEnsembleGraph`).
+    Returns ``{sha256, size_bytes, input, output, fp16, opset, checkpoint_sha256, backbone, cut, tta, head,
+    distance, base_weight, parity}`` (``parity``: against the PyTorch module on seeded chips, see
+    :func:`check_parity`).
     """
-    from ..backbones import get_spec
+    from ..backbones import get_spec, trainable_backbone
+    from ..backbones.trainable import inference_network, load_network
     from ..training.checkpoints import checkpoint_weights_file, load_checkpoint
 
     checkpoint = load_checkpoint(model_pt_path)
-    graph = checkpoint_graph(checkpoint, checkpoint_weights_file(checkpoint, model_pt_path))
+    weights = checkpoint_weights_file(checkpoint, model_pt_path)
+    graph = checkpoint_graph(checkpoint, weights)
+    if base_weight is not None:
+        base = inference_network(load_network(trainable_backbone(checkpoint["backbone"]), weights)).eval()
+        graph = BaseEnsembleGraph(graph, base, base_weight)
     chip_size = get_spec(checkpoint["backbone"]).input_size
     checkpoint_sha = file_sha256(model_pt_path)
     features = checkpoint["features"]
@@ -214,5 +251,5 @@ def export_checkpoint(model_pt_path: Union[str, os.PathLike], onnx_path: Union[s
                                  "kface_cut": features["cut"], "kface_distance": checkpoint["distance"]})
     info.update({"checkpoint_sha256": checkpoint_sha, "backbone": checkpoint["backbone"], "cut": features["cut"],
                  "tta": features["tta"], "head": checkpoint["head"]["kind"], "distance": checkpoint["distance"],
-                 "parity": check_parity(graph, onnx_path, parity_chips(chip_size))})
+                 "base_weight": base_weight, "parity": check_parity(graph, onnx_path, parity_chips(chip_size))})
     return info

@@ -26,10 +26,10 @@ BASE_THRESHOLDS: dict[str, tuple[float, str]] = {
     "dlib-resnet-v1": (0.6144, "measured on LFW View-2 (max-accuracy over the 6,000 official pairs)"),
 }
 #: Backbone family -> the card of the ONNX network that ships for it (in this folder).
-NETWORK_CARDS = {"dlib-resnet-v1": "dlib-resnet-v1.json", "kface-korean-v2": "korean-v2.json"}
+NETWORK_CARDS = {"dlib-resnet-v1": "dlib-resnet-v1.json", "kface-korean-v3": "korean-v3.json"}
 #: Shipped model name -> the backbone family it runs; its network card is also the model card
 #: (threshold, face settings, recipe, figures).
-MODEL_FAMILIES = {"korean": "kface-korean-v2"}
+MODEL_FAMILIES = {"korean": "kface-korean-v3"}
 
 
 def network_card(family: str) -> dict:

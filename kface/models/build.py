@@ -4,8 +4,9 @@
         writes kface/models/korean-heldout-families.txt: a seeded tenth of the groups of related families, never trained on;
         the model cards and the tests score the shipped models on these groups only.
     python -m kface.models.build korean --root ../shared/data/korean_family
-        trains kface/models/recipes/korean-v2.json on every other group (copies merged; kface train, group-disjoint val),
-        exports the tuned network to kface/models/korean-v2.onnx and writes its card korean-v2.json
+        trains kface/models/recipes/korean-v3.json on every other group (copies merged; kface train, group-disjoint val),
+        exports the tuned network (with 0.5 x stock dlib's vector) to kface/models/korean-v3.onnx and writes its
+        card korean-v3.json
         (provenance, recipe, threshold, sha256, figures on the held-out families).
 """
 from __future__ import annotations
