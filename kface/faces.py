@@ -54,6 +54,12 @@ MIN_FACE_PX = 40
 #: quarter of its pixels): on smaller images (LFW's 250 px: 0.8) a miss would cost both passes for
 #: little saving, and the chips stay exactly the fixed policy's.
 SIZED_MAX_SHARE = 0.5
+#: A face crop (shorter side at most this many pixels, e.g. an album's 128 px crops) is first searched
+#: at its own size, for faces of at least HOG_WINDOW pixels: the face fills such a frame, and the pass
+#: costs a quarter of the hard pass's upsampled one.
+CROP_MAX_SIDE = 160
+#: Bumped whenever the sized policy's passes change, so cached chips of the old passes are not reused.
+SIZED_POLICY_VERSION = 2
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in image pixels
 
@@ -98,7 +104,8 @@ class FaceSettings:
     def key(self) -> str:
         """What decides the detected face; the fallback is not part of it (it only acts on a miss)."""
         # "fixed" keeps the key chips had before policies existed, so their cache entries stay valid.
-        policy = "" if self.policy == "fixed" or self.detector in ("mtcnn", "none") else f";hog={self.policy}"
+        policy = ("" if self.policy == "fixed" or self.detector in ("mtcnn", "none")
+                  else f";hog={self.policy}{SIZED_POLICY_VERSION}")
         return f"det={self.detector};up={self.upsample}{policy};chip={self.chip_size};pad={self.chip_padding}"
 
 
@@ -110,11 +117,14 @@ def hog_passes(height: int, width: int, settings: FaceSettings) -> list[tuple[fl
     upsampled ``settings.upsample`` times. The sized policy runs first at the factor where a face of
     ``max(MIN_FACE_SHARE * shorter side, MIN_FACE_PX)`` is :data:`HOG_WINDOW` pixels wide, e.g. 0.44
     for a 910 x 1137 portrait (a tenth of the hard pass's pixels), where that is at most
-    :data:`SIZED_MAX_SHARE` of the hard pass's factor; otherwise the hard pass alone runs.
+    :data:`SIZED_MAX_SHARE` of the hard pass's factor; otherwise the hard pass alone runs. A face crop
+    (shorter side at most :data:`CROP_MAX_SIDE`) is first searched unupsampled, then by the hard pass.
     """
     hard = (min(1.0, DETECT_MAX_SIDE / max(height, width)), settings.upsample)
     if settings.policy == "fixed":
         return [hard]
+    if min(height, width) <= CROP_MAX_SIDE and hard[1] > 0:
+        return [(hard[0], 0), hard]
     smallest_face = max(MIN_FACE_SHARE * min(height, width), MIN_FACE_PX)
     sized = min(HOG_WINDOW / smallest_face, DETECT_MAX_SIDE / max(height, width))
     if sized > SIZED_MAX_SHARE * hard[0] * 2 ** hard[1]:

@@ -15,8 +15,9 @@ def test_passes_are_sized_to_the_image():
     # A 910 x 1137 portrait: a 182 px face (a fifth of the shorter side) fills HOG's 80 px window at
     # 0.44, then the old pass (longer side to 800, upsampled once) only on a miss.
     assert hog_passes(1137, 910, sized) == [(pytest.approx(80 / 182), 0), (pytest.approx(800 / 1137), 1)]
-    # A 128 px crop: the smallest face worth finding is 40 px, which only the old pass finds: it alone runs.
-    assert hog_passes(128, 128, sized) == [(1.0, 1)]
+    # A 128 px face crop: searched at its own size first (faces of 80 px and up: the face fills a crop),
+    # then by the old pass (upsampled once, faces down to 40 px) only on a miss.
+    assert hog_passes(128, 128, sized) == [(1.0, 0), (1.0, 1)]
     # LFW's 250 px images: a sized pass would search 0.8 of the old pass's resolution: not worth a second
     # pass on a miss, so the old pass alone runs and LFW's chips are what they were.
     assert hog_passes(250, 250, sized) == [(1.0, 1)]
