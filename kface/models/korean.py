@@ -133,7 +133,7 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
     counts = {"same": int(pairs.labels.sum()), "different": int((pairs.labels == 0).sum())}
     return {"value": float(chosen.value), "rule": "max-accuracy",
             "source": f"max-accuracy on {len(families)} val groups' cross-age and same-age hard pairs "
-                      f"({counts['same']} same, {counts['different']} different; families never trained on, "
+                      f"({counts['same']} same, {counts['different']} different; groups never trained on, "
                       f"not the held-out ones)",
             "val_families": len(families), "pairs": counts,
             "training_run_threshold": {"value": float(checkpoint["threshold"]["value"]),
