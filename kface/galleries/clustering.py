@@ -17,9 +17,9 @@ from ..errors import InputError
 
 METHODS = ("chinese-whispers", "components", "agglomerative")
 DEFAULT_METHOD = "agglomerative"
-#: Measured link distances by model key (bench/gallery_cluster.py, agglomerative, BCubed F1: dlib 0.650 at
-#: 0.45 on the Korean held-out groups, 0.919 on the LFW sample; korean-v3 0.890 at 0.65 on the Korean
-#: held-out groups and 0.779 on LFW, where 0.70 would give 0.922 there but 0.560 on LFW); other models use
+#: Measured link distances by model key (bench/gallery_cluster.py, agglomerative, BCubed F1 on the Korean
+#: held-out groups, copies merged: dlib 0.551 at 0.45, 0.919 on the LFW sample; korean-v3 0.827 at 0.65,
+#: their best, and 0.779 on LFW, whose own best is 0.952 at 0.55); other models use
 #: their 1:1 threshold.
 CLUSTER_THRESHOLDS: dict[str, float] = {"dlib@dlib-resnet-v1": 0.45, "korean@07703241a8ae2092": 0.65}
 CHINESE_WHISPERS_ROUNDS = 100

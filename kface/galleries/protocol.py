@@ -183,7 +183,7 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
     """
     from ..api import load_verifier
     from ..datasets import load_dataset
-    from ..evaluation.families import read_group_list, restrict_groups
+    from ..evaluation.families import distinct_images, read_group_list, restrict_groups
 
     if not models:
         raise InputError("give at least one --model to score")
@@ -199,12 +199,15 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
         if outside:
             log(f"left out {outside} images whose identical file is also in a group outside {groups_file} "
                 f"(a model trained on those has seen them)")
-    index, duplicates = drop_shared_images(index)
-    if duplicates:
-        log(f"left out {duplicates} images whose identical file is labelled as another person too")
+    # Album sets file one scan under several identities: such identities are one person, each image once.
+    index, copies = distinct_images(index, np.arange(len(index)), group_by)
+    if copies["identities_merged"] or copies["repeated"]:
+        log(f"merged {copies['identities_merged']} identities that share a photo; {copies['repeated']} repeated "
+            f"copies left out")
     split = split_identification(index, protocol)
     dataset = {"kind": kind, "root": str(root), "images": len(index), "identities": len(index.identity_names),
-               "groups_file": groups_file, "shared_images_dropped": duplicates,
+               "groups_file": groups_file, "identities_merged": copies["identities_merged"],
+               "repeated_copies_dropped": copies["repeated"],
                "images_also_outside_groups_dropped": outside, **split.counts(index)}
     rows: list[dict] = []
     for name in models:
@@ -217,15 +220,6 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
             verifier.embedder.close()
         write_results(out, rows, protocol, dataset)
     return rows
-
-
-def drop_shared_images(index):
-    """``index`` without the images whose exact bytes also appear under another identity (label noise:
-    korean_family files whole people under two family numbers), and how many were dropped."""
-    owners: dict[str, set] = {}
-    for row in range(len(index)):
-        owners.setdefault(_sha(index, row), set()).add(int(index.identity_codes[row]))
-    return _drop_rows(index, [row for row in range(len(index)) if len(owners[_sha(index, row)]) > 1])
 
 
 def _sha(index, row: int) -> str:
