@@ -171,3 +171,31 @@ def test_export_checkpoint_reports_its_file_and_keeps_parity_with_fp16(tmp_path)
     assert full["output"]["shape"] == ["batch", 128] and (full["cut"], full["tta"]) == ("last-stage", "flip")
     assert half["size_bytes"] < 0.6 * full["size_bytes"]
     assert full["parity"]["min_cosine"] >= PARITY and half["parity"]["min_cosine"] >= PARITY
+
+
+def test_base_ensemble_export_is_the_tuned_vector_beside_weighted_stock_dlib(tmp_path, real_chips):
+    """The shipped Korean model's layout: one graph, the tuned vector then base_weight x stock dlib's own
+    embedding, computed from the frozen layers both networks share."""
+    from kface.engines import export_checkpoint
+
+    model = tmp_path / "model.pt"
+    tuned_checkpoint(model, "last-stage", "none", "flip")
+    tuned = export_checkpoint(model, tmp_path / "tuned.onnx")
+    both = export_checkpoint(model, tmp_path / "both.onnx", base_weight=0.5)
+    assert both["output"]["shape"] == ["batch", 256] and both["base_weight"] == 0.5
+    assert both["parity"]["min_cosine"] >= PARITY
+    vectors = OnnxNetwork(tmp_path / "both.onnx", device="cpu").run(real_chips)
+    np.testing.assert_allclose(vectors[:, :128], OnnxNetwork(tmp_path / "tuned.onnx", device="cpu").run(real_chips),
+                               atol=1e-5)
+    stock = shipped_network("dlib-resnet-v1", device="cpu").run(real_chips)
+    assert cosines(vectors[:, 128:], 0.5 * stock).min() >= PARITY
+    np.testing.assert_allclose(vectors[:, 128:], 0.5 * stock, atol=1e-4)
+
+
+def test_a_base_ensemble_needs_a_frozen_prefix(tmp_path):
+    from kface.engines import export_checkpoint
+
+    model = tmp_path / "model.pt"
+    tuned_checkpoint(model, "none", "siamese", "flip")
+    with pytest.raises(InputError, match="needs a frozen prefix"):
+        export_checkpoint(model, tmp_path / "both.onnx", base_weight=0.5)
