@@ -168,3 +168,13 @@ def test_copies_filed_under_two_families_are_one_person_once(tmp_path):
     family = np.array(index.attributes["family"])
     held, counts = distinct_images(index, np.flatnonzero(family == "F001"), "family")
     assert counts["also_outside"] == 4 and len(held) == 8  # F001_0's four photos are also F002's
+
+
+def test_a_group_list_line_of_joined_groups_stands_for_each_part(tmp_path):
+    from kface.evaluation.families import read_group_list, restrict_groups
+
+    listed = tmp_path / "groups.txt"
+    listed.write_text("# held out\nF001+F002  # joined by a shared person\nF003\n", encoding="utf-8")
+    assert read_group_list(listed) == {"F001", "F002", "F003"}
+    index = load_dataset("csv", tmp_path, manifest=write_family_manifest(tmp_path, families=5))
+    assert set(restrict_groups(index, "family", read_group_list(listed)).attributes["family"]) == {"F001", "F002", "F003"}
