@@ -3,8 +3,8 @@
     .venv/bin/python bench/age_gap_thresholds.py
 
 Same-age strangers are closer than strangers at random, so one threshold cannot suit both pair kinds of
-the family protocol. Here each face's age class is estimated by the shipped attribute heads (on stock
-dlib's part of the Korean model's vector), each pair falls in a bucket by the gap between its two
+the family protocol. Here each face's age class is estimated by the shipped attribute heads (on the
+embedding they read: the Korean model's), each pair falls in a bucket by the gap between its two
 estimates, and each bucket gets its own max-accuracy threshold, chosen on the protocol's pairs of the
 shipped run's val groups and applied to the held-out groups' pairs. Rows: the card's one threshold, one
 threshold chosen on the same val pairs, buckets by class gap (0 / 1+ and 0 / 1 / 2+), and the oracle
@@ -30,8 +30,11 @@ def protocol_data(index, heads) -> tuple:
     protocol = FamilyProtocol()
     pairs = protocol_pairs(index, family_folds(index, protocol), protocol)
     paths = [str(index.absolute_path(i)) for i in range(len(index))]
+    from kface.models import MODEL_FAMILIES
+
     korean = vectors("korean", paths, "auto")
-    age_class = heads.probabilities(vectors("dlib", paths, "auto"))["age"].argmax(1)
+    read = korean if heads.meta["backbone"] == MODEL_FAMILIES["korean"] else vectors("dlib", paths, "auto")
+    age_class = heads.probabilities(read)["age"].argmax(1)
     distances = np.linalg.norm(korean[pairs.first] - korean[pairs.second], axis=1)
     return pairs, distances, np.abs(age_class[pairs.first] - age_class[pairs.second])
 

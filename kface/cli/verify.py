@@ -114,7 +114,7 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
 @click.argument("image", type=click.Path())
 @click.option("--model", type=click.Path(dir_okay=False),
               help="An attribute model from kface train-attributes (runs/NAME/model.pt) [default: the shipped "
-                   "Korean heads, attributes-korean-v2].")
+                   "Korean heads, attributes-korean-v3].")
 @click.option("--all-faces", is_flag=True, help="Every face in the image with its box, not only the largest.")
 @detector_options(default=None)
 @device_option

@@ -1,7 +1,7 @@
 """The age-group and gender heads that ship inside kface: their card, checked file and ONNX Runtime run.
 
-``attributes-korean-v2.onnx`` takes the 128-d ``dlib-resnet`` embeddings of aligned faces and returns
-the probabilities of the 8 Korean age classes and of the two genders; ``attributes-korean-v2.json`` (its
+``attributes-korean-v3.onnx`` takes the shipped Korean face model's embeddings of aligned faces and returns
+the probabilities of the 8 Korean age classes and of the two genders; ``attributes-korean-v3.json`` (its
 card) holds what :class:`~kface.attributes.answers.AttributeAnswers` needs (classes, age bins, each class's age
 in years, face settings, flip averaging), the training provenance, the recipe, the file's sha256
 (checked before the session is created) and the figures on the held-out families. Made by
@@ -20,7 +20,7 @@ from ..attributes.answers import AttributeAnswers, average_views
 from ..errors import KfaceError
 from . import MODELS_DIR
 
-SHIPPED_NAME = "attributes-korean-v2"
+SHIPPED_NAME = "attributes-korean-v3"
 CARD_FILE = MODELS_DIR / f"{SHIPPED_NAME}.json"
 NETWORK_FILE = MODELS_DIR / f"{SHIPPED_NAME}.onnx"
 INPUT_NAME = "embeddings"
