@@ -150,3 +150,15 @@ def test_held_out_groups_share_no_image_and_no_person_with_training():
     assert not digests[0] & digests[1]
     assert not people[0] & people[1]
     assert not set(training.attributes["family"]) & set(heldout.attributes["family"])
+
+
+@pytest.mark.parametrize("name", ["korean", "dlib"])
+def test_every_shipped_model_has_measured_open_set_and_cluster_thresholds(name):
+    """The thresholds galleries record are keyed by the model file's sha256: a rebuilt file must be
+    measured again (kface benchmark identification, bench/gallery_cluster.py) before it ships."""
+    from kface.galleries.clustering import CLUSTER_THRESHOLDS
+    from kface.galleries.gallery import model_identity
+    from kface.galleries.openset import OPEN_SET_THRESHOLDS
+
+    key = model_identity(load_verifier(name, cache=False)).key
+    assert key in OPEN_SET_THRESHOLDS and key in CLUSTER_THRESHOLDS, key

@@ -58,18 +58,25 @@ class ChipGraph(nn.Module):
         self.head = head if head is not None else nn.Identity()
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        return self.head(self.vectors_and_prefix(chips)[0])
+
+    def vectors_and_prefix(self, chips: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The (flip-averaged) vectors before the head, and the unflipped chips' frozen-prefix output
+        (None where the network runs straight through), which :class:`BaseEnsembleGraph` reuses."""
         count = chips.shape[0]
         if self.flip:
             chips = torch.cat([chips, torch.flip(chips, dims=[2])])  # NHWC: dims 2 is left-right
         x = self.network.prepare_chips(chips)
+        prefix = None
         if self.cut in ("none", "all"):
             vectors = self.network(x)
         else:
-            prefix = self.network.forward_prefix(x, self.cut).to(torch.float16).float()
-            vectors = self.network.forward_suffix(prefix, self.cut)
+            prefix = self.network.forward_prefix(x, self.cut)
+            vectors = self.network.forward_suffix(prefix.to(torch.float16).float(), self.cut)
+            prefix = prefix[:count]
         if self.flip:
             vectors = (vectors[:count] + vectors[count:]) / 2
-        return self.head(vectors)
+        return vectors, prefix
 
 
 class BaseEnsembleGraph(nn.Module):
@@ -90,15 +97,9 @@ class BaseEnsembleGraph(nn.Module):
         self.base_weight = float(base_weight)
 
     def forward(self, chips: torch.Tensor) -> torch.Tensor:
-        count = chips.shape[0]
-        tuned = self.tuned
-        views = torch.cat([chips, torch.flip(chips, dims=[2])]) if tuned.flip else chips
-        prefix = tuned.network.forward_prefix(tuned.network.prepare_chips(views), tuned.cut)
-        vectors = tuned.network.forward_suffix(prefix.to(torch.float16).float(), tuned.cut)
-        if tuned.flip:
-            vectors = (vectors[:count] + vectors[count:]) / 2
-        base = self.base.forward_suffix(prefix[:count], tuned.cut)
-        return torch.cat([tuned.head(vectors), self.base_weight * base], dim=1)
+        vectors, prefix = self.tuned.vectors_and_prefix(chips)
+        base = self.base.forward_suffix(prefix, self.tuned.cut)
+        return torch.cat([self.tuned.head(vectors), self.base_weight * base], dim=1)
 
 
 def _fp16_weights(model) -> None:
