@@ -62,18 +62,11 @@ def lfw_rows(weights: list[float]) -> list[str]:
 
 def korean_indexes():
     """(val groups' index, held-out groups' index) of the merged korean_family set."""
-    from kface.evaluation.families import subset_index
     from kface.models.heldout import korean_split
-    from kface.models.korean import RUN_DIR
-    from kface.pairs import read_pairs
+    from kface.models.korean import RUN_DIR, val_groups_index
 
     root = DATA / "korean_family"
-    training, heldout = korean_split(root)
-    val = read_pairs(REPO / RUN_DIR / "pairs.csv", root).select("val")
-    group_of = dict(zip((training.identity_names[c] for c in training.identity_codes), training.attributes["family"]))
-    groups = {group_of[person] for person in set(val.identity_a) | set(val.identity_b)}
-    rows = np.array([i for i, group in enumerate(training.attributes["family"]) if group in groups], dtype=np.int64)
-    return subset_index(training, rows), heldout
+    return val_groups_index(root, REPO / RUN_DIR), korean_split(root)[1]
 
 
 def family_rows(index, weights: list[float]) -> list[str]:

@@ -102,6 +102,19 @@ def build_korean(root: Path, device: str = "auto") -> str:
     return f"wrote {NETWORK_FILE} ({body['size_bytes'] / 2**20:.1f} MiB) and {CARD_FILE}"
 
 
+def val_groups_index(root: Path, run: Path = RUN_DIR):
+    """The merged index of the training run's val groups: trained on by no epoch, not held out."""
+    from ..evaluation.families import subset_index
+    from ..pairs import read_pairs
+
+    val = read_pairs(run / "pairs.csv", root).select("val")
+    training, _ = korean_split(root)
+    group_of = dict(zip((training.identity_names[code] for code in training.identity_codes), training.attributes["family"]))
+    groups = {group_of[person] for person in set(val.identity_a) | set(val.identity_b)}
+    return subset_index(training, np.array([row for row, group in enumerate(training.attributes["family"])
+                                            if group in groups], dtype=np.int64))
+
+
 def val_families_threshold(root: Path, checkpoint: dict) -> dict:
     """The threshold a user meets best: max-accuracy over both protocol pair kinds (across ages, and same-
     age same-gender hard pairs) of the run's val families, measured with the exported network.
@@ -111,17 +124,11 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
     """
     from ..api import Verifier
     from ..embeddings import Embedder
-    from ..evaluation.families import FamilyProtocol, protocol_pairs, subset_index
+    from ..evaluation.families import FamilyProtocol, protocol_pairs
     from ..metrics import choose_threshold
-    from ..pairs import read_pairs
 
-    val = read_pairs(RUN_DIR / "pairs.csv", root).select("val")
-    val_people = set(val.identity_a) | set(val.identity_b)
-    training, _ = korean_split(root)
-    group_of = dict(zip((training.identity_names[code] for code in training.identity_codes), training.attributes["family"]))
-    families = {group_of[person] for person in val_people}
-    index = subset_index(training, np.array([row for row, group in enumerate(training.attributes["family"])
-                                             if group in families], dtype=np.int64))
+    index = val_groups_index(root)
+    families = set(index.attributes["family"])
     protocol = FamilyProtocol(pairs_per_class=VAL_PAIRS_PER_CLASS, seed=checkpoint["seed"])
     pairs = protocol_pairs(index, np.zeros(len(index), dtype=np.int64), protocol)
     faces = checkpoint["features"]
