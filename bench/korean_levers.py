@@ -6,7 +6,8 @@ pairs in several variants, each with a threshold chosen (max-accuracy) on that m
 
 - ``as trained``: the model as saved;
 - ``flip``: each vector averaged with its mirror chip's (``--tta flip``);
-- ``+ base``: the tuned vector concatenated with ``weight`` x stock dlib's (an ensemble);
+- ``+ base``: the tuned vector concatenated with ``weight`` x stock dlib's (an ensemble), and ``flip + base``,
+  the flip-averaged one so concatenated (the shipped Korean model's layout, at ``--weight 0.5``);
 - ``AS-norm``: adaptive score normalisation of the distance against a cohort of the fold's training
   families (``--cohort`` images, the ``--top`` closest).
 
@@ -72,7 +73,7 @@ def main() -> None:
     embedder = Embedder("dlib-resnet", detector="auto", fallback="whole-image")
     paths = [str(index.absolute_path(i)) for i in range(len(index))]
     row_of = {path: i for i, path in enumerate(paths)}
-    variants = ("as trained", "flip", f"+ {args.weight} x base", "AS-norm")
+    variants = ("as trained", "flip", f"+ {args.weight} x base", f"flip + {args.weight} x base", "AS-norm")
     scores = {variant: {kind: [] for kind in ("cross-age", "same-age-hard")} for variant in variants}
     rng = np.random.default_rng(0)
     for fold in range(protocol.folds):
@@ -99,6 +100,7 @@ def main() -> None:
         vectors["flip"] = chip_vectors(graph, chips)
         base = embedder.embed([paths[i] for i in needed]).embeddings
         vectors[variants[2]] = np.hstack([vectors["as trained"], args.weight * base])
+        vectors[variants[3]] = np.hstack([vectors["flip"], args.weight * base])  # the shipped model's layout
         for variant in variants:
             v = vectors["as trained"] if variant == "AS-norm" else vectors[variant]
             cohort = v[position[cohort_rows]]
