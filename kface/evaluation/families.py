@@ -354,15 +354,20 @@ def subset_index(index, rows: np.ndarray):
                                      index.problems, index.options, index.conditions)
 
 
-def restrict_groups(index, column: str, keep: Optional[set[str]] = None, drop: Optional[set[str]] = None):
-    """``index`` limited to images whose ``column`` is in ``keep`` (when given) and not in ``drop``."""
+def group_rows(index, column: str, keep: Optional[set[str]] = None, drop: Optional[set[str]] = None) -> np.ndarray:
+    """The rows of ``index`` whose ``column`` is in ``keep`` (when given) and not in ``drop``."""
     values = index.attributes.get(column)
     if values is None:
         raise InputError(f"the {index.kind} dataset has no {column!r} column")
     rows = [i for i, value in enumerate(values) if (keep is None or value in keep) and not (drop and value in drop)]
     if not rows:
         raise InputError(f"no image is left after choosing {column} groups")
-    return subset_index(index, np.array(rows, dtype=np.int64))
+    return np.array(rows, dtype=np.int64)
+
+
+def restrict_groups(index, column: str, keep: Optional[set[str]] = None, drop: Optional[set[str]] = None):
+    """``index`` limited to images whose ``column`` is in ``keep`` (when given) and not in ``drop``."""
+    return subset_index(index, group_rows(index, column, keep, drop))
 
 
 def read_group_list(path: os.PathLike) -> set[str]:

@@ -183,24 +183,27 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
     """
     from ..api import load_verifier
     from ..datasets import load_dataset
-    from ..evaluation.families import distinct_images, read_group_list, restrict_groups
+    from ..evaluation.families import distinct_images, group_rows, read_group_list, restrict_groups
 
     if not models:
         raise InputError("give at least one --model to score")
     index = load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
-    outside = 0
+    chosen_rows = np.arange(len(index))
     if groups_file:
         chosen = read_group_list(groups_file)
-        elsewhere = {_sha(index, row) for row, value in enumerate(index.attributes.get(group_by) or [])
-                     if value not in chosen}
-        index = restrict_groups(index, group_by, chosen)
-        if not keep_outside_copies:
-            index, outside = _drop_rows(index, [row for row in range(len(index)) if _sha(index, row) in elsewhere])
-        if outside:
-            log(f"left out {outside} images whose identical file is also in a group outside {groups_file} "
-                f"(a model trained on those has seen them)")
-    # Album sets file one scan under several identities: such identities are one person, each image once.
-    index, copies = distinct_images(index, np.arange(len(index)), group_by)
+        if keep_outside_copies:
+            index = restrict_groups(index, group_by, chosen)
+            chosen_rows = np.arange(len(index))
+        else:
+            chosen_rows = group_rows(index, group_by, chosen)
+    # Album sets file one scan under several identities: such identities are one person, each image once;
+    # with --groups, images whose file also lies in a group outside the list go too (a model trained there
+    # has seen them).
+    index, copies = distinct_images(index, chosen_rows, group_by)
+    outside = copies["also_outside"]
+    if outside:
+        log(f"left out {outside} images whose identical file is also in a group outside {groups_file} "
+            f"(a model trained on those has seen them)")
     if copies["identities_merged"] or copies["repeated"]:
         log(f"merged {copies['identities_merged']} identities that share a photo; {copies['repeated']} repeated "
             f"copies left out")
@@ -220,24 +223,6 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
             verifier.embedder.close()
         write_results(out, rows, protocol, dataset)
     return rows
-
-
-def _sha(index, row: int) -> str:
-    from ..hashing import file_sha256
-
-    return file_sha256(index.absolute_path(row))
-
-
-def _drop_rows(index, rows: list[int]):
-    """``index`` without ``rows``, and how many that was."""
-    from ..datasets import DatasetIndex
-
-    if not rows:
-        return index, 0
-    dropped = set(rows)
-    return (DatasetIndex.from_records(index.kind, index.root, (index.record(r) for r in range(len(index))
-                                                               if r not in dropped),
-                                      index.problems, index.options, index.conditions), len(dropped))
 
 
 def write_results(out: Path, rows: list[dict], protocol: IdentificationProtocol, dataset: dict) -> None:
