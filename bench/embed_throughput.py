@@ -1,6 +1,6 @@
 """Throughput and peak memory of `kface embed` over Korean 128 px crops, against today's path, same run.
 
-    .venv/bin/python bench/embed_throughput.py [--images 600] [--seed 0] [--baseline-commit b7f3352]
+    .venv/bin/python bench/embed_throughput.py [--images 600] [--seed 0] [--rounds 1] [--baseline-commit b7f3352]
 
 A seeded choice of ``--images`` crops from ``../shared/data/korean_family/images`` is embedded by the whole
 command (``kface embed ... --detector auto --fallback whole-image``, a fresh empty KFACE_CACHE_DIR each
@@ -9,7 +9,11 @@ time) in three configurations, one after the other:
 - ``before``: kface at ``--baseline-commit`` (the commit before the streaming pipeline and the ONNX
   engine), checked out into a temporary ``git worktree`` and run with this venv;
 - ``workers 0``: today's code with ``--workers 0`` (everything in one process);
-- ``pipeline``: today's code with the default workers (the CPU cores).
+- ``float``: today's code with the default workers, the default model's float file (``KFACE_PRECISION=float``);
+- ``pipeline``: today's code with the default workers and defaults (the int8 copy on the CPU).
+
+``--rounds N`` runs the four N times, interleaved, and reports the median time and CPU and the highest
+peak memory (the machine is shared: one round is noisy).
 
 For each: wall time and images/s, the ratio to ``before``, CPU seconds (user + system of the whole tree;
 on this shared machine the wall-time ratio moves with the load, the CPU ratio much less), the peak over the process tree (sampled every
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -103,6 +108,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians are reported")
     parser.add_argument("--baseline-commit", default="b7f3352",
                         help="kface before the streaming pipeline (a commit of this repository)")
     args = parser.parse_args()
@@ -122,24 +128,30 @@ def main() -> None:
                            stdout=subprocess.DEVNULL)
         base_env = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
         try:
-            runs = {"before": (tree, []), "workers 0": (REPO, ["--workers", "0"]), "pipeline": (REPO, [])}
-            results = {}
-            for label, (root, extra) in runs.items():
-                cache = work / f"cache-{label.replace(' ', '')}"
-                out = work / f"{label.replace(' ', '')}.npz"
-                # PYTHONPATH first: the baseline tree's kface, not the editable install's.
-                env = {**base_env, "KFACE_CACHE_DIR": str(cache), "PYTHONPATH": str(root)}
-                command = [sys.executable, "-m", "kface", "embed", *chosen, "--out", str(out), *OPTIONS, *extra]
-                seconds, cpu, rss, pss = run(command, env, root)
-                results[label] = (seconds, cpu, rss, pss, found_set(out))
-                print(f"  ({label}: {seconds:.2f} s)", flush=True)
+            runs = {"before": (tree, [], {}), "workers 0": (REPO, ["--workers", "0"], {}),
+                    "float": (REPO, [], {"KFACE_PRECISION": "float"}), "pipeline": (REPO, [], {})}
+            rounds: dict[str, list] = {label: [] for label in runs}
+            for round_number in range(args.rounds):
+                for label, (root, extra, variables) in runs.items():
+                    name = f"{label.replace(' ', '')}-{round_number}"
+                    cache, out = work / f"cache-{name}", work / f"{name}.npz"
+                    # PYTHONPATH first: the baseline tree's kface, not the editable install's.
+                    env = {**base_env, **variables, "KFACE_CACHE_DIR": str(cache), "PYTHONPATH": str(root)}
+                    command = [sys.executable, "-m", "kface", "embed", *chosen, "--out", str(out), *OPTIONS, *extra]
+                    seconds, cpu, rss, pss = run(command, env, root)
+                    rounds[label].append((seconds, cpu, rss, pss, found_set(out)))
+                    print(f"  ({label}, round {round_number + 1}: {seconds:.2f} s)", flush=True)
+            results = {label: (statistics.median(r[0] for r in runs_of), statistics.median(r[1] for r in runs_of),
+                               max(r[2] for r in runs_of), max(r[3] for r in runs_of), runs_of[-1][4])
+                       for label, runs_of in rounds.items()}
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=REPO,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base_seconds, base_cpu, _, _, base_found = results["before"]
     load = os.getloadavg()[0]
     print(f"kface embed, {args.images} Korean 128 px crops (seed {args.seed}), {' '.join(OPTIONS[:4])}, "
-          f"empty cache, whole process, {os.cpu_count()} CPUs, load average {load:.1f} at the end")
+          f"empty cache, whole process, {os.cpu_count()} CPUs, median of {args.rounds} round(s), "
+          f"load average {load:.1f} at the end")
     for label, (seconds, cpu, rss, pss, found) in results.items():
         lost = len(base_found - found)
         print(f"  {label:10s} {seconds:6.2f} s  {args.images / seconds:6.1f} images/s  "

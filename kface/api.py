@@ -35,6 +35,7 @@ class Verification:
     distance_metric: str
     faces: list[dict] = field(default_factory=list)  # per image: path, found, stage, box, n_faces
     model: str = ""  # the shipped model's name ("korean", "dlib") or the checkpoint's path
+    precision: str = "float"  # "int8" where a shipped network's int8 copy ran (kface.models.network_variant)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +81,7 @@ class Verifier:
                  for i in range(2)]
         return Verification(self.distance.is_same(distance, self.threshold), distance, self.threshold,
                             self.threshold_source, self.embedder.spec.name, self.distance.name, faces,
-                            self.model_name)
+                            self.model_name, self.embedder.precision)
 
 
 def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE, detector: str = "auto",

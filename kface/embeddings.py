@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, get_spec, load_backbone
+from .backbones import DEFAULT_BACKBONE, SHIPPED_NETWORK_MODULE, get_spec, load_backbone
 from .cache import CacheStore, open_cache
 from .errors import InputError, NoFaceError
 from .hashing import file_sha256
@@ -141,7 +141,20 @@ class Embedder:
         self._finder: Optional[FaceFinder] = None
         self._backbone = None
         weights_tag = f"@{file_sha256(weights)[:16]}" if weights else ""
-        self._embedding_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag};tta={tta}"
+        #: ``int8`` where a shipped network's int8 copy runs (see :func:`kface.models.network_variant`).
+        self.precision = "float"
+        self._embedding_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag}{self._precision_tag()};tta={tta}"
+
+    def _precision_tag(self) -> str:
+        """``;int8@<sha>`` where a shipped network's int8 copy runs: its vectors are near, not equal, to the
+        float file's, whose keys stay those they always had."""
+        if self.spec.module != SHIPPED_NETWORK_MODULE:
+            return ""
+        from .models import network_variant
+
+        variant = network_variant(self.spec.family, self.device)
+        self.precision = variant["precision"]
+        return f";int8@{variant['sha256'][:16]}" if variant["precision"] == "int8" else ""
 
     @property
     def backbone(self):

@@ -30,20 +30,24 @@ def test_the_korean_card_and_its_file_agree():
     assert default_model() == "korean" and shipped_names() == ["dlib", "korean"]
 
 
-def test_a_damaged_network_file_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["float", "int8"])
+def test_a_damaged_network_file_is_refused(tmp_path, monkeypatch, precision):
     import kface.models as models
 
     damaged = tmp_path / "models"
     damaged.mkdir()
     family = MODEL_FAMILIES["korean"]
-    for name in (models.NETWORK_CARDS[family], card("korean")["file"]):
+    body = card("korean")
+    for name in (models.NETWORK_CARDS[family], body["file"], body["int8"]["file"]):
         (damaged / name).write_bytes((MODELS_DIR / name).read_bytes())
-    with open(damaged / card("korean")["file"], "r+b") as handle:
+    variant = body["int8"] if precision == "int8" else body
+    with open(damaged / variant["file"], "r+b") as handle:
         handle.seek(1000)
         handle.write(b"\x00" * 16)
     monkeypatch.setattr(models, "MODELS_DIR", damaged)
+    monkeypatch.setenv(models.PRECISION_VARIABLE, precision)
     with pytest.raises(models.KfaceError, match="sha256 differs"):
-        models.network_path(family, check=True)
+        models.network_path(family, check=True, variant=models.network_variant(family, "cpu"))
     result = CliRunner().invoke(cli, ["verify", *[path for path, _, _ in heldout_images(2)]])
     assert result.exit_code != 0 and result.output.startswith("error:") and "sha256" in result.output
 

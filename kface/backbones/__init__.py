@@ -52,6 +52,8 @@ DEFAULT_BACKBONE = "dlib-resnet"
 #: Backbone modules that run their network through onnxruntime by default; on ``--engine torch`` a
 #: backbone of theirs runs as the trainable backbone of the same weights (see kface.engines).
 ONNX_DEFAULT_MODULES = ("dlib_resnet",)
+#: The module of backbones that run a shipped model's network (its card may also ship an int8 copy).
+SHIPPED_NETWORK_MODULE = "shipped_onnx"
 
 BACKBONES: dict[str, BackboneSpec] = {
     spec.name: spec
@@ -70,7 +72,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 #: Networks of the shipped models (kface/models/), run through ONNX Runtime; use them as --model NAME.
 BACKBONES["kface-korean-v3"] = BackboneSpec(
-    "kface-korean-v3", "shipped_onnx", "ShippedOnnxBackbone", "kface-korean-v3", 150, 0.25, 256,
+    "kface-korean-v3", SHIPPED_NETWORK_MODULE, "ShippedOnnxBackbone", "kface-korean-v3", 150, 0.25, 256,
     "the shipped Korean face model's network (dlib's ResNet, last stage tuned on Korean faces, with 0.5 x stock "
     "dlib's vector); --model korean")
 #: The default name: dlib's descriptor served by dlib-native for one-off calls, dlib-torch for batches.

@@ -25,7 +25,13 @@ def models(as_json):
         click.echo(f"  threshold {threshold['value']:.4f} ({threshold['rule']}): {threshold['source']}")
         for line in body.get("figures_text", []):
             click.echo(f"  {line}")
-        click.echo(f"  file {body['file']} ({body['size_bytes'] / 2**20:.1f} MiB, sha256 {body['sha256']})")
+        for line in body.get("int8", {}).get("figures_text", []):
+            click.echo(f"  {line}")
+        variants = [("float ", body), ("int8 ", body["int8"])] if "int8" in body else [("", body)]
+        for label, variant in variants:
+            runs = " (runs on the CPU)" if label and body["runs_on_cpu"] == label.strip() else ""
+            click.echo(f"  {label}file {variant['file']}{runs} ({variant['size_bytes'] / 2**20:.1f} MiB, "
+                       f"sha256 {variant['sha256']})")
 
 
 @click.command("export")

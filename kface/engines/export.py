@@ -178,15 +178,13 @@ def parity_chips(chip_size: int, count: int = PARITY_CHIPS, seed: int = PARITY_S
 
 def check_parity(module: nn.Module, path: Union[str, os.PathLike], chips: np.ndarray) -> dict:
     """``{max_abs_diff, min_cosine, chips}`` between ``module`` and its ONNX file ``path`` on ``chips``."""
-    from .runtime import OnnxNetwork
+    from .runtime import OnnxNetwork, compare_vectors
 
     with torch.no_grad():
         reference = module.eval()(torch.from_numpy(np.ascontiguousarray(chips))).numpy().astype(np.float64)
-    exported = OnnxNetwork(path, device="cpu").run(chips).astype(np.float64)
-    cosine = (reference * exported).sum(1) / np.maximum(
-        np.linalg.norm(reference, axis=1) * np.linalg.norm(exported, axis=1), 1e-12)
-    return {"max_abs_diff": float(np.abs(reference - exported).max()), "min_cosine": float(cosine.min()),
-            "chips": int(len(chips))}
+    exported = OnnxNetwork(path, device="cpu").run(chips)
+    parity = compare_vectors(reference, exported)
+    return {key: parity[key] for key in ("max_abs_diff", "min_cosine", "chips")}
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------

@@ -129,3 +129,20 @@ class OnnxNetwork:
             dim = session.get_outputs()[0].shape[1]
             return np.zeros((0, dim), dtype=np.float32)
         return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def compare_vectors(reference: np.ndarray, other: np.ndarray, pairs: int = 2000, seed: int = 0) -> dict:
+    """How far ``other`` (N, D) is from ``reference``, the same chips' vectors from another graph:
+    ``{chips, min_cosine, mean_cosine, max_abs_diff}`` per vector, and over ``pairs`` seeded pairs of the
+    chips the Euclidean distance's ``distance_mean_abs_diff`` and ``distance_max_abs_diff`` (what a
+    threshold sees)."""
+    reference, other = np.asarray(reference, np.float64), np.asarray(other, np.float64)
+    cosine = (reference * other).sum(1) / np.maximum(
+        np.linalg.norm(reference, axis=1) * np.linalg.norm(other, axis=1), 1e-12)
+    rng = np.random.default_rng(seed)
+    first, second = rng.integers(0, len(reference), pairs), rng.integers(0, len(reference), pairs)
+    shift = np.abs(np.linalg.norm(reference[first] - reference[second], axis=1)
+                   - np.linalg.norm(other[first] - other[second], axis=1))
+    return {"chips": int(len(reference)), "min_cosine": float(cosine.min()), "mean_cosine": float(cosine.mean()),
+            "max_abs_diff": float(np.abs(reference - other).max()),
+            "distance_mean_abs_diff": float(shift.mean()), "distance_max_abs_diff": float(shift.max())}

@@ -9,12 +9,13 @@ the file's sha256 is checked against the card before it is used.
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
 from ..hashing import file_sha256
-from ..errors import KfaceError
+from ..errors import InputError, KfaceError
 
 MODELS_DIR = Path(__file__).resolve().parent
 STOCK_MODEL = "dlib"
@@ -30,6 +31,12 @@ NETWORK_CARDS = {"dlib-resnet-v1": "dlib-resnet-v1.json", "kface-korean-v3": "ko
 #: Shipped model name -> the backbone family it runs; its network card is also the model card
 #: (threshold, face settings, recipe, figures).
 MODEL_FAMILIES = {"korean": "kface-korean-v3"}
+
+
+#: ``KFACE_PRECISION``: which copy of a shipped network runs where a card has an int8 one (see
+#: :func:`network_variant`); ``auto`` (int8 on the CPU, float on a GPU), ``float`` or ``int8``.
+PRECISION_VARIABLE = "KFACE_PRECISION"
+PRECISIONS = ("auto", "float", "int8")
 
 
 def network_card(family: str) -> dict:
@@ -56,15 +63,47 @@ def has_network(family: str) -> bool:
     return (MODELS_DIR / network_card(family)["file"]).is_file()
 
 
-def network_path(family: str, check: bool = False) -> Path:
-    """The network file shipped for ``family``; with ``check``, its sha256 is compared with the card's."""
-    body = network_card(family)
+def network_path(family: str, check: bool = False, variant: Optional[dict] = None) -> Path:
+    """The network file shipped for ``family`` (its float file, or ``variant`` from :func:`network_variant`);
+    with ``check``, its sha256 is compared with the card's."""
+    body = variant or network_card(family)
     path = MODELS_DIR / body["file"]
     if not path.is_file():
         raise KfaceError(f"{path}: the shipped network file is missing; reinstall kface")
     if check and file_sha256(path) != body["sha256"]:
         raise KfaceError(f"{path}: sha256 differs from its card; the file is damaged, reinstall kface")
     return path
+
+
+def network_variant(family: str, device: str = "auto") -> dict:
+    """Which copy of ``family``'s shipped network runs on ``device``: ``{precision, file, sha256}``.
+
+    Where the card ships an int8 copy (``int8``: same model, quantised; about twice as fast on a CPU,
+    its figures in the card) it runs on the CPU; the float file runs on a GPU (``cuda``, or ``auto`` with
+    an onnxruntime build that has CUDA), and wherever ``KFACE_PRECISION=float``. Decided without
+    importing onnxruntime, so the embedding cache's keys cost nothing.
+    """
+    body = network_card(family)
+    wanted = os.environ.get(PRECISION_VARIABLE, "auto") or "auto"
+    if wanted not in PRECISIONS:
+        raise InputError(f"{PRECISION_VARIABLE}={wanted}: choose one of {', '.join(PRECISIONS)}")
+    int8 = body.get("int8")
+    if wanted == "int8" and int8 is None:
+        raise InputError(f"{PRECISION_VARIABLE}=int8: no int8 copy ships for {family}")
+    on_gpu = device.startswith("cuda") or (device == "auto" and _onnxruntime_has_cuda())
+    if int8 is not None and (wanted == "int8" or (wanted == "auto" and not on_gpu)):
+        return {"precision": "int8", "file": int8["file"], "sha256": int8["sha256"]}
+    return {"precision": "float", "file": body["file"], "sha256": body["sha256"]}
+
+
+def _onnxruntime_has_cuda() -> bool:
+    """Whether the installed onnxruntime is a build with the CUDA provider (onnxruntime-gpu), found by its
+    library file rather than by importing it."""
+    from importlib.util import find_spec
+
+    spec = find_spec("onnxruntime")
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    return any(Path(folder, "capi", "libonnxruntime_providers_cuda.so").is_file() for folder in folders)
 
 
 def shipped_names() -> list[str]:
@@ -99,6 +138,10 @@ def describe(name: str) -> dict:
                 "Western adults), from the face_recognition_models package", "file": str(path),
                 "size_bytes": path.stat().st_size, "sha256": file_sha256(path), "distance": "euclidean",
                 "threshold": {"value": value, "rule": "max-accuracy", "source": source}}
+    family = MODEL_FAMILIES[name]
     body = dict(card(name))
-    body["file"] = str(network_path(MODEL_FAMILIES[name], check=True))
+    body["file"] = str(network_path(family, check=True))
+    if "int8" in body:
+        body["int8"] = {**body["int8"], "file": str(network_path(family, check=True, variant=body["int8"]))}
+    body["runs_on_cpu"] = network_variant(family, "cpu")["precision"]
     return body

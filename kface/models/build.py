@@ -7,7 +7,11 @@
         trains kface/models/recipes/korean-v3.json on every other group (copies merged; kface train, group-disjoint val),
         exports the tuned network (with 0.5 x stock dlib's vector) to kface/models/korean-v3.onnx and writes its
         card korean-v3.json
-        (provenance, recipe, threshold, sha256, figures on the held-out families).
+        (provenance, recipe, threshold, sha256, figures on the held-out families); then the korean-int8 step.
+    python -m kface.models.build korean-int8 --root ../shared/data/korean_family
+        quantises kface/models/korean-v3.onnx to kface/models/korean-v3-int8.onnx (calibrated on training-group
+        chips), checks it against the float file, scores it on the held-out families, and writes the card's int8
+        block: the copy that runs on the CPU.
 """
 from __future__ import annotations
 
@@ -20,16 +24,20 @@ from .heldout import HELDOUT_FILE, write_heldout
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kface.models.build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["heldout", "korean"])
+    parser.add_argument("step", choices=["heldout", "korean", "korean-int8"])
     parser.add_argument("--root", type=Path, required=True, help="the korean_family folder")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     if args.step == "heldout":
         print(f"held out {len(write_heldout(args.root))} groups into {HELDOUT_FILE}")
-    else:
+        return
+    if args.step == "korean":
         from .korean import build_korean
 
         print(build_korean(args.root, device=args.device))
+    from .quantized import build_int8
+
+    print(build_int8(args.root, device=args.device))
 
 
 if __name__ == "__main__":
