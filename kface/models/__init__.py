@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 from ..hashing import file_sha256
 from ..errors import InputError, KfaceError
@@ -73,6 +74,20 @@ def network_path(family: str, check: bool = False, variant: Optional[dict] = Non
     if check and file_sha256(path) != body["sha256"]:
         raise KfaceError(f"{path}: sha256 differs from its card; the file is damaged, reinstall kface")
     return path
+
+
+@contextmanager
+def precision(value: str) -> Iterator[None]:
+    """Run shipped networks at ``value`` (``KFACE_PRECISION``: float, int8 or auto) inside the block."""
+    before = os.environ.get(PRECISION_VARIABLE)
+    os.environ[PRECISION_VARIABLE] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[PRECISION_VARIABLE]
+        else:
+            os.environ[PRECISION_VARIABLE] = before
 
 
 def network_variant(family: str, device: str = "auto") -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import MODELS_DIR, _read_card
+from . import MODELS_DIR, _read_card, precision
 from .heldout import HELDOUT_FILE, SOURCE, korean_split
 
 NAME = "korean"
@@ -93,10 +93,11 @@ def build_korean(root: Path, device: str = "auto") -> str:
     }
     write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
     _read_card.cache_clear()
-    body["threshold"] = val_families_threshold(root, checkpoint)
-    write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
-    _read_card.cache_clear()
-    body["figures"] = heldout_figures(root, device)
+    with precision("float"):  # the card's threshold and figures are the float file's; its int8 copy comes after
+        body["threshold"] = val_families_threshold(root, checkpoint)
+        write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
+        _read_card.cache_clear()
+        body["figures"] = heldout_figures(root, device)
     body["figures_text"] = figures_text(body["figures"])
     write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
     return f"wrote {NETWORK_FILE} ({body['size_bytes'] / 2**20:.1f} MiB) and {CARD_FILE}"

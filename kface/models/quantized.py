@@ -10,14 +10,11 @@ as the float file is. Everything lands in the ``int8`` block of the model's card
 from __future__ import annotations
 
 import json
-import os
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
-from . import PRECISION_VARIABLE, _read_card
+from . import _read_card, precision
 from .heldout import HELDOUT_FILE, korean_split
 from .korean import BACKBONE, CARD_FILE, NAME, NETWORK_FILE, VERSION, figures_text
 
@@ -27,20 +24,6 @@ CALIBRATION_IMAGES = 1000
 CHECK_IMAGES = 200
 SEED = 0
 BUILD_COMMAND = "python -m kface.models.build korean-int8 --root ../shared/data/korean_family"
-
-
-@contextmanager
-def precision(value: str) -> Iterator[None]:
-    """Run shipped networks at ``value`` (``KFACE_PRECISION``) inside the block."""
-    before = os.environ.get(PRECISION_VARIABLE)
-    os.environ[PRECISION_VARIABLE] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ[PRECISION_VARIABLE]
-        else:
-            os.environ[PRECISION_VARIABLE] = before
 
 
 def training_chips(root: Path, card: dict) -> tuple[np.ndarray, np.ndarray, int]:
