@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
-from typing import Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
@@ -46,10 +46,12 @@ class Verifier:
 
     def __init__(self, embedder: Embedder, threshold: Optional[float] = None, threshold_source: str = "",
                  distance: str = "euclidean", head=None, probability=None, model_path: Optional[str] = None,
-                 model_name: Optional[str] = None):
+                 model_name: Optional[str] = None, attributes: Optional[Callable[[], Any]] = None):
         from .distances import get_distance
 
         self.embedder = embedder
+        # Loads the attribute heads that read this model's embeddings (None: no such heads), on first use.
+        self.attributes = attributes
         self.distance = get_distance(distance)
         self.head = head  # a callable (N, D) float32 -> (N, D') float32, or None for the raw backbone
         # A trained model's distance -> P(same) mapping, callable (N,) -> (N,); None for a raw backbone.
@@ -73,12 +75,27 @@ class Verifier:
     def distances(self, vectors_a: np.ndarray, vectors_b: np.ndarray) -> np.ndarray:
         return self.distance.pairwise(vectors_a, vectors_b)
 
-    def verify(self, image_a: ImageSource, image_b: ImageSource) -> Verification:
+    def estimated_ages(self, embeddings: np.ndarray) -> list[Optional[dict]]:
+        """Each face's estimated age (``age_group``, ``expected_age``, ``age_interval``) from its embedding,
+        by the attribute heads that read this model's vectors; None per face where the model has none."""
+        heads = self.attributes() if self.attributes is not None else None
+        if heads is None:
+            return [None] * len(embeddings)
+        probabilities = heads.probabilities(embeddings)
+        return [{key: answer[key] for key in ("age_group", "expected_age", "age_interval")}
+                for answer in (heads.describe(probabilities, row) for row in range(len(embeddings)))]
+
+    def verify(self, image_a: ImageSource, image_b: ImageSource, ages: bool = False) -> Verification:
+        """Same or different; with ``ages``, each face's estimated age too (its ``age``: None where the model
+        has no attribute heads, as stock dlib and trained checkpoints)."""
         vectors, result = self.embed([image_a, image_b])
         distance = float(self.distances(vectors[:1], vectors[1:])[0])
         faces = [{"path": result.paths[i], "found": bool(result.found[i]), "stage": result.stages[i],
                   "box": list(result.boxes[i]) if result.boxes[i] else None, "n_faces": int(result.n_faces[i])}
                  for i in range(2)]
+        if ages:
+            for face, age in zip(faces, self.estimated_ages(result.embeddings)):
+                face["age"] = age
         return Verification(self.distance.is_same(distance, self.threshold), distance, self.threshold,
                             self.threshold_source, self.embedder.spec.name, self.distance.name, faces,
                             self.model_name, self.embedder.precision)
@@ -141,7 +158,22 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
         source = f"{name} model card: {body['threshold']['source']}"
     else:
         value, source = threshold, "--threshold"
-    return Verifier(embedder, value, source, distance=body["distance"], model_name=name)
+    return Verifier(embedder, value, source, distance=body["distance"], model_name=name,
+                    attributes=_shipped_attributes_for(body["backbone"], device))
+
+
+def _shipped_attributes_for(backbone: str, device: str) -> Optional[Callable[[], Any]]:
+    """A loader of the shipped attribute heads where they read ``backbone``'s embeddings, else None."""
+    from .models.attributes import has_shipped_attributes, load_shipped_attributes
+
+    if not has_shipped_attributes():
+        return None
+
+    def load():  # the card (and the file's sha256) is read only when ages are asked for
+        heads = load_shipped_attributes(device)
+        return heads if heads.backbone == backbone else None
+
+    return load
 
 
 def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dlib",

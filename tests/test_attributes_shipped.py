@@ -123,6 +123,34 @@ def test_analyze_on_heldout_korean_faces_gets_gender_and_age_class_within_one_fo
     assert within_one >= 0.7 * len(faces), f"{within_one} of {len(faces)} age classes within one"
 
 
+def test_verify_json_gives_each_faces_estimated_age_as_analyze_does():
+    """Age-aware verification: the Korean model's verify --json carries each face's age from the same
+    embedding analyze reads (so the same answer), mostly within one class of the truth; stock dlib's has
+    none (no heads read its vectors); the text answer is unchanged."""
+    faces = heldout_faces()
+    labels = AgeBins(KOREAN_AGE_BINS).labels
+    analyzer = load_analyzer(fallback="whole-image", cache=False)
+    within_one = 0
+    try:
+        for first, second in zip(faces[0::2], faces[1::2]):
+            paths = [str(KOREAN / first["path"]), str(KOREAN / second["path"])]
+            result = invoke("verify", "--json", "--fallback", "whole-image", *paths)
+            assert result.exit_code == 0, result.output
+            for face, row, path in zip(json.loads(result.stdout)["faces"], (first, second), paths):
+                expected = analyzer.analyze(path)
+                assert face["age"]["age_group"] == expected["age_group"]
+                assert face["age"]["expected_age"] == pytest.approx(expected["expected_age"], abs=1e-4)
+                assert face["age"]["age_interval"]["low"] <= face["age"]["expected_age"] <= face["age"]["age_interval"]["high"]
+                within_one += abs(labels.index(face["age"]["age_group"]) - "abcdefgh".index(row["age_class"])) <= 1
+    finally:
+        analyzer.close()
+    assert within_one >= 0.7 * len(faces), f"{within_one} of {len(faces)} age classes within one"
+    stock = invoke("verify", "--json", "--model", "dlib", "--fallback", "whole-image", *paths)
+    assert [face["age"] for face in json.loads(stock.stdout)["faces"]] == [None, None]
+    text = invoke("verify", "--fallback", "whole-image", *paths)
+    assert text.exit_code == 0 and "age" not in text.stdout
+
+
 def test_a_users_model_overrides_the_shipped_one(samples_dir, tmp_path):
     from test_serve import write_attribute_model
 

@@ -26,7 +26,7 @@ EXAMPLES = REPO / "examples"
 MAX_REQUEST_BYTES = 3 * 1024 * 1024
 MAX_PIXELS = 20_000_000
 VERIFY_KEYS = {"same", "distance", "threshold", "threshold_source", "backbone", "distance_metric", "faces"}
-FACE_KEYS = {"path", "filename", "found", "stage", "box", "n_faces"}
+FACE_KEYS = {"path", "filename", "found", "stage", "box", "n_faces", "age"}  # age: None for stock dlib
 ANALYZE_KEYS = {"age_group", "age_probs", "expected_age", "gender", "gender_prob", "gender_probs", "box", "stage",
                 "found"}
 
@@ -268,11 +268,11 @@ class GatedVerifier:
     def __getattr__(self, name):
         return getattr(self._inner, name)
 
-    def verify(self, image_a, image_b):
+    def verify(self, image_a, image_b, **options):
         with self.lock:
             self.inside += 1
         self.gate.wait(30)
-        return self._inner.verify(image_a, image_b)
+        return self._inner.verify(image_a, image_b, **options)
 
 
 def test_verifications_run_in_parallel_off_the_event_loop():

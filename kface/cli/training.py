@@ -1,6 +1,9 @@
 """The training commands: ``kface make-pairs``, ``kface train``, ``kface sweep`` and ``kface train-attributes``."""
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from ..names import (ATTRIBUTE_DATASETS, DISTANCE_NAMES, IDENTITY_DATASETS, PAIR_SOURCE_DATASETS,
@@ -163,7 +166,12 @@ def train(ctx, resume, as_json, quiet, **options):
     config = TrainConfig.from_dict(options)
     result = run(config, resume=resume, progress=not quiet)
     if not result.main:
-        return
+        # A helper process of a DDP job has nothing to print; it leaves without C++ static destructors, one of
+        # which (torch's, after the process group is gone) sometimes aborted at exit on a busy CPU ("terminate
+        # called without an active exception"), failing a finished job. Its outputs are the main process's.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     best = result.best
     summary = {"out": str(result.out), "model": str(result.model_path), "best_epoch": best.get("epoch"),
                "select": config.select, "best_value": best.get("value"), "threshold": best.get("threshold"),

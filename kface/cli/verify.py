@@ -97,7 +97,7 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
         elif not quiet:
             click.echo(f"scored {summary['pairs']} pairs ({summary['accuracy_text']}); wrote {out}", err=True)
         return
-    answer = verifier.verify(images[0], images[1])
+    answer = verifier.verify(images[0], images[1], ages=as_json)
     if as_json:
         print_json(answer.to_dict())
         return

@@ -130,7 +130,7 @@ class FaceService:
         with self.pool.checkout() as pipeline:
             verifier = pipeline.verifier
             entries = [self._face(verifier.embedder, upload) for upload in uploads]
-            answer = verifier.verify(image_a.data, image_b.data).to_dict()
+            answer = verifier.verify(image_a.data, image_b.data, ages=True).to_dict()
         for face, upload in zip(answer["faces"], uploads):
             face["path"], face["filename"] = upload.field, upload.filename
         if chips:
