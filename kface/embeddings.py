@@ -81,6 +81,7 @@ class EmbeddingResult:
     errors: dict[str, str] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # name -> why no face was found (stage "none")
     computed: int = 0  # embeddings computed in this call (the rest came from the cache)
+    precision: str = "float"  # "int8" where a shipped network's int8 copy made them
 
     @classmethod
     def from_faces(cls, names: list[str], embeddings: np.ndarray, entries: list, errors: dict,
@@ -384,7 +385,8 @@ class Embedder:
             found[i] = stage != "whole-image"
             n_faces[i] = int(arrays["n_faces"])
             boxes.append(tuple(int(v) for v in arrays["box"]))
-        return EmbeddingResult(list(names), embeddings, found, stages, boxes, n_faces, errors, notes, computed)
+        return EmbeddingResult(list(names), embeddings, found, stages, boxes, n_faces, errors, notes, computed,
+                               self.precision)
 
     def _bar(self, total: int, desc: str):
         from .progress import progress_bar

@@ -168,6 +168,12 @@ def test_kface_embed_writes_no_face_rows_unless_strict(tmp_path, blank):
         assert data["found"].tolist() == [True, False]
         assert data["stages"].tolist() == ["hog", "none"]
         assert data["notes"][0] == "" and "no face found" in str(data["notes"][1])
+        # what made them: the default model, its int8 copy on this CPU (KFACE_PRECISION=float: the float file)
+        assert str(data["model"]) == "korean" and str(data["precision"]) == "int8"
+    stock = runner.invoke(cli, ["embed", face, "--out", str(tmp_path / "d.npz"), "--model", "dlib"])
+    assert stock.exit_code == 0, stock.output
+    with np.load(tmp_path / "d.npz") as data:
+        assert str(data["model"]) == "dlib" and str(data["precision"]) == "float"
     strict = runner.invoke(cli, ["embed", face, blank, "--out", str(tmp_path / "s.npz"), "--strict"])
     assert strict.exit_code == 2
     assert strict.output.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in strict.output

@@ -30,7 +30,7 @@ from .options import (backbone_option, common_options, detector_options, device_
 @handle_errors
 def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, weights, strict, skip_bad, workers, engine, device,
           as_json, quiet, no_cache):
-    """Embed the faces of IMAGES into an .npz (keys: paths, embeddings, found, stages, notes).
+    """Embed the faces of IMAGES into an .npz (keys: paths, embeddings, found, stages, notes, model, precision).
 
     An image with no face is a row of its own (found false, stage none, a NaN embedding, a note saying
     why) unless --strict; results are cached as they come, so an interrupted run resumes.
@@ -46,10 +46,11 @@ def embed(images, out, model, backbone, detector, fallback, max_pixels, tta, wei
                           workers=workers, progress=not quiet)
     for message in result.errors.values():
         click.echo(f"skipped: {message}", err=True)
-    counts = write_embedding_file(result, out)
+    label = model_label(model, backbone)
+    counts = write_embedding_file(result, out, label)
     if not quiet:
         echo_no_face_notes(list(result.notes.values()))
-    summary = {"out": out, **counts, "backbone": backbone, "model": model_label(model, backbone)}
+    summary = {"out": out, **counts, "backbone": backbone, "model": label}
     if as_json:
         print_json(summary)
     elif not quiet:
