@@ -146,6 +146,8 @@ def test_page_says_same_person_then_shows_the_error_for_a_text_file(tmp_path):
         for chip in ("#chip-a", "#chip-b"):
             assert page.locator(chip).get_attribute("src").startswith("data:image/png;base64,")
             assert page.locator(chip).evaluate("image => image.naturalWidth") == 150
+        for age in ("#age-a", "#age-b"):  # no attribute heads read stock dlib's vectors
+            expect(page.locator(age)).to_be_hidden()
         expect(page.locator("#plot")).to_contain_text("this pair 0.")
         expect(page.locator("#plot")).to_contain_text("same person (n=200)")
         expect(page.locator("#plot-note")).to_contain_text("200 same-person and 300 different-person pairs")
@@ -165,6 +167,20 @@ def test_page_says_same_person_then_shows_the_error_for_a_text_file(tmp_path):
         expect(page.locator("#verify-result")).to_be_hidden()
         # The shipped Korean attribute heads serve /analyze by default.
         expect(page.locator("#analyze-unavailable")).to_be_hidden()
+        assert page.errors == []
+
+
+def test_page_shows_each_faces_estimated_age_with_the_korean_model():
+    require_browser()
+    from playwright.sync_api import expect
+
+    with running_server() as url, browser_page() as page:
+        compare_on_page(page, url, EXAMPLES / "obama.jpg", EXAMPLES / "obama2.jpg")
+        for age in ("#age-a", "#age-b"):
+            expect(page.locator(age)).to_be_visible()
+            expect(page.locator(age)).to_have_text(re.compile(r"age group \d+(-\d+|\+), expected age \d+"))
+        page.click("#language")
+        expect(page.locator("#age-a")).to_have_text(re.compile(r"연령대 \d+(-\d+|\+), 예상 나이 \d+세"))
         assert page.errors == []
 
 

@@ -21,6 +21,7 @@ const TEXT = {
     chipsCaption: "The aligned faces the model compared.",
     severalFaces: "{photo}: {n} faces found, the largest was compared.",
     wholeImage: "{photo}: no face detected, the whole image was used.",
+    estimatedAge: "age group {group}, expected age {age}",
     plotTitle: "The distance against the threshold and the model's distance distributions",
     legendSame: "same person (n={n})",
     legendDifferent: "different people (n={n})",
@@ -66,6 +67,7 @@ const TEXT = {
     chipsCaption: "모델이 비교한 정렬된 얼굴입니다.",
     severalFaces: "{photo}: 얼굴 {n}개 중 가장 큰 얼굴을 비교했습니다.",
     wholeImage: "{photo}: 얼굴을 찾지 못해 사진 전체를 썼습니다.",
+    estimatedAge: "연령대 {group}, 예상 나이 {age}세",
     plotTitle: "임계값과 모델의 거리 분포에 비춘 이 쌍의 거리",
     legendSame: "같은 사람 (n={n})",
     legendDifferent: "다른 사람 (n={n})",
@@ -259,6 +261,11 @@ function renderVerify() {
     const photo = t(index === 0 ? "photoA" : "photoB");
     if (face.n_faces > 1) notes.push(t("severalFaces", { photo, n: face.n_faces }));
     if (!face.found) notes.push(t("wholeImage", { photo }));
+    // The model's attribute heads read the same embedding (null where the model has none, e.g. stock dlib).
+    const age = $(index === 0 ? "age-a" : "age-b");
+    age.hidden = !face.age;
+    age.textContent = face.age
+      ? t("estimatedAge", { age: Math.round(face.age.expected_age), group: face.age.age_group }) : "";
   });
   $("verdict-detail").textContent = notes.join(" ");
   $("chip-a").src = answer.chips[0];
