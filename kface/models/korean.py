@@ -42,12 +42,19 @@ def recipe() -> dict:
 def train_korean(root: Path, run: Path = RUN_DIR, device: str = "auto", progress: bool = True) -> Path:
     """Train the recipe on every group but the held-out ones; return the run's model.pt."""
     from ..evaluation.families import write_manifest
-    from ..training.run import TrainConfig, train
 
     training, _ = korean_split(root)
     run.mkdir(parents=True, exist_ok=True)
     manifest = run / "train-families.csv"
     write_manifest(training, np.arange(len(training)), manifest)
+    return train_recipe_on(root, manifest, run, device, progress)
+
+
+def train_recipe_on(root: Path, manifest: Path, run: Path, device: str = "auto", progress: bool = True) -> Path:
+    """Train the shipped recipe on a manifest's images under ``root``, a tenth of its family groups as val
+    (the shipped run's settings and seed); return the run's model.pt."""
+    from ..training.run import TrainConfig, train
+
     settings = {"split": "0.9:0.1:0", "seed": 0, "device": device, **recipe(), "pairs": None, "out": str(run),
                 "dataset": "csv", "root": str(root), "manifest": str(manifest), "group_by": "family"}
     train(TrainConfig.from_dict(settings), progress=progress)
