@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import platform
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -50,13 +51,15 @@ def train_korean(root: Path, run: Path = RUN_DIR, device: str = "auto", progress
     return train_recipe_on(root, manifest, run, device, progress)
 
 
-def train_recipe_on(root: Path, manifest: Path, run: Path, device: str = "auto", progress: bool = True) -> Path:
-    """Train the shipped recipe on a manifest's images under ``root``, a tenth of its family groups as val
-    (the shipped run's settings and seed); return the run's model.pt."""
+def train_recipe_on(root: Path, manifest: Path, run: Path, device: str = "auto", progress: bool = True,
+                    settings: Optional[dict] = None) -> Path:
+    """Train a recipe (``settings``: ``kface train`` settings; the shipped recipe by default) on a manifest's
+    images under ``root``, a tenth of its family groups as val (the shipped run's split and seed); return
+    the run's model.pt."""
     from ..training.run import TrainConfig, train
 
-    settings = {"split": "0.9:0.1:0", "seed": 0, "device": device, **recipe(), "pairs": None, "out": str(run),
-                "dataset": "csv", "root": str(root), "manifest": str(manifest), "group_by": "family"}
+    settings = {"split": "0.9:0.1:0", "seed": 0, "device": device, **(settings or recipe()), "pairs": None,
+                "out": str(run), "dataset": "csv", "root": str(root), "manifest": str(manifest), "group_by": "family"}
     train(TrainConfig.from_dict(settings), progress=progress)
     return run / "model.pt"
 
