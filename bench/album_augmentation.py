@@ -28,6 +28,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 
 def write_copies(root: Path, work: Path, copies: int, seed: int, val_groups: set[str]) -> Path:
@@ -78,8 +79,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
 
-    from kface.evaluation.families import run_benchmark
-    from kface.models.heldout import HELDOUT_FILE
+    from heldout_screen import score_heldout
     from kface.models.korean import train_korean, train_recipe_on, val_groups_index
 
     baseline_run, album_run = args.work / "runs" / "baseline", args.work / "runs" / "album"
@@ -91,20 +91,9 @@ def main() -> int:
     album = album_run / "model.pt"
     if not album.is_file():
         train_recipe_on(manifest.parent, manifest, album_run, args.device, progress=False)
-    rows = run_benchmark("csv", str(args.root), {"manifest": str(args.root / "identities.csv")},
-                         groups_file=str(HELDOUT_FILE), models=(str(baseline), str(album)),
-                         out=args.work / "heldout", device=args.device)
-    print(f"held-out groups ({HELDOUT_FILE.name}), the shipped recipe without and with {args.copies} old-album "
-          f"cop{'y' if args.copies == 1 else 'ies'} of each training image (seed {args.seed}):")
-    print("| run | own threshold: cross-age / hard | other folds' thresholds: cross-age / hard | AUC | EER |")
-    print("|---|---:|---:|---:|---:|")
-    for label, row in zip(("baseline", "album copies"), rows):
-        kinds = row["pair_kinds"]
-        cross, hard = kinds["cross-age"], kinds["same-age-hard"]
-        print(f"| {label} | {100 * cross['accuracy']:.2f}% / {100 * hard['accuracy']:.2f}% | "
-              f"{100 * cross['accuracy_folds_threshold']:.2f}% / {100 * hard['accuracy_folds_threshold']:.2f}% | "
-              f"{cross['auc']:.4f} / {hard['auc']:.4f} | {100 * cross['eer']:.2f}% / {100 * hard['eer']:.2f}% |")
-    print(f"report: {args.work / 'heldout'}")
+    score_heldout(args.root, [str(baseline), str(album)], ["baseline", "album copies"], args.work / "heldout",
+                  args.device, f"the shipped recipe without and with {args.copies} old-album copies of each "
+                               f"training image (seed {args.seed})")
     return 0
 
 

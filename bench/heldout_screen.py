@@ -36,6 +36,24 @@ def allow_cpu_all() -> None:
     config.check_cut_device = run.check_cut_device = allowed
 
 
+def score_heldout(root: Path, models: list[str], labels: list[str], out: Path, device: str, what: str) -> None:
+    """Score checkpoints with the family protocol on the held-out groups and print one table row each."""
+    from kface.evaluation.families import run_benchmark
+    from kface.models.heldout import HELDOUT_FILE
+
+    rows = run_benchmark("csv", str(root), {"manifest": str(root / "identities.csv")}, groups_file=str(HELDOUT_FILE),
+                         models=tuple(models), out=out, device=device)
+    print(f"held-out groups ({HELDOUT_FILE.name}); {what}:")
+    print("| run | own threshold: cross-age / hard | other folds' thresholds: cross-age / hard | AUC | EER |")
+    print("|---|---:|---:|---:|---:|")
+    for label, row in zip(labels, rows):
+        cross, hard = row["pair_kinds"]["cross-age"], row["pair_kinds"]["same-age-hard"]
+        print(f"| {label} | {100 * cross['accuracy']:.2f}% / {100 * hard['accuracy']:.2f}% | "
+              f"{100 * cross['accuracy_folds_threshold']:.2f}% / {100 * hard['accuracy_folds_threshold']:.2f}% | "
+              f"{cross['auc']:.4f} / {hard['auc']:.4f} | {100 * cross['eer']:.2f}% / {100 * hard['eer']:.2f}% |")
+    print(f"report: {out}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="the korean_family folder")
@@ -47,8 +65,8 @@ def main() -> int:
     if args.allow_cpu_all:
         allow_cpu_all()
 
-    from kface.evaluation.families import run_benchmark, write_manifest
-    from kface.models.heldout import HELDOUT_FILE, korean_split
+    from kface.evaluation.families import write_manifest
+    from kface.models.heldout import korean_split
     from kface.models.korean import train_recipe_on
 
     training, _ = korean_split(args.root)
@@ -64,18 +82,8 @@ def main() -> int:
             train_recipe_on(args.root, manifest, run, args.device, progress=False, settings=settings)
             print(f"trained {recipe_file.name} into {run}", flush=True)
         models.append(str(model))
-    rows = run_benchmark("csv", str(args.root), {"manifest": str(args.root / "identities.csv")},
-                         groups_file=str(HELDOUT_FILE), models=tuple(models), out=args.work / "heldout",
-                         device=args.device)
-    print(f"held-out groups ({HELDOUT_FILE.name}); each recipe trained on the other groups (seed 0):")
-    print("| recipe | own threshold: cross-age / hard | other folds' thresholds: cross-age / hard | AUC | EER |")
-    print("|---|---:|---:|---:|---:|")
-    for recipe_file, row in zip(args.recipe, rows):
-        cross, hard = row["pair_kinds"]["cross-age"], row["pair_kinds"]["same-age-hard"]
-        print(f"| {recipe_file.stem} | {100 * cross['accuracy']:.2f}% / {100 * hard['accuracy']:.2f}% | "
-              f"{100 * cross['accuracy_folds_threshold']:.2f}% / {100 * hard['accuracy_folds_threshold']:.2f}% | "
-              f"{cross['auc']:.4f} / {hard['auc']:.4f} | {100 * cross['eer']:.2f}% / {100 * hard['eer']:.2f}% |")
-    print(f"report: {args.work / 'heldout'}")
+    score_heldout(args.root, models, [recipe_file.stem for recipe_file in args.recipe], args.work / "heldout",
+                  args.device, "each recipe trained on the other groups (seed 0)")
     return 0
 
 
