@@ -142,20 +142,20 @@ class Embedder:
         self._finder: Optional[FaceFinder] = None
         self._backbone = None
         weights_tag = f"@{file_sha256(weights)[:16]}" if weights else ""
+        variant = self._shipped_variant()
         #: ``int8`` where a shipped network's int8 copy runs (see :func:`kface.models.network_variant`).
-        self.precision = "float"
-        self._embedding_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag}{self._precision_tag()};tta={tta}"
+        self.precision = variant["precision"] if variant else "float"
+        # int8 vectors are near, not equal, to the float file's, whose keys stay those they always had.
+        precision_tag = f";int8@{variant['sha256'][:16]}" if self.precision == "int8" else ""
+        self._embedding_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag}{precision_tag};tta={tta}"
 
-    def _precision_tag(self) -> str:
-        """``;int8@<sha>`` where a shipped network's int8 copy runs: its vectors are near, not equal, to the
-        float file's, whose keys stay those they always had."""
+    def _shipped_variant(self) -> Optional[dict]:
+        """The copy of the shipped network this embedder runs (None for other backbones)."""
         if self.spec.module != SHIPPED_NETWORK_MODULE:
-            return ""
+            return None
         from .models import network_variant
 
-        variant = network_variant(self.spec.family, self.device)
-        self.precision = variant["precision"]
-        return f";int8@{variant['sha256'][:16]}" if variant["precision"] == "int8" else ""
+        return network_variant(self.spec.family, self.device)
 
     @property
     def backbone(self):
