@@ -65,21 +65,15 @@ def main() -> int:
     if args.allow_cpu_all:
         allow_cpu_all()
 
-    from kface.evaluation.families import write_manifest
-    from kface.models.heldout import korean_split
-    from kface.models.korean import train_recipe_on
+    from kface.models.korean import train_korean
 
-    training, _ = korean_split(args.root)
-    manifest = args.work / "train-families.csv"
-    args.work.mkdir(parents=True, exist_ok=True)
-    write_manifest(training, range(len(training)), manifest)
     models = []
     for recipe_file in args.recipe:
         run = args.work / "runs" / recipe_file.stem
         model = run / "model.pt"
         if not model.is_file():
             settings = json.loads(recipe_file.read_text(encoding="utf-8"))
-            train_recipe_on(args.root, manifest, run, args.device, progress=False, settings=settings)
+            train_korean(args.root, run, args.device, progress=False, settings=settings)
             print(f"trained {recipe_file.name} into {run}", flush=True)
         models.append(str(model))
     score_heldout(args.root, models, [recipe_file.stem for recipe_file in args.recipe], args.work / "heldout",

@@ -40,15 +40,17 @@ def recipe() -> dict:
     return json.loads(RECIPE_FILE.read_text(encoding="utf-8"))
 
 
-def train_korean(root: Path, run: Path = RUN_DIR, device: str = "auto", progress: bool = True) -> Path:
-    """Train the recipe on every group but the held-out ones; return the run's model.pt."""
+def train_korean(root: Path, run: Path = RUN_DIR, device: str = "auto", progress: bool = True,
+                 settings: Optional[dict] = None) -> Path:
+    """Train the recipe (``settings``; the shipped one by default) on every group but the held-out ones;
+    return the run's model.pt."""
     from ..evaluation.families import write_manifest
 
     training, _ = korean_split(root)
     run.mkdir(parents=True, exist_ok=True)
     manifest = run / "train-families.csv"
     write_manifest(training, np.arange(len(training)), manifest)
-    return train_recipe_on(root, manifest, run, device, progress)
+    return train_recipe_on(root, manifest, run, device, progress, settings)
 
 
 def train_recipe_on(root: Path, manifest: Path, run: Path, device: str = "auto", progress: bool = True,
