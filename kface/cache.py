@@ -70,6 +70,9 @@ class Cache:
             # Several processes (DDP ranks, loader workers) may share the file: wait for locks, a while.
             self._db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_S)
             self._db.execute("PRAGMA journal_mode=WAL")
+            # No fsync per transaction: WAL keeps the file whole through a crash at this level, and a
+            # power cut can cost only the last entries, which a cache recomputes.
+            self._db.execute("PRAGMA synchronous=NORMAL")
             for table in self.TABLES:
                 self._db.execute(f"CREATE TABLE IF NOT EXISTS {table} (key TEXT PRIMARY KEY, value BLOB)")
             self._db.commit()

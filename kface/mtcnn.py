@@ -44,14 +44,45 @@ def _checked_files() -> dict[str, Path]:
     return files
 
 
+#: Images up to this many rows and columns are resized by dense averaging matrices, larger ones by
+#: prefix sums: on a 128 px face crop the matrices (BLAS) are 4x faster than numpy's cumulative sum along a
+#: strided axis, on an 800 px photo 2.5x slower (their cost grows with the product of the sides).
+DENSE_RESIZE_MAX_SIDE = 256
+
+
+@lru_cache(maxsize=512)
+def _bins(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Adaptive average pooling's bins of ``n`` inputs into ``size`` outputs: output i averages inputs
+    floor(i * n / size) to ceil((i + 1) * n / size) - 1 (neighbouring bins may share an input)."""
+    index = np.arange(size)
+    start = (index * n) // size
+    end = -((-(index + 1) * n) // size)
+    return start, end
+
+
+@lru_cache(maxsize=512)
+def _membership(n: int, size: int) -> np.ndarray:
+    """(size, n) float64 0/1 matrix of :func:`_bins`: its product with integer pixels sums them exactly."""
+    start, end = _bins(n, size)
+    inputs = np.arange(n)
+    member = ((inputs[None, :] >= start[:, None]) & (inputs[None, :] < end[:, None])).astype(np.float64)
+    member.flags.writeable = False  # shared by every call through the cache
+    return member
+
+
 def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """(C, H, W) float32 resized to (C, height, width) by averaging each output pixel's input area,
     as torch's ``interpolate(mode="area")`` (adaptive average pooling) does."""
+    if max(image.shape[1:]) <= DENSE_RESIZE_MAX_SIDE:
+        # Sums by 0/1 matrices, then one division per pass: on whole-number pixels (MTCNN's input) the
+        # first pass is exact and both ways give the same float32 results (a test checks it).
+        rows_start, rows_end = _bins(image.shape[1], height)
+        cols_start, cols_end = _bins(image.shape[2], width)
+        tall = (_membership(image.shape[1], height) @ image.astype(np.float64)) / (rows_end - rows_start)[:, None]
+        return ((tall @ _membership(image.shape[2], width).T) / (cols_end - cols_start)).astype(np.float32)
+
     def along(array: np.ndarray, axis: int, size: int) -> np.ndarray:
-        n = array.shape[axis]
-        index = np.arange(size)
-        start = (index * n) // size
-        end = -((-(index + 1) * n) // size)  # ceil((i + 1) * n / size)
+        start, end = _bins(array.shape[axis], size)
         sums = np.cumsum(array, axis=axis, dtype=np.float64)
         sums = np.concatenate([np.zeros_like(np.take(sums, [0], axis=axis)), sums], axis=axis)
         taken = np.take(sums, end, axis=axis) - np.take(sums, start, axis=axis)

@@ -67,10 +67,26 @@ def test_area_resize_matches_torch_area_interpolation():
 
     from kface.mtcnn import area_resize
 
-    image = np.random.default_rng(0).integers(0, 256, (3, 37, 53)).astype(np.float32)
-    for size in [(24, 24), (12, 17), (37, 53), (50, 80)]:
-        expected = interpolate(torch.from_numpy(image)[None], size=size, mode="area")[0].numpy()
-        np.testing.assert_allclose(area_resize(image, *size), expected, atol=1e-3)
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (3, 37, 53)).astype(np.float32)  # dense matrices
+    large = rng.integers(0, 256, (3, 300, 270)).astype(np.float32)  # prefix sums
+    for image, sizes in ((small, [(24, 24), (12, 17), (37, 53), (50, 80)]), (large, [(213, 192), (12, 12)])):
+        for size in sizes:
+            expected = interpolate(torch.from_numpy(image)[None], size=size, mode="area")[0].numpy()
+            np.testing.assert_allclose(area_resize(image, *size), expected, atol=1e-3)
+
+
+def test_area_resize_dense_and_prefix_sum_ways_agree_on_whole_pixels(monkeypatch):
+    import kface.mtcnn as mtcnn
+
+    rng = np.random.default_rng(1)
+    cases = [((3, 128, 128), (77, 77)), ((3, 128, 128), (13, 13)), ((3, 31, 29), (24, 24)),
+             ((3, 20, 21), (48, 48)), ((3, 250, 200), (120, 96))]
+    images = [rng.integers(0, 256, shape).astype(np.float32) for shape, _ in cases]
+    dense = [mtcnn.area_resize(image, *size) for image, (_, size) in zip(images, cases)]
+    monkeypatch.setattr(mtcnn, "DENSE_RESIZE_MAX_SIDE", 0)
+    for image, (_, size), got in zip(images, cases, dense):
+        np.testing.assert_array_equal(got, mtcnn.area_resize(image, *size))
 
 
 def test_mtcnn_detection_imports_no_torch():
