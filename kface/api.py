@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE
+from .backbones import DEFAULT_BACKBONE, get_spec
 from .embeddings import EmbeddingResult, Embedder
 from .errors import InputError
 from .images import ImageSource
@@ -75,15 +75,20 @@ class Verifier:
     def distances(self, vectors_a: np.ndarray, vectors_b: np.ndarray) -> np.ndarray:
         return self.distance.pairwise(vectors_a, vectors_b)
 
-    def estimated_ages(self, embeddings: np.ndarray) -> list[Optional[dict]]:
-        """Each face's estimated age (``age_group``, ``expected_age``, ``age_interval``) from its embedding,
-        by the attribute heads that read this model's vectors; None per face where the model has none."""
-        heads = self.attributes() if self.attributes is not None else None
-        if heads is None:
-            return [None] * len(embeddings)
-        probabilities = heads.probabilities(embeddings)
+    def estimated_ages(self, sources: Sequence[ImageSource], result: EmbeddingResult) -> list[Optional[dict]]:
+        """Each face's estimated age (``age_group``, ``expected_age``, ``age_interval``) by the attribute model
+        that reads this verifier's faces (their chips, or its embeddings ``result``); None per face where
+        there is none."""
+        model = self.attributes() if self.attributes is not None else None
+        if model is None:
+            return [None] * len(sources)
+        if model.input == "chips":
+            entries, _ = self.embedder.faces(sources)  # the faces just embedded, from the cache
+            probabilities = model.chip_probabilities(np.stack([entry.chip for entry in entries]))
+        else:
+            probabilities = model.probabilities(result.embeddings)
         return [{key: answer[key] for key in ("age_group", "expected_age", "age_interval")}
-                for answer in (heads.describe(probabilities, row) for row in range(len(embeddings)))]
+                for answer in (model.describe(probabilities, row) for row in range(len(sources)))]
 
     def verify(self, image_a: ImageSource, image_b: ImageSource, ages: bool = False) -> Verification:
         """Same or different; with ``ages``, each face's estimated age too (its ``age``: None where the model
@@ -94,7 +99,7 @@ class Verifier:
                   "box": list(result.boxes[i]) if result.boxes[i] else None, "n_faces": int(result.n_faces[i])}
                  for i in range(2)]
         if ages:
-            for face, age in zip(faces, self.estimated_ages(result.embeddings)):
+            for face, age in zip(faces, self.estimated_ages([image_a, image_b], result)):
                 face["age"] = age
         return Verification(self.distance.is_same(distance, self.threshold), distance, self.threshold,
                             self.threshold_source, self.embedder.spec.name, self.distance.name, faces,
@@ -163,15 +168,17 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
 
 
 def _shipped_attributes_for(backbone: str, device: str) -> Optional[Callable[[], Any]]:
-    """A loader of the shipped attribute heads where they read ``backbone``'s embeddings, else None."""
+    """A loader of the shipped attribute model where it reads ``backbone``'s faces (chips cut alike), else None."""
     from .models.attributes import has_shipped_attributes, load_shipped_attributes
 
     if not has_shipped_attributes():
         return None
 
     def load():  # the card (and the file's sha256) is read only when ages are asked for
-        heads = load_shipped_attributes(device)
-        return heads if heads.backbone == backbone else None
+        model = load_shipped_attributes(device)
+        ours, theirs = get_spec(backbone), get_spec(model.backbone)
+        same_chips = (ours.input_size, ours.chip_padding) == (theirs.input_size, theirs.chip_padding)
+        return model if same_chips else None
 
     return load
 

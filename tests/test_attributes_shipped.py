@@ -1,4 +1,4 @@
-"""The shipped Korean age-group and gender heads: checked files, the default of analyze and serve, figures
+"""The shipped Korean age-group and gender model: checked files, the default of analyze and serve, figures
 on held-out Korean families, a user's --model winning; plus the new training levers on hand-made numbers.
 
 The held-out faces come from ../shared/data/korean_family (families listed in
@@ -21,7 +21,7 @@ from kface.attributes.model import load_analyzer
 from kface.cli import cli
 from kface.evaluation.families import read_group_list
 from kface.hashing import file_sha256
-from kface.models import MODEL_FAMILIES, attributes as shipped
+from kface.models import attributes as shipped
 from kface.models.build_attributes import KOREAN_AGE_BINS
 
 KOREAN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "korean_family").resolve()
@@ -58,10 +58,19 @@ def test_shipped_card_matches_its_file_and_names_its_provenance():
     assert file_sha256(shipped.NETWORK_FILE) == card["sha256"]
     assert card["size_bytes"] == shipped.NETWORK_FILE.stat().st_size
     assert card["training"]["held_out_families_sha256"] == file_sha256(HELDOUT)
-    # The heads read the shipped Korean face model's vector, the one verify computes for the same face.
-    assert card["meta"]["age_bins"] == list(KOREAN_AGE_BINS) and card["meta"]["backbone"] == MODEL_FAMILIES["korean"]
+    # The network reads the aligned chips every kface model reads (dlib's alignment), trained from dlib's last
+    # stage; flip averaging is inside the graph, which matches its PyTorch checkpoint.
+    assert card["meta"]["age_bins"] == list(KOREAN_AGE_BINS) and card["meta"]["input"] == "chips"
+    assert card["meta"]["backbone"] == "dlib-torch" and card["recipe"]["unfreeze"] == "last-stage"
+    assert card["meta"]["config"]["tta"] == "none" and card["recipe"]["flip_in_graph"]
+    assert card["format"]["parity"]["max_abs_diff"] < 1e-3
     figures = card["figures"]["rows"]
-    assert any(name.endswith("(shipped file)") for name in figures) and "today" in figures
+    shipped_row = next(row for name, row in figures.items() if name.endswith("(shipped file)"))
+    frozen_row = next(row for name, row in figures.items() if "frozen MLP" in name)
+    # On the held-out groups the trained stage beats the frozen-embedding MLP on every figure.
+    assert shipped_row["n"] == frozen_row["n"] > 600
+    assert shipped_row["within_one"] > frozen_row["within_one"] and shipped_row["gender"] > frozen_row["gender"]
+    assert shipped_row["mae_years"] < frozen_row["mae_years"]
     assert "python -m kface.models.build_attributes" in card["made_by"]
 
 
@@ -125,8 +134,8 @@ def test_analyze_on_heldout_korean_faces_gets_gender_and_age_class_within_one_fo
 
 def test_verify_json_gives_each_faces_estimated_age_as_analyze_does():
     """Age-aware verification: the Korean model's verify --json carries each face's age from the same
-    embedding analyze reads (so the same answer), mostly within one class of the truth; stock dlib's has
-    none (no heads read its vectors); the text answer is unchanged."""
+    chip analyze reads (so the same answer), mostly within one class of the truth; stock dlib's has none;
+    the text answer is unchanged."""
     faces = heldout_faces()
     labels = AgeBins(KOREAN_AGE_BINS).labels
     analyzer = load_analyzer(fallback="whole-image", cache=False)
@@ -149,6 +158,42 @@ def test_verify_json_gives_each_faces_estimated_age_as_analyze_does():
     assert [face["age"] for face in json.loads(stock.stdout)["faces"]] == [None, None]
     text = invoke("verify", "--fallback", "whole-image", *paths)
     assert text.exit_code == 0 and "age" not in text.stdout
+
+
+def test_train_attributes_unfreeze_trains_the_backbones_last_layers_and_analyze_reads_chips(tmp_path, samples_dir):
+    """--unfreeze: the heads train with dlib's last block from its prefix features; the checkpoint keeps those
+    layers, reads aligned chips, and analyze --model runs the whole network on the face it finds."""
+    from test_attributes import LFW, chosen_people
+
+    from kface.attributes.heads import load_attribute_model
+    from kface.backbones.trainable import build_suffix, load_network
+
+    people = chosen_people()  # skips where ../shared is missing
+    manifest = tmp_path / "faces.csv"
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "identity", "age", "gender"])
+        for number, (person, gender, files) in enumerate(people):
+            for file in files:
+                writer.writerow([f"images/{person}/{file.name}", person, 20 + 3 * number, gender])
+    out = tmp_path / "run"
+    result = invoke("train-attributes", "--dataset", "csv", "--root", LFW, "--manifest", manifest, "--task", "gender",
+                    "--backbone", "dlib-torch", "--unfreeze", "last-block", "--tta", "flip", "--epochs", 2,
+                    "--split", "0.6:0.2:0.2", "--device", "cpu", "--out", out, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    model = load_attribute_model(out / "model.pt")
+    assert model.input == "chips" and model.cut == "last-block"
+    trained = model.network.suffix.state_dict()
+    stock = build_suffix(load_network("dlib-torch"), "last-block").state_dict()
+    assert any(not np.allclose(stock[name].numpy(), tensor.numpy()) for name, tensor in trained.items()
+               if tensor.dtype.is_floating_point), "the unfrozen layers did not train"
+    answer = invoke("analyze", samples_dir / "obama.jpg", "--model", out / "model.pt", "--json", "--no-cache")
+    assert answer.exit_code == 0, answer.output
+    analysed = json.loads(answer.stdout)
+    assert analysed["gender"] in ("female", "male") and analysed["age_group"] is None and analysed["found"]
+    refused = invoke("train-attributes", "--dataset", "csv", "--root", LFW, "--manifest", manifest,
+                     "--unfreeze", "last-stage", "--backbone", "dlib", "--out", tmp_path / "bad")
+    assert refused.exit_code == 2 and "dlib-torch" in refused.stderr
 
 
 def test_a_users_model_overrides_the_shipped_one(samples_dir, tmp_path):

@@ -1,4 +1,4 @@
-"""What every attribute model answers for a face from its probabilities (shared by trained and shipped heads)."""
+"""What every attribute model answers for a face from its probabilities (shared by trained and shipped models)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -37,6 +37,12 @@ class AttributeAnswers:
     @property
     def group_ages(self) -> list[float]:
         return list(self.meta.get("group_ages") or [])
+
+    @property
+    def input(self) -> str:
+        """What :meth:`probabilities` reads for a face: ``embeddings`` (the backbone's vector), or ``chips``
+        (aligned chips, through ``chip_probabilities``: models whose own network layers start from the chip)."""
+        return self.meta.get("input", "embeddings")
 
     @property
     def tta(self) -> str:

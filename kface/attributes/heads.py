@@ -77,6 +77,67 @@ class AttributeHeads(nn.Module):
         return result
 
 
+class AttributeNetwork(nn.Module):
+    """A backbone's trainable layers after a cut (:func:`~kface.backbones.trainable.build_suffix`) with the heads
+    on their vector: the cut's prefix features in (stored as float16, computed in float32), logits out."""
+
+    def __init__(self, suffix: nn.Module, heads: AttributeHeads):
+        super().__init__()
+        self.suffix = suffix
+        self.heads = heads
+
+    def vectors(self, features: torch.Tensor) -> torch.Tensor:
+        return self.suffix(features.float().contiguous(memory_format=torch.channels_last))
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.vectors(features))
+
+    def probabilities(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads.probabilities(self.vectors(features))
+
+
+class AttributeChipGraph(nn.Module):
+    """(N, S, S, 3) uint8 aligned chips -> (N, sum of K) float32: each task's class probabilities side by side,
+    in ``tasks`` order; what the shipped ONNX file computes.
+
+    The backbone's frozen prefix (``network``, for inference), rounded to float16 at ``cut`` as the feature
+    store held it when ``model`` trained, then ``model``; with ``flip`` the probabilities of each chip and its
+    mirror image are averaged (as training's evaluation does).
+    """
+
+    def __init__(self, network: nn.Module, cut: str, model: "AttributeNetwork", tasks: list[str], flip: bool):
+        super().__init__()
+        self.network = network
+        self.cut = cut
+        self.model = model
+        self.tasks = list(tasks)
+        self.flip = flip
+
+    def forward(self, chips: torch.Tensor) -> torch.Tensor:
+        count = chips.shape[0]
+        if self.flip:
+            chips = torch.cat([chips, torch.flip(chips, dims=[2])])  # NHWC: dim 2 is left-right
+        prefix = self.network.forward_prefix(self.network.prepare_chips(chips), self.cut)
+        probabilities = self.model.probabilities(prefix.to(torch.float16))
+        columns = []
+        for task in self.tasks:
+            probs = probabilities[task]
+            if self.flip:
+                probs = (probs[:count] + probs[count:]) / 2
+            columns.append(probs)
+        return torch.cat(columns, dim=1)
+
+
+#: Rows per forward pass where a whole split is scored without gradients (feature maps are 16 kB a row).
+EVAL_BATCH = 512
+
+
+def _in_batches(function, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``function`` (rows -> dict of tensors) over ``features`` in :data:`EVAL_BATCH` rows, concatenated."""
+    parts = [function(features[start:start + EVAL_BATCH]) for start in range(0, len(features), EVAL_BATCH)]
+    return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+
+
 def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.ndarray, classes: dict[str, int],
               config: AttributeConfig, progress: bool = False,
               mirrored: Optional[np.ndarray] = None) -> tuple[AttributeHeads, list[dict], int]:
@@ -84,6 +145,8 @@ def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.
 
     ``mirrored`` (``config.tta == "flip"``): the embeddings of the mirror-image faces, row for row; each
     training example is then one of the two views, drawn at random, and val averages their probabilities.
+    With ``config.unfreeze`` the rows are the backbone's prefix features at that cut and the layers after it
+    train too (an :class:`AttributeNetwork`, at ``config.suffix_lr``).
     """
     from ..devices import resolve_device
     from ..progress import progress_bar
@@ -91,7 +154,8 @@ def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.
     device = resolve_device(config.device)
     train = split == 0
     views = [embeddings] + ([mirrored] if mirrored is not None else [])
-    features = torch.from_numpy(np.ascontiguousarray(np.stack(views), dtype=np.float32)).to(device)  # (V, N, d)
+    held = np.float32 if config.unfreeze == "none" else np.float16  # feature maps stay as the store keeps them
+    features = torch.from_numpy(np.ascontiguousarray(np.stack(views), dtype=held)).to(device)  # (V, N, ...)
     labels = {task: torch.from_numpy(target).to(device) for task, target in targets.items()}
     balanced = config.sampling == "balanced"
     weights = {task: None if balanced else torch.tensor(class_weights(targets[task][train], classes[task]),
@@ -100,10 +164,10 @@ def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.
     ordinal = config.age_loss == "ordinal"
     # Dropout draws from torch's global generator: fork it, so the run is seeded and the caller's state kept.
     with torch.random.fork_rng(devices=[torch.device(device).index or 0] if device.startswith("cuda") else []), \
-            one_thread():
+            one_thread(enabled=config.unfreeze == "none"):  # a backbone stage uses the cores
         torch.manual_seed(config.seed)
-        model = _initial_heads(features, targets, train, classes, config, ordinal).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        model = _initial_model(features, targets, train, classes, config, ordinal).to(device)
+        optimizer = _optimiser(model, config)
         shuffler = torch.Generator().manual_seed(config.seed)
         train_rows = torch.from_numpy(np.flatnonzero(train))
         draw = torch.from_numpy(balanced_draw_weights(targets, train)) if balanced else None
@@ -136,6 +200,15 @@ def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.
     return model.cpu(), history, best.epoch
 
 
+def _optimiser(model: nn.Module, config: AttributeConfig) -> torch.optim.Optimizer:
+    """Adam over the heads at ``config.lr`` and the backbone's unfrozen layers, if any, at ``config.suffix_lr``."""
+    groups = [{"params": model.parameters(), "lr": config.lr}]
+    if isinstance(model, AttributeNetwork):
+        groups = [{"params": model.heads.parameters(), "lr": config.lr},
+                  {"params": model.suffix.parameters(), "lr": config.suffix_lr}]
+    return torch.optim.Adam(groups, weight_decay=config.weight_decay)
+
+
 def _check_labelled(targets: dict[str, np.ndarray], split: np.ndarray, classes: dict[str, int],
                     config: AttributeConfig) -> None:
     for task in classes:
@@ -145,24 +218,36 @@ def _check_labelled(targets: dict[str, np.ndarray], split: np.ndarray, classes: 
                                  f"{':'.join(f'{share:g}' for share in config.split)}")
 
 
-def _initial_heads(features: torch.Tensor, targets: dict[str, np.ndarray], train: np.ndarray,
-                   classes: dict[str, int], config: AttributeConfig, ordinal: bool) -> AttributeHeads:
-    """Untrained heads, standardising by the train split's embeddings (both views)."""
-    dim = features.shape[2]
-    model = AttributeHeads(dim, classes, config.hidden, config.dropout, config.trunk, ordinal).to(features.device)
-    train_features = features[:, torch.from_numpy(train).to(features.device)].reshape(-1, dim)
-    model.mean.copy_(train_features.mean(dim=0))
-    model.scale.copy_(train_features.std(dim=0).clamp_min(1e-6))
-    if model.ordinal_age:
+def _initial_model(features: torch.Tensor, targets: dict[str, np.ndarray], train: np.ndarray,
+                   classes: dict[str, int], config: AttributeConfig, ordinal: bool):
+    """Untrained heads (with the backbone's layers after ``config.unfreeze``, pretrained, where set),
+    standardising by the train split's vectors (both views)."""
+    rows = torch.from_numpy(train).to(features.device)
+    suffix = None
+    if config.unfreeze == "none":
+        vectors = features[:, rows].reshape(-1, features.shape[2])
+    else:
+        from ..backbones.trainable import build_suffix, load_network
+
+        suffix = build_suffix(load_network(config.backbone), config.unfreeze).to(features.device).eval()
+        with torch.no_grad():
+            train_features = features[:, rows].flatten(0, 1)
+            vectors = _in_batches(lambda part: {"v": suffix(part.float().contiguous(
+                memory_format=torch.channels_last))}, train_features)["v"]
+    heads = AttributeHeads(vectors.shape[1], classes, config.hidden, config.dropout, config.trunk,
+                           ordinal).to(features.device)
+    heads.mean.copy_(vectors.mean(dim=0))
+    heads.scale.copy_(vectors.std(dim=0).clamp_min(1e-6))
+    if heads.ordinal_age:
         # Start each boundary's bias at the training split's log-odds of "older than group k": Adam
         # moves a parameter by about lr a step, too slowly to get there from zero on its own.
         groups = targets["age"][train & (targets["age"] >= 0)]
         above = np.array([np.mean(groups > k) for k in range(classes["age"] - 1)]).clip(1e-3, 1 - 1e-3)
-        model.age_output.bias.data.copy_(torch.from_numpy(np.log(above / (1 - above))).float())
-    return model
+        heads.age_output.bias.data.copy_(torch.from_numpy(np.log(above / (1 - above))).float())
+    return heads if suffix is None else AttributeNetwork(suffix, heads)
 
 
-def _train_epoch(model: AttributeHeads, optimizer, features: torch.Tensor, labels: dict[str, torch.Tensor],
+def _train_epoch(model: nn.Module, optimizer, features: torch.Tensor, labels: dict[str, torch.Tensor],
                  batches: list, weights: dict[str, Optional[torch.Tensor]], ordinal: bool) -> float:
     """One optimiser step per (rows, views) batch with a labelled row; the mean batch loss."""
     model.train()
@@ -211,12 +296,12 @@ def _loss(logits: dict[str, torch.Tensor], targets: dict[str, torch.Tensor],
 
 
 @torch.no_grad()
-def _evaluate_split(model: AttributeHeads, features: torch.Tensor, targets: dict[str, torch.Tensor],
+def _evaluate_split(model: nn.Module, features: torch.Tensor, targets: dict[str, torch.Tensor],
                     weights: dict[str, Optional[torch.Tensor]], ordinal: bool = False) -> dict:
-    """Loss on the first view; accuracy from the probabilities averaged over the views (``features`` (V, N, d))."""
+    """Loss on the first view; accuracy from the probabilities averaged over the views (``features`` (V, N, ...))."""
     model.eval()
-    loss = _loss(model(features[0]), targets, weights, ordinal)
-    views = [model.probabilities(view) for view in features]
+    loss = _loss(_in_batches(model, features[0]), targets, weights, ordinal)
+    views = [_in_batches(model.probabilities, view) for view in features]
     record: dict[str, float] = {"val_loss": float(loss) if loss is not None else float("nan")}
     accuracies = []
     for task in views[0]:
@@ -230,26 +315,49 @@ def _evaluate_split(model: AttributeHeads, features: torch.Tensor, targets: dict
 
 
 class AttributeModel(AttributeAnswers):
-    """Trained heads with everything needed to use them: tasks, age bins, backbone and face settings."""
+    """Trained heads (and, with ``--unfreeze``, the backbone's layers after the cut) with everything needed to
+    use them: tasks, age bins, backbone and face settings."""
 
-    def __init__(self, heads: AttributeHeads, meta: dict):
-        self.heads = heads.eval()
+    def __init__(self, network: nn.Module, meta: dict):
+        self.network = network.eval()
         self.meta = meta
+        self._prefix = None
+
+    @property
+    def cut(self) -> str:
+        """Where the backbone's trained layers start (``none``: the heads read its frozen embedding)."""
+        return self.meta.get("config", {}).get("unfreeze", "none")
+
+    @property
+    def input(self) -> str:
+        return "embeddings" if self.cut == "none" else "chips"
 
     @torch.no_grad()
     def probabilities(self, embeddings: np.ndarray, mirrored: Optional[np.ndarray] = None) -> dict[str, np.ndarray]:
-        """Class probabilities per task, (N, K) float64 rows summing to 1; with ``mirrored`` (the mirror-image
-        faces' embeddings) the average of both views'."""
+        """Class probabilities per task, (N, K) float64 rows summing to 1, from what the model trained on (the
+        embeddings, or the prefix features at its cut); with ``mirrored`` (the mirror-image faces') the
+        average of both views'."""
         views = [embeddings] + ([mirrored] if mirrored is not None else [])
-        outputs = [self.heads.probabilities(torch.from_numpy(np.ascontiguousarray(view, dtype=np.float32)))
+        held = np.float32 if self.cut == "none" else np.float16
+        outputs = [_in_batches(self.network.probabilities, torch.from_numpy(np.ascontiguousarray(view, dtype=held)))
                    for view in views]
         return {task: average_views([output[task].numpy() for output in outputs]) for task in outputs[0]}
 
+    def chip_probabilities(self, chips: np.ndarray) -> dict[str, np.ndarray]:
+        """Class probabilities per task of (N, S, S, 3) uint8 aligned chips (models with ``--unfreeze``): the
+        backbone's frozen prefix, then the trained layers (both views averaged with ``--tta flip``)."""
+        from ..training.store import PrefixNetwork
 
-def save_attribute_model(path: os.PathLike, heads: AttributeHeads, meta: dict) -> None:
+        if self._prefix is None:
+            self._prefix = PrefixNetwork(self.backbone, self.cut)
+        features = self._prefix(chips)  # (N, 2, ...): the chip and its mirror image, as the store holds them
+        return self.probabilities(features[:, 0], features[:, 1] if self.tta == "flip" else None)
+
+
+def save_attribute_model(path: os.PathLike, network: nn.Module, meta: dict) -> None:
     """Write the checkpoint atomically (temp file beside it, then rename)."""
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **meta,
-               "state_dict": {name: tensor.detach().cpu() for name, tensor in heads.state_dict().items()}}
+               "state_dict": {name: tensor.detach().cpu() for name, tensor in network.state_dict().items()}}
     save_checkpoint(path, payload)
 
 
@@ -264,7 +372,13 @@ def load_attribute_model(path: os.PathLike) -> AttributeModel:
                          f"by kface {__version__} (expected {CHECKPOINT_VERSION})")
     classes = {task: len(names) for task, names in payload["classes"].items()}
     config = payload["config"]
-    heads = AttributeHeads(int(payload["embedding_size"]), classes, int(config["hidden"]), float(config["dropout"]),
-                           config.get("trunk", "separate"), config.get("age_loss", "ce") == "ordinal")
-    heads.load_state_dict(payload.pop("state_dict"))
-    return AttributeModel(heads, payload)
+    network: nn.Module = AttributeHeads(int(payload["embedding_size"]), classes, int(config["hidden"]),
+                                        float(config["dropout"]), config.get("trunk", "separate"),
+                                        config.get("age_loss", "ce") == "ordinal")
+    cut = config.get("unfreeze", "none")
+    if cut != "none":
+        from ..backbones.trainable import build_suffix, empty_network
+
+        network = AttributeNetwork(build_suffix(empty_network(payload["backbone"]), cut), network)
+    network.load_state_dict(payload.pop("state_dict"))
+    return AttributeModel(network, payload)

@@ -210,10 +210,14 @@ class AttributeConfig:
     tta: str = "none"  # flip: train on each face and its mirror image, average the two at prediction
     group_by: Optional[str] = None  # a dataset column (e.g. family) whose groups stay on one side of the split
     # HOG's pass policy for the training faces (kface.faces.HOG_POLICIES): "fixed" finds the chips cached
-    # before the sized pass existed (commit 7ce26a8), which is how the shipped heads were trained.
+    # before the sized pass existed (commit 7ce26a8), which is how the frozen-embedding recipes trained.
     hog_policy: str = "sized"
     seed: int = 0
     backbone: str = DEFAULT_BACKBONE
+    # The backbone's layers after this cut train with the heads (kface.backbones.cuts.CACHED_CUTS), from the
+    # feature store's prefix outputs; "none": the heads read the frozen embedding.
+    unfreeze: str = "none"
+    suffix_lr: float = 1e-4  # Adam learning rate of the unfrozen layers (the heads train at lr)
     detector: str = "dlib"
     fallback: str = "whole-image"
     device: str = "auto"
@@ -233,6 +237,17 @@ class AttributeConfig:
                                      ("--sampling", self.sampling, SAMPLINGS), ("--tta", self.tta, ATTRIBUTE_TTA)):
             if value not in choices:
                 raise InputError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
+        if self.unfreeze != "none":
+            from ..backbones.cuts import CACHED_CUTS
+            from ..backbones.trainable import check_cut
+
+            if self.unfreeze not in CACHED_CUTS:
+                raise InputError(f"--unfreeze: expected none or one of {', '.join(CACHED_CUTS)}, got {self.unfreeze!r}")
+            check_cut(self.backbone, self.unfreeze)
+            if not self.suffix_lr > 0:
+                raise InputError("--suffix-lr must be positive")
+            if self.hog_policy != "sized":
+                raise InputError("--unfreeze reads the feature store, whose faces come from the default HOG policy")
         if self.split[0] <= 0 or self.split[1] <= 0 or self.split[2] < 0:
             raise InputError("--split: train and val each need a share above 0 (val picks the best epoch; test, "
                              "reported, may be 0 when a separate test set is kept apart)")

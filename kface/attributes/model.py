@@ -13,8 +13,10 @@ from .answers import AttributeAnswers
 class Analyzer:
     """Age group and gender of the faces in an image, with an attribute model (shipped or trained).
 
-    A model trained with ``tta="flip"`` averages each face's probabilities with its mirror image's; the
-    mirror chip is embedded here (the embedder's cache holds the plain embedding only).
+    A model on the backbone's embedding reads it through the embedder (cached); one trained with
+    ``tta="flip"`` averages each face's probabilities with its mirror image's, whose chip is embedded here
+    (the cache holds the plain embedding only). A model that reads chips (the shipped one, ``--unfreeze``
+    checkpoints) gets the aligned chip of the embedder's face stage (cached too) and runs its own network.
     """
 
     def __init__(self, model: AttributeAnswers, embedder: Embedder, model_path: str = ""):
@@ -30,6 +32,12 @@ class Analyzer:
         """
         name = "<upload>" if isinstance(source, (bytes, bytearray)) else str(source)
         common = {"image": name, "model": self.model_path, "backbone": self.model.backbone}
+        if not all_faces and self.model.input == "chips":
+            entries, _ = self.embedder.faces([source])
+            face = entries[0]
+            answer = self.model.describe(self.model.chip_probabilities(face.chip[None]), 0)
+            return {**common, **answer, "box": list(face.box) if face.box else None, "stage": face.stage,
+                    "found": face.found, "n_faces": int(face.n_faces)}
         if not all_faces:
             result = self.embedder.embed([source])
             mirrored = None
@@ -42,9 +50,12 @@ class Analyzer:
                     "found": bool(result.found[0]), "n_faces": int(result.n_faces[0])}
         faces = self._all_faces(source, name)
         chips = [face.chip for face in faces]
-        embeddings = self.embedder.backbone.embed_chips(np.stack(chips))
-        mirrored = self._mirrored(chips) if self.model.tta == "flip" else None
-        probabilities = self.model.probabilities(embeddings, mirrored)
+        if self.model.input == "chips":
+            probabilities = self.model.chip_probabilities(np.stack(chips))
+        else:
+            embeddings = self.embedder.backbone.embed_chips(np.stack(chips))
+            mirrored = self._mirrored(chips) if self.model.tta == "flip" else None
+            probabilities = self.model.probabilities(embeddings, mirrored)
         listed = [{**self.model.describe(probabilities, i), "box": list(face.box), "stage": face.stage,
                    "found": face.found} for i, face in enumerate(faces)]
         return {**common, "n_faces": sum(face.found for face in faces), "faces": listed}
@@ -73,7 +84,7 @@ class Analyzer:
 def load_analyzer(model: Optional[str] = None, detector: Optional[str] = None, fallback: str = "none",
                   device: str = "auto", cache: bool = True, max_pixels: Optional[int] = None) -> Analyzer:
     """An :class:`Analyzer` for ``model``: a checkpoint from ``kface train-attributes``, or (None) the shipped
-    Korean heads (ONNX, no torch). The detector is the caller's or, when None, the model's own (the one
+    Korean model (ONNX, no torch). The detector is the caller's or, when None, the model's own (the one
     it was trained with)."""
     if model is None:
         from ..models.attributes import SHIPPED_NAME, load_shipped_attributes

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 # The heads share the verification pipeline up to the embedding (Embedder, whose content-keyed cache is the
 # feature store: an image embedded once by any command is never embedded again); only the heads are new.
+# With --unfreeze the backbone's layers after a cut train with them, from the prefix features that
+# kface train --unfreeze stores too (kface.training.store).
 # The data is split by identity, or by a column such as family (related people never straddle the split; a
 # layout without identities splits image by image); classes are balanced by inverse-frequency loss weights
 # n / (K * n_k) or class-balanced draws; the epoch with the best mean val accuracy over the heads is kept.
@@ -18,6 +20,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..embeddings import Embedder
+from ..pipeline import default_workers
 from ..errors import InputError
 from .answers import AttributeAnswers
 from .labels import (GENDERS, SPLITS, AgeBins, AttributeConfig, LabelledData, label_targets,
@@ -31,17 +34,18 @@ class Features:
     """The frozen embeddings of the usable images of a dataset, with their labels and identities."""
 
     paths: list[str]
-    embeddings: np.ndarray  # (N, d) float32
+    embeddings: np.ndarray  # (N, d) float32; with --unfreeze the (N, ...) float16 prefix features at the cut
     groups: np.ndarray  # (N,) identity codes; images without an identity each get their own
     labels: LabelledData
     skipped: dict[str, str]  # path -> why no embedding
     stages: dict[str, int]
-    mirrored: Optional[np.ndarray] = None  # (N, d) the mirror-image faces' embeddings (tta flip)
+    mirrored: Optional[np.ndarray] = None  # the mirror-image faces' rows, like ``embeddings`` (tta flip)
 
 
 def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins: AgeBins,
                      progress: bool = False) -> Features:
-    """Embed every image of ``index`` that has a label for one of ``tasks`` (through the cache).
+    """Embed every image of ``index`` that has a label for one of ``tasks`` (through the cache), or with
+    ``config.unfreeze`` take its backbone's prefix features at that cut (through the feature store).
 
     Label boxes (the aging set's) replace detection. Images that cannot be embedded are left out and
     listed in ``skipped``.
@@ -53,6 +57,11 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
     boxes = [_corner_box(index.boxes.get(int(i))) for i in usable]
     sources = [index.absolute_path(int(i)) for i in usable]
     boxes = boxes if any(box is not None for box in boxes) else None
+    if config.unfreeze != "none":
+        if boxes is not None:
+            raise InputError(f"--unfreeze reads faces the detector finds; the {config.dataset} layout's label boxes "
+                             f"are not supported with it")
+        return _cut_features(index, config, usable, labels, progress)
     result = _embed(config, "none", sources, boxes, progress)
     ok = ~np.isnan(result.embeddings).any(axis=1)
     mirrored = None
@@ -62,9 +71,35 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
         averaged = _embed(config, "flip", sources, boxes, progress).embeddings
         ok &= ~np.isnan(averaged).any(axis=1)
         mirrored = (2 * averaged - result.embeddings)[ok].astype(np.float32)
+    skipped = {index.paths[int(i)]: result.errors.get(str(index.absolute_path(int(i))), "not embedded")
+               for i in usable[~ok]}
+    return _features(index, config, usable, ok, labels, result.embeddings[ok], mirrored, skipped,
+                     list(np.asarray(result.stages)[ok]))
+
+
+def _cut_features(index, config: AttributeConfig, usable: np.ndarray, labels: LabelledData, progress: bool) -> Features:
+    """The backbone's prefix outputs at ``config.unfreeze`` for the chip and the mirrored chip of each image,
+    from the feature store (:mod:`kface.training.store`; shared with ``kface train --unfreeze``)."""
+    from ..training.store import FeatureSpec, FeatureStore
+
+    spec = FeatureSpec(backbone=config.backbone, cut=config.unfreeze, detector=config.detector, fallback=config.fallback)
+    store = FeatureStore(spec, device=config.device, workers=default_workers(), progress=progress,
+                         max_pixels=config.max_pixels)
+    found = store.features([str(index.absolute_path(int(i))) for i in usable])
+    ok = found.ok
+    skipped = {index.paths[int(i)]: found.errors.get(path, "not embedded")
+               for i, path, good in zip(usable, found.paths, ok) if not good}
+    return _features(index, config, usable, ok, labels, found.features[ok, 0],
+                     found.features[ok, 1] if config.tta == "flip" else None, skipped,
+                     [stage for stage, good in zip(found.stages, ok) if good])
+
+
+def _features(index, config: AttributeConfig, usable: np.ndarray, ok: np.ndarray, labels: LabelledData,
+              rows: np.ndarray, mirrored: Optional[np.ndarray], skipped: dict[str, str], stages: list[str]) -> Features:
+    """:class:`Features` of the ``ok`` images among ``usable``, with their labels and identity groups."""
     kept = usable[ok]
     if kept.size == 0:
-        raise InputError(f"no image under {config.root} could be embedded (e.g. {next(iter(result.errors.values()))})")
+        raise InputError(f"no image under {config.root} could be embedded (e.g. {next(iter(skipped.values()), '')})")
     if config.group_by:
         from ..pairs import identity_groups
 
@@ -75,14 +110,10 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
                            for i in kept], dtype=np.int64)  # no identity: every image its own group
     kept_labels = LabelledData({task: target[kept] for task, target in labels.targets.items()},
                                labels.ages[kept], labels.dropped)
-    skipped = {index.paths[int(i)]: result.errors.get(str(index.absolute_path(int(i))), "not embedded")
-               for i in usable[~ok]}
-    stages: dict[str, int] = {}
-    for stage, good in zip(result.stages, ok):
-        if good:
-            stages[stage] = stages.get(stage, 0) + 1
-    return Features([index.paths[int(i)] for i in kept], result.embeddings[ok], groups, kept_labels, skipped,
-                    stages, mirrored)
+    counts: dict[str, int] = {}
+    for stage in stages:
+        counts[stage] = counts.get(stage, 0) + 1
+    return Features([index.paths[int(i)] for i in kept], rows, groups, kept_labels, skipped, counts, mirrored)
 
 
 def _embed(config: AttributeConfig, tta: str, sources, boxes, progress: bool):
@@ -175,7 +206,7 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     report folder (``metrics.json``, ``confusion.png``, ``report.md``).
     """
     from ..versions import versions
-    from .heads import AttributeModel, fit_heads, save_attribute_model
+    from .heads import AttributeModel, AttributeNetwork, fit_heads, save_attribute_model
     from .report import write_attribute_report, write_split_csv
     from ..backbones import get_spec
     from ..datasets import load_dataset
@@ -193,8 +224,9 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
         log.info("%d images left out (e.g. %s)", len(features.skipped), next(iter(features.skipped.values())))
     split = split_by_group(features.groups, config.split, config.seed)
     classes = {task: len(bins) if task == "age" else len(GENDERS) for task in tasks}
-    heads, history, best_epoch = fit_heads(features.embeddings, features.labels.targets, split, classes, config,
-                                           progress, features.mirrored)
+    network, history, best_epoch = fit_heads(features.embeddings, features.labels.targets, split, classes, config,
+                                             progress, features.mirrored)
+    heads = network.heads if isinstance(network, AttributeNetwork) else network  # --unfreeze: on the trained layers
     train_rows = split == 0
     group_ages = (bins.representative_ages(features.labels.ages[train_rows],
                                            features.labels.targets["age"][train_rows]) if "age" in tasks else None)
@@ -202,18 +234,19 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     meta = {"tasks": list(tasks),
             "classes": {task: (bins.labels if task == "age" else list(GENDERS)) for task in tasks},
             "age_bins": list(bins.edges), "group_ages": group_ages,
-            "embedding_size": int(features.embeddings.shape[1]), "backbone": spec.name,
+            "embedding_size": int(heads.mean.numel()), "backbone": spec.name,
+            "input": "embeddings" if config.unfreeze == "none" else "chips",
             "backbone_family": spec.family,
             "face": {"detector": config.detector, "fallback": config.fallback},
             "config": config.to_dict(), "seed": config.seed, "best_epoch": best_epoch,
             "val": {k: v for k, v in history[best_epoch - 1].items() if k.startswith("val_")},
             "versions": versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    model = AttributeModel(heads, meta)
+    model = AttributeModel(network, meta)
     metrics = evaluate_splits(model, features, split)
     metrics.update(_run_summary(config, index, features, split, tasks, best_epoch, started))
     out = Path(config.out)
     model_path = out / "model.pt"
-    save_attribute_model(model_path, heads, meta)
+    save_attribute_model(model_path, network, meta)
     write_json(out / "history.json", {"seed": config.seed, "best_epoch": best_epoch, "epochs": history})
     write_split_csv(out / "split.csv", features, split)
     report_dir = Path(config.report) if config.report else out / "report"

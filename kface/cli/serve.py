@@ -11,7 +11,7 @@ from .options import backbone_option, detector_options, device_option, handle_er
 @model_option
 @click.option("--attributes-model", type=click.Path(dir_okay=False),
               help="An attribute model from kface train-attributes, for age group and gender (POST /analyze) "
-                   "[default: the shipped Korean heads, attributes-korean-v3].")
+                   "[default: the shipped Korean model, attributes-korean-v4].")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; anything but loopback lets other machines upload faces (a warning says so).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one).")

@@ -281,6 +281,13 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
               help="flip: train on each face and its mirror image; predictions average the two.")
 @click.option("--trunk", type=click.Choice(["separate", "shared"]), default="separate", show_default=True,
               help="One hidden layer per head, or one shared by both heads.")
+@click.option("--unfreeze", type=click.Choice(["none", "fc", "last-block", "last-stage"]), default="none",
+              show_default=True,
+              help="Also train the backbone's final layer, last residual block or last stage for these tasks "
+                   "(--backbone dlib-torch or facenet-*); the frozen part runs once per image and mirror image "
+                   "and is cached. The model then reads aligned chips (analyze runs the whole network).")
+@click.option("--suffix-lr", type=float, default=1e-4, show_default=True,
+              help="--unfreeze: Adam learning rate of the backbone's trained layers (the heads use --lr).")
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
@@ -299,12 +306,13 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
 @common_options
 @handle_errors
 def train_attributes(dataset, root, layout_options, task, age_bins, split, group_by, age_loss, sampling, tta, trunk,
-                     epochs, batch_size, lr, weight_decay, hidden, dropout, seed, backbone, detector, fallback,
+                     unfreeze, suffix_lr, epochs, batch_size, lr, weight_decay, hidden, dropout, seed, backbone, detector, fallback,
                      max_pixels, device, out, report, as_json, quiet, no_cache):
-    """Train age-group and/or gender heads on the frozen embedding of a labelled dataset.
+    """Train age-group and/or gender heads on the embedding of a labelled dataset (frozen, or with the
+    backbone's last layers, --unfreeze).
 
     Example: kface train-attributes --dataset lfw-gender --root ../shared/data/lfw --out runs/gender.
-    The shipped Korean heads: python -m kface.models.build_attributes build --root ../shared/data/korean_family
+    The shipped Korean model: python -m kface.models.build_attributes build --root ../shared/data/korean_family
     """
     setup_logging(quiet)
     from ..attributes.labels import AttributeConfig, parse_age_bins
@@ -317,7 +325,7 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, group
                              age_bins=parse_age_bins(age_bins).edges, split=parse_split(split), epochs=epochs,
                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout,
                              trunk=trunk, age_loss=age_loss, sampling=sampling, tta=tta, group_by=group_by,
-                             seed=seed, backbone=backbone, detector=detector, fallback=fallback, device=device,
+                             unfreeze=unfreeze, suffix_lr=suffix_lr, seed=seed, backbone=backbone, detector=detector, fallback=fallback, device=device,
                              max_pixels=max_pixels, cache=not no_cache, report=report)
     result = run(config, progress=not quiet)
     metrics = result.metrics

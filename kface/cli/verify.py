@@ -115,7 +115,7 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
 @click.argument("image", type=click.Path())
 @click.option("--model", type=click.Path(dir_okay=False),
               help="An attribute model from kface train-attributes (runs/NAME/model.pt) [default: the shipped "
-                   "Korean heads, attributes-korean-v3].")
+                   "Korean model, attributes-korean-v4].")
 @click.option("--all-faces", is_flag=True, help="Every face in the image with its box, not only the largest.")
 @detector_options(default=None)
 @device_option
@@ -125,7 +125,7 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
 def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_json, quiet, no_cache):
     """Age group and gender of the face in IMAGE (the largest, or every face with --all-faces).
 
-    Uses the shipped Korean heads (8 age classes 0-6 ... 67-80, gender; trained on Korean family-album
+    Uses the shipped Korean model (8 age classes 0-6 ... 67-80, gender; trained on Korean family-album
     faces) unless --model names your own; the detector defaults to the model's (auto for the shipped one).
     JSON keys: model, age_group, age_probs, expected_age, age_interval (low, high, coverage), gender,
     gender_prob, gender_probs, box, stage, found (with --all-faces: a list of those under "faces").

@@ -128,12 +128,12 @@ def _fp16_weights(model) -> None:
 
 
 def export_onnx(module: nn.Module, path: Union[str, os.PathLike], chip_size: int, fp16: bool = False,
-                metadata: Optional[dict] = None) -> dict:
+                metadata: Optional[dict] = None, output_name: str = OUTPUT_NAME) -> dict:
     """Export ``module`` (uint8 (N, chip_size, chip_size, 3) chips -> (N, D) float32) to ``path``, atomically.
 
     The batch axis is dynamic. ``fp16`` stores large weights as float16 (computation stays float32).
-    ``metadata`` (str -> str) goes into the file's metadata_props. Returns ``{sha256, size_bytes, input,
-    output, fp16, opset}``.
+    ``metadata`` (str -> str) goes into the file's metadata_props; ``output_name`` names the output (a face
+    network's is ``embeddings``). Returns ``{sha256, size_bytes, input, output, fp16, opset}``.
     """
     import onnx
 
@@ -149,8 +149,8 @@ def export_onnx(module: nn.Module, path: Union[str, os.PathLike], chip_size: int
             # in favour of the torch.export-based exporter).
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(module, (example,), str(temp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            torch.onnx.export(module, (example,), str(temp), input_names=[INPUT_NAME], output_names=[output_name],
+                              dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
                               opset_version=OPSET, do_constant_folding=True, dynamo=False)
         model = onnx.load(str(temp))
         if fp16:
@@ -164,7 +164,7 @@ def export_onnx(module: nn.Module, path: Union[str, os.PathLike], chip_size: int
     return {"sha256": file_sha256(path), "size_bytes": path.stat().st_size,
             "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", chip_size, chip_size, 3],
                       "layout": "NHWC RGB aligned chips"},
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", dim]},
+            "output": {"name": output_name, "dtype": "float32", "shape": ["batch", dim]},
             "fp16": bool(fp16), "opset": OPSET}
 
 

@@ -1,19 +1,21 @@
-"""How kface's shipped Korean age-group and gender heads are made (run from the repository root).
+"""How kface's shipped Korean age-group and gender model is made (run from the repository root).
 
     python -m kface.models.build_attributes compare --root ../shared/data/korean_family
         scores every candidate recipe (:data:`RECIPES`) by group-disjoint k-fold over the training
         groups of related families (the held-out ones never used): reports/attributes-korean/recipes.{json,md}.
     python -m kface.models.build_attributes build --root ../shared/data/korean_family
         trains the shipped recipe with kface train-attributes on every training group (a tenth of the
-        groups as val, group-disjoint), exports the heads to kface/models/attributes-korean-v3.onnx,
-        scores that file and today's recipe on the held-out groups (overall and per age class) and
-        writes the card attributes-korean-v3.json.
+        groups as val, group-disjoint), exports it to kface/models/attributes-korean-v4.onnx (aligned chips
+        in, probabilities out), scores that file, its checkpoint and the frozen-embedding recipes it
+        replaced on the held-out groups (overall and per age class) and writes the card
+        attributes-korean-v4.json.
 
-The input is the shipped Korean face model's vector (:data:`INPUT_BACKBONE`, 256-d: its tuned part and
-stock dlib's), so ``analyze`` and ``verify`` share one embedding per face. On the training groups'
-5 group folds (ordinal recipe) it beat stock dlib's 128-d descriptor on every figure: age exact 56.5%
-against 53.8%, within one class 92.5% against 91.5%, MAE 5.77 against 6.17 years, gender 90.4% against
-86.8%. Held-out groups: ``korean-heldout-families.txt`` (the face model's too).
+The shipped recipe (``last-stage``) trains dlib's last stage and final layer with one shared ordinal head
+(``--unfreeze last-stage``); the recipes before it read a frozen vector, the Korean face model's
+(:data:`INPUT_BACKBONE`), which on the training groups' 5 group folds (ordinal recipe) beat stock dlib's
+128-d descriptor on every figure: age exact 56.5% against 53.8%, within one class 92.5% against 91.5%,
+MAE 5.77 against 6.17 years, gender 90.4% against 86.8%. Held-out groups: ``korean-heldout-families.txt``
+(the face model's too).
 """
 from __future__ import annotations
 
@@ -23,11 +25,12 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
 from . import MODEL_FAMILIES
-from .attributes import CARD_FILE, INPUT_NAME, NETWORK_FILE, OUTPUT_NAMES, SHIPPED_NAME
+from .attributes import CARD_FILE, NETWORK_FILE, OUTPUT_NAME, SHIPPED_NAME
 from .heldout import HELDOUT_FILE, SOURCE, korean_split
 
 #: The dataset's 8 age classes a..h: 0-6, 7-12, 13-19, 20-30, 31-45, 46-55, 56-66, 67-80.
@@ -52,8 +55,18 @@ RECIPES = {
     "ordinal": {**FASTER, "age_loss": "ordinal"},
     "ordinal+flip": {**FASTER, "age_loss": "ordinal", "tta": "flip"},
     "ordinal+flip+shared": {**FASTER, "age_loss": "ordinal", "tta": "flip", "trunk": "shared"},
+    # dlib's last stage and final layer train with the heads (from its prefix features: the chips of
+    # today's HOG policy, as analyze cuts them); 20 epochs at batch 64, the layers at 1e-4.
+    "last-stage": {"age_loss": "ordinal", "tta": "flip", "trunk": "shared", "lr": 1e-3, "batch_size": 64,
+                   "epochs": 20, "backbone": "dlib-torch", "unfreeze": "last-stage", "suffix_lr": 1e-4,
+                   "hog_policy": "sized"},
 }
-SHIPPED_RECIPE = "ordinal"
+SHIPPED_RECIPE = "last-stage"
+#: Frozen-embedding recipes scored beside the shipped one on the held-out groups, with their row names.
+REPLACED_RECIPES = {"ordinal": "ordinal on the Korean model's vector (v3's recipe)",
+                    "today": "train-attributes defaults on the Korean model's vector (frozen MLP)"}
+#: The aligned chips the shipped network reads (every kface model's: dlib's 150 px alignment).
+CHIP_SIZE = 150
 COMPARE_COMMAND = "python -m kface.models.build_attributes compare --root ../shared/data/korean_family"
 BUILD_COMMAND = "python -m kface.models.build_attributes build --root ../shared/data/korean_family"
 
@@ -61,7 +74,7 @@ BUILD_COMMAND = "python -m kface.models.build_attributes build --root ../shared/
 def recipe_config(name: str, root: Path, out: Path, device: str = "auto"):
     from ..attributes.labels import AttributeConfig
 
-    return AttributeConfig(root=str(root), out=str(out), device=device, **BASE, **RECIPES[name])
+    return AttributeConfig(root=str(root), out=str(out), device=device, **{**BASE, **RECIPES[name]})
 
 
 def korean_index(root: Path, heldout: bool):
@@ -82,10 +95,22 @@ def korean_features(root: Path, heldout: bool, device: str = "auto", hog_policy:
                             progress=True)
 
 
-def figures(model, features) -> dict:
+def recipe_features(root: Path, name: str, heldout: bool, device: str = "auto"):
+    """What recipe ``name`` reads (its backbone's prefix features where it unfreezes layers), with labels, of the
+    training or held-out families."""
+    from ..attributes.labels import AgeBins
+    from ..attributes.train import dataset_features
+
+    return dataset_features(korean_index(root, heldout), recipe_config(name, root, Path("unused"), device),
+                            ("age", "gender"), AgeBins(KOREAN_AGE_BINS), progress=True)
+
+
+def figures(model, features, probabilities: Optional[dict] = None) -> dict:
     """Age-class exact and within-one accuracy, MAE in years (class midpoints) and gender accuracy, overall
-    and per true age class, of ``model`` on ``features``."""
-    probabilities = model.probabilities(features.embeddings, features.mirrored if model.tta == "flip" else None)
+    and per true age class, of ``model`` on ``features`` (or of ``probabilities`` already computed for them)."""
+    if probabilities is None:
+        probabilities = model.probabilities(features.embeddings,
+                                            features.mirrored if model.tta == "flip" else None)
     age_truth = features.labels.targets["age"]
     predicted = probabilities["age"].argmax(axis=1)
     gender_right = probabilities["gender"].argmax(axis=1) == features.labels.targets["gender"]
@@ -115,11 +140,16 @@ def compare(root: Path, device: str = "auto", out: Path = REPORT_DIR, max_folds:
     from ..attributes.heads import AttributeModel, fit_heads
     from ..outputs import write_json, write_text
 
-    features = korean_features(root, heldout=False, device=device)
-    fold_of = _family_folds(features.groups)
+    inputs: dict = {}  # the recipes' inputs: the Korean model's vectors, or a backbone's prefix features
     rows = []
     for name in recipes:
         config = recipe_config(name, root, out, device)
+        source = (config.backbone, config.unfreeze)
+        if source not in inputs:
+            inputs[source] = (korean_features(root, heldout=False, device=device) if config.unfreeze == "none"
+                              else recipe_features(root, name, heldout=False, device=device))
+        features = inputs[source]
+        fold_of = _family_folds(features.groups)
         scores = []
         for fold in range(max_folds):
             split = np.where(fold_of == fold, 2, np.where(fold_of == (fold + 1) % FOLDS, 1, 0))
@@ -209,37 +239,43 @@ def train_recipe(root: Path, name: str, device: str = "auto") -> Path:
     return train_attributes(config, progress=True).model_path
 
 
-def export_heads(model_pt: Path, path: Path = NETWORK_FILE) -> dict:
-    """The heads of a train-attributes checkpoint as an ONNX graph: embeddings -> probabilities per task."""
-    import torch
-
-    from ..attributes.heads import load_attribute_model
-    from ..outputs import atomic_path
+def export_network(model_pt: Path, path: Path = NETWORK_FILE) -> dict:
+    """A train-attributes checkpoint with ``--unfreeze`` as one ONNX graph: aligned chips -> each task's
+    probabilities side by side (:class:`~kface.attributes.heads.AttributeChipGraph`: the backbone's frozen
+    prefix, the trained layers and heads, flip averaging inside), weights stored as float16; with the
+    parity of the file against the PyTorch graph on seeded chips."""
+    from ..attributes.heads import AttributeChipGraph, load_attribute_model
+    from ..backbones.trainable import inference_network, load_network
+    from ..engines.export import check_parity, export_onnx, parity_chips
 
     model = load_attribute_model(model_pt)
-    tasks = model.tasks
+    graph = AttributeChipGraph(inference_network(load_network(model.backbone)), model.cut, model.network,
+                               model.tasks, flip=model.tta == "flip").eval()
+    exported = export_onnx(graph, path, CHIP_SIZE, fp16=True, output_name=OUTPUT_NAME,
+                           metadata={"kface_model": SHIPPED_NAME, "made_by": BUILD_COMMAND})
+    exported["parity"] = check_parity(graph, path, parity_chips(CHIP_SIZE))
+    return {"meta": model.meta, "export": exported}
 
-    class Probabilities(torch.nn.Module):
-        def __init__(self, heads):
-            super().__init__()
-            self.heads = heads
 
-        def forward(self, embeddings):
-            probabilities = self.heads.probabilities(embeddings)
-            return tuple(probabilities[task] for task in tasks)
+def heldout_chips(root: Path, features, device: str = "auto") -> np.ndarray:
+    """The aligned chips of ``features``' images (held-out faces), cut as ``analyze`` cuts them: today's
+    default face stage, the whole image where no face is found."""
+    from ..embeddings import Embedder
 
-    example = torch.zeros(2, int(model.meta["embedding_size"]))
-    outputs = [OUTPUT_NAMES[task] for task in tasks]
-    with atomic_path(path, suffix=".onnx") as temp:
-        torch.onnx.export(Probabilities(model.heads).eval(), (example,), str(temp), input_names=[INPUT_NAME],
-                          output_names=outputs, dynamic_axes={name: {0: "batch"} for name in [INPUT_NAME, *outputs]},
-                          opset_version=17, do_constant_folding=True, dynamo=False)
-    return model.meta
+    index = korean_index(root, heldout=True)
+    absolute = {path: str(index.absolute_path(i)) for i, path in enumerate(index.paths)}
+    embedder = Embedder("dlib-torch", detector=BASE["detector"], fallback=BASE["fallback"], device=device,
+                        progress=True)
+    try:
+        entries, _ = embedder.faces([absolute[path] for path in features.paths])
+    finally:
+        embedder.close()
+    return np.stack([entry.chip for entry in entries])
 
 
 def build(root: Path, device: str = "auto") -> str:
-    """Train (unless done) the shipped recipe and today's, export the shipped one, score both on the
-    held-out families, write the card."""
+    """Train (unless done) the shipped recipe and the frozen ones it replaced, export the shipped one, score them
+    on the held-out families, write the card."""
     from ..attributes.heads import load_attribute_model
     from ..hashing import file_sha256
     from ..outputs import write_json, write_text
@@ -247,25 +283,30 @@ def build(root: Path, device: str = "auto") -> str:
     from .. import __version__
 
     models = {}
-    for name in dict.fromkeys([SHIPPED_RECIPE, "today"]):
+    for name in dict.fromkeys([SHIPPED_RECIPE, *REPLACED_RECIPES]):
         model_pt = RUN_DIR / name / "model.pt"
         models[name] = model_pt if model_pt.is_file() else train_recipe(root, name, device)
-    meta = export_heads(models[SHIPPED_RECIPE])
-    # The held-out faces go through today's default pipeline (HOG's sized pass), as a user's photo does.
-    heldout = korean_features(root, heldout=True, device=device, hog_policy="sized")
+    exported = export_network(models[SHIPPED_RECIPE])
+    meta = exported["meta"]
     body = {
-        "name": SHIPPED_NAME, "description": "age group (8 Korean age classes, 0-6 ... 67-80) and gender heads on "
-        f"the Korean face model's {meta['embedding_size']}-d vector ({INPUT_BACKBONE}), trained on Korean "
-        "family-album faces from toddlers to grandparents",
-        "file": NETWORK_FILE.name, "sha256": file_sha256(NETWORK_FILE), "size_bytes": NETWORK_FILE.stat().st_size,
-        "format": {"engine": "onnxruntime", "opset": 17, "input": f"{INPUT_NAME} float32 (N, "
-                   f"{meta['embedding_size']}): {meta['backbone']} embeddings", "outputs": {task: f"{OUTPUT_NAMES[task]} float32 (N, K) probabilities"
-                                             for task in meta["tasks"]}},
-        "meta": {key: meta[key] for key in ("tasks", "classes", "age_bins", "group_ages", "embedding_size",
-                                            "backbone", "face")} | {"config": {"tta": meta["config"]["tta"]}},
-        "recipe": {"name": SHIPPED_RECIPE, **{key: meta["config"][key] for key in (
-            "age_loss", "sampling", "tta", "trunk", "hidden", "dropout", "epochs", "lr", "weight_decay",
-            "batch_size", "split", "group_by", "hog_policy", "seed")}, "best_epoch": meta["best_epoch"], "val": meta["val"]},
+        "name": SHIPPED_NAME, "description": "age group (8 Korean age classes, 0-6 ... 67-80) and gender from an "
+        "aligned face chip: dlib's ResNet with its last stage and final layer trained for these tasks and one shared "
+        "head, on Korean family-album faces from toddlers to grandparents",
+        "file": NETWORK_FILE.name, "sha256": exported["export"]["sha256"],
+        "size_bytes": exported["export"]["size_bytes"],
+        "format": {"engine": "onnxruntime", "opset": exported["export"]["opset"],
+                   "input": f"chips uint8 (N, {CHIP_SIZE}, {CHIP_SIZE}, 3): RGB faces aligned as every kface model "
+                            f"reads them (dlib's 5-point alignment, padding 0.25)",
+                   "output": f"{OUTPUT_NAME} float32 (N, " + " + ".join(str(len(meta["classes"][t])) for t in meta["tasks"])
+                             + f"): {' then '.join(meta['tasks'])} probabilities",
+                   "weights": "float16, computed in float32", "parity": exported["export"]["parity"]},
+        "meta": {key: meta[key] for key in ("tasks", "classes", "age_bins", "group_ages", "backbone", "face")}
+                | {"input": "chips", "config": {"tta": "none"}},  # flip averaging happens inside the graph
+        "recipe": {"name": SHIPPED_RECIPE, "flip_in_graph": meta["config"]["tta"] == "flip",
+                   **{key: meta["config"][key] for key in (
+                       "backbone", "unfreeze", "suffix_lr", "age_loss", "sampling", "trunk", "hidden", "dropout",
+                       "epochs", "lr", "weight_decay", "batch_size", "split", "group_by", "seed")},
+                   "best_epoch": meta["best_epoch"], "val": meta["val"]},
         "training": {"data": SOURCE, "held_out_families_file": HELDOUT_FILE.name,
                      "held_out_families_sha256": file_sha256(HELDOUT_FILE)},
         "made_by": BUILD_COMMAND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -274,18 +315,22 @@ def build(root: Path, device: str = "auto") -> str:
     write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
     shipped.attributes_card.cache_clear()
     model = shipped.load_shipped_attributes(device)
-    scored = {SHIPPED_RECIPE + " (shipped file)": figures(model, heldout),
-              SHIPPED_RECIPE + " (shipped file), chips of the training policy": figures(
-                  model, korean_features(root, heldout=True, device=device))}
-    if SHIPPED_RECIPE != "today":
-        scored["today"] = figures(load_attribute_model(models["today"]), heldout)
+    # The held-out faces go through today's default face stage, as a user's photo does.
+    heldout = recipe_features(root, SHIPPED_RECIPE, heldout=True, device=device)
+    chips = heldout_chips(root, heldout, device)
+    scored = {f"{SHIPPED_RECIPE} (shipped file)": figures(model, heldout, model.chip_probabilities(chips)),
+              f"{SHIPPED_RECIPE} (its PyTorch checkpoint)": figures(load_attribute_model(models[SHIPPED_RECIPE]),
+                                                                    heldout)}
+    frozen = korean_features(root, heldout=True, device=device, hog_policy="sized")
+    for name in REPLACED_RECIPES:
+        scored[REPLACED_RECIPES[name]] = figures(load_attribute_model(models[name]), frozen)
     body["figures"] = {"on": f"the {len(np.unique(heldout.groups))} held-out groups of related families "
                              f"({len(heldout.paths)} faces)",
                        "rows": scored}
     write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
     write_json(REPORT_DIR / "heldout.json", body["figures"])
     write_text(REPORT_DIR / "heldout.md", heldout_markdown(body["figures"]))
-    return f"wrote {NETWORK_FILE} ({body['size_bytes'] / 1024:.0f} KiB), {CARD_FILE} and {REPORT_DIR}/heldout.md"
+    return f"wrote {NETWORK_FILE} ({body['size_bytes'] / 2 ** 20:.1f} MiB), {CARD_FILE} and {REPORT_DIR}/heldout.md"
 
 
 def heldout_markdown(figures_: dict) -> str:

@@ -7,7 +7,7 @@ import os
 import queue
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -80,8 +80,9 @@ class PipelinePool:
             self._free.put(pipeline)
 
 
-def warm_up(embedder) -> None:
-    """Load the detector, landmark and backbone models now, not on the first request."""
+def warm_up(embedder, network: Optional[Callable[[np.ndarray], Any]] = None) -> None:
+    """Load the detector, landmark and network models now, not on the first request: the backbone's, or
+    ``network`` (chips -> anything) where that reads the faces instead (the shipped attribute model)."""
     from PIL import Image
 
     base = base_embedder(embedder)
@@ -89,7 +90,7 @@ def warm_up(embedder) -> None:
     Image.new("RGB", (64, 64), (128, 128, 128)).save(blank, format="PNG")
     base.faces([blank.getvalue()], on_error="skip")
     size = base.spec.input_size
-    base.backbone.embed_chips(np.zeros((1, size, size, 3), dtype=np.uint8))
+    (network or base.backbone.embed_chips)(np.zeros((1, size, size, 3), dtype=np.uint8))
 
 
 def png_data_url(chip: np.ndarray) -> str:
@@ -185,13 +186,15 @@ def load_pipelines(count: int, model: Optional[str] = None, attributes_model: Op
         analyzer = None
         from ..models.attributes import has_shipped_attributes
 
-        if attributes_model is not None or has_shipped_attributes():  # default: the shipped Korean heads
+        if attributes_model is not None or has_shipped_attributes():  # default: the shipped Korean model
             from ..attributes.model import load_analyzer
 
             analyzer = load_analyzer(attributes_model, detector=detector, fallback=fallback, device=device,
                                      cache=False, max_pixels=max_pixels)
-        for embedder in [verifier.embedder] + ([analyzer.embedder] if analyzer else []):
-            warm_up(embedder)
+        warm_up(verifier.embedder)
+        if analyzer is not None:
+            reads_chips = analyzer.model.input == "chips"
+            warm_up(analyzer.embedder, analyzer.model.chip_probabilities if reads_chips else None)
         pipelines.append(Pipeline(verifier, analyzer))
     return pipelines
 
