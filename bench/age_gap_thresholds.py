@@ -3,8 +3,8 @@
     .venv/bin/python bench/age_gap_thresholds.py
 
 Same-age strangers are closer than strangers at random, so one threshold cannot suit both pair kinds of
-the family protocol. Here each face's age class is estimated by the shipped attribute heads (on the
-embedding they read: the Korean model's), each pair falls in a bucket by the gap between its two
+the family protocol. Here each face's age class is estimated by the shipped attribute model (from what it
+reads: the face's aligned chip since attributes-korean-v4), each pair falls in a bucket by the gap between its two
 estimates, and each bucket gets its own max-accuracy threshold, chosen on the protocol's pairs of the
 shipped run's val groups and applied to the held-out groups' pairs. Rows: the card's one threshold, one
 threshold chosen on the same val pairs, buckets by class gap (0 / 1+ and 0 / 1 / 2+), and the oracle
@@ -33,8 +33,15 @@ def protocol_data(index, heads) -> tuple:
     from kface.models import MODEL_FAMILIES
 
     korean = vectors("korean", paths, "auto")
-    read = korean if heads.meta["backbone"] == MODEL_FAMILIES["korean"] else vectors("dlib", paths, "auto")
-    age_class = heads.probabilities(read)["age"].argmax(1)
+    if heads.input == "chips":  # the shipped model since v4: the face's aligned chip, the one verify uses
+        from kface.api import load_verifier
+
+        entries, _ = load_verifier("korean", detector="auto", fallback="whole-image").embedder.faces(paths)
+        probabilities = heads.chip_probabilities(np.stack([entry.chip for entry in entries]))
+    else:
+        read = korean if heads.meta["backbone"] == MODEL_FAMILIES["korean"] else vectors("dlib", paths, "auto")
+        probabilities = heads.probabilities(read)
+    age_class = probabilities["age"].argmax(1)
     distances = np.linalg.norm(korean[pairs.first] - korean[pairs.second], axis=1)
     return pairs, distances, np.abs(age_class[pairs.first] - age_class[pairs.second])
 
