@@ -93,6 +93,14 @@ def area_resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return along(along(image, 1, height), 2, width).astype(np.float32)
 
 
+@lru_cache(maxsize=None)
+def _blas():
+    """numpy's BLAS libraries, for :meth:`MTCNN.detect` to run them on one thread."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, method: str = "union") -> np.ndarray:
     """Indices kept by greedy NMS, best score first.
 
@@ -185,6 +193,12 @@ class MTCNN:
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Face boxes (N, 4) float32 (left, top, right, bottom) and scores (N,) of an (H, W, 3) uint8
         RGB image, in facenet-pytorch's order (ONet's "Min" NMS order)."""
+        # One BLAS thread for the resizing matrices: more cost more CPU than they save on these small
+        # products, and take the cores from the networks and from other face-finding processes.
+        with _blas().limit(limits=1, user_api="blas"):
+            return self._detect(image)
+
+    def _detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         pixels = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
         height, width = pixels.shape[1:]
         boxes = self._stage_one(pixels, height, width)

@@ -103,13 +103,9 @@ _worker: dict = {}
 
 
 def _start_worker(settings: FaceSettings, max_pixels: Optional[int]) -> None:
-    from threadpoolctl import threadpool_limits
-
     # The parent says each note once, when it reads the faces back.
     logging.getLogger("kface").setLevel(logging.WARNING)
-    # Parallelism is across processes: one thread each for MTCNN's networks and for numpy's BLAS (its
-    # image resizing), whose threads would otherwise take the cores from the other workers.
-    threadpool_limits(1)
+    # Parallelism is across processes: one thread each for MTCNN's networks.
     _worker["finder"] = FaceFinder(settings, device="cpu", threads=1)
     _worker["max_pixels"] = max_pixels
 

@@ -12,6 +12,9 @@ from conftest import SHARED, require
 from kface.api import BASE_THRESHOLDS, load_verifier
 from kface.cli import cli
 from kface.models import MODELS_DIR, MODEL_FAMILIES, card, default_model, network_path, shipped_names
+# Imported before any test patches MODELS_DIR: its file paths are bound at import (the damaged-file test's
+# verify would otherwise import it first, bound to the test's copy).
+from kface.models import attributes  # noqa: F401
 from kface.evaluation.families import read_group_list
 from kface.hashing import file_sha256
 
@@ -60,6 +63,9 @@ def test_kface_models_lists_both_with_thresholds():
     by_name = {model["name"]: model for model in body["models"]}
     assert by_name["dlib"]["threshold"]["value"] == BASE_THRESHOLDS["dlib-resnet-v1"][0]
     assert by_name["korean"]["threshold"]["value"] == card("korean")["threshold"]["value"]
+    assert body["attributes"]["name"] == "attributes-korean-v4" and body["attributes"]["meta"]["input"] == "chips"
+    text = CliRunner().invoke(cli, ["models"])
+    assert text.exit_code == 0 and "attributes-korean-v4 (analyze" in text.stdout and "gender" in text.stdout
 
 
 def heldout_images(count: int) -> list[tuple[str, str, str]]:

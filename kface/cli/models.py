@@ -11,12 +11,15 @@ from .options import handle_errors, json_option, print_json
 @json_option("Print every model card as JSON on stdout.")
 @handle_errors
 def models(as_json):
-    """The face models that ship with kface: data, recipe, threshold, figures, size and sha256."""
+    """The models that ship with kface: data, recipe, threshold, figures, size and sha256 (the face models,
+    then the age-group and gender model)."""
     from ..models import default_model, describe, shipped_names
+    from ..models.attributes import attributes_card, has_shipped_attributes
 
     cards = [describe(name) for name in shipped_names()]
+    attributes = attributes_card() if has_shipped_attributes() else None
     if as_json:
-        print_json({"default": default_model(), "models": cards})
+        print_json({"default": default_model(), "models": cards, "attributes": attributes})
         return
     for body in cards:
         marker = " (default)" if body["name"] == default_model() else ""
@@ -32,6 +35,13 @@ def models(as_json):
             runs = " (runs on the CPU)" if label and body["runs_on_cpu"] == label.strip() else ""
             click.echo(f"  {label}file {variant['file']}{runs} ({variant['size_bytes'] / 2**20:.1f} MiB, "
                        f"sha256 {variant['sha256']})")
+    if attributes is not None:
+        click.echo(f"{attributes['name']} (analyze, serve, verify --json ages): {attributes['description']}")
+        shipped = next(row for name, row in attributes["figures"]["rows"].items() if name.endswith("(shipped file)"))
+        click.echo(f"  on {attributes['figures']['on']}: age class exact {shipped['exact']:.1%}, within one "
+                   f"{shipped['within_one']:.1%}, MAE {shipped['mae_years']:.2f} years, gender {shipped['gender']:.1%}")
+        click.echo(f"  file {attributes['file']} ({attributes['size_bytes'] / 2**20:.1f} MiB, "
+                   f"sha256 {attributes['sha256']}); made by {attributes['made_by']}")
 
 
 @click.command("export")
