@@ -77,6 +77,11 @@ class AttributeHeads(nn.Module):
         return result
 
 
+def suffix_vectors(suffix: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """The trainable layers' vectors of prefix features (held as float16; channels-last, as they train)."""
+    return suffix(features.float().contiguous(memory_format=torch.channels_last))
+
+
 class AttributeNetwork(nn.Module):
     """A backbone's trainable layers after a cut (:func:`~kface.backbones.trainable.build_suffix`) with the heads
     on their vector: the cut's prefix features in (stored as float16, computed in float32), logits out."""
@@ -87,7 +92,7 @@ class AttributeNetwork(nn.Module):
         self.heads = heads
 
     def vectors(self, features: torch.Tensor) -> torch.Tensor:
-        return self.suffix(features.float().contiguous(memory_format=torch.channels_last))
+        return suffix_vectors(self.suffix, features)
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.heads(self.vectors(features))
@@ -140,8 +145,9 @@ def _in_batches(function, features: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.ndarray, classes: dict[str, int],
               config: AttributeConfig, progress: bool = False,
-              mirrored: Optional[np.ndarray] = None) -> tuple[AttributeHeads, list[dict], int]:
-    """Train the heads on the train split; return the best-on-val model, the history and its epoch.
+              mirrored: Optional[np.ndarray] = None) -> tuple[nn.Module, list[dict], int]:
+    """Train the heads on the train split; return the best-on-val model (:class:`AttributeHeads`, or an
+    :class:`AttributeNetwork` with ``config.unfreeze``), the history and its epoch.
 
     ``mirrored`` (``config.tta == "flip"``): the embeddings of the mirror-image faces, row for row; each
     training example is then one of the two views, drawn at random, and val averages their probabilities.
@@ -232,8 +238,7 @@ def _initial_model(features: torch.Tensor, targets: dict[str, np.ndarray], train
         suffix = build_suffix(load_network(config.backbone), config.unfreeze).to(features.device).eval()
         with torch.no_grad():
             train_features = features[:, rows].flatten(0, 1)
-            vectors = _in_batches(lambda part: {"v": suffix(part.float().contiguous(
-                memory_format=torch.channels_last))}, train_features)["v"]
+            vectors = _in_batches(lambda part: {"v": suffix_vectors(suffix, part)}, train_features)["v"]
     heads = AttributeHeads(vectors.shape[1], classes, config.hidden, config.dropout, config.trunk,
                            ordinal).to(features.device)
     heads.mean.copy_(vectors.mean(dim=0))
