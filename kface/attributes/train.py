@@ -82,7 +82,8 @@ def _cut_features(index, config: AttributeConfig, usable: np.ndarray, labels: La
     from the feature store (:mod:`kface.training.store`; shared with ``kface train --unfreeze``)."""
     from ..training.store import FeatureSpec, FeatureStore
 
-    spec = FeatureSpec(backbone=config.backbone, cut=config.unfreeze, detector=config.detector, fallback=config.fallback)
+    spec = FeatureSpec(backbone=config.backbone, cut=config.unfreeze, detector=config.detector,
+                       fallback=config.fallback)
     store = FeatureStore(spec, device=config.device, workers=default_workers(), progress=progress,
                          max_pixels=config.max_pixels)
     found = store.features([str(index.absolute_path(int(i))) for i in usable])

@@ -306,8 +306,8 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
 @common_options
 @handle_errors
 def train_attributes(dataset, root, layout_options, task, age_bins, split, group_by, age_loss, sampling, tta, trunk,
-                     unfreeze, suffix_lr, epochs, batch_size, lr, weight_decay, hidden, dropout, seed, backbone, detector, fallback,
-                     max_pixels, device, out, report, as_json, quiet, no_cache):
+                     unfreeze, suffix_lr, epochs, batch_size, lr, weight_decay, hidden, dropout, seed, backbone,
+                     detector, fallback, max_pixels, device, out, report, as_json, quiet, no_cache):
     """Train age-group and/or gender heads on the embedding of a labelled dataset (frozen, or with the
     backbone's last layers, --unfreeze).
 
@@ -325,8 +325,9 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, group
                              age_bins=parse_age_bins(age_bins).edges, split=parse_split(split), epochs=epochs,
                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout,
                              trunk=trunk, age_loss=age_loss, sampling=sampling, tta=tta, group_by=group_by,
-                             unfreeze=unfreeze, suffix_lr=suffix_lr, seed=seed, backbone=backbone, detector=detector, fallback=fallback, device=device,
-                             max_pixels=max_pixels, cache=not no_cache, report=report)
+                             unfreeze=unfreeze, suffix_lr=suffix_lr, seed=seed, backbone=backbone, detector=detector,
+                             fallback=fallback, device=device, max_pixels=max_pixels, cache=not no_cache,
+                             report=report)
     result = run(config, progress=not quiet)
     metrics = result.metrics
     if as_json:

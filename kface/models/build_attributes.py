@@ -299,8 +299,9 @@ def build(root: Path, device: str = "auto") -> str:
         "format": {"engine": "onnxruntime", "opset": exported["export"]["opset"],
                    "input": f"chips uint8 (N, {CHIP_SIZE}, {CHIP_SIZE}, 3): RGB faces aligned as every kface model "
                             f"reads them (dlib's 5-point alignment, padding 0.25)",
-                   "output": f"{OUTPUT_NAME} float32 (N, " + " + ".join(str(len(meta["classes"][t])) for t in meta["tasks"])
-                             + f"): {' then '.join(meta['tasks'])} probabilities",
+                   "output": (f"{OUTPUT_NAME} float32 (N, "
+                              + " + ".join(str(len(meta["classes"][task])) for task in meta["tasks"])
+                              + f"): {' then '.join(meta['tasks'])} probabilities"),
                    "weights": "float16, computed in float32", "parity": exported["export"]["parity"]},
         "meta": {key: meta[key] for key in ("tasks", "classes", "age_bins", "group_ages", "backbone", "face")}
                 | {"input": "chips", "config": {"tta": "none"}},  # flip averaging happens inside the graph
@@ -359,10 +360,14 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-folds", type=int, default=FOLDS, help="compare: run only the first N folds")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="compare: the recipes to score, comma-separated")
+    parser.add_argument("--out", type=Path, default=REPORT_DIR, help="compare: the report folder")
     args = parser.parse_args(argv)
     if args.step == "compare":
-        compare(args.root, args.device, max_folds=args.max_folds, recipes=tuple(args.recipes.split(",")))
-        print(f"wrote {REPORT_DIR}/recipes.md")
+        unknown = sorted(set(args.recipes.split(",")) - set(RECIPES))
+        if unknown:
+            parser.error(f"--recipes: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+        compare(args.root, args.device, out=args.out, max_folds=args.max_folds, recipes=tuple(args.recipes.split(",")))
+        print(f"wrote {args.out}/recipes.md")
     else:
         print(build(args.root, args.device))
 
