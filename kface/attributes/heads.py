@@ -146,13 +146,11 @@ def _in_batches(function, features: torch.Tensor) -> dict[str, torch.Tensor]:
 def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.ndarray, classes: dict[str, int],
               config: AttributeConfig, progress: bool = False,
               mirrored: Optional[np.ndarray] = None) -> tuple[nn.Module, list[dict], int]:
-    """Train the heads on the train split; return the best-on-val model (:class:`AttributeHeads`, or an
-    :class:`AttributeNetwork` with ``config.unfreeze``), the history and its epoch.
+    """Train the heads on the train split (with ``config.unfreeze``, the rows are the backbone's prefix features
+    and its layers after the cut train too); return the best-on-val model, the history and its epoch.
 
-    ``mirrored`` (``config.tta == "flip"``): the embeddings of the mirror-image faces, row for row; each
-    training example is then one of the two views, drawn at random, and val averages their probabilities.
-    With ``config.unfreeze`` the rows are the backbone's prefix features at that cut and the layers after it
-    train too (an :class:`AttributeNetwork`, at ``config.suffix_lr``).
+    ``mirrored`` (``config.tta == "flip"``): the mirror-image faces' rows; each training example is then one
+    of the two views, drawn at random, and val averages their probabilities.
     """
     from ..devices import resolve_device
     from ..progress import progress_bar
