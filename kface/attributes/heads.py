@@ -321,9 +321,10 @@ class AttributeModel(AttributeAnswers):
     """Trained heads (and, with ``--unfreeze``, the backbone's layers after the cut) with everything needed to
     use them: tasks, age bins, backbone and face settings."""
 
-    def __init__(self, network: nn.Module, meta: dict):
+    def __init__(self, network: nn.Module, meta: dict, device: str = "auto"):
         self.network = network.eval()
         self.meta = meta
+        self.device = device  # where the backbone's frozen prefix runs for chips (the trained layers: CPU)
         self._prefix = None
 
     @property
@@ -352,7 +353,7 @@ class AttributeModel(AttributeAnswers):
         from ..training.store import PrefixNetwork
 
         if self._prefix is None:
-            self._prefix = PrefixNetwork(self.backbone, self.cut)
+            self._prefix = PrefixNetwork(self.backbone, self.cut, self.device)
         features = self._prefix(chips)  # (N, 2, ...): the chip and its mirror image, as the store holds them
         return self.probabilities(features[:, 0], features[:, 1] if self.tta == "flip" else None)
 
@@ -364,8 +365,9 @@ def save_attribute_model(path: os.PathLike, network: nn.Module, meta: dict) -> N
     save_checkpoint(path, payload)
 
 
-def load_attribute_model(path: os.PathLike) -> AttributeModel:
-    """Load a checkpoint written by :func:`~kface.attributes.train.train_attributes` (``weights_only=True``)."""
+def load_attribute_model(path: os.PathLike, device: str = "auto") -> AttributeModel:
+    """Load a checkpoint written by :func:`~kface.attributes.train.train_attributes` (``weights_only=True``);
+    ``device`` runs the backbone's prefix where the model reads chips (``--unfreeze``)."""
     path = Path(path)
     payload = read_checkpoint(path, "not a kface model file")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -384,4 +386,4 @@ def load_attribute_model(path: os.PathLike) -> AttributeModel:
 
         network = AttributeNetwork(build_suffix(empty_network(payload["backbone"]), cut), network)
     network.load_state_dict(payload.pop("state_dict"))
-    return AttributeModel(network, payload)
+    return AttributeModel(network, payload, device)

@@ -94,7 +94,7 @@ def load_analyzer(model: Optional[str] = None, detector: Optional[str] = None, f
     else:
         from .heads import load_attribute_model
 
-        attribute_model = load_attribute_model(model)
+        attribute_model = load_attribute_model(model, device)
         label = str(model)
     face = attribute_model.meta.get("face", {})
     embedder = Embedder(attribute_model.backbone, detector=detector or face.get("detector", "dlib"), fallback=fallback,
