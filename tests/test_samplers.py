@@ -76,3 +76,24 @@ def test_too_few_identities_or_bad_sizes_are_clear_errors():
         sampler(images_per_id=1)
     with pytest.raises(InputError, match="--seed"):
         sampler(seed=-1)
+
+
+def test_batch_groups_fill_batches_with_whole_groups():
+    """--batch-groups: identities come group by group, so a batch spans as few groups as its size allows."""
+    names = [f"p{k}" for k in range(24) for _ in range(3)]
+    families = [f"F{k // 4}" for k in range(24) for _ in range(3)]  # 6 families of 4 people
+    grouped = IdentityBatchSampler(names, ids_per_batch=4, images_per_id=2, seed=1, batch_groups=families)
+    spans = [len({families[i] for i in batch.items}) for batch in grouped.epoch_batches(0)]
+    assert max(spans) <= 2 and spans.count(1) >= len(spans) // 2
+    plain = IdentityBatchSampler(names, ids_per_batch=4, images_per_id=2, seed=1)
+    assert np.mean([len({families[i] for i in b.items}) for b in plain.epoch_batches(0)]) > np.mean(spans)
+    # Without groups the draws are what they always were (runs made before the option stay reproducible).
+    again = IdentityBatchSampler(names, ids_per_batch=4, images_per_id=2, seed=1, batch_groups=None)
+    assert all(np.array_equal(a.items, b.items) for a, b in zip(plain.epoch_batches(0), again.epoch_batches(0)))
+
+
+def test_batch_groups_need_the_metric_loss():
+    from kface.training.config import TrainConfig
+
+    with pytest.raises(InputError, match="--batch-groups"):
+        TrainConfig(out="x", pairs="p.csv", loss="bce", batch_groups="family")

@@ -108,6 +108,9 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
               help="mirror: train on the mirrored chip half of the time [default: mirror with --unfreeze, else none].")
 @click.option("--ids-per-batch", type=int, default=32, show_default=True, help="--loss metric: identities per batch (P).")
 @click.option("--images-per-id", type=int, default=4, show_default=True, help="--loss metric: images per identity (K).")
+@click.option("--batch-groups", metavar="COLUMN",
+              help="--loss metric with --dataset: fill each batch with whole groups of a dataset column (e.g. family: "
+                   "the negatives mined are relatives; gender: people of one gender).")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: average each embedding with its mirrored chip's.")
 @detector_options(default="auto")

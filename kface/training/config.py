@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..faces import DETECTORS, FALLBACKS
 from ..metrics import parse_rule
 from .checkpoints import STATE_FORMAT, load_checkpoint
-from .heads import get_head, get_loss
+from .heads import get_head, get_loss, loss_class
 from .store import FeatureSpec
 
 SELECT_METRICS = {"overlap": "lower", "accuracy": "higher"}
@@ -51,6 +51,9 @@ class TrainConfig:
     augment: str = "none"
     ids_per_batch: int = 32
     images_per_id: int = 4
+    # A dataset column (e.g. family, gender): identity batches take their identities one group at a time,
+    # so the negatives the loss mines are relatives, or people of one gender (see samplers).
+    batch_groups: Optional[str] = None
     tta: str = "none"
     detector: str = "auto"
     upsample: int = 1
@@ -90,6 +93,8 @@ class TrainConfig:
         self._check_source()
         if self.augment not in AUGMENTATIONS:
             raise InputError(f"unknown --augment {self.augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+        if self.batch_groups is not None and not loss_class(self.loss).identity_batches:
+            raise InputError("--batch-groups shapes identity batches, which --loss metric trains on")
         if self.augment == "mirror" and self.unfreeze == "none":
             raise InputError("--augment mirror trains on mirrored chips, which needs --unfreeze (the frozen "
                              "embeddings are not stored mirrored)")

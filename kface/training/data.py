@@ -53,6 +53,8 @@ class TrainingData:
     #: For identity batches (``--loss metric``): rows of ``features`` and the identity of each.
     identity_rows: Optional[np.ndarray] = None
     identities: Optional[list] = None
+    #: With ``--batch-groups``: the group (e.g. family) of each of ``identities``.
+    identity_groups: Optional[list] = None
 
 
 def load_training_data(config: TrainConfig, *, progress: bool = False, resume: bool = False) -> TrainingData:
@@ -101,7 +103,20 @@ def load_training_data(config: TrainConfig, *, progress: bool = False, resume: b
     indexed["train"].check("train", 1)
     indexed["val"].check("val", 2)
     return TrainingData(found.features, indexed["train"], indexed["val"], get_spec(config.backbone).embedding_size,
-                        summary, identity_rows, identities)
+                        summary, identity_rows, identities, _identity_groups(config, index, identities))
+
+
+def _identity_groups(config: TrainConfig, index, identities: Optional[list]) -> Optional[list]:
+    """The ``--batch-groups`` column's value for each identity batch item (None without the option)."""
+    if config.batch_groups is None or identities is None:
+        return None
+    if index is None:
+        raise InputError(f"--batch-groups {config.batch_groups} reads a dataset column: train from --dataset/--root")
+    from ..pairs import identity_groups
+
+    codes = identity_groups(index, index.identity_codes, config.batch_groups)  # one per image, checked per person
+    group_of = {index.identity_names[identity]: int(code) for identity, code in zip(index.identity_codes, codes)}
+    return [group_of[name] for name in identities]
 
 
 def _read_pairs(config: TrainConfig, pair_file: Path, progress: bool, resume: bool):

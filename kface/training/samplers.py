@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -71,12 +71,16 @@ class IdentityBatchSampler(BatchSampler):
             when it has fewer).
         mirror: mirror each drawn item with probability 1/2 (``Batch.mirrored``).
         seed: the seed of every draw.
+        batch_groups: a group of each item (e.g. its family or gender; one per identity), or None. With
+            groups, identities are walked group by group (the groups in a shuffled order, the identities
+            of each shuffled), so a batch holds whole groups: its hardest negatives are relatives, or
+            people of one gender.
 
     An epoch has as many batches as it takes to draw each usable item about once.
     """
 
     def __init__(self, identities: Sequence, ids_per_batch: int = 32, images_per_id: int = 4, mirror: bool = False,
-                 seed: int = 0):
+                 seed: int = 0, batch_groups: Optional[Sequence] = None):
         super().__init__(seed)
         for flag, value in (("--ids-per-batch", ids_per_batch), ("--images-per-id", images_per_id)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
@@ -90,18 +94,30 @@ class IdentityBatchSampler(BatchSampler):
             raise InputError(f"--ids-per-batch {ids_per_batch} needs at least {ids_per_batch} identities with 2 or "
                              f"more images; the training images have {len(self.groups)} (lower --ids-per-batch)")
         self.usable_items = sum(len(group) for group in self.groups)
+        self.clusters = None  # identities (indices into self.groups) per batch group
+        if batch_groups is not None:
+            group_of = np.asarray(batch_groups, dtype=object).astype(str)
+            per_identity = [group_of[group[0]] for group in self.groups]
+            names = sorted(set(per_identity))
+            self.clusters = [np.array([i for i, name in enumerate(per_identity) if name == wanted]) for wanted in names]
+
+    def _order(self, generator: np.random.Generator) -> np.ndarray:
+        """One round over the identities: shuffled, or group by group (see ``batch_groups``)."""
+        if self.clusters is None:
+            return generator.permutation(len(self.groups))
+        return np.concatenate([generator.permutation(self.clusters[k]) for k in generator.permutation(len(self.clusters))])
 
     def batch_count(self) -> int:
         return max(1, math.ceil(self.usable_items / (self.ids_per_batch * self.images_per_id)))
 
     def sample(self, generator: np.random.Generator, count: int) -> list[Batch]:
-        order, position = generator.permutation(len(self.groups)), 0
+        order, position = self._order(generator), 0
         batches = []
         for _ in range(count):
             chosen: list[int] = []
             while len(chosen) < self.ids_per_batch:
                 if position == len(order):  # every identity drawn once: a new round in a new order
-                    order, position = generator.permutation(len(self.groups)), 0
+                    order, position = self._order(generator), 0
                 group = int(order[position])
                 position += 1
                 if group not in chosen:  # only right after a new round can an identity come again

@@ -69,7 +69,8 @@ class TrainingRun:
             self.model.probability.requires_grad_(False)
             self.batch_criterion = self.criterion.batch_loss(self.model.distance)
             self.sampler = IdentityBatchSampler(data.identities, config.ids_per_batch, config.images_per_id,
-                                                mirror=config.augment == "mirror", seed=config.seed)
+                                                mirror=config.augment == "mirror", seed=config.seed,
+                                                batch_groups=data.identity_groups)
         self.features = torch.from_numpy(data.features).to(device)
         self.views = config.unfreeze != "none"  # features are (images, views, ...): the chip, its mirror
         self.train_pairs, self.val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
