@@ -57,6 +57,7 @@ def _bins(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     index = np.arange(size)
     start = (index * n) // size
     end = -((-(index + 1) * n) // size)
+    start.flags.writeable = end.flags.writeable = False  # shared by every call through the cache
     return start, end
 
 

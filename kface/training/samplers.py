@@ -97,15 +97,15 @@ class IdentityBatchSampler(BatchSampler):
         self.clusters = None  # identities (indices into self.groups) per batch group
         if batch_groups is not None:
             group_of = np.asarray(batch_groups, dtype=object).astype(str)
-            per_identity = [group_of[group[0]] for group in self.groups]
-            names = sorted(set(per_identity))
-            self.clusters = [np.array([i for i, name in enumerate(per_identity) if name == wanted]) for wanted in names]
+            _, cluster_of = np.unique([group_of[group[0]] for group in self.groups], return_inverse=True)
+            self.clusters = [np.flatnonzero(cluster_of == k) for k in range(cluster_of.max() + 1)]
 
     def _order(self, generator: np.random.Generator) -> np.ndarray:
         """One round over the identities: shuffled, or group by group (see ``batch_groups``)."""
         if self.clusters is None:
             return generator.permutation(len(self.groups))
-        return np.concatenate([generator.permutation(self.clusters[k]) for k in generator.permutation(len(self.clusters))])
+        clusters = generator.permutation(len(self.clusters))
+        return np.concatenate([generator.permutation(self.clusters[k]) for k in clusters])
 
     def batch_count(self) -> int:
         return max(1, math.ceil(self.usable_items / (self.ids_per_batch * self.images_per_id)))
