@@ -11,7 +11,7 @@
 3. Reports the base backbone and trains each row of :data:`ROWS` (kface.training.run), then scores every one
    with kface.evaluation.report.overlap_report: threshold chosen on val by the study's ``intersection`` rule,
    accuracy, ROC AUC, EER and overlap area measured on every test pair. Faces come from the ``auto``
-   detector (HOG, padded HOG, MTCNN), with the whole crop as the face where all three miss.
+   detector (HOG, MTCNN, padded HOG), with the whole crop as the face where all three miss.
 
 Prints a Markdown table (also ``<out>/domain_shift.md``, every figure in ``<out>/domain_shift.json``)
 and says whether every trained head beats the base backbone on the test pairs.

@@ -8,7 +8,9 @@ Detectors (``--detector``):
   dataset crops whose face touches the border. ``policy="fixed"`` skips the sized pass.
 - ``mtcnn``: facenet-pytorch's MTCNN, its networks exported to ONNX and run without torch
   (:mod:`kface.mtcnn`).
-- ``auto``: ``dlib``, then MTCNN on the images HOG missed.
+- ``auto``: HOG's sized and hard passes, then MTCNN on the images they missed, then HOG on the padded
+  image, the last resort: on tight 128 px album crops the padded pass costs 12 ms against MTCNN's
+  10, and of 73 crops the first passes missed in a sample of 600 it found 11, MTCNN all 73.
 - ``none``: the whole image is the face (pre-cropped datasets).
 
 Whatever found the box, dlib's 5-point landmark model places the landmarks and ``dlib.get_face_chip``
@@ -60,6 +62,8 @@ SIZED_MAX_SHARE = 0.5
 CROP_MAX_SIDE = 160
 #: Bumped whenever the sized policy's passes change, so cached chips of the old passes are not reused.
 SIZED_POLICY_VERSION = 2
+#: Bumped whenever the order of ``auto``'s detectors changes (2: MTCNN before HOG's padded pass).
+AUTO_ORDER_VERSION = 2
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in image pixels
 
@@ -106,7 +110,9 @@ class FaceSettings:
         # "fixed" keeps the key chips had before policies existed, so their cache entries stay valid.
         policy = ("" if self.policy == "fixed" or self.detector in ("mtcnn", "none")
                   else f";hog={self.policy}{SIZED_POLICY_VERSION}")
-        return f"det={self.detector};up={self.upsample}{policy};chip={self.chip_size};pad={self.chip_padding}"
+        order = f";order={AUTO_ORDER_VERSION}" if self.detector == "auto" else ""
+        return (f"det={self.detector};up={self.upsample}{policy}{order};chip={self.chip_size};"
+                f"pad={self.chip_padding}")
 
 
 def hog_passes(height: int, width: int, settings: FaceSettings) -> list[tuple[float, int]]:
@@ -229,13 +235,14 @@ class FaceFinder:
             boxes = self._hog_boxes(image)
             if boxes:
                 return self._pick(image, boxes, "hog", name)
-            face = self._find_padded(image, name)
-            if face is not None:
-                return face
         if detector in ("mtcnn", "auto"):
             boxes = self._mtcnn_boxes(image)
             if boxes:
                 return self._pick(image, boxes, "mtcnn", name)
+        if detector in ("dlib", "auto"):
+            face = self._find_padded(image, name)
+            if face is not None:
+                return face
         if detector == "none" or self.settings.fallback == "whole-image":
             return self.whole_image(image)
         raise NoFaceError(f"{name}: no face found (detector {detector}; try --detector auto, or "
@@ -249,8 +256,8 @@ class FaceFinder:
     def find_all(self, image: np.ndarray, name: str = "<image>") -> list[Face]:
         """Every face in ``image``, largest first, each with its own landmarks and chip.
 
-        The detectors run as in :meth:`find` (HOG, its padded retry, which yields only its largest face,
-        then MTCNN for ``auto``); with nothing found, the whole image when the detector is ``none`` or
+        The detectors run as in :meth:`find` (HOG, MTCNN for ``auto``, then HOG's padded retry, which
+        yields only its largest face); with nothing found, the whole image when the detector is ``none`` or
         the fallback ``whole-image``, else :class:`NoFaceError`.
         """
         image = np.ascontiguousarray(image)
@@ -260,12 +267,12 @@ class FaceFinder:
         if detector in ("dlib", "auto"):
             # Every face is wanted here, small ones too: the fixed passes, never the sized one.
             boxes, stage = self._fixed_hog_pass(image), "hog"
-            if not boxes:
-                face = self._find_padded(image, name)
-                if face is not None:
-                    return [face]
         if not boxes and detector in ("mtcnn", "auto"):
             boxes, stage = self._mtcnn_boxes(image), "mtcnn"
+        if not boxes and detector in ("dlib", "auto"):
+            face = self._find_padded(image, name)
+            if face is not None:
+                return [face]
         if boxes:
             largest_first = sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
             return [self._face(image, box, stage, len(boxes)) for box in largest_first]

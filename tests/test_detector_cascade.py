@@ -1,4 +1,4 @@
-"""The `auto` detector cascade (HOG → padded HOG → MTCNN) on real LFW faces and tight crops of them."""
+"""The `auto` detector cascade (HOG → MTCNN → padded HOG) on real LFW faces and tight crops of them."""
 from __future__ import annotations
 
 from collections import Counter

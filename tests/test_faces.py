@@ -70,6 +70,21 @@ def test_padded_retry_finds_faces_touching_the_border(lfw_dir):
     assert stages.count("none") <= 10
 
 
+def test_auto_asks_mtcnn_before_the_padded_hog_pass(lfw_dir, monkeypatch):
+    """A tight crop both HOG passes miss and the padded pass finds: ``auto`` takes MTCNN's face first (it
+    costs less there), and the padded pass is still tried where MTCNN finds nothing."""
+    path = lfw_dir / "images" / "Bart_Freundlich" / "Bart_Freundlich_0001.jpg"
+    tight = np.asarray(Image.fromarray(load_image(path)[80:170, 80:170]).resize((128, 128)))
+    assert FaceFinder().find(tight).stage == "hog-padded"
+    auto = FaceFinder(FaceSettings(detector="auto"), device="cpu")
+    assert auto.find(tight).stage == "mtcnn"
+    assert [face.stage for face in auto.find_all(tight)] == ["mtcnn"]
+    monkeypatch.setattr(FaceFinder, "_mtcnn_boxes", lambda self, image: [])
+    assert auto.find(tight).stage == "hog-padded"
+    assert [face.stage for face in auto.find_all(tight)] == ["hog-padded"]
+    assert ";order=" in FaceSettings(detector="auto").key()  # cached chips of the old order are not reused
+
+
 def test_mtcnn_detector_finds_the_same_face(samples_dir):
     image = load_image(samples_dir / "obama2.jpg")
     hog = FaceFinder().find(image)

@@ -86,7 +86,7 @@ def detector_options(default: str = "dlib", fallback: str = "none"):
                                 help="When no face is found: fail (none) or use the whole image as the face.")(function)
         function = click.option("--detector", type=click.Choice(DETECTOR_NAMES), default=default,
                                 show_default=True,
-                                help="dlib HOG (with a padded retry), MTCNN, auto (HOG then MTCNN) or none "
+                                help="dlib HOG (with a padded retry), MTCNN, auto (HOG, MTCNN, padded HOG) or none "
                                      "(the whole image is the face).")(function)
         return function
 
