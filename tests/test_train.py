@@ -283,6 +283,17 @@ def test_feature_store_reuses_rows_and_reports_failures(lfw_pairs, tmp_path):
     assert not found.features[-1].any()
 
 
+def test_feature_store_rows_follow_the_face_cache_key(tmp_path, monkeypatch):
+    """A change of what cuts the chips (here auto's detector order) is a new store, never stale rows."""
+    import kface.faces
+
+    spec = FeatureSpec("dlib-resnet", "none", "none", "auto", 1, "whole-image", None)
+    before = FeatureStore(spec, folder=tmp_path).folder
+    assert FeatureStore(spec, folder=tmp_path).folder == before
+    monkeypatch.setattr(kface.faces, "AUTO_ORDER_VERSION", kface.faces.AUTO_ORDER_VERSION + 1)
+    assert FeatureStore(spec, folder=tmp_path).folder != before
+
+
 # -- configuration and command line ---------------------------------------------------------------------
 @pytest.mark.parametrize("settings, message", [
     ({"epochs": 0}, "--epochs"),

@@ -44,7 +44,7 @@ from ..backbones.trainable import VIEWS, check_cut
 from ..cache import cache_dir
 from ..embeddings import ChipEmbedder, Embedder
 from ..errors import InputError
-from ..faces import mirror
+from ..faces import FaceSettings, mirror
 from ..images import content_hash, read_bytes
 from ..outputs import write_json
 from ..progress import progress_bar
@@ -203,9 +203,11 @@ class FeatureStore:
             weights = f"@{digest}"
         # Cut rows hold both views, whatever --tta: flip averaging happens after the trainable layers.
         tta = self.spec.tta if self.spec.cut == "none" else "views"
+        # The face cache's own key: whatever changes the chips (detector order, HOG policy) changes the rows.
+        faces = FaceSettings(self.spec.detector, self.spec.upsample, self.spec.fallback, backbone.input_size,
+                             backbone.chip_padding)
         return (f"v{STORE_VERSION};bb={backbone.family}{weights};cut={self.spec.cut};tta={tta};"
-                f"det={self.spec.detector};up={self.spec.upsample};fb={self.spec.fallback};"
-                f"chip={backbone.input_size};pad={backbone.chip_padding}")
+                f"{faces.key()};fb={self.spec.fallback}")
 
     # -- public ----------------------------------------------------------------------------------
     def features(self, paths: Sequence[str]) -> FeatureSet:
