@@ -2,7 +2,7 @@
 one (the same training groups, val split and seed), all scored with the family protocol on the held-out groups.
 
     .venv/bin/python bench/heldout_screen.py --root ../shared/data/korean_family --work /tmp/screen \\
-        --recipe kface/models/recipes/korean-v3.json --recipe kface/models/recipes/all-metric.json \\
+        --recipe kface/models/recipes/korean-v4.json --recipe kface/models/recipes/all-metric.json \\
         [--allow-cpu-all] [--device auto]
 
 A recipe is a JSON file of ``kface train`` settings (see ``kface/models/recipes/``); its run goes to

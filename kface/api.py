@@ -148,21 +148,17 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
 
     The face settings (upsampling) and distance come from the card (flip averaging, where the recipe has
     it, is inside the exported graph, so the embedder adds none); the detector is the
-    caller's or, when None, the card's; the threshold is the card's (chosen on held-out validation
-    families) unless ``threshold`` is given.
+    caller's or, when None, the card's; the threshold is the card's for the copy that runs (chosen on
+    held-out validation families) unless ``threshold`` is given.
     """
-    from .models import card
+    from .models import card, shipped_threshold
 
     body = card(name)
     faces = body["faces"]
     embedder = Embedder(body["backbone"], detector=detector or faces["detector"], upsample=faces["upsample"],
                         fallback=fallback, tta="none", device=device, cache=cache, progress=progress,
                         max_pixels=max_pixels)
-    if threshold is None:
-        value = body["threshold"]["value"]
-        source = f"{name} model card: {body['threshold']['source']}"
-    else:
-        value, source = threshold, "--threshold"
+    value, source = shipped_threshold(name, device) if threshold is None else (threshold, "--threshold")
     return Verifier(embedder, value, source, distance=body["distance"], model_name=name,
                     attributes=_shipped_attributes_for(body["backbone"], device))
 

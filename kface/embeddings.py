@@ -102,6 +102,21 @@ class EmbeddingResult:
         return counts
 
 
+def shipped_network_tag(spec, device: str) -> tuple[str, str]:
+    """(precision, cache tag) of the copy of a shipped network that ``spec`` (a BackboneSpec) runs on
+    ``device``; ``("float", "")`` for other backbones.
+
+    A shipped file's vectors are keyed by its own sha256: a rebuilt file (same name, new bytes) and the int8
+    copy (near, not equal) never read another file's cached vectors or stored features.
+    """
+    if spec.module != SHIPPED_NETWORK_MODULE:
+        return "float", ""
+    from .models import network_variant
+
+    variant = network_variant(spec.family, device)
+    return variant["precision"], f";{variant['precision']}@{variant['sha256'][:16]}"
+
+
 class Embedder:
     """Turns image files into embeddings with one backbone, detector and cache.
 
@@ -142,20 +157,9 @@ class Embedder:
         self._finder: Optional[FaceFinder] = None
         self._backbone = None
         weights_tag = f"@{file_sha256(weights)[:16]}" if weights else ""
-        variant = self._shipped_variant()
         #: ``int8`` where a shipped network's int8 copy runs (see :func:`kface.models.network_variant`).
-        self.precision = variant["precision"] if variant else "float"
-        # int8 vectors are near, not equal, to the float file's, whose keys stay those they always had.
-        precision_tag = f";int8@{variant['sha256'][:16]}" if self.precision == "int8" else ""
-        self._embedding_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag}{precision_tag};tta={tta}"
-
-    def _shipped_variant(self) -> Optional[dict]:
-        """The copy of the shipped network this embedder runs (None for other backbones)."""
-        if self.spec.module != SHIPPED_NETWORK_MODULE:
-            return None
-        from .models import network_variant
-
-        return network_variant(self.spec.family, self.device)
+        self.precision, network_tag = shipped_network_tag(self.spec, device)
+        self._embedding_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag}{network_tag};tta={tta}"
 
     @property
     def backbone(self):

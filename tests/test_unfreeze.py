@@ -157,6 +157,28 @@ def test_a_second_run_reuses_the_prefix_cache(metric_run, pair_file, tmp_path, c
     assert json.loads((out / "history.json").read_text())["data"]["computed"] == 0
 
 
+def test_the_same_run_again_writes_the_same_checkpoint(pair_file, tmp_path, monkeypatch):
+    """Cold feature store or warm, the same training run writes the same model.pt, byte for byte (the shipped
+    models are remade by their commands); how the features were got stays in history.json."""
+    import shutil
+
+    from kface.hashing import file_sha256
+
+    monkeypatch.setenv("KFACE_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    digests, computed = [], []
+    for _ in range(2):
+        result = run(["train", "--pairs", str(pair_file), "--out", str(out), "--unfreeze", "last-block", *METRIC,
+                      "--epochs", "1", *FAST])
+        assert result.exit_code == 0, result.output
+        digests.append(file_sha256(out / "model.pt"))
+        computed.append(json.loads((out / "history.json").read_text())["data"]["computed"])
+        assert "computed" not in load_checkpoint(out / "model.pt")["data"]
+        shutil.rmtree(out)
+    assert computed[0] > 0 and computed[1] == 0
+    assert digests[0] == digests[1]
+
+
 def test_training_from_a_dataset_uses_every_image_of_the_train_identities(face_tree, tmp_path):
     out = tmp_path / "from-dataset"
     result = run(["train", "--dataset", "folder", "--root", str(face_tree), "--dataset-pairs", "300",

@@ -71,8 +71,8 @@ BACKBONES: dict[str, BackboneSpec] = {
     ]
 }
 #: Networks of the shipped models (kface/models/), run through ONNX Runtime; use them as --model NAME.
-BACKBONES["kface-korean-v3"] = BackboneSpec(
-    "kface-korean-v3", SHIPPED_NETWORK_MODULE, "ShippedOnnxBackbone", "kface-korean-v3", 150, 0.25, 256,
+BACKBONES["kface-korean-v4"] = BackboneSpec(
+    "kface-korean-v4", SHIPPED_NETWORK_MODULE, "ShippedOnnxBackbone", "kface-korean-v4", 150, 0.25, 256,
     "the shipped Korean face model's network (dlib's ResNet, last stage tuned on Korean faces, with 0.5 x stock "
     "dlib's vector); --model korean")
 #: The default name: dlib's descriptor served by dlib-native for one-off calls, dlib-torch for batches.

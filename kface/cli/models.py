@@ -26,6 +26,9 @@ def models(as_json):
         threshold = body["threshold"]
         click.echo(f"{body['name']}{marker}: {body['description']}")
         click.echo(f"  threshold {threshold['value']:.4f} ({threshold['rule']}): {threshold['source']}")
+        if "threshold" in body.get("int8", {}):
+            click.echo(f"  int8 copy's threshold {body['int8']['threshold']['value']:.4f}: the same rule on its own "
+                       f"distances")
         for line in body.get("figures_text", []):
             click.echo(f"  {line}")
         for line in body.get("int8", {}).get("figures_text", []):

@@ -28,10 +28,10 @@ BASE_THRESHOLDS: dict[str, tuple[float, str]] = {
     "dlib-resnet-v1": (0.6144, "measured on LFW View-2 (max-accuracy over the 6,000 official pairs)"),
 }
 #: Backbone family -> the card of the ONNX network that ships for it (in this folder).
-NETWORK_CARDS = {"dlib-resnet-v1": "dlib-resnet-v1.json", "kface-korean-v3": "korean-v3.json"}
+NETWORK_CARDS = {"dlib-resnet-v1": "dlib-resnet-v1.json", "kface-korean-v4": "korean-v4.json"}
 #: Shipped model name -> the backbone family it runs; its network card is also the model card
 #: (threshold, face settings, recipe, figures).
-MODEL_FAMILIES = {"korean": "kface-korean-v3"}
+MODEL_FAMILIES = {"korean": "kface-korean-v4"}
 
 
 #: ``KFACE_PRECISION``: which copy of a shipped network runs where a card has an int8 one (see
@@ -109,6 +109,19 @@ def network_variant(family: str, device: str = "auto") -> dict:
     if int8 is not None and (wanted == "int8" or (wanted == "auto" and not on_gpu)):
         return {"precision": "int8", "file": int8["file"], "sha256": int8["sha256"]}
     return {"precision": "float", "file": body["file"], "sha256": body["sha256"]}
+
+
+def shipped_threshold(name: str, device: str = "auto") -> tuple[float, str]:
+    """The 1:1 threshold of shipped model ``name`` for the copy that runs on ``device``, and its source.
+
+    Each copy's threshold is chosen by the same rule on its own distances (quantisation moves them a
+    little); a card whose int8 block has none uses the float file's.
+    """
+    body = card(name)
+    chosen, copy = body["threshold"], ""
+    if network_variant(MODEL_FAMILIES[name], device)["precision"] == "int8" and "threshold" in body["int8"]:
+        chosen, copy = body["int8"]["threshold"], ", int8 copy"
+    return float(chosen["value"]), f"{name} model card{copy}: {chosen['source']}"
 
 
 def _onnxruntime_has_cuda() -> bool:

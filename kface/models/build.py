@@ -4,12 +4,12 @@
         writes kface/models/korean-heldout-families.txt: a seeded tenth of the groups of related families, never trained on;
         the model cards and the tests score the shipped models on these groups only.
     python -m kface.models.build korean --root ../shared/data/korean_family
-        trains kface/models/recipes/korean-v3.json on every other group (copies merged; kface train, group-disjoint val),
-        exports the tuned network (with 0.5 x stock dlib's vector) to kface/models/korean-v3.onnx and writes its
-        card korean-v3.json
+        trains kface/models/recipes/korean-v4.json on every other group (copies merged; kface train, group-disjoint val),
+        exports the tuned network (with 0.5 x stock dlib's vector) to kface/models/korean-v4.onnx and writes its
+        card korean-v4.json
         (provenance, recipe, threshold, sha256, figures on the held-out families); then the korean-int8 step.
     python -m kface.models.build korean-int8 --root ../shared/data/korean_family
-        quantises kface/models/korean-v3.onnx to kface/models/korean-v3-int8.onnx (calibrated on training-group
+        quantises kface/models/korean-v4.onnx to kface/models/korean-v4-int8.onnx (calibrated on training-group
         chips), checks it against the float file, scores it on the held-out families, and writes the card's int8
         block: the copy that runs on the CPU.
 """

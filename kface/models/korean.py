@@ -20,7 +20,7 @@ from . import MODELS_DIR, _read_card, precision
 from .heldout import HELDOUT_FILE, SOURCE, korean_split
 
 NAME = "korean"
-VERSION = "v3"
+VERSION = "v4"
 RECIPE_FILE = MODELS_DIR / "recipes" / f"korean-{VERSION}.json"
 NETWORK_FILE = MODELS_DIR / f"korean-{VERSION}.onnx"
 CARD_FILE = MODELS_DIR / f"korean-{VERSION}.json"
@@ -138,7 +138,7 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
     from ..api import Verifier
     from ..embeddings import Embedder
     from ..evaluation.families import FamilyProtocol, protocol_pairs
-    from ..metrics import choose_threshold
+    from ..metrics import accuracy_at, auc, choose_threshold
 
     index = val_groups_index(root)
     families = set(index.attributes["family"])
@@ -156,6 +156,8 @@ def val_families_threshold(root: Path, checkpoint: dict) -> dict:
                       f"({counts['same']} same, {counts['different']} different; groups never trained on, "
                       f"not the held-out ones)",
             "val_families": len(families), "pairs": counts,
+            "val_accuracy": accuracy_at(distances, pairs.labels, chosen.value),
+            "val_auc": auc(distances, pairs.labels),
             "training_run_threshold": {"value": float(checkpoint["threshold"]["value"]),
                                        "rule": checkpoint["threshold"]["rule"]}}
 

@@ -57,8 +57,10 @@ def save_checkpoint(path: os.PathLike, payload: dict, durable: bool = False) -> 
     ``durable``: fsynced, file and folder (see :func:`kface.outputs.atomic_path`)."""
     import torch
 
-    with atomic_path(path, suffix=".pt", durable=durable) as temp:
-        torch.save(payload, temp)
+    # Written through a handle: given a path, torch names the archive's records after the (random) temp file,
+    # and the same payload would never be the same bytes twice.
+    with atomic_path(path, suffix=".pt", durable=durable) as temp, open(temp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def load_checkpoint(path: os.PathLike, expected: str = FORMAT) -> dict:
@@ -203,9 +205,14 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
            {"val_distances": val_distances_record(val_distances, val_labels, epoch)}),
         "config": plain(config.to_dict()),
         "seed": int(config.seed),
-        "data": plain(data),
+        "data": plain({key: value for key, value in data.items() if key not in RUN_STATE}),
         "versions": versions(),
     }
+
+
+#: Facts of how one run got its features, not of what it was trained on: kept in ``history.json`` only,
+#: so that the same training run again (warm store or cold) writes the same checkpoint bytes.
+RUN_STATE = ("computed", "feature_store")
 
 
 def val_distances_record(distances: np.ndarray, labels: np.ndarray, epoch: int) -> dict:

@@ -42,7 +42,7 @@ import numpy as np
 from ..backbones import DEFAULT_BACKBONE, get_spec
 from ..backbones.trainable import VIEWS, check_cut
 from ..cache import cache_dir
-from ..embeddings import ChipEmbedder, Embedder
+from ..embeddings import ChipEmbedder, Embedder, shipped_network_tag
 from ..errors import InputError
 from ..faces import FaceSettings, mirror
 from ..images import content_hash, read_bytes
@@ -201,6 +201,7 @@ class FeatureStore:
         if self.spec.weights:
             digest = hashlib.sha256(Path(self.spec.weights).read_bytes()).hexdigest()[:16]
             weights = f"@{digest}"
+        weights += shipped_network_tag(backbone, self.device)[1]
         # Cut rows hold both views, whatever --tta: flip averaging happens after the trainable layers.
         tta = self.spec.tta if self.spec.cut == "none" else "views"
         # The face cache's own key: whatever changes the chips (detector order, HOG policy) changes the rows.
