@@ -132,6 +132,20 @@ def test_analyze_on_heldout_korean_faces_gets_gender_and_age_class_within_one_fo
     assert within_one >= 0.7 * len(faces), f"{within_one} of {len(faces)} age classes within one"
 
 
+def test_verify_json_with_no_cache_finds_each_face_once(samples_dir, monkeypatch):
+    """Without the disk cache, the ages of verify --json still read the chips the verdict was made from:
+    each face is found once, not again for the attribute model."""
+    from kface.faces import FaceFinder
+
+    calls = []
+    real = FaceFinder.find
+    monkeypatch.setattr(FaceFinder, "find", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    result = invoke("verify", "--json", "--no-cache", samples_dir / "obama.jpg", samples_dir / "obama2.jpg")
+    assert result.exit_code == 0, result.output
+    assert all(face["age"] is not None for face in json.loads(result.stdout)["faces"])
+    assert len(calls) == 2
+
+
 def test_verify_json_gives_each_faces_estimated_age_as_analyze_does():
     """Age-aware verification: the Korean model's verify --json carries each face's age from the same
     chip analyze reads (so the same answer), mostly within one class of the truth; stock dlib's has none;

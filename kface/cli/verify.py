@@ -1,6 +1,8 @@
 """The face commands: ``kface embed``, ``kface verify`` and ``kface analyze``."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import click
 
 from .options import (backbone_option, common_options, detector_options, device_option, echo_no_face_notes,
@@ -86,8 +88,12 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
     elif len(images) != 2:
         raise click.UsageError(f"verify takes two images (A B), got {len(images)}")
     from ..api import load_verifier
+    from ..cache import RequestMemory
 
-    verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=not no_cache,
+    # Two images without the disk cache: their faces still held in memory for this one call, so the ages
+    # (--json) read the chips just found instead of finding the faces again.
+    cache = RequestMemory() if no_cache and not pairs_file else not no_cache
+    verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=cache,
                              progress=not quiet, max_pixels=max_pixels, engine=engine)
     if pairs_file:
         from ..evaluation.scoring import score_pair_file
@@ -98,7 +104,8 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
         elif not quiet:
             click.echo(f"scored {summary['pairs']} pairs ({summary['accuracy_text']}); wrote {out}", err=True)
         return
-    answer = verifier.verify(images[0], images[1], ages=as_json)
+    with cache.request() if isinstance(cache, RequestMemory) else nullcontext():
+        answer = verifier.verify(images[0], images[1], ages=as_json)
     if as_json:
         print_json(answer.to_dict())
         return
