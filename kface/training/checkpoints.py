@@ -177,6 +177,11 @@ def threshold_record(threshold) -> dict:
     raise InputError(f"not a threshold: {threshold!r}")
 
 
+#: Facts of how one run got its features, not of what it was trained on: kept in ``history.json`` only,
+#: so that the same training run again (warm store or cold) writes the same checkpoint bytes.
+RUN_STATE = ("computed", "feature_store")
+
+
 def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_size: int, threshold, metrics: dict,
                      epoch: int, data: dict, val_distances: Optional[np.ndarray] = None,
                      val_labels: Optional[np.ndarray] = None) -> dict:
@@ -209,10 +214,6 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
         "versions": versions(),
     }
 
-
-#: Facts of how one run got its features, not of what it was trained on: kept in ``history.json`` only,
-#: so that the same training run again (warm store or cold) writes the same checkpoint bytes.
-RUN_STATE = ("computed", "feature_store")
 
 
 def val_distances_record(distances: np.ndarray, labels: np.ndarray, epoch: int) -> dict:
