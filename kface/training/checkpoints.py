@@ -215,7 +215,6 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
     }
 
 
-
 def val_distances_record(distances: np.ndarray, labels: np.ndarray, epoch: int) -> dict:
     """``{split, epoch, distances, labels}``: val pairs' distances (float32) and labels (0/1) as plain lists."""
     distances = np.asarray(distances, dtype=np.float32)
