@@ -136,6 +136,41 @@ def test_tuned_checkpoint_through_onnx_matches_the_torch_pair_model_path(tmp_pat
     np.testing.assert_allclose(answers["onnx"][1], answers["torch"][1], atol=1e-5)
 
 
+def test_a_head_on_the_shipped_korean_model_runs_through_onnx_as_through_torch(tmp_path, monkeypatch):
+    """``kface train --backbone kface-korean-v4`` (a head on the shipped model's frozen vectors): the default
+    engine runs the shipped file and the head as one exported graph, with the torch path's answers."""
+    import torch
+
+    from kface.api import verifier_from_checkpoint
+    from kface.models import MODEL_FAMILIES
+    from kface.training.checkpoints import FORMAT, FORMAT_VERSION
+    from kface.training.model import build_pair_model
+
+    backbone = MODEL_FAMILIES["korean"]
+    monkeypatch.setenv("KFACE_PRECISION", "float")  # both engines on the float file the export composes
+    torch.manual_seed(0)
+    model = build_pair_model("siamese", 256, "euclidean", "none", "bce")
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.05)
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": backbone, "weights": None,
+                "features": {"backbone": backbone, "cut": "none", "tta": "none", "detector": "none", "upsample": 1,
+                             "fallback": "none", "weights": None, "shape": [256]},
+                "head": {"kind": "siamese", "cut": "none", "embedding_size": 256, "loss": "bce", "dims": None,
+                         "state": model.state_dict()},
+                "distance": "euclidean", "threshold": {"value": 0.6, "rule": "intersection", "split": "val", "note": None},
+                "metrics": {}, "epoch": 1, "config": {}, "seed": 0, "data": {}, "versions": {}}, tmp_path / "model.pt")
+    images = [str(path) for _, paths in lfw_people(2, 2) for path in paths]
+    answers = {}
+    for engine in ("torch", "onnx"):
+        verifier = verifier_from_checkpoint(tmp_path / "model.pt", detector="none", device="cpu", engine=engine,
+                                            cache=False)
+        vectors, _ = verifier.embed(images)
+        answers[engine] = (vectors, verifier.distances(vectors[:2], vectors[2:]))
+    assert cosines(answers["torch"][0], answers["onnx"][0]).min() >= PARITY
+    np.testing.assert_allclose(answers["onnx"][1], answers["torch"][1], atol=1e-5)
+
+
 def test_a_checkpoint_is_exported_once_and_later_verifies_import_no_torch(tmp_path):
     from kface.engines.cached import cache_paths
     from kface.hashing import file_sha256

@@ -232,11 +232,16 @@ def export_checkpoint(model_pt_path: Union[str, os.PathLike], onnx_path: Union[s
     distance, base_weight, parity}`` (``parity``: against the PyTorch module on seeded chips, see
     :func:`check_parity`).
     """
-    from ..backbones import get_spec, trainable_backbone
+    from ..backbones import SHIPPED_NETWORK_MODULE, get_spec, trainable_backbone
     from ..backbones.trainable import inference_network, load_network
     from ..training.checkpoints import checkpoint_weights_file, load_checkpoint
 
     checkpoint = load_checkpoint(model_pt_path)
+    if get_spec(checkpoint["backbone"]).module == SHIPPED_NETWORK_MODULE and \
+            trainable_backbone(checkpoint["backbone"]) == checkpoint["backbone"]:
+        if base_weight is not None:
+            raise InputError(f"a base ensemble needs a PyTorch backbone; this checkpoint's is {checkpoint['backbone']}")
+        return _export_head_on_shipped(checkpoint, file_sha256(model_pt_path), onnx_path)
     weights = checkpoint_weights_file(checkpoint, model_pt_path)
     graph = checkpoint_graph(checkpoint, weights)
     if base_weight is not None:
@@ -252,3 +257,83 @@ def export_checkpoint(model_pt_path: Union[str, os.PathLike], onnx_path: Union[s
                  "tta": features["tta"], "head": checkpoint["head"]["kind"], "distance": checkpoint["distance"],
                  "base_weight": base_weight, "parity": check_parity(graph, onnx_path, parity_chips(chip_size))})
     return info
+
+
+class _VectorHead(nn.Module):
+    """A trained head on its own: (N, D) float32 backbone vectors -> the vectors distances are measured on."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
+        return self.head(vectors)
+
+
+def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Union[str, os.PathLike]) -> dict:
+    """A head trained on a shipped ONNX network's frozen vectors (``kface train --backbone kface-korean-v4``),
+    exported as one file: the shipped network's graph (its float file) with the head's graph after it, so
+    the checkpoint runs with no torch like any other. Returns what :func:`export_checkpoint` returns."""
+    import onnx
+    from onnx import compose
+
+    from ..backbones import get_spec
+    from ..models import network_card, network_path
+    from ..training.checkpoints import pair_model_from_checkpoint
+    from .runtime import OnnxNetwork, compare_vectors
+
+    features = checkpoint["features"]
+    spec = get_spec(checkpoint["backbone"])
+    card = network_card(spec.family)
+    if features["cut"] != "none":
+        raise InputError(f"{checkpoint['backbone']} is an ONNX network: only heads on its frozen vectors "
+                         f"(cut none) can be exported, not cut {features['cut']}")
+    if features["tta"] == "flip" and card["format"].get("tta") != "flip":
+        raise InputError(f"{checkpoint['backbone']}'s file does no flip averaging; this checkpoint wants it")
+    shipped_file = network_path(spec.family, check=True)
+    head = _VectorHead(pair_model_from_checkpoint(checkpoint).head).eval()
+    example = torch.zeros(2, spec.embedding_size, dtype=torch.float32)
+    with torch.no_grad():
+        dim = int(head(example).shape[1])
+    onnx_path = Path(onnx_path)
+    with atomic_path(onnx_path, suffix=".onnx") as temp:
+        head_file = Path(f"{temp}.head")
+        try:
+            with torch.no_grad(), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(head, (example,), str(head_file), input_names=["vectors"],
+                                  output_names=[OUTPUT_NAME], dynamic_axes={"vectors": {0: "batch"},
+                                                                            OUTPUT_NAME: {0: "batch"}},
+                                  opset_version=OPSET, do_constant_folding=True, dynamo=False)
+            head_model = onnx.load(str(head_file))
+        finally:
+            head_file.unlink(missing_ok=True)
+        network = compose.add_prefix(onnx.load(str(shipped_file)), "network/", rename_inputs=False)
+        head_model = compose.add_prefix(head_model, "head/", rename_outputs=False)
+        head_model.ir_version = network.ir_version
+        model = compose.merge_models(network, head_model,
+                                     io_map=[(network.graph.output[0].name, head_model.graph.input[0].name)])
+        del model.metadata_props[:]
+        for key, value in {"kface_checkpoint_sha256": checkpoint_sha, "kface_backbone": checkpoint["backbone"],
+                           "kface_backbone_file_sha256": card["sha256"], "kface_cut": "none",
+                           "kface_distance": checkpoint["distance"]}.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+        model.producer_name = "kface"
+        onnx.checker.check_model(model)
+        onnx.save(model, str(temp))
+    chips = parity_chips(spec.input_size)
+    with torch.no_grad():
+        vectors = torch.from_numpy(OnnxNetwork(shipped_file, device="cpu").run(chips))
+        reference = head(vectors).numpy().astype(np.float64)
+    parity = compare_vectors(reference, OnnxNetwork(onnx_path, device="cpu").run(chips))
+    return {"sha256": file_sha256(onnx_path), "size_bytes": onnx_path.stat().st_size,
+            "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", spec.input_size, spec.input_size, 3],
+                      "layout": "NHWC RGB aligned chips"},
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", dim]},
+            "fp16": bool(card["format"].get("fp16")), "opset": OPSET, "checkpoint_sha256": checkpoint_sha,
+            "backbone": checkpoint["backbone"], "cut": "none", "tta": features["tta"],
+            "head": checkpoint["head"]["kind"], "distance": checkpoint["distance"], "base_weight": None,
+            "parity": {key: parity[key] for key in ("max_abs_diff", "min_cosine", "chips")}}
+
