@@ -6,7 +6,9 @@
 - :func:`export_onnx` writes any such module to an ONNX file atomically (dynamic batch axis; with
   ``fp16`` the weights are stored as float16 and cast back to float32 once, when the session loads).
 - :func:`export_checkpoint` does it for a ``kface train`` checkpoint (``runs/NAME/model.pt``) and
-  returns what it wrote (sha256, size, input and output spec, parity against the PyTorch path).
+  returns what it wrote (sha256, size, input and output spec, parity against the PyTorch path); a head
+  trained on a shipped ONNX network's frozen vectors is written as that network's graph with the head's
+  after it.
 - :class:`BaseEnsembleGraph` concatenates a tuned graph's vector with the untuned network's embedding.
 - :func:`check_parity` compares a module with its exported file on given chips.
 
@@ -127,6 +129,20 @@ def _fp16_weights(model) -> None:
         graph.node.insert(index, node)
 
 
+def _trace_to_onnx(module: nn.Module, example: torch.Tensor, path: Union[str, os.PathLike], input_name: str,
+                   output_name: str) -> None:
+    """Trace ``module`` on ``example`` into an ONNX file, its batch axis dynamic."""
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter: one self-contained file, shapes static but for the batch axis (its
+        # warnings that shape checks become constants say just that, and that it is deprecated in favour
+        # of the torch.export-based exporter).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+                          dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
 def export_onnx(module: nn.Module, path: Union[str, os.PathLike], chip_size: int, fp16: bool = False,
                 metadata: Optional[dict] = None, output_name: str = OUTPUT_NAME) -> dict:
     """Export ``module`` (uint8 (N, chip_size, chip_size, 3) chips -> (N, D) float32) to ``path``, atomically.
@@ -143,15 +159,7 @@ def export_onnx(module: nn.Module, path: Union[str, os.PathLike], chip_size: int
         dim = int(module(example).shape[1])
     path = Path(path)
     with atomic_path(path, suffix=".onnx") as temp:
-        with torch.no_grad(), warnings.catch_warnings():
-            # The TorchScript exporter: one self-contained file, shapes static but for the batch axis
-            # (its warnings that shape checks become constants say just that, and that it is deprecated
-            # in favour of the torch.export-based exporter).
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            torch.onnx.export(module, (example,), str(temp), input_names=[INPUT_NAME], output_names=[output_name],
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, output_name: {0: "batch"}},
-                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        _trace_to_onnx(module, example, temp, INPUT_NAME, output_name)
         model = onnx.load(str(temp))
         if fp16:
             _fp16_weights(model)
@@ -299,13 +307,7 @@ def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Un
     with atomic_path(onnx_path, suffix=".onnx") as temp:
         head_file = Path(f"{temp}.head")
         try:
-            with torch.no_grad(), warnings.catch_warnings():
-                warnings.simplefilter("ignore", torch.jit.TracerWarning)
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(head, (example,), str(head_file), input_names=["vectors"],
-                                  output_names=[OUTPUT_NAME], dynamic_axes={"vectors": {0: "batch"},
-                                                                            OUTPUT_NAME: {0: "batch"}},
-                                  opset_version=OPSET, do_constant_folding=True, dynamo=False)
+            _trace_to_onnx(head, example, head_file, "vectors", OUTPUT_NAME)
             head_model = onnx.load(str(head_file))
         finally:
             head_file.unlink(missing_ok=True)
