@@ -122,8 +122,12 @@ def test_not_a_gallery_and_empty_gallery_are_input_errors(tmp_path):
 
 def test_another_model_is_refused(tmp_path):
     gallery, _, _ = make_gallery(tmp_path / "g.kgallery")
-    with pytest.raises(InputError, match="different vectors"):
+    with pytest.raises(InputError, match="different vectors: use --model"):
         gallery._check_model(ModelIdentity("korean@abc", "korean", "korean-v1", "euclidean", 0.5, DIM))
+    # the same model name with another file (a shipped model rebuilt since the gallery was made)
+    rebuilt = ModelIdentity(f"{MODEL.name}@0123456789abcdef", MODEL.name, MODEL.backbone, "euclidean", 0.5, DIM)
+    with pytest.raises(InputError, match="another version of model .*enroll the photos again"):
+        gallery._check_model(rebuilt)
 
 
 def test_enrolment_of_known_content_is_skipped(tmp_path):

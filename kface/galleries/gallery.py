@@ -171,10 +171,15 @@ class Gallery:
         return self._verifier
 
     def _check_model(self, identity: ModelIdentity) -> None:
-        if identity.key != self.model.key:
-            raise InputError(f"{self.path} holds embeddings of model {self.model.name!r} ({self.model.key}); "
-                             f"model {identity.name!r} ({identity.key}) makes different vectors: use "
-                             f"--model {self.model.name} or another gallery")
+        if identity.key == self.model.key:
+            return
+        if identity.name == self.model.name:  # the same name, another file: a model rebuilt since
+            raise InputError(f"{self.path} holds embeddings of another version of model {self.model.name!r} "
+                             f"({self.model.key}; this kface's is {identity.key}), which makes different "
+                             f"vectors: enroll the photos again into a new gallery")
+        raise InputError(f"{self.path} holds embeddings of model {self.model.name!r} ({self.model.key}); "
+                         f"model {identity.name!r} ({identity.key}) makes different vectors: use "
+                         f"--model {self.model.name} or another gallery")
 
     # -- enrolment ---------------------------------------------------------------------------------
     def enroll(self, images: Sequence[ImageSource], identity: Union[str, Sequence[str]], *,
