@@ -136,18 +136,21 @@ def test_tuned_checkpoint_through_onnx_matches_the_torch_pair_model_path(tmp_pat
     np.testing.assert_allclose(answers["onnx"][1], answers["torch"][1], atol=1e-5)
 
 
-def test_a_head_on_the_shipped_korean_model_runs_through_onnx_as_through_torch(tmp_path, monkeypatch):
+@pytest.mark.parametrize("precision", ["float", "int8"])
+def test_a_head_on_the_shipped_korean_model_runs_through_onnx_as_through_torch(tmp_path, monkeypatch, precision):
     """``kface train --backbone kface-korean-v4`` (a head on the shipped model's frozen vectors): the default
-    engine runs the shipped file and the head as one exported graph, with the torch path's answers."""
+    engine runs the copy of the shipped file the head trained on and the head as one exported graph, with
+    the torch path's answers."""
     import torch
 
     from kface.api import verifier_from_checkpoint
-    from kface.models import MODEL_FAMILIES
+    from kface.models import MODEL_FAMILIES, network_variant
     from kface.training.checkpoints import FORMAT, FORMAT_VERSION
     from kface.training.model import build_pair_model
 
     backbone = MODEL_FAMILIES["korean"]
-    monkeypatch.setenv("KFACE_PRECISION", "float")  # both engines on the float file the export composes
+    monkeypatch.setenv("KFACE_PRECISION", precision)  # the copy the head "trained on", and the torch path's
+    trained_on = network_variant(backbone, "cpu")
     torch.manual_seed(0)
     model = build_pair_model("siamese", 256, "euclidean", "none", "bce")
     with torch.no_grad():
@@ -155,7 +158,8 @@ def test_a_head_on_the_shipped_korean_model_runs_through_onnx_as_through_torch(t
             parameter.add_(torch.randn_like(parameter) * 0.05)
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "backbone": backbone, "weights": None,
                 "features": {"backbone": backbone, "cut": "none", "tta": "none", "detector": "none", "upsample": 1,
-                             "fallback": "none", "weights": None, "shape": [256]},
+                             "fallback": "none", "weights": None, "shape": [256],
+                             "network": {"precision": precision, "sha256": trained_on["sha256"]}},
                 "head": {"kind": "siamese", "cut": "none", "embedding_size": 256, "loss": "bce", "dims": None,
                          "state": model.state_dict()},
                 "distance": "euclidean", "threshold": {"value": 0.6, "rule": "intersection", "split": "val", "note": None},

@@ -16,6 +16,7 @@ Imports torch: used when exporting, never when an exported file runs (:mod:`.run
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -298,7 +299,14 @@ def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Un
                          f"(cut none) can be exported, not cut {features['cut']}")
     if features["tta"] == "flip" and card["format"].get("tta") != "flip":
         raise InputError(f"{checkpoint['backbone']}'s file does no flip averaging; this checkpoint wants it")
-    shipped_file = network_path(spec.family, check=True)
+    # The copy whose vectors the head trained on (int8 on a CPU); the float file where it is not recorded
+    # (a checkpoint of an earlier kface) or is no longer shipped.
+    trained_on = features.get("network", {}).get("sha256")
+    variant = card.get("int8") if card.get("int8", {}).get("sha256") == trained_on else card
+    if trained_on not in (None, variant["sha256"]):
+        logging.getLogger("kface").info("%s's head trained on another file of %s (sha256 %s…); exporting it with "
+                                        "the shipped float file", checkpoint_sha[:12], spec.name, trained_on[:12])
+    shipped_file = network_path(spec.family, check=True, variant=variant)
     head = _VectorHead(pair_model_from_checkpoint(checkpoint).head).eval()
     example = torch.zeros(2, spec.embedding_size, dtype=torch.float32)
     with torch.no_grad():
@@ -316,9 +324,15 @@ def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Un
         head_model.ir_version = network.ir_version
         model = compose.merge_models(network, head_model,
                                      io_map=[(network.graph.output[0].name, head_model.graph.input[0].name)])
+        # merge_models lists each graph's opset imports: one per domain, the highest version.
+        opsets: dict[str, int] = {}
+        for opset in model.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+        del model.opset_import[:]
+        model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items())
         del model.metadata_props[:]
         for key, value in {"kface_checkpoint_sha256": checkpoint_sha, "kface_backbone": checkpoint["backbone"],
-                           "kface_backbone_file_sha256": card["sha256"], "kface_cut": "none",
+                           "kface_backbone_file_sha256": variant["sha256"], "kface_cut": "none",
                            "kface_distance": checkpoint["distance"]}.items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
@@ -334,7 +348,9 @@ def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Un
             "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", spec.input_size, spec.input_size, 3],
                       "layout": "NHWC RGB aligned chips"},
             "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", dim]},
-            "fp16": bool(card["format"].get("fp16")), "opset": OPSET, "checkpoint_sha256": checkpoint_sha,
+            "fp16": variant is card and bool(card["format"].get("fp16")), "opset": OPSET,
+            "checkpoint_sha256": checkpoint_sha,
+            "backbone_file": {"file": variant["file"], "sha256": variant["sha256"]},
             "backbone": checkpoint["backbone"], "cut": "none", "tta": features["tta"],
             "head": checkpoint["head"]["kind"], "distance": checkpoint["distance"], "base_weight": None,
             "parity": {key: parity[key] for key in ("max_abs_diff", "min_cosine", "chips")}}

@@ -198,7 +198,8 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
         "backbone": config.backbone,
         "weights": {"path": os.path.abspath(config.weights), "sha256": file_sha256(config.weights)}
         if config.weights else None,
-        "features": {**spec.to_dict(), "shape": [int(size) for size in feature_shape]},
+        "features": {**spec.to_dict(), "shape": [int(size) for size in feature_shape],
+                     **_shipped_network_record(config.backbone, config.device)},
         "head": {"kind": config.head, "cut": config.unfreeze, "embedding_size": int(embedding_size),
                  "loss": config.loss, "dims": _projection_dims(model),
                  "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}},
@@ -213,6 +214,20 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
         "data": plain({key: value for key, value in data.items() if key not in RUN_STATE}),
         "versions": versions(),
     }
+
+
+def _shipped_network_record(backbone: str, device: str) -> dict:
+    """``{"network": {precision, sha256}}``: which copy of a shipped network made the features a head
+    trained on (on a CPU, the int8 copy), so its export runs that same file; empty for other backbones."""
+    from ..backbones import SHIPPED_NETWORK_MODULE, get_spec
+
+    spec = get_spec(backbone)
+    if spec.module != SHIPPED_NETWORK_MODULE:
+        return {}
+    from ..models import network_variant
+
+    variant = network_variant(spec.family, device)
+    return {"network": {"precision": variant["precision"], "sha256": variant["sha256"]}}
 
 
 def val_distances_record(distances: np.ndarray, labels: np.ndarray, epoch: int) -> dict:
