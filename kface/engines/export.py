@@ -281,11 +281,8 @@ class _VectorHead(nn.Module):
 
 def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Union[str, os.PathLike]) -> dict:
     """A head trained on a shipped ONNX network's frozen vectors (``kface train --backbone kface-korean-v4``),
-    exported as one file: the shipped network's graph (its float file) with the head's graph after it, so
-    the checkpoint runs with no torch like any other. Returns what :func:`export_checkpoint` returns."""
-    import onnx
-    from onnx import compose
-
+    exported as one file: the graph of the shipped copy the head trained on, with the head's graph after it,
+    so the checkpoint runs with no torch like any other. Returns what :func:`export_checkpoint` returns."""
     from ..backbones import get_spec
     from ..models import network_card, network_path
     from ..training.checkpoints import pair_model_from_checkpoint
@@ -312,33 +309,9 @@ def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Un
     with torch.no_grad():
         dim = int(head(example).shape[1])
     onnx_path = Path(onnx_path)
-    with atomic_path(onnx_path, suffix=".onnx") as temp:
-        head_file = Path(f"{temp}.head")
-        try:
-            _trace_to_onnx(head, example, head_file, "vectors", OUTPUT_NAME)
-            head_model = onnx.load(str(head_file))
-        finally:
-            head_file.unlink(missing_ok=True)
-        network = compose.add_prefix(onnx.load(str(shipped_file)), "network/", rename_inputs=False)
-        head_model = compose.add_prefix(head_model, "head/", rename_outputs=False)
-        head_model.ir_version = network.ir_version
-        model = compose.merge_models(network, head_model,
-                                     io_map=[(network.graph.output[0].name, head_model.graph.input[0].name)])
-        # merge_models lists each graph's opset imports: one per domain, the highest version.
-        opsets: dict[str, int] = {}
-        for opset in model.opset_import:
-            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
-        del model.opset_import[:]
-        model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items())
-        del model.metadata_props[:]
-        for key, value in {"kface_checkpoint_sha256": checkpoint_sha, "kface_backbone": checkpoint["backbone"],
-                           "kface_backbone_file_sha256": variant["sha256"], "kface_cut": "none",
-                           "kface_distance": checkpoint["distance"]}.items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
-        model.producer_name = "kface"
-        onnx.checker.check_model(model)
-        onnx.save(model, str(temp))
+    _write_network_then_head(shipped_file, head, example, onnx_path, {
+        "kface_checkpoint_sha256": checkpoint_sha, "kface_backbone": checkpoint["backbone"],
+        "kface_backbone_file_sha256": variant["sha256"], "kface_cut": "none", "kface_distance": checkpoint["distance"]})
     chips = parity_chips(spec.input_size)
     with torch.no_grad():
         vectors = torch.from_numpy(OnnxNetwork(shipped_file, device="cpu").run(chips))
@@ -355,3 +328,36 @@ def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Un
             "head": checkpoint["head"]["kind"], "distance": checkpoint["distance"], "base_weight": None,
             "parity": {key: parity[key] for key in ("max_abs_diff", "min_cosine", "chips")}}
 
+
+def _write_network_then_head(network_file: Path, head: nn.Module, example: torch.Tensor, path: Path,
+                             metadata: dict) -> None:
+    """One ONNX file at ``path`` (atomically): ``network_file``'s graph, its output fed to ``head`` traced on
+    ``example`` vectors."""
+    import onnx
+    from onnx import compose
+
+    with atomic_path(path, suffix=".onnx") as temp:
+        head_file = Path(f"{temp}.head")
+        try:
+            _trace_to_onnx(head, example, head_file, "vectors", OUTPUT_NAME)
+            head_model = onnx.load(str(head_file))
+        finally:
+            head_file.unlink(missing_ok=True)
+        network = compose.add_prefix(onnx.load(str(network_file)), "network/", rename_inputs=False)
+        head_model = compose.add_prefix(head_model, "head/", rename_outputs=False)
+        head_model.ir_version = network.ir_version
+        model = compose.merge_models(network, head_model,
+                                     io_map=[(network.graph.output[0].name, head_model.graph.input[0].name)])
+        # merge_models lists each graph's opset imports: one per domain, the highest version.
+        opsets: dict[str, int] = {}
+        for opset in model.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+        del model.opset_import[:]
+        model.opset_import.extend(onnx.helper.make_opsetid(domain, version) for domain, version in opsets.items())
+        del model.metadata_props[:]
+        for key, value in metadata.items():
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, str(value)
+        model.producer_name = "kface"
+        onnx.checker.check_model(model)
+        onnx.save(model, str(temp))
