@@ -102,18 +102,26 @@ class EmbeddingResult:
         return counts
 
 
+def shipped_variant(spec, device: str) -> Optional[dict]:
+    """The copy of a shipped network (``{precision, file, sha256}``, :func:`kface.models.network_variant`)
+    that ``spec`` (a BackboneSpec) runs on ``device``; None for other backbones."""
+    if spec.module != SHIPPED_NETWORK_MODULE:
+        return None
+    from .models import network_variant
+
+    return network_variant(spec.family, device)
+
+
 def shipped_network_tag(spec, device: str) -> tuple[str, str]:
-    """(precision, cache tag) of the copy of a shipped network that ``spec`` (a BackboneSpec) runs on
-    ``device``; ``("float", "")`` for other backbones.
+    """(precision, cache tag) of the copy of a shipped network that ``spec`` runs on ``device``;
+    ``("float", "")`` for other backbones.
 
     A shipped file's vectors are keyed by its own sha256: a rebuilt file (same name, new bytes) and the int8
     copy (near, not equal) never read another file's cached vectors or stored features.
     """
-    if spec.module != SHIPPED_NETWORK_MODULE:
+    variant = shipped_variant(spec, device)
+    if variant is None:
         return "float", ""
-    from .models import network_variant
-
-    variant = network_variant(spec.family, device)
     return variant["precision"], f";{variant['precision']}@{variant['sha256'][:16]}"
 
 

@@ -171,10 +171,14 @@ def export_onnx(module: nn.Module, path: Union[str, os.PathLike], chip_size: int
         onnx.checker.check_model(model)
         onnx.save(model, str(temp))
     return {"sha256": file_sha256(path), "size_bytes": path.stat().st_size,
-            "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", chip_size, chip_size, 3],
+            **_chip_graph_io(chip_size, dim, output_name), "fp16": bool(fp16), "opset": OPSET}
+
+
+def _chip_graph_io(chip_size: int, dim: int, output_name: str = OUTPUT_NAME) -> dict:
+    """``{input, output}``: how an exported chip graph is called, as its card records it."""
+    return {"input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", chip_size, chip_size, 3],
                       "layout": "NHWC RGB aligned chips"},
-            "output": {"name": output_name, "dtype": "float32", "shape": ["batch", dim]},
-            "fp16": bool(fp16), "opset": OPSET}
+            "output": {"name": output_name, "dtype": "float32", "shape": ["batch", dim]}}
 
 
 def parity_chips(chip_size: int, count: int = PARITY_CHIPS, seed: int = PARITY_SEED) -> np.ndarray:
@@ -268,17 +272,6 @@ def export_checkpoint(model_pt_path: Union[str, os.PathLike], onnx_path: Union[s
     return info
 
 
-class _VectorHead(nn.Module):
-    """A trained head on its own: (N, D) float32 backbone vectors -> the vectors distances are measured on."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def forward(self, vectors: torch.Tensor) -> torch.Tensor:
-        return self.head(vectors)
-
-
 def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Union[str, os.PathLike]) -> dict:
     """A head trained on a shipped ONNX network's frozen vectors (``kface train --backbone kface-korean-v4``),
     exported as one file: the graph of the shipped copy the head trained on, with the head's graph after it,
@@ -304,7 +297,7 @@ def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Un
         logging.getLogger("kface").info("%s's head trained on another file of %s (sha256 %s…); exporting it with "
                                         "the shipped float file", checkpoint_sha[:12], spec.name, trained_on[:12])
     shipped_file = network_path(spec.family, check=True, variant=variant)
-    head = _VectorHead(pair_model_from_checkpoint(checkpoint).head).eval()
+    head = pair_model_from_checkpoint(checkpoint).head.eval()  # (N, D) backbone vectors -> the compared vectors
     example = torch.zeros(2, spec.embedding_size, dtype=torch.float32)
     with torch.no_grad():
         dim = int(head(example).shape[1])
@@ -318,11 +311,8 @@ def _export_head_on_shipped(checkpoint: dict, checkpoint_sha: str, onnx_path: Un
         reference = head(vectors).numpy().astype(np.float64)
     parity = compare_vectors(reference, OnnxNetwork(onnx_path, device="cpu").run(chips))
     return {"sha256": file_sha256(onnx_path), "size_bytes": onnx_path.stat().st_size,
-            "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["batch", spec.input_size, spec.input_size, 3],
-                      "layout": "NHWC RGB aligned chips"},
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", dim]},
-            "fp16": variant is card and bool(card["format"].get("fp16")), "opset": OPSET,
-            "checkpoint_sha256": checkpoint_sha,
+            **_chip_graph_io(spec.input_size, dim), "fp16": variant is card and bool(card["format"].get("fp16")),
+            "opset": OPSET, "checkpoint_sha256": checkpoint_sha,
             "backbone_file": {"file": variant["file"], "sha256": variant["sha256"]},
             "backbone": checkpoint["backbone"], "cut": "none", "tta": features["tta"],
             "head": checkpoint["head"]["kind"], "distance": checkpoint["distance"], "base_weight": None,

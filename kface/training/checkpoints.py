@@ -219,15 +219,11 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
 def _shipped_network_record(backbone: str, device: str) -> dict:
     """``{"network": {precision, sha256}}``: which copy of a shipped network made the features a head
     trained on (on a CPU, the int8 copy), so its export runs that same file; empty for other backbones."""
-    from ..backbones import SHIPPED_NETWORK_MODULE, get_spec
+    from ..backbones import get_spec
+    from ..embeddings import shipped_variant
 
-    spec = get_spec(backbone)
-    if spec.module != SHIPPED_NETWORK_MODULE:
-        return {}
-    from ..models import network_variant
-
-    variant = network_variant(spec.family, device)
-    return {"network": {"precision": variant["precision"], "sha256": variant["sha256"]}}
+    variant = shipped_variant(get_spec(backbone), device)
+    return {} if variant is None else {"network": {"precision": variant["precision"], "sha256": variant["sha256"]}}
 
 
 def val_distances_record(distances: np.ndarray, labels: np.ndarray, epoch: int) -> dict:
