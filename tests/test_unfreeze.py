@@ -208,3 +208,38 @@ def test_metric_loss_needs_identities(pair_file, tmp_path):
     result = run(["train", "--pairs", str(bare), "--root", str(pair_file.parent / "tree"), "--out",
                   str(tmp_path / "run"), "--unfreeze", "last-block", *METRIC, *FAST])
     assert result.exit_code == 2 and "identity_a/identity_b" in result.stderr
+
+
+def test_arcface_trains_the_block_keeps_its_centres_out_of_the_model_and_resumes_exactly(pair_file, tmp_path):
+    from kface.training.config import TrainConfig, saved_config
+    from kface.training.run import train
+
+    out = tmp_path / "arcface"
+    result = run(["train", "--pairs", str(pair_file), "--out", str(out), "--unfreeze", "last-block",
+                  "--loss", "arcface", "--distance", "cosine", "--ids-per-batch", "8", "--images-per-id", "4",
+                  "--epochs", "3", "--select", "accuracy", *FAST])
+    assert result.exit_code == 0, result.output
+    epochs = json.loads((out / "history.json").read_text())["epochs"]
+    assert epochs[-1]["train_loss"] < epochs[1]["train_loss"]
+    assert epochs[1]["train_accuracy"] > 0.5  # centres start at each identity's mean: most images are nearest theirs
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["criterion"]["centres"].shape == (24, 128)  # one per train identity, beside the model
+    checkpoint = load_checkpoint(out / "model.pt")
+    assert checkpoint["config"]["loss"] == "arcface" and checkpoint["distance"] == "cosine"
+    assert not any("centres" in name for name in checkpoint["head"]["state"])  # only the embedding ships
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_after_first(record):
+        if record["epoch"] == 1:
+            raise Interrupted
+
+    config = TrainConfig.from_dict({**saved_config(out), "out": str(tmp_path / "resumed")})
+    with pytest.raises(Interrupted):
+        train(config, on_epoch_end=stop_after_first)
+    train(config, resume=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for part in ("model", "criterion"):
+        for name, weight in last[part].items():
+            assert torch.equal(resumed[part][name], weight), (part, name)

@@ -73,7 +73,7 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
               help="With --dataset: the dataset's root; with --pairs: the root its relative paths resolve against.")
 @click.option("--dataset", type=click.Choice(IDENTITY_DATASETS),
               help="Train from a dataset instead of a pair file: identity-disjoint train/val/test pairs are "
-                   "sampled into OUT/pairs.csv, and --loss metric uses every image of the train identities.")
+                   "sampled into OUT/pairs.csv, and --loss metric|arcface uses every image of the train identities.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="--dataset csv: the manifest (path,identity,...).")
 @click.option("--dataset-pairs", type=int, default=None, help="--dataset: pairs to sample over all splits [default: 6000].")
 @click.option("--ratio", default=None, help="--dataset: different:same pairs in every split [default: 4:6].")
@@ -92,12 +92,13 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
                    "own embedding, with --unfreeze) [default: siamese; none with --unfreeze].")
 @click.option("--distance", type=click.Choice(DISTANCE_NAMES), default="euclidean", show_default=True)
 @click.option("--loss", default="bce", show_default=True,
-              help="bce (P(same) from the distance, binary cross-entropy), contrastive, or metric (dlib's margin "
+              help="bce (P(same) from the distance, binary cross-entropy), contrastive, metric (dlib's margin "
                    "loss around distance 0.6 on P x K identity batches: every same-person pair and as many of "
-                   "the hardest different-person pairs).")
+                   "the hardest different-person pairs), or arcface (a softmax over the train identities with "
+                   "an angular margin, on the same batches; needs --distance cosine).")
 @click.option("--margin", type=float, default=None,
               help="--loss contrastive: the margin [default: 1.0]; --loss metric: the margin on each side of 0.6 "
-                   "[default: 0.04].")
+                   "[default: 0.04]; --loss arcface: the added angle in radians [default: 0.5].")
 @click.option("--unfreeze", type=click.Choice(UNFREEZE_NAMES), default="none",
               show_default=True,
               help="Also train the backbone's final layer, last residual block, last stage, or (GPU only) every "
@@ -106,10 +107,10 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
                    "--patience and --augment (see kface.training.config.UNFROZEN_DEFAULTS).")
 @click.option("--augment", type=click.Choice(["none", "mirror"]), default=None,
               help="mirror: train on the mirrored chip half of the time [default: mirror with --unfreeze, else none].")
-@click.option("--ids-per-batch", type=int, default=32, show_default=True, help="--loss metric: identities per batch (P).")
-@click.option("--images-per-id", type=int, default=4, show_default=True, help="--loss metric: images per identity (K).")
+@click.option("--ids-per-batch", type=int, default=32, show_default=True, help="--loss metric|arcface: identities per batch (P).")
+@click.option("--images-per-id", type=int, default=4, show_default=True, help="--loss metric|arcface: images per identity (K).")
 @click.option("--batch-groups", metavar="COLUMN",
-              help="--loss metric with --dataset: fill each batch with whole groups of a dataset column (e.g. family: "
+              help="--loss metric|arcface with --dataset: fill each batch with whole groups of a dataset column (e.g. family: "
                    "the negatives mined are relatives; gender: people of one gender).")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: average each embedding with its mirrored chip's.")
@@ -208,7 +209,7 @@ def train(ctx, resume, as_json, quiet, **options):
 @backbone_option
 @click.option("--unfreeze", type=click.Choice(UNFREEZE_NAMES), default="none",
               show_default=True, help="Also train the backbone's last layers (as kface train --unfreeze).")
-@click.option("--loss", default="bce", show_default=True, help="bce, contrastive or metric (as kface train --loss).")
+@click.option("--loss", default="bce", show_default=True, help="bce, contrastive, metric or arcface (as kface train --loss).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--lr", type=float, default=None, help="[default: 0.01; 1e-5 with --unfreeze]")
 @click.option("--min-lr", type=float, default=None, help="[default: 0.001; 1e-6 with --unfreeze]")

@@ -94,7 +94,7 @@ class TrainConfig:
         if self.augment not in AUGMENTATIONS:
             raise InputError(f"unknown --augment {self.augment!r}; choose one of: {', '.join(AUGMENTATIONS)}")
         if self.batch_groups is not None and not loss_class(self.loss).identity_batches:
-            raise InputError("--batch-groups shapes identity batches, which --loss metric trains on")
+            raise InputError("--batch-groups shapes identity batches, which --loss metric and --loss arcface train on")
         if self.augment == "mirror" and self.unfreeze == "none":
             raise InputError("--augment mirror trains on mirrored chips, which needs --unfreeze (the frozen "
                              "embeddings are not stored mirrored)")
@@ -116,6 +116,9 @@ class TrainConfig:
         get_head(self.head)
         get_distance(self.distance)
         get_loss(self.loss, self.margin)  # an unknown loss or a margin it cannot take fails here
+        wanted = loss_class(self.loss).distance
+        if wanted is not None and self.distance != wanted:
+            raise InputError(f"--loss {self.loss} learns a {wanted} embedding: train it with --distance {wanted}")
         get_spec(self.backbone)
         self.feature_spec()
         if self.head == "none" and self.unfreeze == "none":

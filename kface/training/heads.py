@@ -172,6 +172,8 @@ class PairLoss(nn.Module):
     uses_margin = False
     #: True when training draws identity batches instead of pairs (``batch_loss`` gives the loss).
     identity_batches = False
+    #: The distance the loss is written for, when it is written for one (``--distance`` must match).
+    distance: Optional[str] = None
 
     def forward(self, distances: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if distances.shape != logits.shape or distances.shape != labels.shape or distances.ndim != 1:
@@ -236,8 +238,9 @@ class MetricLoss(PairLoss):
         self.batch = MarginMetricLoss(DEFAULT_THRESHOLD, margin)
         self.margin = float(margin)
 
-    def batch_loss(self, distance: str | Distance = "euclidean"):
-        """The loss over an identity batch's embeddings, measuring with ``distance``."""
+    def batch_loss(self, distance: str | Distance = "euclidean", classes: int = 0, features: int = 0, seed: int = 0):
+        """The loss over an identity batch's embeddings, measuring with ``distance`` (the other
+        arguments are for losses that learn one centre per identity)."""
         from .losses import MarginMetricLoss
 
         return MarginMetricLoss(self.batch.threshold, self.margin, distance)
@@ -246,8 +249,41 @@ class MetricLoss(PairLoss):
         return self.batch.pair_terms(distances.float(), labels.bool())
 
 
+class ArcFaceLoss(PairLoss):
+    """ArcFace (:class:`~kface.training.losses.AngularMarginLoss`, ``--loss arcface``): a softmax over the
+    train identities with an angular margin, on P x K identity batches like ``metric``.
+
+    It learns angles, so the run measures cosine distance (``--distance cosine``). On pairs (val) there is
+    no identity softmax: each pair's loss is the BCE of P(same), which is calibrated on each epoch's
+    in-batch distances.
+    """
+
+    name = "arcface"
+    trains_through_probability = False
+    uses_margin = True
+    identity_batches = True
+    distance = "cosine"
+
+    def __init__(self, margin: float = 0.5):
+        super().__init__()
+        from .losses import angular_margin
+
+        self.margin = angular_margin(margin)
+
+    def batch_loss(self, distance: str | Distance = "cosine", classes: int = 0, features: int = 0, seed: int = 0):
+        """The loss over an identity batch's embeddings: ``classes`` centres of size ``features``, first
+        drawn with ``seed``."""
+        from .losses import AngularMarginLoss
+
+        return AngularMarginLoss(classes, features, self.margin, seed=seed)
+
+    def compute(self, distances, logits, labels):
+        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
+
+
 #: Losses by name (``--loss``).
-LOSSES: dict[str, type[PairLoss]] = {loss.name: loss for loss in (BinaryCrossEntropyLoss, ContrastiveLoss, MetricLoss)}
+LOSSES: dict[str, type[PairLoss]] = {loss.name: loss for loss in (BinaryCrossEntropyLoss, ContrastiveLoss, MetricLoss,
+                                                                  ArcFaceLoss)}
 
 
 def loss_class(name: str) -> type[PairLoss]:

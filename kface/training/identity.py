@@ -76,12 +76,36 @@ def write_dataset_pairs(kind: str, root: str, out: Path, *, ratio: str, pair_cou
     return read_pairs(out), index
 
 
-class Embedding(nn.Module):
-    """``model.embed`` as a module's forward, so DDP can wrap it (its gradient hooks run in forward)."""
+def identity_inputs(table: torch.Tensor, items: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+    """What the model embeds for images ``items`` of ``table``: frozen vectors (images, D) as they are,
+    or stored maps (images, views, ...) in view ``views[i]`` each (one view per image)."""
+    if table.ndim == 2:
+        return table[items]
+    return table[items, views].unsqueeze(1)
 
-    def __init__(self, model: nn.Module):
+
+@torch.no_grad()
+def embed_rows(model: nn.Module, table: torch.Tensor, rows: np.ndarray, chunk: int = 256) -> torch.Tensor:
+    """The embeddings of images ``rows`` of ``table`` (the chip's view), in eval mode, ``chunk`` at a time."""
+    was_training = model.training
+    model.train(False)
+    rows = torch.as_tensor(rows, device=table.device)
+    parts = [model.embed(identity_inputs(table, part, torch.zeros_like(part))).float() for part in rows.split(chunk)]
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+class Embedding(nn.Module):
+    """``model.embed`` as a module's forward, so DDP can wrap it (its gradient hooks run in forward).
+
+    ``criterion`` rides along when it has parameters of its own (ArcFace's centres): they are used
+    outside ``forward``, but as the wrapped module's parameters DDP still averages their gradients.
+    """
+
+    def __init__(self, model: nn.Module, criterion: Optional[nn.Module] = None):
         super().__init__()
         self.model = model
+        self.criterion = criterion
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.model.embed(features)
@@ -121,7 +145,7 @@ def run_identity_epoch(embedding: nn.Module, table: torch.Tensor, rows: np.ndarr
         views = torch.as_tensor(batch.mirrored.astype(np.int64), device=device)
         labels = torch.as_tensor(batch.labels, device=device)
         with torch.autocast(device.type, dtype=torch.float16) if amp else contextlib.nullcontext():
-            embeddings = embedding(table[items, views].unsqueeze(1))  # one view per image
+            embeddings = embedding(identity_inputs(table, items, views))
         result = criterion(embeddings.float(), labels)
         optimiser_step(result.loss, optimizer, parameters, scaler)
         total_loss += float(result.loss.detach())

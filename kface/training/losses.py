@@ -11,11 +11,20 @@ Every same-person pair of the batch counts; of the different-person pairs only t
 smallest distances) count, as many as there are same-person pairs, so the two kinds weigh alike
 however many identities a batch holds. The sum is divided by the number of same-person pairs.
 
+:class:`AngularMarginLoss` is ArcFace (Deng et al., 2019), the loss of insightface's ``arcface_torch``: a
+softmax over the training identities, each with a learnt unit centre, where an image's angle to its own
+centre is widened by a margin ``m`` before the softmax (``s cos(theta + m)`` against ``s cos(theta_j)``).
+It judges angles, so the verifier measures cosine distance. Its centres train with the network, start
+as each identity's mean direction (:meth:`AngularMarginLoss.imprint_`: fine-tuning starts from the
+pretrained embedding, not from random centres that would first pull it apart) and are dropped after
+training: only the embedding ships.
+
 :class:`EmbeddingLoss` is the template: its ``forward`` checks the inputs and hands them to
 ``compute``, which a subclass writes.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -37,7 +46,8 @@ class BatchLoss:
 
     ``loss`` is the scalar to minimise (attached to the graph); ``positives`` and ``negatives`` count
     the same-person pairs and the different-person pairs that entered it; ``correct`` and ``pairs``
-    count the batch's pairs that the threshold already judges right, and all its pairs.
+    count what the loss already judges right, and all it judged: the batch's pairs at the threshold
+    (:class:`MarginMetricLoss`), or its images' identities (:class:`AngularMarginLoss`).
     """
 
     loss: torch.Tensor
@@ -128,3 +138,53 @@ class MarginMetricLoss(EmbeddingLoss):
         # kface's decision everywhere: the same person iff distance <= threshold.
         correct = torch.where(same, distances <= self.threshold, distances > self.threshold)
         return BatchLoss(loss, positives, int(taken.sum()), int(correct.sum()), len(distances))
+
+
+def angular_margin(margin: float) -> float:
+    """``margin`` as ArcFace's angle, checked: radians in (0, pi/2)."""
+    if not 0 < margin < math.pi / 2:
+        raise InputError(f"--margin for --loss arcface is an angle in radians in (0, {math.pi / 2:.4f}), got {margin}")
+    return float(margin)
+
+
+class AngularMarginLoss(EmbeddingLoss):
+    """ArcFace (see the module docstring) over ``classes`` identities of ``features``-d embeddings.
+
+    Args:
+        classes: how many identities the labels number (labels lie in ``[0, classes)``).
+        features: the embedding size.
+        margin: the additive angle ``m`` in radians, in (0, pi/2) (insightface: 0.5).
+        scale: ``s``, the logits' scale (insightface: 64 for millions of faces; 30 suits hundreds of
+            identities, whose softmax saturates sooner).
+        seed: the seed of the centres' first draw (:meth:`imprint_` then replaces those of identities
+            with images).
+    """
+
+    def __init__(self, classes: int, features: int, margin: float = 0.5, scale: float = 30.0, seed: int = 0):
+        super().__init__("cosine")
+        self.margin, self.scale = angular_margin(margin), float(scale)
+        generator = torch.Generator().manual_seed(seed)
+        self.centres = nn.Parameter(F.normalize(torch.randn(classes, features, generator=generator), dim=1))
+
+    @torch.no_grad()
+    def imprint_(self, embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+        """Set each identity's centre to the mean direction of its images' ``embeddings``."""
+        directions = F.normalize(embeddings.float(), dim=1)
+        sums = torch.zeros_like(self.centres).index_add_(0, labels, directions.to(self.centres.device))
+        present = sums.norm(dim=1) > 0
+        self.centres[present] = F.normalize(sums[present], dim=1)
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> BatchLoss:
+        if embeddings.ndim != 2 or labels.ndim != 1 or len(embeddings) != len(labels):
+            raise ValueError(f"expected (N, D) embeddings and (N,) labels; got {tuple(embeddings.shape)} and "
+                             f"{tuple(labels.shape)}")
+        cosines = F.linear(F.normalize(embeddings.float(), dim=1), F.normalize(self.centres, dim=1))
+        own = cosines.gather(1, labels[:, None])
+        # Clamped inside (-1, 1): acos has an infinite slope at the ends.
+        widened = torch.cos(torch.clamp(torch.acos(own.clamp(-1 + 1e-6, 1 - 1e-6)) + self.margin, max=math.pi))
+        logits = self.scale * cosines.scatter(1, labels[:, None], widened)
+        loss = F.cross_entropy(logits, labels)
+        same = labels[:, None] == labels[None, :]
+        positives = int(same.triu(diagonal=1).sum())
+        correct = int((cosines.detach().argmax(dim=1) == labels).sum())
+        return BatchLoss(loss, positives, len(labels) * (len(labels) - 1) // 2 - positives, correct, len(labels))

@@ -67,15 +67,18 @@ class TrainingRun:
         if self.identity_batches:
             # Identity batches train the embedding only; P(same) is calibrated on their distances instead.
             self.model.probability.requires_grad_(False)
-            self.batch_criterion = self.criterion.batch_loss(self.model.distance)
             self.sampler = IdentityBatchSampler(data.identities, config.ids_per_batch, config.images_per_id,
                                                 mirror=config.augment == "mirror", seed=config.seed,
                                                 batch_groups=data.identity_groups)
+            self.batch_criterion = self.criterion.batch_loss(
+                self.model.distance, classes=int(self.sampler.labels.max()) + 1,
+                features=projection.dims if projection is not None else data.embedding_size, seed=config.seed)
+            self.batch_criterion.to(device)
         self.features = torch.from_numpy(data.features).to(device)
         self.views = config.unfreeze != "none"  # features are (images, views, ...): the chip, its mirror
         self.train_pairs, self.val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
         # Fused Adam: one kernel for all parameters, the fastest step for a small head on CPU and GPU.
-        self.optimizer = torch.optim.Adam(trainable_parameters(self.model), lr=config.lr,
+        self.optimizer = torch.optim.Adam([*trainable_parameters(self.model), *self._criterion_parameters()], lr=config.lr,
                                           weight_decay=config.weight_decay, fused=True)
         # The first epoch trains at lr, the last at min_lr.
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -93,8 +96,18 @@ class TrainingRun:
         self.baseline: Optional[dict] = None
         self._trained: Optional[torch.nn.Module] = None
 
+    def _criterion_parameters(self) -> list:
+        """The identity loss's own parameters (ArcFace's centres), trained with the model, never shipped."""
+        return list(self.batch_criterion.parameters()) if self.identity_batches else []
+
     def start(self) -> None:
-        """Epoch 0: calibrate P(same) on the train distances of the untrained head, measure val, save."""
+        """Epoch 0: calibrate P(same) on the train distances of the untrained head, measure val, save
+        (and start ArcFace's centres at each identity's mean direction)."""
+        if self._criterion_parameters():
+            from .identity import embed_rows
+
+            self.batch_criterion.imprint_(embed_rows(self.model, self.features, self.data.identity_rows),
+                                          torch.as_tensor(self.sampler.labels, device=self.processes.device))
         initial = evaluate_pairs(self.model, self.eval_features(), self.train_pairs, self.criterion, self.amp)
         distances = torch.from_numpy(initial.distances).float().to(self.processes.device)
         self.model.probability.calibrate_(distances, self.train_pairs.labels)
@@ -120,6 +133,8 @@ class TrainingRun:
         state = load_last(self.out / LAST, self.config, self.data.summary["pairs_sha256"])
         what = f"{self.out / LAST}"
         load_state(self.model, state["model"], f"{what}: the model state")
+        if self._criterion_parameters():
+            load_state(self.batch_criterion, state.get("criterion") or {}, f"{what}: the loss's state")
         for name, part in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("scaler", self.scaler)):
             load_state(part, state[name], f"{what}: the {name} state")
         self.history, self.best, self.epoch = state["history"], state["best"], state["epoch"]
@@ -190,7 +205,7 @@ class TrainingRun:
         if self._trained is None:
             from .identity import Embedding
 
-            self._trained = self.processes.wrap(Embedding(self.model))
+            self._trained = self.processes.wrap(Embedding(self.model, self.batch_criterion))
         return self._trained
 
     def should_stop(self) -> bool:
@@ -248,6 +263,8 @@ class TrainingRun:
             "format": STATE_FORMAT, "format_version": 1, "epoch": self.epoch,
             "config": plain(self.config.to_dict()), "pairs_sha256": self.data.summary["pairs_sha256"],
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            **({"criterion": {k: v.detach().cpu() for k, v in self.batch_criterion.state_dict().items()}}
+               if self._criterion_parameters() else {}),
             "optimizer": self.optimizer.state_dict(), "scheduler": plain(self.scheduler.state_dict()),
             "scaler": self.scaler.state_dict(), "history": plain(self.history), "best": plain(self.best),
             "best_model": self.best_model, "baseline": plain(self.baseline), "versions": versions()}, durable=True)
