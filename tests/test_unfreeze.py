@@ -243,3 +243,14 @@ def test_arcface_trains_the_block_keeps_its_centres_out_of_the_model_and_resumes
     for part in ("model", "criterion"):
         for name, weight in last[part].items():
             assert torch.equal(resumed[part][name], weight), (part, name)
+
+
+def test_identity_batches_train_a_head_on_frozen_vectors(pair_file, tmp_path):
+    out = tmp_path / "frozen"
+    result = run(["train", "--pairs", str(pair_file), "--out", str(out), "--head", "siamese", *METRIC,
+                  "--epochs", "2", "--lr", "1e-3", *FAST])
+    assert result.exit_code == 0, result.output
+    # Before identity_inputs, a frozen (images, D) table was indexed as if it held views: a shape error.
+    weight = torch.load(out / "last.pt", weights_only=True)["model"]["head.linear.weight"]
+    assert weight.shape == (128, 128) and not torch.equal(weight, torch.eye(128))  # the head trained
+    assert json.loads((out / "history.json").read_text())["data"]["identity_batches"]["identities"] == 24
