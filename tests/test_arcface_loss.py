@@ -43,7 +43,8 @@ def test_imprinting_starts_each_centre_at_its_identity_s_mean_direction():
     centres = loss.centres.detach()
     root = math.sqrt(0.5)
     assert torch.allclose(centres[0], F.normalize(torch.tensor([1 + root, root]), dim=0))  # mean of unit vectors
-    assert torch.allclose(centres[1], F.normalize(torch.tensor([-0.3 / math.hypot(0.3, 3), 1 + 3 / math.hypot(0.3, 3)]), dim=0))
+    length = math.hypot(0.3, 3)
+    assert torch.allclose(centres[1], F.normalize(torch.tensor([-0.3 / length, 1 + 3 / length]), dim=0))
     assert torch.equal(centres[2], untouched)  # no image: the seeded draw stays
     # From imprinted centres every image is already nearest its own identity's centre.
     assert loss(embeddings, labels).correct == 4

@@ -78,8 +78,8 @@ class TrainingRun:
         self.views = config.unfreeze != "none"  # features are (images, views, ...): the chip, its mirror
         self.train_pairs, self.val_pairs = PairTensors.of(data.train, device), PairTensors.of(data.val, device)
         # Fused Adam: one kernel for all parameters, the fastest step for a small head on CPU and GPU.
-        self.optimizer = torch.optim.Adam([*trainable_parameters(self.model), *self._criterion_parameters()], lr=config.lr,
-                                          weight_decay=config.weight_decay, fused=True)
+        self.optimizer = torch.optim.Adam([*trainable_parameters(self.model), *self._criterion_parameters()],
+                                          lr=config.lr, weight_decay=config.weight_decay, fused=True)
         # The first epoch trains at lr, the last at min_lr.
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, config.epochs - 1), eta_min=config.min_lr)
