@@ -99,22 +99,28 @@ def test_last_block_with_metric_loss_trains_and_does_not_lose_to_the_frozen_back
     assert not torch.allclose(last["suffix.0.conv1.weight"], pretrained)  # the block itself trained
 
 
-def test_resume_of_identity_batches_ends_with_the_same_weights(metric_run, pair_file, tmp_path):
+def rerun_interrupted(run_folder: Path, out: Path, epoch: int) -> dict:
+    """The run in ``run_folder`` trained again into ``out``, stopped after ``epoch``, then resumed to
+    its end: the resumed run's last.pt."""
     from kface.training.config import TrainConfig, saved_config
     from kface.training.run import train
 
     class Interrupted(Exception):
         pass
 
-    def stop_after_second(record):
-        if record["epoch"] == 2:
+    def stop(record):
+        if record["epoch"] == epoch:
             raise Interrupted
 
-    config = TrainConfig.from_dict({**saved_config(metric_run), "out": str(tmp_path / "run")})
+    config = TrainConfig.from_dict({**saved_config(run_folder), "out": str(out)})
     with pytest.raises(Interrupted):
-        train(config, on_epoch_end=stop_after_second)
+        train(config, on_epoch_end=stop)
     train(config, resume=True)
-    resumed = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    return torch.load(out / "last.pt", weights_only=True)
+
+
+def test_resume_of_identity_batches_ends_with_the_same_weights(metric_run, pair_file, tmp_path):
+    resumed = rerun_interrupted(metric_run, tmp_path / "run", epoch=2)
     uninterrupted = torch.load(metric_run / "last.pt", weights_only=True)
     assert resumed["epoch"] == uninterrupted["epoch"] == 4
     for name, weight in uninterrupted["model"].items():
@@ -211,9 +217,6 @@ def test_metric_loss_needs_identities(pair_file, tmp_path):
 
 
 def test_arcface_trains_the_block_keeps_its_centres_out_of_the_model_and_resumes_exactly(pair_file, tmp_path):
-    from kface.training.config import TrainConfig, saved_config
-    from kface.training.run import train
-
     out = tmp_path / "arcface"
     result = run(["train", "--pairs", str(pair_file), "--out", str(out), "--unfreeze", "last-block",
                   "--loss", "arcface", "--distance", "cosine", "--ids-per-batch", "8", "--images-per-id", "4",
@@ -228,18 +231,7 @@ def test_arcface_trains_the_block_keeps_its_centres_out_of_the_model_and_resumes
     assert checkpoint["config"]["loss"] == "arcface" and checkpoint["distance"] == "cosine"
     assert not any("centres" in name for name in checkpoint["head"]["state"])  # only the embedding ships
 
-    class Interrupted(Exception):
-        pass
-
-    def stop_after_first(record):
-        if record["epoch"] == 1:
-            raise Interrupted
-
-    config = TrainConfig.from_dict({**saved_config(out), "out": str(tmp_path / "resumed")})
-    with pytest.raises(Interrupted):
-        train(config, on_epoch_end=stop_after_first)
-    train(config, resume=True)
-    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    resumed = rerun_interrupted(out, tmp_path / "resumed", epoch=1)
     for part in ("model", "criterion"):
         for name, weight in last[part].items():
             assert torch.equal(resumed[part][name], weight), (part, name)
