@@ -75,6 +75,16 @@ def test_sweep_fails_before_training_when_a_ratio_is_impossible(small_lfw, tmp_p
     assert not (out / "runs").exists()
 
 
+def test_sweep_fails_before_sampling_when_training_cannot_take_a_setting(small_lfw, tmp_path):
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(cli, ["sweep", "--dataset", "folder", "--root", str(small_lfw), "--ratios", "4:6", "--loss", "arcface",
+                                      "--distance", "cosine,euclidean", "--out", str(out)])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: setting ratio-4-6-base-euclidean: --loss arcface learns a cosine "
+                                     "embedding: train it with --distance cosine")
+    assert not (out / "pairs").exists()
+
+
 def test_parsers():
     assert [str(ratio) for ratio in parse_ratios("1:9, 5:5,9:1")] == ["1:9", "5:5", "9:1"]
     with pytest.raises(InputError, match="twice"):

@@ -224,6 +224,11 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
     if not resume and out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; add --resume to continue that sweep, or choose another --out")
     settings = settings_of(config)
+    for setting in settings:  # settings training cannot take (e.g. --loss arcface with Euclidean) fail first
+        try:
+            _train_config(config, setting, out / "pairs" / f"{setting.pairs_name}.csv")
+        except InputError as error:
+            raise InputError(f"setting {setting.name}: {error}") from None
     index = load_dataset(config.dataset, config.root, progress=progress, **config.dataset_options)
     for line in index.problems.lines():
         log.warning("%s", line)
@@ -250,15 +255,11 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
 def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resume: bool, progress: bool,
                  cache: bool) -> dict:
     from .report import overlap_report, report_verifier
-    from ..training.run import HISTORY, LAST, MODEL, TrainConfig, train
+    from ..training.run import HISTORY, LAST, MODEL, train
 
     run_dir = Path(config.out) / "runs" / setting.name
     report_dir = Path(config.out) / setting.name
-    train_config = TrainConfig.from_dict({**config.train, "pairs": str(pair_file), "out": str(run_dir),
-                                          "seed": config.seed, "threshold_rule": config.rule,
-                                          # The base row uses only the face and backbone settings.
-                                          "head": config.heads[0] if setting.head == BASE_HEAD else setting.head,
-                                          "distance": setting.distance})
+    train_config = _train_config(config, setting, pair_file)
     if setting.head == BASE_HEAD:
         return _row(config, setting, _base_report(config, train_config, pair_file, report_dir, resume=resume,
                                                   progress=progress, cache=cache), None, report_dir)
@@ -275,6 +276,18 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
                               out_dir=report_dir, command=None, progress=progress)
     history = json.loads((run_dir / HISTORY).read_text(encoding="utf-8"))
     return _row(config, setting, body, (history.get("best") or {}).get("epoch"), report_dir)
+
+
+def _train_config(config: SweepConfig, setting: Setting, pair_file: Path):
+    """The training settings of one cell of the grid (checked as any TrainConfig is)."""
+    from ..training.run import TrainConfig
+
+    return TrainConfig.from_dict({**config.train, "pairs": str(pair_file),
+                                  "out": str(Path(config.out) / "runs" / setting.name),
+                                  "seed": config.seed, "threshold_rule": config.rule,
+                                  # The base row uses only the face and backbone settings.
+                                  "head": config.heads[0] if setting.head == BASE_HEAD else setting.head,
+                                  "distance": setting.distance})
 
 
 def _base_report(config: SweepConfig, train_config, pair_file: Path, report_dir: Path, *, resume: bool,
