@@ -224,21 +224,22 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
     if not resume and out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; add --resume to continue that sweep, or choose another --out")
     settings = settings_of(config)
+    pair_files = {setting.pairs_name: out / "pairs" / f"{setting.pairs_name}.csv" for setting in settings}
     for setting in settings:  # settings training cannot take (e.g. --loss arcface with Euclidean) fail first
         try:
-            _train_config(config, setting, out / "pairs" / f"{setting.pairs_name}.csv")
+            _train_config(config, setting, pair_files[setting.pairs_name])
         except InputError as error:
             raise InputError(f"setting {setting.name}: {error}") from None
     index = load_dataset(config.dataset, config.root, progress=progress, **config.dataset_options)
     for line in index.problems.lines():
         log.warning("%s", line)
-    pair_files = {}
+    sampled = set()
     for setting in settings:  # all pair files first: an impossible setting fails before any training
-        if setting.pairs_name in pair_files:
+        if setting.pairs_name in sampled:
             continue
+        sampled.add(setting.pairs_name)
         request = PairRequest(setting.ratio, config.pairs, tuple(config.split), setting.images_per_identity,
                               config.seed, config.hard_negatives, config.group_by)
-        pair_files[setting.pairs_name] = out / "pairs" / f"{setting.pairs_name}.csv"
         try:
             make_pair_file(index, request, pair_files[setting.pairs_name])
         except InputError as error:
@@ -257,9 +258,8 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
     from .report import overlap_report, report_verifier
     from ..training.run import HISTORY, LAST, MODEL, train
 
-    run_dir = Path(config.out) / "runs" / setting.name
-    report_dir = Path(config.out) / setting.name
     train_config = _train_config(config, setting, pair_file)
+    run_dir, report_dir = Path(train_config.out), Path(config.out) / setting.name
     if setting.head == BASE_HEAD:
         return _row(config, setting, _base_report(config, train_config, pair_file, report_dir, resume=resume,
                                                   progress=progress, cache=cache), None, report_dir)

@@ -84,17 +84,6 @@ def identity_inputs(table: torch.Tensor, items: torch.Tensor, views: torch.Tenso
     return table[items, views].unsqueeze(1)
 
 
-@torch.no_grad()
-def embed_rows(model: nn.Module, table: torch.Tensor, rows: np.ndarray, chunk: int = 256) -> torch.Tensor:
-    """The embeddings of images ``rows`` of ``table`` (the chip's view), in eval mode, ``chunk`` at a time."""
-    was_training = model.training
-    model.train(False)
-    rows = torch.as_tensor(rows, device=table.device)
-    parts = [model.embed(identity_inputs(table, part, torch.zeros_like(part))).float() for part in rows.split(chunk)]
-    model.train(was_training)
-    return torch.cat(parts)
-
-
 class Embedding(nn.Module):
     """``model.embed`` as a module's forward, so DDP can wrap it (its gradient hooks run in forward).
 

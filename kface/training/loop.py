@@ -169,6 +169,19 @@ VAL_METRICS: dict[str, Callable] = {
 }
 
 
+def embed_rows(model: torch.nn.Module, features: torch.Tensor, rows: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """The float32 embeddings of images ``rows`` of ``features``, in eval mode (the model's mode is put back
+    after), ``EMBED_BATCH`` images at a time."""
+    was_training = model.training
+    model.train(False)
+    with torch.inference_mode():
+        with torch.autocast(features.device.type, dtype=torch.float16) if amp else contextlib.nullcontext():
+            embeddings = torch.cat([model.embed(features.index_select(0, rows[start:start + EMBED_BATCH])).float()
+                                    for start in range(0, len(rows), EMBED_BATCH)])
+    model.train(was_training)
+    return embeddings
+
+
 def evaluate_pairs(model: torch.nn.Module, features: torch.Tensor, pairs: PairTensors, criterion,
                    amp: bool = False) -> EpochOutput:
     """Every pair's distance, P(same) and loss, without training (as :func:`run_epoch` measures them).
@@ -182,12 +195,9 @@ def evaluate_pairs(model: torch.nn.Module, features: torch.Tensor, pairs: PairTe
     count = len(pairs.labels)
     if count == 0:
         return EpochOutput(math.nan, math.nan, 0)
-    model.train(False)
     rows, where = torch.unique(torch.cat([pairs.a, pairs.b]), return_inverse=True)
+    embeddings = embed_rows(model, features, rows, amp)
     with torch.inference_mode():
-        with torch.autocast(features.device.type, dtype=torch.float16) if amp else contextlib.nullcontext():
-            embeddings = torch.cat([model.embed(features.index_select(0, rows[start:start + EMBED_BATCH])).float()
-                                    for start in range(0, len(rows), EMBED_BATCH)])
         distances = model.distance.pairwise(embeddings[where[:count]], embeddings[where[count:]])
         logits = model.probability.logits(distances)
         losses = criterion(distances, logits, pairs.labels)

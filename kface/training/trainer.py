@@ -18,7 +18,8 @@ from .data import TrainingData
 from .distributed import Processes
 from .heads import get_head, get_loss, lda_head_of
 from .model import build_pair_model, trainable_parameters
-from .loop import BestEpoch, PairTensors, VAL_GRID, batches, better, epoch_order, epoch_seed, evaluate_pairs, measure, run_epoch
+from .loop import (BestEpoch, PairTensors, VAL_GRID, batches, better, embed_rows, epoch_order, epoch_seed,
+                   evaluate_pairs, measure, run_epoch)
 from .samplers import IdentityBatchSampler
 
 log = logging.getLogger("kface")
@@ -104,10 +105,11 @@ class TrainingRun:
         """Epoch 0: calibrate P(same) on the train distances of the untrained head, measure val, save
         (and start ArcFace's centres at each identity's mean direction)."""
         if self._criterion_parameters():
-            from .identity import embed_rows
-
-            self.batch_criterion.imprint_(embed_rows(self.model, self.features, self.data.identity_rows),
-                                          torch.as_tensor(self.sampler.labels, device=self.processes.device))
+            device = self.processes.device
+            chips = self.features[:, :1] if self.views else self.features  # the chip's view, as batches draw it
+            rows = torch.as_tensor(self.data.identity_rows, device=device)
+            self.batch_criterion.imprint_(embed_rows(self.model, chips, rows),
+                                          torch.as_tensor(self.sampler.labels, device=device))
         initial = evaluate_pairs(self.model, self.eval_features(), self.train_pairs, self.criterion, self.amp)
         distances = torch.from_numpy(initial.distances).float().to(self.processes.device)
         self.model.probability.calibrate_(distances, self.train_pairs.labels)
