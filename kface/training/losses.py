@@ -57,6 +57,13 @@ class BatchLoss:
     pairs: int
 
 
+def check_batch(embeddings: torch.Tensor, labels: torch.Tensor) -> None:
+    """(N, D) embeddings and their (N,) labels, or a ValueError."""
+    if embeddings.ndim != 2 or labels.ndim != 1 or len(embeddings) != len(labels):
+        raise ValueError(f"expected (N, D) embeddings and (N,) labels; got {tuple(embeddings.shape)} and "
+                         f"{tuple(labels.shape)}")
+
+
 class EmbeddingLoss(nn.Module):
     """A loss over (N, D) embeddings and their (N,) identity labels.
 
@@ -77,9 +84,7 @@ class EmbeddingLoss(nn.Module):
         return "euclidean"
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> BatchLoss:
-        if embeddings.ndim != 2 or labels.ndim != 1 or len(embeddings) != len(labels):
-            raise ValueError(f"expected (N, D) embeddings and (N,) labels; got {tuple(embeddings.shape)} and "
-                             f"{tuple(labels.shape)}")
+        check_batch(embeddings, labels)
         count = len(labels)
         upper = torch.ones(count, count, dtype=torch.bool, device=labels.device).triu(diagonal=1)
         same = (labels[:, None] == labels[None, :])[upper]  # the pairs i < j, row by row
@@ -175,9 +180,7 @@ class AngularMarginLoss(EmbeddingLoss):
         self.centres[present] = F.normalize(sums[present], dim=1)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> BatchLoss:
-        if embeddings.ndim != 2 or labels.ndim != 1 or len(embeddings) != len(labels):
-            raise ValueError(f"expected (N, D) embeddings and (N,) labels; got {tuple(embeddings.shape)} and "
-                             f"{tuple(labels.shape)}")
+        check_batch(embeddings, labels)
         cosines = F.linear(F.normalize(embeddings.float(), dim=1), F.normalize(self.centres, dim=1))
         own = cosines.gather(1, labels[:, None])
         # Clamped inside (-1, 1): acos has an infinite slope at the ends.
