@@ -36,7 +36,7 @@ def test_the_int8_card_block_and_its_file_agree():
     assert int8["made_by"].startswith("python -m kface.models.build korean-int8")
     assert int8["calibration"]["chips"] >= 400 and "never the held-out" in int8["calibration"]["from"]
     # On the val groups (which choose the thresholds), each copy at its own threshold: within 0.2 point and
-    # 0.002 AUC of the float file. The held-out groups only report (README, "The int8 copy"): there the
+    # 0.002 AUC of the float file. The held-out groups only report (docs/inference.md, "The int8 copy"): there the
     # copy's AUC is within 0.001 of the float file's on both pair kinds.
     assert abs(int8["threshold"]["val_accuracy"] - body["threshold"]["val_accuracy"]) <= 0.002
     assert abs(int8["threshold"]["val_auc"] - body["threshold"]["val_auc"]) <= 0.002

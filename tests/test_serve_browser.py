@@ -5,7 +5,7 @@ reads "Same person"; switches the page to Korean and back; then drops a text fil
 server's error. It skips, saying why, where Chromium or Playwright is missing, except under CI
 (CI=true), where .ci/run installs both and a skip would hide a broken page.
 
-Run as a script, the same code takes the README's screenshot:
+Run as a script, the same code takes the screenshot in docs/serve.md:
 
     .venv/bin/python tests/test_serve_browser.py --out docs/serve.png \\
         --distances results.csv --distances-split test --attributes-model runs/gender/model.pt
@@ -185,7 +185,7 @@ def test_page_shows_each_faces_estimated_age_with_the_korean_model():
 
 
 def take_screenshot(out: Path, distances: Optional[str], split: Optional[str], attributes_model: Optional[str]) -> None:
-    """The README's screenshot: the page after comparing obama.jpg with obama2.jpg (and analyzing biden.jpg
+    """The screenshot in docs/serve.md: the page after comparing obama.jpg with obama2.jpg (and analyzing biden.jpg
     when an attribute model is given)."""
     from playwright.sync_api import expect
 

@@ -2,7 +2,7 @@
 uploads under the documented memory bound, a slow client cut off, and a bounded soak (2,000 requests
 from 8 clients) with every answer right and memory flat.
 
-The documented bounds (README, "Faults tried"): request bodies take at most
+The documented bounds (docs/serve.md and docs/faults.md): request bodies take at most
 ``--max-in-flight × 3 × --max-upload-mb`` (:func:`kface.serve.guard.memory_bound_bytes`); a soak's
 resident memory grows by at most :data:`SOAK_GROWTH_BYTES` once the server has answered its first
 requests.
@@ -29,7 +29,7 @@ MAX_IN_FLIGHT = 4
 MAX_UPLOAD_MB = 21
 BODY_TIMEOUT_S = 8  # long enough for 4 concurrent 20 MB bodies on a busy loopback, short for the slow client
 #: Memory besides request bodies that 16 big uploads may add: decoded photos, threads' stacks, allocator
-#: slack. Measured: well under this (see the README's figure).
+#: slack. Measured: well under this (docs/speed.md, bench/serve_memory.py).
 DECODE_SLACK_BYTES = 120 * 2 ** 20
 SOAK_GROWTH_BYTES = 64 * 2 ** 20
 SOAK_CLIENTS, SOAK_REQUESTS = 8, 2000
