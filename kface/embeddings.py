@@ -167,7 +167,8 @@ class Embedder:
         weights_tag = f"@{file_sha256(weights)[:16]}" if weights else ""
         #: ``int8`` where a shipped network's int8 copy runs (see :func:`kface.models.network_variant`).
         self.precision, network_tag = shipped_network_tag(self.spec, device)
-        self._embedding_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag}{network_tag};tta={tta}"
+        #: What turns a chip into this embedder's vector (backbone, weights, shipped copy, flip averaging).
+        self.vector_tag = f"bb={self.spec.family}/{self.spec.module}{weights_tag}{network_tag};tta={tta}"
 
     @property
     def backbone(self):
@@ -190,7 +191,7 @@ class Embedder:
 
     def _embedding_key(self, face_key: str) -> str:
         # The fallback is part of it: the same image may have a whole-image embedding and a "no face".
-        return f"{face_key};fb={self.settings.fallback};{self._embedding_tag}"
+        return f"{face_key};fb={self.settings.fallback};{self.vector_tag}"
 
     # -- the pipeline ----------------------------------------------------------------------------
     def faces(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[Optional[Box]]] = None,

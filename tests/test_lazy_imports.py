@@ -6,7 +6,7 @@ import sys
 
 from conftest import default_embedding_size
 
-HEAVY = ("torch", "sklearn", "matplotlib", "scipy")
+HEAVY = ("torch", "sklearn", "matplotlib", "scipy", "ray", "pyarrow")
 
 
 def _imported_after(code: str) -> set[str]:

@@ -75,7 +75,7 @@ def test_int8_runs_by_default_and_answers_as_the_float_file(monkeypatch):
     monkeypatch.setenv(PRECISION_VARIABLE, "float")
     full = load_verifier("korean", device="cpu")
     assert (int8.embedder.precision, full.embedder.precision) == ("int8", "float")
-    assert int8.embedder._embedding_tag != full.embedder._embedding_tag
+    assert int8.embedder.vector_tag != full.embedder.vector_tag
     # each copy at its own threshold, chosen by the same rule on the same val pairs
     body = card("korean")
     assert int8.threshold == body["int8"]["threshold"]["value"] and "int8 copy" in int8.threshold_source
@@ -100,11 +100,11 @@ def test_a_rebuilt_shipped_file_never_reads_the_old_files_cached_vectors(monkeyp
 
     monkeypatch.setenv(PRECISION_VARIABLE, wanted)
     spec = FeatureSpec(FAMILY, "none", "none", "auto", 1, "whole-image", None)
-    before = Embedder(FAMILY, cache=False)._embedding_tag, FeatureStore(spec, folder=tmp_path).folder
+    before = Embedder(FAMILY, cache=False).vector_tag, FeatureStore(spec, folder=tmp_path).folder
     real = kface.models.network_variant
     monkeypatch.setattr(kface.models, "network_variant",
                         lambda family, device="auto": {**real(family, device), "sha256": "0" * 64})
-    after = Embedder(FAMILY, cache=False)._embedding_tag, FeatureStore(spec, folder=tmp_path).folder
+    after = Embedder(FAMILY, cache=False).vector_tag, FeatureStore(spec, folder=tmp_path).folder
     assert after[0] != before[0] and after[1] != before[1]
 
 
