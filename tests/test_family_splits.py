@@ -178,3 +178,44 @@ def test_a_group_list_line_of_joined_groups_stands_for_each_part(tmp_path):
     assert read_group_list(listed) == {"F001", "F002", "F003"}
     index = load_dataset("csv", tmp_path, manifest=write_family_manifest(tmp_path, families=5))
     assert set(restrict_groups(index, "family", read_group_list(listed)).attributes["family"]) == {"F001", "F002", "F003"}
+
+
+def test_added_groups_train_every_fold_and_leave_the_others_folds_and_pairs_as_they_were(tmp_path):
+    from kface.evaluation.families import split_added, subset_index
+
+    manifest = write_family_manifest(tmp_path, families=12)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    protocol = FamilyProtocol(folds=5, pairs_per_class=10, seed=1)
+    listed = {"F010", "F011"}
+    scored_rows, added_rows = split_added(index, "family", listed)
+    assert set(np.array(index.attributes["family"])[added_rows]) == listed
+    without = subset_index(index, group_rows_outside(index, listed))
+    folds, before = family_folds(without, protocol), protocol_pairs(without, family_folds(without, protocol), protocol)
+    scored = subset_index(index, scored_rows)
+    assert np.array_equal(family_folds(scored, protocol), folds)
+    after = protocol_pairs(scored, family_folds(scored, protocol), protocol)
+    assert np.array_equal(after.first, before.first) and np.array_equal(after.second, before.second)
+    with pytest.raises(InputError, match="nothing is left"):
+        split_added(index, "family", set(index.attributes["family"]))
+    with pytest.raises(InputError, match="none of the listed"):
+        split_added(index, "family", {"F999"})
+
+
+def group_rows_outside(index, listed: set) -> np.ndarray:
+    return np.array([row for row, name in enumerate(index.attributes["family"]) if name not in listed])
+
+
+def test_a_merged_group_listed_in_part_is_an_input_error(tmp_path):
+    from dataclasses import replace
+
+    from kface.datasets import DatasetIndex
+    from kface.evaluation.families import split_added
+
+    index = load_dataset("csv", tmp_path, manifest=write_family_manifest(tmp_path, families=4))
+    records = [index.record(row) for row in range(len(index))]
+    records = [replace(r, attributes={**r.attributes, "family": "F001+F002"}) if r.attributes["family"] in ("F001", "F002")
+               else r for r in records]
+    merged = DatasetIndex.from_records(index.kind, index.root, records, index.problems, index.options, index.conditions)
+    with pytest.raises(InputError, match="F001\\+F002 share a person"):
+        split_added(merged, "family", {"F002"})
+    assert len(split_added(merged, "family", {"F001", "F002"})[1]) == 2 * 3 * 4

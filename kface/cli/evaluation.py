@@ -125,6 +125,9 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
               help="Use only the groups listed in this file (one per line), e.g. a model's held-out families.")
 @click.option("--exclude-groups", type=click.Path(dir_okay=False),
               help="Leave out the groups listed in this file.")
+@click.option("--add-groups", type=click.Path(dir_okay=False),
+              help="Groups (listed in this file) that are training data only: the folds and pairs are the other "
+                   "groups', and each recipe is also scored trained with them added (row NAME+added).")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
 @click.option("--pairs-per-class", type=click.IntRange(1), default=400, show_default=True,
               help="Same and different pairs of each kind per fold.")
@@ -146,7 +149,8 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 @json_option("Print benchmark.json's rows on stdout.")
 @common_options
 @handle_errors
-def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, folds, pairs_per_class,
+def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, add_groups, folds,
+                       pairs_per_class,
                        age_column, keep_copies, models, recipes, rule, seed, out, device, as_json, quiet, no_cache):
     """Family-disjoint k-fold verification: pairs across ages and same-age same-gender hard pairs.
 
@@ -159,7 +163,7 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
     from ..evaluation.families import run_benchmark
 
     rows = run_benchmark(dataset, root, layout_options, group_by=group_by, groups_file=groups_file,
-                         exclude_file=exclude_groups, folds=folds, pairs_per_class=pairs_per_class,
+                         exclude_file=exclude_groups, added_file=add_groups, folds=folds, pairs_per_class=pairs_per_class,
                          age_column=age_column, models=models, recipes=recipes, rule=rule, seed=seed, out=Path(out),
                          device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
                          log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))

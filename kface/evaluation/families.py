@@ -384,7 +384,8 @@ def read_group_list(path: os.PathLike) -> set[str]:
 
 
 def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str = "family",
-                  groups_file: Optional[str] = None, exclude_file: Optional[str] = None, folds: int = 5,
+                  groups_file: Optional[str] = None, exclude_file: Optional[str] = None,
+                  added_file: Optional[str] = None, folds: int = 5,
                   pairs_per_class: int = 400, age_column: str = "age_class", models=(), recipes=(),
                   rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto", cache: bool = True,
                   distinct: bool = True,
@@ -393,7 +394,11 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
     ``out/benchmark.json`` and ``out/benchmark.md`` after every row, and returns the rows.
 
     With ``distinct`` (the default) copied images are left out first (:func:`distinct_images`), so no
-    fold, and no held-out group, shares an image with another."""
+    fold, and no held-out group, shares an image with another.
+
+    ``added_file`` lists groups that are training data only (:func:`split_added`): the folds and pairs are
+    the other groups' alone, as without them, and each recipe is scored twice on those same pairs, trained
+    without the added groups and with them (row ``NAME+added``): what the added families are worth."""
     from ..api import load_verifier
     from ..datasets import load_dataset
 
@@ -415,22 +420,56 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
         log(f"copied images: {copies}")
     else:
         index = subset_index(index, rows)
-    image_folds = family_folds(index, protocol)
-    pairs = protocol_pairs(index, image_folds, protocol)
-    dataset = {"kind": kind, "root": str(root), "images": len(index), "identities": len(index.identity_names),
+    scored, added = index, None
+    if added_file:
+        scored_rows, added_rows = split_added(index, group_by, read_group_list(added_file))
+        scored, added = subset_index(index, scored_rows), subset_index(index, added_rows)
+    image_folds = family_folds(scored, protocol)
+    pairs = protocol_pairs(scored, image_folds, protocol)
+    dataset = {"kind": kind, "root": str(root), "images": len(scored), "identities": len(scored.identity_names),
                "groups_file": groups_file, "exclude_groups": exclude_file, "copies_left_out": copies}
+    if added is not None:
+        dataset["added"] = {"groups_file": added_file, "images": len(added), "identities": len(added.identity_names),
+                            "groups": len(set(added.attributes[group_by]))}
     rows: list[dict] = []
     for name in models:
         log(f"scoring model {name}")
         verifier = load_verifier(name, detector="auto", fallback="whole-image", device=device, cache=cache,
                                  progress=progress)
-        rows.append(score_fixed_model(verifier, index, pairs, protocol, name))
+        rows.append(score_fixed_model(verifier, scored, pairs, protocol, name))
         write_results(out, rows, protocol, dataset)
+    variants = [(scored, image_folds, "")]
+    if added is not None:
+        # The added images go after the scored ones, so the pairs' rows stay valid; fold -1: never scored,
+        # trained on by every fold's model.
+        variants.append((subset_index(index, np.r_[scored_rows, added_rows]),
+                         np.r_[image_folds, np.full(len(added), -1, dtype=np.int64)], "+added"))
     for name, recipe in recipe_settings:
-        rows.append(score_recipe(recipe, index, image_folds, pairs, protocol, name, out, device=device,
-                                 progress=progress, log=log))
-        write_results(out, rows, protocol, dataset)
+        for data, data_folds, suffix in variants:
+            rows.append(score_recipe(recipe, data, data_folds, pairs, protocol, name + suffix, out, device=device,
+                                     progress=progress, log=log))
+            write_results(out, rows, protocol, dataset)
     return rows
+
+
+def split_added(index, group_by: str, listed: set[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows of ``index`` outside the ``listed`` groups, the rows in them): the groups a protocol run adds
+    to every fold's training only. A merged group (``F1+F2``) is added when all its parts are listed; one
+    listed only in part would put a person on both sides, an input error."""
+    groups = index.attributes.get(group_by)
+    if groups is None:
+        raise InputError(f"the {index.kind} dataset has no {group_by!r} column")
+    straddling = sorted({group for group in groups if "+" in group
+                         and 0 < sum(part in listed for part in group.split("+")) < len(group.split("+"))})
+    if straddling:
+        raise InputError(f"--add-groups: {', '.join(straddling)} share a person with groups not listed; "
+                         f"list every part or none")
+    is_added = np.array([group.split("+")[0] in listed for group in groups], dtype=bool)
+    if not is_added.any():
+        raise InputError("--add-groups: none of the listed groups is in the data")
+    if is_added.all():
+        raise InputError("--add-groups: every group is listed; nothing is left to score")
+    return np.flatnonzero(~is_added), np.flatnonzero(is_added)
 
 
 def _read_recipe(path: str) -> dict:

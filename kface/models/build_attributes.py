@@ -31,7 +31,7 @@ import numpy as np
 
 from . import MODEL_FAMILIES
 from .attributes import CARD_FILE, NETWORK_FILE, OUTPUT_NAME, SHIPPED_NAME
-from .heldout import HELDOUT_FILE, SOURCE, korean_split
+from .heldout import HELDOUT_FILE, korean_split, source_text
 
 #: The dataset's 8 age classes a..h: 0-6, 7-12, 13-19, 20-30, 31-45, 46-55, 56-66, 67-80.
 KOREAN_AGE_BINS = (0, 7, 13, 20, 31, 46, 56, 67)
@@ -310,7 +310,7 @@ def build(root: Path, device: str = "auto") -> str:
                        "backbone", "unfreeze", "suffix_lr", "age_loss", "sampling", "trunk", "hidden", "dropout",
                        "epochs", "lr", "weight_decay", "batch_size", "split", "group_by", "seed")},
                    "best_epoch": meta["best_epoch"], "val": meta["val"]},
-        "training": {"data": SOURCE, "held_out_families_file": HELDOUT_FILE.name,
+        "training": {"data": source_text(root), "held_out_families_file": HELDOUT_FILE.name,
                      "held_out_families_sha256": file_sha256(HELDOUT_FILE)},
         "made_by": BUILD_COMMAND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {**meta["versions"], "exported_with_kface": __version__, "python": platform.python_version()},

@@ -11,8 +11,7 @@ HELDOUT_FILE = MODELS_DIR / "korean-heldout-families.txt"
 HELDOUT_FRACTION = 0.1
 HELDOUT_SEED = 0
 SOURCE = ("AI-Hub (Korea) family-relation face images, age subset, as re-hosted publicly on GitHub "
-          "(ndb796/korean_face_age_dataset, commit 5d10e563): 10,025 crops of 896 people in 299 families, "
-          "6,790 distinct images of 598 people in 156 groups of related families once copies are merged")
+          "(ndb796/korean_face_age_dataset, commit 5d10e563)")
 
 
 def choose_heldout(groups: list[str], fraction: float = HELDOUT_FRACTION, seed: int = HELDOUT_SEED) -> list[str]:
@@ -35,6 +34,18 @@ def merged_index(root: Path):
 
     index = load_dataset("csv", root, manifest=root / "identities.csv")
     return distinct_images(index, np.arange(len(index)), "family")[0]
+
+
+def source_text(root: Path) -> str:
+    """What a model card says it was made from: the source and the set's counts, read from the data."""
+    from ..datasets import load_dataset
+
+    crops = load_dataset("csv", root, manifest=root / "identities.csv")
+    merged = merged_index(root)
+    return (f"{SOURCE}: {len(crops):,} crops of {len(crops.identity_names):,} people in "
+            f"{len(set(crops.attributes['family'])):,} families, {len(merged):,} distinct images of "
+            f"{len(merged.identity_names):,} people in {len(set(merged.attributes['family'])):,} groups of related "
+            f"families once copies are merged")
 
 
 def korean_split(root: Path) -> tuple:

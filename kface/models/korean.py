@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from . import MODELS_DIR, _read_card, precision
-from .heldout import HELDOUT_FILE, SOURCE, korean_split
+from .heldout import HELDOUT_FILE, korean_split, source_text
 
 NAME = "korean"
 VERSION = "v4"
@@ -97,7 +97,7 @@ def build_korean(root: Path, device: str = "auto") -> str:
                   "tta_in_graph": checkpoint["features"]["tta"]},
         "threshold": {"value": float(threshold["value"]), "rule": threshold["rule"], "source": "the training run"},
         "recipe": recipe(), "recipe_file": str(RECIPE_FILE.relative_to(MODELS_DIR.parent.parent)),
-        "training": {"data": SOURCE, "held_out_families_file": HELDOUT_FILE.name,
+        "training": {"data": source_text(root), "held_out_families_file": HELDOUT_FILE.name,
                      "held_out_families_sha256": file_sha256(HELDOUT_FILE), "seed": int(checkpoint["seed"]),
                      "epoch": int(checkpoint["epoch"]), "val": checkpoint["metrics"], "data_counts": checkpoint["data"]},
         "made_by": BUILD_COMMAND,
