@@ -21,6 +21,8 @@ VERSIONED_NAME = re.compile(r"\b[a-z][a-z0-9]*(?:-[a-z][a-z0-9]*)*-v\d+(?:-int8)
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 MODULE_COMMAND = re.compile(r"python -m (kface(?:\.\w+)+)")
 REPO_PATH = re.compile(r"`((?:kface|bench|tests|reports|examples|pairs)/[\w./-]+)`")
+CODE_SPAN = re.compile(r"`([^`]+)`")
+DOTTED_NAME = re.compile(r"(?<![\w/.-])kface(?:\.\w+)+")
 
 
 def _text(path: Path) -> str:
@@ -92,6 +94,30 @@ def test_named_modules_and_files_exist(path: Path) -> None:
         if not any(char in name for char in "*|") and not (REPO / name.rstrip("/.")).exists():
             missing.append(name)
     assert not missing, f"{_doc_id(path)} names what does not exist: {', '.join(sorted(set(missing)))}"
+
+
+def _python_name_exists(dotted: str) -> bool:
+    """Whether ``kface.a.b.name`` is a module of the source tree, or a name defined, imported or lazily
+    exported (named in a string) in one."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        stem = REPO.joinpath(*parts[:cut])
+        source = stem.with_suffix(".py") if stem.with_suffix(".py").is_file() else stem / "__init__.py"
+        if source.is_file():
+            if cut == len(parts):
+                return True
+            name = re.escape(parts[cut])
+            return re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*[:=]|^\s*from .* import .*\b{name}\b|[\"']{name}[\"']",
+                             source.read_text(encoding="utf-8"), re.MULTILINE) is not None
+    return False
+
+
+@pytest.mark.parametrize("path", USER_DOCS, ids=_doc_id)
+def test_named_python_objects_exist(path: Path) -> None:
+    """Every `kface.module.name` the docs show in code resolves in the source tree (after a move too)."""
+    named = {m for span in CODE_SPAN.findall(_text(path)) for m in DOTTED_NAME.findall(span)}
+    stale = sorted(name for name in named if not _python_name_exists(name))
+    assert not stale, f"{_doc_id(path)} names Python objects that do not exist: {', '.join(stale)}"
 
 
 def _fenced_block_after(text: str, heading: str) -> list[str]:
