@@ -16,11 +16,15 @@ from .errors import InputError, KfaceError
 
 
 @contextlib.contextmanager
-def atomic_path(target: os.PathLike, suffix: str = "", durable: bool = False) -> Iterator[Path]:
+def atomic_path(target: os.PathLike, suffix: str = "", durable: bool = False,
+                exclusive: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``target``; on success it is renamed to ``target``, on failure removed.
 
     ``durable``: the file's data and then the folder entry are fsynced, so after a power loss the target
     is the old file or the new one, never an empty one (a commit point; costs a few milliseconds).
+    ``exclusive``: never replace an existing ``target``: the whole temp file is hard-linked as ``target``,
+    and :class:`FileExistsError` is raised when ``target`` exists by then (of two processes creating one
+    file, one wins and the other finds the winner's whole file).
     Failing to write (a full disk, a read-only folder) is a :class:`KfaceError` naming ``target``.
     """
     target = Path(target)
@@ -41,9 +45,14 @@ def atomic_path(target: os.PathLike, suffix: str = "", durable: bool = False) ->
             os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes owner-only files; outputs get the usual mode
             if durable:
                 fsync_file(temp)
-            os.replace(temp, target)
+            if exclusive:
+                os.link(temp, target)
+            else:
+                os.replace(temp, target)
             if durable:
                 fsync_folder(target.parent)
+        except FileExistsError:  # exclusive: another process made target first
+            raise
         except OSError as exc:
             raise KfaceError(f"{target}: cannot write the output ({_why(exc)})") from None
     except OSError as exc:  # raised while the caller wrote the temp file

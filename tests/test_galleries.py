@@ -133,7 +133,10 @@ def test_another_model_is_refused(tmp_path):
 def test_enrolment_of_known_content_is_skipped(tmp_path):
     gallery, vectors, _ = make_gallery(tmp_path / "g.kgallery", count=2, images=1)
     again = gallery.store.add([NewImage("p0", f"{0:064x}", "img0.jpg", "hog", vectors[0])], MODEL.key)
-    assert again == 0 and gallery.store.counts() == (2, 2)
+    assert (again.added, again.already) == (0, 1) and gallery.store.counts() == (2, 2)
+    # the same content under another name is a conflict, decided inside the write transaction
+    other = gallery.store.add([NewImage("p9", f"{0:064x}", "img0.jpg", "hog", vectors[0])], MODEL.key)
+    assert other.added == 0 and other.conflicts == {f"{0:064x}": "p0"} and gallery.store.counts() == (2, 2)
 
 
 def test_threshold_at_fpir_and_fnir():

@@ -9,20 +9,15 @@ requests.
 """
 from __future__ import annotations
 
-import http.client
-import json
 import socket
-import subprocess
-import sys
-import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from fault_helpers import EXAMPLES
+from serve_helpers import Server, multipart, post
 
 pytestmark = pytest.mark.slow
 MAX_IN_FLIGHT = 4
@@ -38,66 +33,6 @@ SOAK_CLIENTS, SOAK_REQUESTS = 8, 2000
 SOAK_VERIFY_EVERY = 125
 
 
-class Server:
-    """A ``kface serve`` process on a free loopback port; its stderr is gathered in a thread."""
-
-    def __init__(self, *options):
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kface", "serve", "--port", "0", "--model", "dlib", "--detector", "dlib",
-             "--workers", "2", *map(str, options)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.port = None
-        ready = threading.Event()
-
-        def read() -> None:
-            for line in self.process.stderr:
-                self.lines.append(line)
-                if line.startswith("kface serve: http://"):
-                    self.port = int(line.split("http://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1])
-                    ready.set()
-            ready.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        ready.wait(timeout=240)
-        if self.port is None:
-            self.stop()
-            raise AssertionError("kface serve did not start:\n" + "".join(self.lines))
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # the line comes just before uvicorn starts serving
-            try:
-                if self.get("/health")[0] == 200:
-                    return
-            except OSError:
-                time.sleep(0.2)
-        raise AssertionError("kface serve did not answer /health:\n" + "".join(self.lines))
-
-    def connection(self, timeout: float = 120) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-
-    def get(self, path: str, headers: dict = None) -> tuple[int, dict]:
-        connection = self.connection()
-        try:
-            connection.request("GET", path, headers=headers or {})
-            response = connection.getresponse()
-            return response.status, json.loads(response.read() or b"{}")
-        finally:
-            connection.close()
-
-    def memory(self, field: str) -> int:
-        """VmRSS (resident now) or VmHWM (the peak so far) of the server process, in bytes."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError(f"no {field} in /proc/{self.process.pid}/status")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
 @pytest.fixture(scope="module")
 def server():
     if not Path("/proc/self/status").exists():
@@ -106,23 +41,6 @@ def server():
                      "--body-timeout", BODY_TIMEOUT_S, "--quiet")
     yield running
     running.stop()
-
-
-def multipart(files: dict[str, bytes]) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, data in files.items():
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.jpg"\r\n'
-                     f"Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def post(connection: http.client.HTTPConnection, path: str, files: dict[str, bytes],
-         headers: dict = None) -> tuple[int, dict]:
-    body, kind = multipart(files)
-    connection.request("POST", path, body=body, headers={"Content-Type": kind, **(headers or {})})
-    response = connection.getresponse()
-    return response.status, json.loads(response.read() or b"{}")
 
 
 SAME = {"image_a": (EXAMPLES / "obama.jpg").read_bytes(), "image_b": (EXAMPLES / "obama2.jpg").read_bytes()}

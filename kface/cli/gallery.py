@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import InputError, KfaceError
+from ..errors import InputError
 from ..names import DETECTOR_NAMES, FALLBACK_NAMES, IDENTITY_DATASETS
 from .options import common_options, device_option, handle_errors, json_option, print_json, setup_logging
 
@@ -43,14 +43,6 @@ def _open(gallery_path, model=None, create=False, **options):
     from ..galleries import Gallery
 
     return Gallery.open(gallery_path, model, create=create, **options)
-
-
-def _forget_new_gallery(path: Path) -> None:
-    """Remove a gallery this command created, when the command fails (the gallery is left as it was)."""
-    for suffix in ("", "-wal", "-shm", ".index"):
-        candidate = Path(f"{path}{suffix}")
-        if candidate.exists():
-            candidate.unlink()
 
 
 # -- enroll and search -----------------------------------------------------------------------------
@@ -89,30 +81,24 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, model, detec
         if not identity:
             raise click.UsageError("IMAGE arguments need --identity NAME")
     path = Path(gallery_path)
-    created = not path.exists()
     say = (lambda text: None) if quiet else (lambda text: click.echo(text, err=True))
-    try:
-        gallery = _open(path, model, create=True, detector=detector, fallback=fallback, device=device,
-                        cache=not no_cache, progress=not quiet)
-        with gallery:
-            if workers is not None:  # the embedder behind the model (a trained model's wraps one)
-                embedder = gallery.verifier.embedder
-                getattr(embedder, "embedder", embedder).workers = workers
+    # A new gallery is created at the first commit (Gallery.open(create=True)): a failed enrolment leaves none.
+    with _open(path, model, create=True, detector=detector, fallback=fallback, device=device,
+               cache=not no_cache, progress=not quiet) as gallery:
+        if workers is not None:  # the embedder behind the model (a trained model's wraps one)
+            embedder = gallery.verifier.embedder
+            getattr(embedder, "embedder", embedder).workers = workers
 
-            def committed(report) -> None:
-                say(f"note: enrolled {report.enrolled} (of {report.total}) in {path}")
+        def committed(report) -> None:
+            say(f"note: enrolled {report.enrolled} (of {report.total}) in {path}")
 
-            if dataset:
-                layout = {"manifest": manifest} if manifest else {}
-                report = gallery.enroll_dataset(dataset, root, layout, batch=batch, progress=not quiet,
-                                                on_commit=committed)
-            else:
-                report = gallery.enroll(list(images), identity)
-            people, total = gallery.store.counts()
-    except KfaceError:
-        if created:
-            _forget_new_gallery(path)
-        raise
+        if dataset:
+            layout = {"manifest": manifest} if manifest else {}
+            report = gallery.enroll_dataset(dataset, root, layout, batch=batch, progress=not quiet,
+                                            on_commit=committed)
+        else:
+            report = gallery.enroll(list(images), identity)
+        people, total = gallery.store.counts()
     for name, message in sorted(report.skipped.items()):
         say(f"skipped: {message}")
     for name, owner in sorted(report.conflicts.items()):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from ..serve.auth import DEFAULT_RATE_PER_MINUTE
 from .options import backbone_option, detector_options, device_option, handle_errors, model_option, setup_logging
 
 
@@ -13,7 +14,8 @@ from .options import backbone_option, detector_options, device_option, handle_er
               help="An attribute model from kface train-attributes, for age group and gender (POST /analyze) "
                    "[default: the shipped Korean model, attributes-korean-v4].")
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on; anything but loopback lets other machines upload faces (a warning says so).")
+              help="Address to listen on; anything but loopback lets other machines reach it, and needs a token "
+                   "(--token-file) or --no-token.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one).")
 @backbone_option
 @detector_options(default="auto")
@@ -34,11 +36,24 @@ from .options import backbone_option, detector_options, device_option, handle_er
               help="Seconds a request's whole body may take to arrive (a slower client gets 408).")
 @click.option("--gallery", type=click.Path(dir_okay=False),
               help="A gallery (from kface enroll, same model) for POST /search and POST /enroll and the page's search.")
+@click.option("--token-file", type=click.Path(dir_okay=False),
+              help="Require Authorization: Bearer <token> on every API route, with a token of this file (one a "
+                   "line; may search and enroll) [default: $KFACE_TOKEN, if set].")
+@click.option("--read-token-file", type=click.Path(dir_okay=False),
+              help="Tokens that may verify, analyze and search, but not enroll (e.g. a kiosk's).")
+@click.option("--write-token-file", type=click.Path(dir_okay=False),
+              help="Tokens that may also enroll into the gallery.")
+@click.option("--no-token", is_flag=True, help="Listen beyond loopback without a token (anyone who reaches the port "
+                                                "may use it; a warning says so).")
+@click.option("--rate-limit", type=click.IntRange(0), default=None,
+              help=f"API requests a minute each client address may make (past it: 429); 0: no limit [default: "
+                   f"{DEFAULT_RATE_PER_MINUTE} when --host is not loopback, else no limit].")
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No request log.")
 @handle_errors
 def serve(model, attributes_model, host, port, backbone, detector, fallback, max_pixels, threshold, distances,
-          distances_split, max_upload_mb, workers, max_in_flight, body_timeout, gallery, device, quiet):
+          distances_split, max_upload_mb, workers, max_in_flight, body_timeout, gallery, token_file, read_token_file,
+          write_token_file, no_token, rate_limit, device, quiet):
     """Serve a local web page and JSON API for verify and analyze (page at /, API docs at /docs).
 
     POST /verify (fields image_a, image_b), POST /analyze (field image), GET /health. Photos are
@@ -47,8 +62,12 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
     """
     setup_logging(quiet)
     from ..serve.app import run_server
+    from ..serve.auth import load_tokens
+
+    tokens = load_tokens(token_file, read_token_file, write_token_file)
 
     run_server(model, attributes_model, host=host, port=port, backbone=backbone, detector=detector, fallback=fallback,
                threshold=threshold, device=device, max_pixels=max_pixels, max_request_mb=max_upload_mb,
                workers=workers, distances=distances, distances_split=distances_split, quiet=quiet,
-               max_in_flight=max_in_flight, body_timeout_s=body_timeout, gallery=gallery)
+               max_in_flight=max_in_flight, body_timeout_s=body_timeout, gallery=gallery,
+               tokens=tokens, no_token=no_token, rate_per_minute=rate_limit)

@@ -5,6 +5,11 @@ A :class:`Gallery` is a :class:`~kface.galleries.store.GalleryStore` (SQLite, th
 :class:`~kface.api.Verifier` of the model that made its vectors (loaded only to embed photos). Every
 search runs inside one read snapshot of the store, so a search that overlaps another process's enrolment
 sees the gallery either before or after each committed batch, never half of one.
+
+The write API here is the one safe way to change a gallery from many processes at once: every change is
+one transaction of the store (:mod:`kface.galleries.store`), a new gallery is created at its first commit,
+and the index file is replaced only while holding the store's write lock and only by an index of the
+committed state, so the file on disk is the current state or is recognised as stale and rebuilt.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import numpy as np
 
 from ..errors import InputError, KfaceError
 from ..images import ImageSource, content_hash, read_bytes
-from .index import VectorIndex, build_index, index_path
-from .store import GalleryStore, ModelIdentity, NewImage
+from .audit import Actor, local_actor
+from .index import VectorIndex, build_index, index_path, read_header
+from .store import AddResult, GalleryStore, ModelIdentity, NewImage, UnbornStore
 
 log = logging.getLogger("kface")
 
@@ -101,10 +107,12 @@ class Gallery:
     'obama'
     """
 
-    def __init__(self, store: GalleryStore, verifier=None, verifier_options: Optional[dict] = None):
+    def __init__(self, store: Union[GalleryStore, UnbornStore], verifier=None,
+                 verifier_options: Optional[dict] = None, actor: Optional[Actor] = None):
         self.store = store
         self.path = store.path
         self.model = store.model()
+        self.actor = actor or local_actor()  # who the audit log names for changes made without an actor
         self._verifier = verifier
         self._verifier_options = dict(verifier_options or {})
         self._index: Optional[VectorIndex] = None
@@ -113,7 +121,8 @@ class Gallery:
     @classmethod
     def open(cls, path: os.PathLike, model: Optional[str] = None, *, create: bool = False, verifier=None,
              **verifier_options) -> "Gallery":
-        """Open the gallery at ``path`` (``create``: make an empty one for ``model`` if it is missing).
+        """Open the gallery at ``path`` (``create``: when it is missing, it is created for ``model`` when
+        the first embeddings are stored, by this process or by another one of the same model).
 
         Raises :class:`InputError` when the file is not a gallery, or when ``model`` (or ``verifier``) is
         not the model the gallery's vectors were made with.
@@ -127,8 +136,7 @@ class Gallery:
 
                 verifier = load_verifier(model, **_loader_options(verifier_options))
             identity = model_identity(verifier)
-            store = GalleryStore.create(path, identity, open_set_threshold(identity))
-            return cls(store, verifier, verifier_options)
+            return cls(UnbornStore(path, identity, open_set_threshold(identity)), verifier, verifier_options)
         store = GalleryStore.open(path)
         gallery = cls(store, verifier, verifier_options)
         if verifier is not None or model is not None:
@@ -184,7 +192,8 @@ class Gallery:
     # -- enrolment ---------------------------------------------------------------------------------
     def enroll(self, images: Sequence[ImageSource], identity: Union[str, Sequence[str]], *,
                skip_bad: bool = False, batch: Optional[int] = None,
-               on_commit: Optional[Callable[[EnrolmentReport], None]] = None) -> EnrolmentReport:
+               on_commit: Optional[Callable[[EnrolmentReport], None]] = None,
+               actor: Optional[Actor] = None) -> EnrolmentReport:
         """Enroll ``images`` under ``identity`` (one name, or one per image).
 
         Images already enrolled (by content) are skipped. Without ``skip_bad`` every image must have a
@@ -211,29 +220,39 @@ class Gallery:
                                              on_error="skip" if skip_bad else "raise")
             if vectors.shape[1] != self.model.dim:
                 raise KfaceError(f"the model made {vectors.shape[1]}-d vectors; {self.path} holds {self.model.dim}-d")
-            new = []
+            new, labels = [], {}
             for row, (source, label, sha, name) in enumerate(chunk):
                 message = result.errors.get(result.paths[row])
                 if message is not None:
                     report.skipped[label] = message
                     continue
                 new.append(NewImage(name, sha, label, result.stages[row], vectors[row]))
-            report.enrolled += self.store.add(new, self.model.key)
+                labels[sha] = label
+            stored = self._store_for_writing().add(new, self.model.key, actor or self.actor)
+            report.enrolled += stored.added
+            report.already += stored.already
+            report.conflicts.update({labels[sha]: owner for sha, owner in stored.conflicts.items()})
             if on_commit is not None:
                 on_commit(report)
         self.refresh_index(save=True)
         return report
 
-    def add_images(self, images: Sequence[NewImage]) -> int:
-        """Store embeddings made elsewhere by the gallery's model (e.g. a server's), in one transaction;
-        returns how many were new."""
+    def add_images(self, images: Sequence[NewImage], actor: Optional[Actor] = None) -> AddResult:
+        """Store embeddings made elsewhere by the gallery's model (e.g. a server's), in one transaction."""
         for image in images:
             if np.asarray(image.vector).shape != (self.model.dim,):
                 raise InputError(f"a {np.asarray(image.vector).shape} vector cannot join {self.path}, "
                                  f"which holds {self.model.dim}-d ones")
-        added = self.store.add(list(images), self.model.key)
+        stored = self._store_for_writing().add(list(images), self.model.key, actor or self.actor)
         self.refresh_index(save=True)
-        return added
+        return stored
+
+    def _store_for_writing(self) -> GalleryStore:
+        """The store, created now when the gallery does not exist yet (or opened, if another process
+        created it meanwhile for the same model)."""
+        if isinstance(self.store, UnbornStore):
+            self.store = self.store.create()
+        return self.store
 
     def _new_images(self, images, names, report: EnrolmentReport, skip_bad: bool) -> list:
         """The images to embed: readable, not enrolled before, each content once."""
@@ -271,10 +290,10 @@ class Gallery:
         names = [index.identity_names[code] for code in index.identity_codes]
         return self.enroll(paths, names, skip_bad=True, batch=batch, on_commit=on_commit)
 
-    def remove(self, identity: str) -> int:
+    def remove(self, identity: str, actor: Optional[Actor] = None) -> int:
         """Delete ``identity``'s embeddings for good (SQLite delete with secure_delete, VACUUM, and an
         index rebuilt without them); returns how many images were removed."""
-        removed = self.store.remove(identity)
+        removed = self._store_for_writing().remove(identity, actor or self.actor)
         self.rebuild()  # first the index file, which holds the vectors too
         self.store.scrub()
         return removed
@@ -309,8 +328,10 @@ class Gallery:
             count = self.store.counts()[1]
             if count == 0:
                 raise InputError(f"{self.path}: the gallery is empty; enroll someone first")
-            index = self._current_index(count)
+            index, rebuilt = self._current_index(count)
             ranked = self._ranked(index, vectors, top, count)
+        if rebuilt:
+            self._save_index()
         answers = []
         for candidates in ranked:
             best = candidates[0] if candidates else None
@@ -340,46 +361,59 @@ class Gallery:
                 return ranked
             k = min(count, 4 * k)
 
-    def _current_index(self, count: int) -> VectorIndex:
-        """The index at the snapshot's state: kept, brought up to date, or rebuilt (inside a snapshot)."""
+    def _current_index(self, count: int) -> tuple[VectorIndex, bool]:
+        """The index at the snapshot's state: kept, brought up to date, or rebuilt (inside a snapshot), and
+        whether it was rebuilt (then worth saving, once the snapshot ends)."""
         generation, epoch = self.store.version()
+        created = self.store.meta()["created"]
         index = self._index
-        stale = (index is None or index.epoch != epoch or index.generation > generation or index.dim != self.model.dim
-                 or index.distance != self.model.distance or index.needs_rebuild(count))
+        stale = (index is None or index.gallery != created or index.epoch != epoch or index.generation > generation
+                 or index.dim != self.model.dim or index.distance != self.model.distance
+                 or index.needs_rebuild(count))
         if not stale and index.generation < generation:
             ids, vectors = self.store.vectors(after_id=index.max_id)
             index.add(ids, vectors)
             index.generation = generation
-        if stale or index.count != count:
+        rebuilt = stale or index.count != count
+        if rebuilt:
             ids, vectors = self.store.vectors()
-            index = build_index(ids, vectors, self.model.distance, self.model.dim, generation, epoch)
-            self._index = index
-            self._save_index()
+            index = build_index(ids, vectors, self.model.distance, self.model.dim, generation, epoch, gallery=created)
         self._index = index
-        return index
+        return index, rebuilt
 
-    def refresh_index(self, save: bool = False) -> VectorIndex:
-        """Bring the index up to the committed state (``save``: write the index file too)."""
+    def refresh_index(self, save: bool = False) -> Optional[VectorIndex]:
+        """Bring the index up to the committed state (``save``: write the index file too); None while the
+        gallery does not exist yet."""
+        if isinstance(self.store, UnbornStore):
+            return None
         if self._index is None:
             self._index = VectorIndex.load(index_path(self.path))
         with self.store.snapshot():
-            index = self._current_index(self.store.counts()[1])
-        if save:
+            index, rebuilt = self._current_index(self.store.counts()[1])
+        if save or rebuilt:
             self._save_index()
         return index
 
     def rebuild(self) -> VectorIndex:
         """Rebuild the index file from the store, whatever state it is in."""
         self._index = None
-        path = index_path(self.path)
-        if path.exists():
-            path.unlink()
         return self.refresh_index(save=True)
 
     def _save_index(self) -> None:
+        """Write the index file, holding the store's write lock, when the index is of the committed state;
+        otherwise a later commit's writer saves its own, and a file of an older epoch (it may hold the
+        vectors of someone removed since) is deleted."""
+        index, path = self._index, index_path(self.path)
         try:
-            self._index.save(index_path(self.path))
-        except (OSError, InputError) as exc:
+            with self.store.write_lock():
+                generation, epoch = self.store.version()
+                if (index.generation, index.epoch) == (generation, epoch):
+                    index.save(path)
+                else:
+                    on_disk = read_header(path)
+                    if on_disk is not None and on_disk.get("epoch") != epoch:
+                        path.unlink()
+        except (OSError, KfaceError) as exc:
             log.info("%s: could not write the index file (%s); searches rebuild it in memory", self.path, exc)
 
     def _require_people(self) -> None:

@@ -3,8 +3,8 @@
 Small galleries are searched exactly (``IndexFlat``); from :data:`APPROXIMATE_FROM` embeddings on, an
 inverted-file index (``IndexIVFFlat``, about sqrt(N) lists, :data:`NPROBE` of them searched), which
 ``bench/gallery_search.py`` measured against exact search and against HNSW (see the README). The index
-file (``<gallery>.index``) starts with a JSON header line naming the store state it covers (generation,
-epoch, the last image id) and the sha256 of the faiss bytes after it; a missing, damaged or stale file is
+file (``<gallery>.index``) starts with a JSON header line naming the store state it covers (the gallery's
+creation time, generation, epoch, the last image id) and the sha256 of the faiss bytes after it; a missing, damaged or stale file is
 rebuilt from the store, and one that covers an older state of the same epoch is brought up to date by
 adding the newer rows.
 """
@@ -83,6 +83,7 @@ class VectorIndex:
     epoch: int
     max_id: int
     trained_on: int  # vectors the approximate index was trained on (0 for exact)
+    gallery: str = ""  # the store's "created" stamp: an index left from a deleted gallery of that name is stale
 
     @property
     def count(self) -> int:
@@ -120,7 +121,7 @@ class VectorIndex:
         body = faiss.serialize_index(self.faiss_index).tobytes()
         header = {"magic": MAGIC, "kind": self.kind, "distance": self.distance, "dim": self.dim,
                   "generation": self.generation, "epoch": self.epoch, "max_id": self.max_id,
-                  "count": self.count, "trained_on": self.trained_on, "sha256": hashlib.sha256(body).hexdigest()}
+                  "count": self.count, "trained_on": self.trained_on, "gallery": self.gallery, "sha256": hashlib.sha256(body).hexdigest()}
         with atomic_path(path, suffix=".index") as temp:
             with open(temp, "wb") as handle:
                 handle.write(json.dumps(header).encode("utf-8") + b"\n")
@@ -150,20 +151,32 @@ class VectorIndex:
         if header["kind"] == "ivf":
             faiss_index.nprobe = NPROBE
         return cls(header["kind"], header["distance"], int(header["dim"]), faiss_index, int(header["generation"]),
-                   int(header["epoch"]), int(header["max_id"]), int(header["trained_on"]))
+                   int(header["epoch"]), int(header["max_id"]), int(header["trained_on"]),
+                   str(header.get("gallery", "")))
+
+
+def read_header(path: Path) -> Optional[dict]:
+    """The header line of the index file at ``path`` (None when it is missing or unreadable)."""
+    try:
+        with open(path, "rb") as handle:
+            header = json.loads(handle.readline().decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return header if isinstance(header, dict) and header.get("magic") == MAGIC else None
 
 
 def build_index(ids: np.ndarray, vectors: np.ndarray, distance: str, dim: int, generation: int, epoch: int,
-                kind: Optional[str] = None, seed: int = 0) -> VectorIndex:
-    """A fresh index of ``kind`` (default: by size, :func:`choose_kind`) over ``vectors``.
+                kind: Optional[str] = None, seed: int = 0, gallery: str = "") -> VectorIndex:
+    """A fresh index of ``kind`` (default: by size, :func:`choose_kind`) over ``vectors`` of the store
+    state ``gallery`` (its creation stamp), ``generation``, ``epoch``.
 
     The IVF's k-means is trained on a seeded sample of at most 64 vectors per list.
     """
     with faiss_threads():
-        return _build(ids, vectors, distance, dim, generation, epoch, kind or choose_kind(len(ids)), seed)
+        return _build(ids, vectors, distance, dim, generation, epoch, kind or choose_kind(len(ids)), seed, gallery)
 
 
-def _build(ids, vectors, distance, dim, generation, epoch, kind, seed) -> VectorIndex:
+def _build(ids, vectors, distance, dim, generation, epoch, kind, seed, gallery) -> VectorIndex:
     import faiss
 
     metric = faiss.METRIC_INNER_PRODUCT if distance == "cosine" else faiss.METRIC_L2
@@ -189,7 +202,7 @@ def _build(ids, vectors, distance, dim, generation, epoch, kind, seed) -> Vector
         faiss_index = faiss.IndexIDMap2(graph)
     else:
         raise ValueError(f"unknown index kind {kind!r}")
-    index = VectorIndex(kind, distance, dim, faiss_index, generation, epoch, 0, trained_on)
+    index = VectorIndex(kind, distance, dim, faiss_index, generation, epoch, 0, trained_on, gallery)
     index.add(ids, vectors)
     return index
 

@@ -5,19 +5,26 @@ WAL mode, so searching processes read a consistent snapshot while another proces
 ``secure_delete`` on, so that a removed person's embeddings are overwritten, not merely unlinked.
 ``generation`` counts committed changes; ``epoch`` counts changes that are not appends (removals), so an
 index that covers a prefix of the rows of the same epoch can be brought up to date by adding the rest.
+
+Many processes may write one gallery at once (enrolments, removals, a server): every change is one
+``BEGIN IMMEDIATE`` transaction, which SQLite serialises across processes, and checks what it depends on
+(who a photo is enrolled as) inside that transaction. Creation is idempotent: the file is made whole under a
+temp name and hard-linked into place, so two processes creating one gallery both end up with the one file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 
 from ..errors import InputError, KfaceError
+from .audit import Actor, append_audit, local_actor
 
 FORMAT = "kface-gallery"
 SCHEMA_VERSION = 1
@@ -66,6 +73,15 @@ class NewImage:
     vector: np.ndarray
 
 
+@dataclass
+class AddResult:
+    """What :meth:`GalleryStore.add` did with each image, decided inside its transaction."""
+
+    added: int = 0
+    already: int = 0  # this content was enrolled under the same identity before
+    conflicts: dict[str, str] = field(default_factory=dict)  # sha256 -> the other identity it is enrolled as
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     # check_same_thread off: a server's worker threads share one gallery behind their own lock.
     connection = sqlite3.connect(str(path), timeout=LOCK_TIMEOUT_S, isolation_level=None, check_same_thread=False)
@@ -110,25 +126,34 @@ class GalleryStore:
 
     @classmethod
     def create(cls, path: os.PathLike, model: ModelIdentity, open_set: tuple[float, str]) -> "GalleryStore":
-        """A new, empty gallery for ``model`` at ``path`` (written whole under a temp name, then renamed)."""
+        """The gallery at ``path`` for ``model``: a new, empty one (written whole under a temp name, then
+        linked into place), or the one another process made first when it is of the same model."""
         from ..outputs import atomic_path
 
         path = Path(path)
-        if path.exists():
-            raise InputError(f"{path}: exists already")
-        with atomic_path(path, suffix=".sqlite") as temp:
-            connection = sqlite3.connect(str(temp))
-            with connection:
-                connection.executescript(_SCHEMA)
-                connection.executemany("INSERT INTO meta VALUES (?, ?)", [
-                    ("format", FORMAT), ("schema", str(SCHEMA_VERSION)), ("created", repr(time.time())),
-                    ("model_key", model.key), ("model_name", model.name), ("backbone", model.backbone),
-                    ("distance", model.distance), ("threshold", repr(model.threshold)), ("dim", str(model.dim)),
-                    ("open_set_threshold", repr(open_set[0])), ("open_set_source", open_set[1]),
-                    ("generation", "0"), ("epoch", "0"),
-                ])
-            connection.close()
-        return cls.open(path)
+        if not path.exists():
+            try:
+                with atomic_path(path, suffix=".sqlite", durable=True, exclusive=True) as temp:
+                    connection = sqlite3.connect(str(temp))
+                    with connection:
+                        connection.executescript(_SCHEMA)
+                        connection.executemany("INSERT INTO meta VALUES (?, ?)", [
+                            ("format", FORMAT), ("schema", str(SCHEMA_VERSION)), ("created", repr(time.time())),
+                            ("model_key", model.key), ("model_name", model.name), ("backbone", model.backbone),
+                            ("distance", model.distance), ("threshold", repr(model.threshold)),
+                            ("dim", str(model.dim)), ("open_set_threshold", repr(open_set[0])),
+                            ("open_set_source", open_set[1]), ("generation", "0"), ("epoch", "0"),
+                        ])
+                    connection.close()
+            except FileExistsError:
+                pass  # another process created it first: use theirs
+        store = cls.open(path)
+        found = store.model()
+        if found.key != model.key:
+            store.close()
+            raise InputError(f"{path}: exists already, with embeddings of model {found.name!r} ({found.key}), "
+                             f"not {model.name!r} ({model.key})")
+        return store
 
     def close(self) -> None:
         self.connection.close()
@@ -199,36 +224,58 @@ class GalleryStore:
         return int(people), int(images)
 
     # -- writing -----------------------------------------------------------------------------------
-    def add(self, images: list[NewImage], model_key: str) -> int:
-        """Store ``images`` in one transaction (all or nothing); returns how many were new."""
+    def add(self, images: list[NewImage], model_key: str, actor: Optional[Actor] = None) -> AddResult:
+        """Store ``images`` in one transaction (all or nothing). An image whose content is enrolled as
+        another identity is left out (a conflict); one enrolled as the same identity is already there."""
         now = time.time()
-        added = 0
+        result = AddResult()
+        added: dict[str, list[str]] = {}
         with self._write():
             for image in images:
+                owners = {row[0] for row in self.connection.execute(
+                    "SELECT identities.name FROM images JOIN identities ON identities.id = images.identity_id "
+                    "WHERE images.sha256 = ?", (image.sha256,))}
+                if image.identity in owners:
+                    result.already += 1
+                    continue
+                if owners:
+                    result.conflicts[image.sha256] = sorted(owners)[0]
+                    continue
                 self.connection.execute("INSERT OR IGNORE INTO identities (name, created) VALUES (?, ?)",
                                         (image.identity, now))
                 identity_id = self.connection.execute("SELECT id FROM identities WHERE name = ?",
                                                       (image.identity,)).fetchone()[0]
-                added += self.connection.execute(
-                    "INSERT OR IGNORE INTO images (identity_id, sha256, source, stage, model, enrolled, vector) "
+                self.connection.execute(
+                    "INSERT INTO images (identity_id, sha256, source, stage, model, enrolled, vector) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (identity_id, image.sha256, image.source, image.stage, model_key, now,
-                     np.ascontiguousarray(image.vector, dtype=np.float32).tobytes())).rowcount
+                     np.ascontiguousarray(image.vector, dtype=np.float32).tobytes()))
+                added.setdefault(image.identity, []).append(image.sha256)
+                result.added += 1
             if added:
                 self._bump(epoch=False)
-        return added
+                for identity, hashes in added.items():
+                    append_audit(self.path, actor or local_actor(), "enroll", identity, hashes)
+        return result
 
-    def remove(self, identity: str) -> int:
+    def remove(self, identity: str, actor: Optional[Actor] = None) -> int:
         """Delete ``identity`` and all its embeddings (zeroed by secure_delete; :meth:`scrub` then leaves
         no old page anywhere); returns the images removed."""
         with self._write():
             row = self.connection.execute("SELECT id FROM identities WHERE name = ?", (identity,)).fetchone()
             if row is None:
                 raise InputError(f"{self.path}: no identity {identity!r} in this gallery")
+            hashes = [sha for (sha,) in self.connection.execute(
+                "SELECT sha256 FROM images WHERE identity_id = ? ORDER BY id", (row[0],))]
             removed = self.connection.execute("DELETE FROM images WHERE identity_id = ?", (row[0],)).rowcount
             self.connection.execute("DELETE FROM identities WHERE id = ?", (row[0],))
             self._bump(epoch=True)
+            append_audit(self.path, actor or local_actor(), "remove", identity, hashes)
         return int(removed)
+
+    def write_lock(self):
+        """A context holding the gallery's write lock (no change can commit meanwhile), changing nothing."""
+        return self._write()
 
     def scrub(self) -> None:
         """Leave no trace of deleted rows: fold the WAL into the file, VACUUM, and empty the WAL again."""
@@ -277,3 +324,45 @@ class _WriteTransaction:
 
     def __exit__(self, kind, value, traceback) -> None:
         self.connection.execute("ROLLBACK" if kind is not None else "COMMIT")
+
+
+class UnbornStore:
+    """A gallery that does not exist yet: empty to every read; :meth:`create` makes the file.
+
+    A new gallery is created only when its first embeddings are about to be stored, so a command whose
+    enrolment fails leaves no gallery behind and never has to delete one (which another process may have
+    opened meanwhile).
+    """
+
+    def __init__(self, path: Path, model: ModelIdentity, open_set: tuple[float, str]):
+        self.path = path
+        self._model = model
+        self.open_set = open_set
+
+    def create(self) -> GalleryStore:
+        return GalleryStore.create(self.path, self._model, self.open_set)
+
+    def model(self) -> ModelIdentity:
+        return self._model
+
+    def meta(self) -> dict[str, str]:
+        return {"open_set_threshold": repr(self.open_set[0]), "open_set_source": self.open_set[1],
+                "generation": "0", "epoch": "0", "dim": str(self._model.dim)}
+
+    def version(self) -> tuple[int, int]:
+        return 0, 0
+
+    def snapshot(self):
+        return contextlib.nullcontext()
+
+    def known_hashes(self, identity: Optional[str] = None) -> dict[str, str]:
+        return {}
+
+    def identities(self) -> list[dict]:
+        return []
+
+    def counts(self) -> tuple[int, int]:
+        return 0, 0
+
+    def close(self) -> None:
+        pass

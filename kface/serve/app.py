@@ -30,6 +30,7 @@ from .. import __version__
 from ..backbones import DEFAULT_BACKBONE
 from ..errors import InputError, KfaceError
 from ..images import MAX_PIXELS
+from .auth import DEFAULT_RATE_PER_MINUTE, MAKE_TOKEN, TOKEN_VARIABLE, TokenGuard, TokenSet
 from .distribution import Distribution, load_distances
 from .guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_IN_FLIGHT, RequestGuard, memory_bound_bytes
 from .pipelines import (DEFAULT_MAX_REQUEST_MB, DEFAULT_WORKERS, FaceService, Pipeline, ServeLimits,
@@ -218,12 +219,21 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
                workers: Optional[int] = None, distances: Optional[str] = None,
                distances_split: Optional[str] = None, quiet: bool = False,
                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
-               gallery: Optional[str] = None) -> None:
+               gallery: Optional[str] = None, tokens: Optional[TokenSet] = None, no_token: bool = False,
+               rate_per_minute: Optional[int] = None) -> None:
     """Load the models once, then serve the page and the API on ``host:port`` until interrupted, behind
     :class:`~kface.serve.guard.RequestGuard` (Host/Origin checks, ``max_in_flight`` requests with a body at
-    once, each body within ``body_timeout_s``)."""
+    once, each body within ``body_timeout_s``) and :class:`~kface.serve.auth.TokenGuard` (``tokens``, the
+    per-client rate limit: ``rate_per_minute``, by default :data:`~kface.serve.auth.DEFAULT_RATE_PER_MINUTE`
+    beyond loopback and none on it). Listening beyond loopback needs a token, unless ``no_token``."""
     import uvicorn
 
+    tokens = tokens or TokenSet()
+    if not is_loopback(host) and not tokens and not no_token:
+        raise InputError(f"--host {host} lets other machines reach the server: give it a token (--token-file FILE "
+                         f"or {TOKEN_VARIABLE}; make one with {MAKE_TOKEN}), or --no-token to serve without one")
+    if rate_per_minute is None:
+        rate_per_minute = 0 if is_loopback(host) else DEFAULT_RATE_PER_MINUTE
     limits = ServeLimits(int(max_request_mb * 1024 * 1024), max_pixels or MAX_PIXELS)
     from .gallery import check_gallery
 
@@ -236,14 +246,14 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
     distribution = load_distances(distances, distances_split, verifier.threshold) if distances else None
     for note in distribution.notes if distribution else []:
         log.warning("%s: %s", distances, note)
-    if not is_loopback(host):
-        print(f"warning: listening on {host}, not on this machine only: anyone who can reach it can upload face "
-              f"photos (biometric data) and read the answers; use --host 127.0.0.1 unless you mean it",
-              file=sys.stderr)
+    if not is_loopback(host) and not tokens:
+        print(f"warning: listening on {host}, not on this machine only, without a token: anyone who can reach it "
+              f"can upload face photos (biometric data), read the answers and enroll into the gallery; use "
+              f"--token-file FILE or --host 127.0.0.1 unless you mean it", file=sys.stderr)
     app = create_app(pipelines, limits, distribution, gallery)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    guarded = RequestGuard(app, listen_host=host, port=bound_port, max_in_flight=max_in_flight,
+    guarded = RequestGuard(TokenGuard(app, tokens, rate_per_minute), listen_host=host, port=bound_port, max_in_flight=max_in_flight,
                            body_timeout_s=body_timeout_s)
     log.info("at most %d uploads in flight, %s of request bodies at once; bodies must arrive within %g s",
              max_in_flight, megabytes(memory_bound_bytes(max_in_flight, limits.max_request_bytes)), body_timeout_s)

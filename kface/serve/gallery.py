@@ -14,7 +14,9 @@ from typing import Optional
 from fastapi import Request  # module level: FastAPI reads the handlers' annotations from these globals
 from fastapi.responses import JSONResponse
 
+from ..galleries.audit import Actor
 from ..images import content_hash
+from .auth import request_token_id
 from .uploads import ERRORS, ApiError, ErrorAnswer, check_pixels, multipart_body, named_errors, read_uploads
 
 SEARCH_FIELDS = ("image",)
@@ -54,7 +56,9 @@ class GalleryService:
         answer.face = face
         return answer.to_dict()
 
-    def enroll(self, upload, identity_field) -> dict:
+    def enroll(self, upload, identity_field, actor=None) -> dict:
+        """Enroll the face in ``upload`` under the name in ``identity_field``; ``actor`` (a
+        :class:`~kface.galleries.audit.Actor`) is who the gallery's audit log names."""
         from ..galleries.store import NewImage
         try:
             identity = identity_field.data.decode("utf-8").strip()
@@ -65,12 +69,12 @@ class GalleryService:
         vectors, result, face = self._embed(upload)
         image = NewImage(identity, content_hash(upload.data), upload.filename or "<upload>", result.stages[0], vectors[0])
         with self.lock:
-            owner = self.gallery.store.known_hashes().get(image.sha256)
-            if owner is not None and owner != identity:
-                raise ApiError(409, f"{upload.label}: this photo is already enrolled as {owner!r}", field="image")
-            added = self.gallery.add_images([image])
+            stored = self.gallery.add_images([image], actor)
             people, images = self.gallery.store.counts()
-        return {"identity": identity, "enrolled": added, "already": 1 - added, "face": face,
+        if stored.conflicts:
+            owner = stored.conflicts[image.sha256]
+            raise ApiError(409, f"{upload.label}: this photo is already enrolled as {owner!r}", field="image")
+        return {"identity": identity, "enrolled": stored.added, "already": stored.already, "face": face,
                 "gallery": {"identities": people, "images": images}}
 
     def health(self) -> dict:
@@ -105,7 +109,8 @@ def add_gallery_routes(app, service, gallery_path: Optional[str], in_worker) -> 
         if galleries is None:
             raise ApiError(501, no_gallery)
         uploads = await read_uploads(request, ENROLL_FIELDS, service.limits.max_request_bytes)
-        return JSONResponse(await in_worker(galleries.enroll, uploads["image"], uploads["identity"]))
+        return JSONResponse(await in_worker(galleries.enroll, uploads["image"], uploads["identity"],
+                                            request_actor(request)))
 
     @app.get("/gallery", summary="The served gallery: people, images, model and open-set threshold")
     async def gallery_info() -> dict:
@@ -114,6 +119,12 @@ def add_gallery_routes(app, service, gallery_path: Optional[str], in_worker) -> 
         return galleries.health()
 
     return galleries
+
+
+def request_actor(request: Request) -> Actor:
+    """Who the audit log names for a request: its client address and the id of the token it showed."""
+    client = f"{request.client.host}:{request.client.port}" if request.client else "unknown"
+    return Actor(client, token_id=request_token_id(request.scope))
 
 
 def check_gallery(path: Optional[str]) -> None:

@@ -101,13 +101,13 @@ class RequestGuard:
         headers = {key.lower(): value.decode("latin-1") for key, value in scope.get("headers", [])}
         host = host_name(headers.get(b"host", ""))
         if not self.host_allowed(host):
-            await _answer(send, 403, f"Host '{host}' is not this server's; use http://127.0.0.1:{self.port}/ "
-                                     f"(other names need kface serve --host)")
+            await answer_error(send, 403, f"Host '{host}' is not this server's; use http://127.0.0.1:{self.port}/ "
+                                          f"(other names need kface serve --host)")
             return
         origin = headers.get(b"origin")
         if origin is not None and not self.origin_allowed(origin):
-            await _answer(send, 403, f"requests from the page at {origin[:100]} are refused: only this server's "
-                                     f"own page may call it")
+            await answer_error(send, 403, f"requests from the page at {origin[:100]} are refused: only this "
+                                          f"server's own page may call it")
             return
         if scope.get("method", "GET") in BODILESS_METHODS:
             await self.app(scope, receive, send)
@@ -120,8 +120,8 @@ class RequestGuard:
         try:
             await asyncio.wait_for(self._slots.acquire(), self.slot_wait_s)
         except asyncio.TimeoutError:
-            await _answer(send, 503, f"the server is busy ({self.max_in_flight} requests in progress); retry shortly",
-                          extra=[(b"retry-after", b"5")])
+            await answer_error(send, 503, f"the server is busy ({self.max_in_flight} requests in progress); "
+                                          f"retry shortly", extra=[(b"retry-after", b"5")])
             return
         try:
             await self._with_deadline(scope, receive, send)
@@ -153,11 +153,11 @@ class RequestGuard:
             await self.app(scope, timed_receive, tracking_send)
         except _BodyTimeout:
             if not state["started"]:
-                await _answer(send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s; "
-                                         f"send it faster or in a smaller request")
+                await answer_error(send, 408, f"the request body did not arrive within {self.body_timeout_s:g} s; "
+                                              f"send it faster or in a smaller request")
 
 
-async def _answer(send: Send, status: int, message: str, extra: Optional[list] = None) -> None:
+async def answer_error(send: Send, status: int, message: str, extra: Optional[list] = None) -> None:
     """A JSON error as the app's own (``{"detail": ...}``), closing the connection."""
     body = json.dumps({"detail": " ".join(message.split())}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
