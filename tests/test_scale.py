@@ -250,3 +250,30 @@ def test_without_ray_installed_the_error_names_the_package(dataset, tmp_path, mo
     assert result.exit_code == 2
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "ray[data]" in errors[0], result.output
+
+
+# -- stored vectors, used instead of recomputed -------------------------------------------------------------
+def test_a_gallery_enrolled_from_stored_vectors_answers_search_as_one_enrolled_from_the_images(dataset, single,
+                                                                                                tmp_path):
+    import json
+
+    root, manifest, _ = dataset
+    from_vectors, from_images = tmp_path / "v.kgallery", tmp_path / "i.kgallery"
+    enrolled = kface("enroll", "--gallery", from_vectors, "--embeddings", single, "--json")
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert json.loads(enrolled.stdout)["enrolled"] == IMAGES
+    enrolled = kface("enroll", "--gallery", from_images, "--dataset", "csv", "--root", root, "--manifest", manifest,
+                     "--json")
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert json.loads(enrolled.stdout)["enrolled"] == IMAGES
+    probes = [root / row[0] for row in _manifest_rows(IMAGES)[1::10]]
+    for probe in probes:
+        answers = []
+        for gallery in (from_vectors, from_images):
+            searched = kface("search", probe, "--gallery", gallery, "--json")
+            assert searched.returncode == 0, searched.stderr
+            answer = json.loads(searched.stdout)
+            for candidate in answer["candidates"]:
+                candidate.pop("image")  # the row's dataset path against the file's path: the same photo
+            answers.append(answer)
+        assert answers[0] == answers[1]

@@ -51,17 +51,20 @@ def _open(gallery_path, model=None, create=False, **options):
 @gallery_option
 @click.option("--identity", help="The person's name for IMAGE arguments.")
 @dataset_source_options
+@click.option("--embeddings", type=click.Path(),
+              help="Enroll the vectors of NAME.parquet (kface embed --out NAME.parquet) under its identity column, "
+                   "without running the network; the rows must be of the gallery's model.")
 @verifier_options
 @click.option("--batch", type=click.IntRange(1), default=None,
-              help="--dataset: images embedded and committed together [default: 64].")
+              help="--dataset, --embeddings: images embedded and committed together [default: 64].")
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Face-finding worker processes [default: the CPU cores; 0: this process].")
 @device_option
 @json_option("Print a JSON summary on stdout.")
 @common_options
 @handle_errors
-def enroll(images, gallery_path, identity, dataset, root, manifest, model, detector, fallback, batch, workers, device,
-           as_json, quiet, no_cache):
+def enroll(images, gallery_path, identity, dataset, root, manifest, embeddings, model, detector, fallback, batch, workers,
+           device, as_json, quiet, no_cache):
     """Enroll faces in a gallery (created when missing): IMAGE... --identity NAME, or a whole dataset.
 
     Images already in the gallery (same content) are skipped. With --dataset, faceless or unreadable
@@ -70,7 +73,11 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, model, detec
     kface enroll --gallery family.kgallery photos/mina*.jpg --identity mina
     """
     setup_logging(quiet)
-    if dataset:
+    if embeddings:
+        if images or identity or dataset:
+            raise click.UsageError("--embeddings enrolls a Parquet dataset's own identities; give no IMAGE, "
+                                   "--identity or --dataset")
+    elif dataset:
         if images or identity:
             raise click.UsageError("--dataset enrolls a dataset's own identities; give no IMAGE or --identity")
         if not root:
@@ -92,7 +99,11 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, model, detec
         def committed(report) -> None:
             say(f"note: enrolled {report.enrolled} (of {report.total}) in {path}")
 
-        if dataset:
+        if embeddings:
+            from ..galleries.stored import enroll_embeddings
+
+            report = enroll_embeddings(gallery, embeddings, batch=batch, on_commit=committed)
+        elif dataset:
             layout = {"manifest": manifest} if manifest else {}
             report = gallery.enroll_dataset(dataset, root, layout, batch=batch, progress=not quiet,
                                             on_commit=committed)
