@@ -277,3 +277,30 @@ def test_a_gallery_enrolled_from_stored_vectors_answers_search_as_one_enrolled_f
                 candidate.pop("image")  # the row's dataset path against the file's path: the same photo
             answers.append(answer)
         assert answers[0] == answers[1]
+
+
+def test_stored_vectors_are_used_and_only_the_rest_is_embedded(dataset, single):
+    from kface.dataset_embedding import EmbedSettings, StoredVerifier
+
+    root, manifest, _ = dataset
+    files = [str(root / row[0]) for row in _manifest_rows(IMAGES)[1:]]
+    direct = EmbedSettings().verifier(cache=False, workers=0)
+    stored = StoredVerifier(EmbedSettings().verifier(cache=False, workers=0), single)
+    vectors, result = stored.embed(files + [str(root / "images" / "blank.png")], on_error="skip")
+    assert stored.reused == IMAGES and stored.computed == 1  # the faceless photo has no stored vector
+    assert list(result.errors) == [str(root / "images" / "blank.png")]
+    expected, _ = direct.embed(files)
+    assert np.abs(vectors[:IMAGES] - expected).max() <= 1e-6
+
+
+def test_cluster_from_stored_vectors_groups_as_from_the_images(dataset, single, tmp_path):
+    import json
+
+    root, manifest, _ = dataset
+    from_vectors = kface("cluster", "--embeddings", single, "--out", tmp_path / "v.csv", "--json")
+    from_images = kface("cluster", "--dataset", "csv", "--root", root, "--manifest", manifest, "--out",
+                        tmp_path / "i.csv", "--json")
+    assert from_vectors.returncode == 0 and from_images.returncode == 0, from_vectors.stderr + from_images.stderr
+    ours, theirs = json.loads(from_vectors.stdout), json.loads(from_images.stdout)
+    assert ours["faces"] == theirs["faces"] == IMAGES
+    assert (ours["clusters"], ours["bcubed"]) == (theirs["clusters"], theirs["bcubed"])

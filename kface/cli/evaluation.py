@@ -36,6 +36,9 @@ from .options import (backbone_option, command_line, common_options, dataset_opt
               help="Dataset kind whose labels (gender, age, lighting, accessory, pose) group the pairs in the "
                    "subgroup table, e.g. lfw-gender [default: the pair manifest's dataset].")
 @click.option("--attributes-root", type=click.Path(file_okay=False), help="That dataset's root folder.")
+@click.option("--embeddings", type=click.Path(),
+              help="A Parquet embedding dataset (kface embed --out NAME.parquet): its vectors of the model's key are "
+                   "used instead of running the network on those images.")
 @device_option
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Report folder: metrics.json, distributions.png, roc.png, report.md.")
@@ -44,8 +47,8 @@ from .options import (backbone_option, command_line, common_options, dataset_opt
 @click.pass_context
 @handle_errors
 def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback, max_pixels, split, val_split, rule,
-                   samples, seed, threshold, save_threshold, root, attributes_dataset, attributes_root, device, out,
-                   as_json, quiet, no_cache):
+                   samples, seed, threshold, save_threshold, root, attributes_dataset, attributes_root, embeddings,
+                   device, out, as_json, quiet, no_cache):
     """Accuracy, loss, AUC, EER, TAR@FAR and the overlap area of a model on a pair file, with plots.
 
     The threshold is chosen on the val split and every number is measured on the test split.
@@ -58,6 +61,9 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
         check_save_threshold(model, threshold)
     verifier = report_verifier(model, backbone=backbone, detector=detector, fallback=fallback, device=device,
                                weights=weights, cache=not no_cache, progress=not quiet, max_pixels=max_pixels)
+    from ..dataset_embedding import with_stored_vectors
+
+    verifier = with_stored_vectors(verifier, embeddings)
     body = run(pairs_file, verifier, split=split, val_split=val_split, rule=rule, samples=samples, seed=seed,
                out_dir=out, root=root, threshold=threshold, attributes_dataset=attributes_dataset,
                attributes_root=attributes_root, command=command_line(ctx), progress=not quiet)
@@ -145,13 +151,16 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the folds and the pairs.")
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Folder for benchmark.json, benchmark.md and each recipe's per-fold runs.")
+@click.option("--embeddings", type=click.Path(),
+              help="A Parquet embedding dataset (kface embed --out NAME.parquet): its vectors of the model's key are "
+                   "used instead of running the network on those images.")
 @device_option
 @json_option("Print benchmark.json's rows on stdout.")
 @common_options
 @handle_errors
 def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, add_groups, folds,
-                       pairs_per_class,
-                       age_column, keep_copies, models, recipes, rule, seed, out, device, as_json, quiet, no_cache):
+                       pairs_per_class, age_column, keep_copies, models, recipes, rule, seed, out, embeddings, device,
+                       as_json, quiet, no_cache):
     """Family-disjoint k-fold verification: pairs across ages and same-age same-gender hard pairs.
 
     Example: kface benchmark families --dataset csv --root korean_family --manifest
@@ -166,6 +175,7 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
                          exclude_file=exclude_groups, added_file=add_groups, folds=folds, pairs_per_class=pairs_per_class,
                          age_column=age_column, models=models, recipes=recipes, rule=rule, seed=seed, out=Path(out),
                          device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
+                         embeddings=embeddings,
                          log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
     if as_json:
         print_json({"out": out, "rows": rows})

@@ -236,12 +236,15 @@ def gallery_rebuild(gallery_path):
 @click.option("--detector", type=click.Choice(DETECTOR_NAMES), default="auto", show_default=True)
 @click.option("--fallback", type=click.Choice(FALLBACK_NAMES), default="none", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of chinese-whispers' node order.")
+@click.option("--embeddings", type=click.Path(),
+              help="Cluster the vectors of NAME.parquet (kface embed --out NAME.parquet, the model's key) instead of "
+                   "embedding images; its identity column, where every row has one, scores the grouping.")
 @device_option
 @json_option("Print a JSON summary on stdout.")
 @common_options
 @handle_errors
-def cluster(inputs, dataset, root, manifest, out, method, threshold, model, detector, fallback, seed, device, as_json,
-            quiet, no_cache):
+def cluster(inputs, dataset, root, manifest, out, method, threshold, model, detector, fallback, seed, embeddings, device,
+            as_json, quiet, no_cache):
     """Group the faces of DIR (or IMAGE..., or a --dataset) by person into clusters.csv.
 
     Faceless images are left out and listed. With --dataset, the true identities are written beside the
@@ -253,12 +256,22 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
     from ..galleries.clustering import cluster as group_faces
     from ..galleries.gallery import model_identity
 
-    paths, truth = _cluster_inputs(inputs, dataset, root, manifest)
     verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
                              progress=not quiet)
-    vectors, result = verifier.embed(paths, on_error="skip")
-    keep = [i for i, name in enumerate(result.paths) if name not in result.errors]
-    for message in result.errors.values():
+    if embeddings:
+        if inputs or dataset:
+            raise click.UsageError("--embeddings clusters a Parquet dataset's rows; give no DIR/IMAGE or --dataset")
+        from ..embedding_dataset import read_vectors, verifier_model_key
+
+        stored = read_vectors(embeddings, verifier_model_key(verifier))
+        paths, vectors, errors = stored.paths, stored.vectors, {}
+        truth = stored.identities if all(stored.identities) else None
+    else:
+        paths, truth = _cluster_inputs(inputs, dataset, root, manifest)
+        vectors, result = verifier.embed(paths, on_error="skip")
+        errors = result.errors
+    keep = [i for i, name in enumerate(paths) if name not in errors]
+    for message in errors.values():
         if not quiet:
             click.echo(f"skipped: {message}", err=True)
     if not keep:
@@ -266,7 +279,7 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
     limit = CLUSTER_THRESHOLDS.get(model_identity(verifier).key, verifier.threshold) if threshold is None else threshold
     labels = group_faces(vectors[keep], verifier.distance, limit, method, seed)
     _write_clusters(out, [paths[i] for i in keep], labels, None if truth is None else [truth[i] for i in keep])
-    summary = {"out": out, "faces": len(keep), "skipped": len(result.errors), "clusters": int(labels.max()) + 1,
+    summary = {"out": out, "faces": len(keep), "skipped": len(errors), "clusters": int(labels.max()) + 1,
                "method": method, "threshold": limit, "model": verifier.model_name, "seed": seed}
     if truth is not None:
         summary["bcubed"] = bcubed(labels, [truth[i] for i in keep])

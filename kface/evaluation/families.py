@@ -388,7 +388,7 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
                   added_file: Optional[str] = None, folds: int = 5,
                   pairs_per_class: int = 400, age_column: str = "age_class", models=(), recipes=(),
                   rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto", cache: bool = True,
-                  distinct: bool = True,
+                  distinct: bool = True, embeddings: Optional[str] = None,
                   progress: bool = False, log: Callable[[str], None] = lambda text: None) -> list[dict]:
     """The whole protocol for ``models`` (names or checkpoint paths) and ``recipes`` (JSON files); writes
     ``out/benchmark.json`` and ``out/benchmark.md`` after every row, and returns the rows.
@@ -398,8 +398,10 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
 
     ``added_file`` lists groups that are training data only (:func:`split_added`): the folds and pairs are
     the other groups' alone, as without them, and each recipe is scored twice on those same pairs, trained
-    without the added groups and with them (row ``NAME+added``): what the added families are worth."""
+    without the added groups and with them (row ``NAME+added``): what the added families are worth.
+    ``embeddings``: a Parquet embedding dataset whose vectors (of each model's key) replace the network's."""
     from ..api import load_verifier
+    from ..dataset_embedding import with_stored_vectors
     from ..datasets import load_dataset
 
     if not models and not recipes:
@@ -436,7 +438,7 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
         log(f"scoring model {name}")
         verifier = load_verifier(name, detector="auto", fallback="whole-image", device=device, cache=cache,
                                  progress=progress)
-        rows.append(score_fixed_model(verifier, scored, pairs, protocol, name))
+        rows.append(score_fixed_model(with_stored_vectors(verifier, embeddings), scored, pairs, protocol, name))
         write_results(out, rows, protocol, dataset)
     variants = [(scored, image_folds, "")]
     if added is not None:
