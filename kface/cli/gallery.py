@@ -261,11 +261,8 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
     if embeddings:
         if inputs or dataset:
             raise click.UsageError("--embeddings clusters a Parquet dataset's rows; give no DIR/IMAGE or --dataset")
-        from ..embedding_dataset import read_vectors, verifier_model_key
-
-        stored = read_vectors(embeddings, verifier_model_key(verifier))
-        paths, vectors, errors = stored.paths, stored.vectors, {}
-        truth = stored.identities if all(stored.identities) else None
+        paths, vectors, truth = _stored_vectors(embeddings, verifier)
+        errors = {}
     else:
         paths, truth = _cluster_inputs(inputs, dataset, root, manifest)
         vectors, result = verifier.embed(paths, on_error="skip")
@@ -290,6 +287,14 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
                                           f"{summary['bcubed']['recall']:.3f}, F1 {summary['bcubed']['f1']:.3f}")
         click.echo(f"{len(keep)} faces in {summary['clusters']} clusters ({method}, threshold {limit:.4f}){score}; "
                    f"wrote {out}", err=True)
+
+
+def _stored_vectors(folder, verifier):
+    """Paths, vectors and (where every row has one) identities of a Parquet dataset's rows of ``verifier``'s model."""
+    from ..embedding_dataset import read_vectors, verifier_model_key
+
+    stored = read_vectors(folder, verifier_model_key(verifier))
+    return stored.paths, stored.vectors, stored.identities if all(stored.identities) else None
 
 
 def _cluster_inputs(inputs, dataset, root, manifest):
