@@ -73,20 +73,7 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, embeddings, 
     kface enroll --gallery family.kgallery photos/mina*.jpg --identity mina
     """
     setup_logging(quiet)
-    if embeddings:
-        if images or identity or dataset:
-            raise click.UsageError("--embeddings enrolls a Parquet dataset's own identities; give no IMAGE, "
-                                   "--identity or --dataset")
-    elif dataset:
-        if images or identity:
-            raise click.UsageError("--dataset enrolls a dataset's own identities; give no IMAGE or --identity")
-        if not root:
-            raise click.UsageError("--dataset needs --root DIR")
-    else:
-        if not images:
-            raise click.UsageError("give IMAGE... --identity NAME, or --dataset KIND --root DIR")
-        if not identity:
-            raise click.UsageError("IMAGE arguments need --identity NAME")
+    _check_enrol_sources(images, identity, dataset, root, embeddings)
     path = Path(gallery_path)
     say = (lambda text: None) if quiet else (lambda text: click.echo(text, err=True))
     # A new gallery is created at the first commit (Gallery.open(create=True)): a failed enrolment leaves none.
@@ -120,6 +107,24 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, embeddings, 
     elif not quiet:
         click.echo(f"enrolled {report.enrolled} new images ({report.already} already there, "
                    f"{len(report.skipped)} skipped); {path} holds {total} images of {people} people", err=True)
+
+
+def _check_enrol_sources(images, identity, dataset, root, embeddings) -> None:
+    """One source of faces: IMAGE... with --identity, a --dataset with --root, or stored --embeddings."""
+    if embeddings:
+        if images or identity or dataset:
+            raise click.UsageError("--embeddings enrolls a Parquet dataset's own identities; give no IMAGE, "
+                                   "--identity or --dataset")
+    elif dataset:
+        if images or identity:
+            raise click.UsageError("--dataset enrolls a dataset's own identities; give no IMAGE or --identity")
+        if not root:
+            raise click.UsageError("--dataset needs --root DIR")
+    else:
+        if not images:
+            raise click.UsageError("give IMAGE... --identity NAME, or --dataset KIND --root DIR")
+        if not identity:
+            raise click.UsageError("IMAGE arguments need --identity NAME")
 
 
 @click.command()
