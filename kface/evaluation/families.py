@@ -26,6 +26,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from ..dataset_embedding import with_stored_vectors
 from ..errors import InputError
 from ..outputs import write_text
 
@@ -401,7 +402,6 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
     without the added groups and with them (row ``NAME+added``): what the added families are worth.
     ``embeddings``: a Parquet embedding dataset whose vectors (of each model's key) replace the network's."""
     from ..api import load_verifier
-    from ..dataset_embedding import with_stored_vectors
     from ..datasets import load_dataset
 
     if not models and not recipes:
