@@ -219,3 +219,23 @@ def test_a_merged_group_listed_in_part_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="F001\\+F002 share a person"):
         split_added(merged, "family", {"F002"})
     assert len(split_added(merged, "family", {"F001", "F002"})[1]) == 2 * 3 * 4
+
+
+def test_a_cut_run_scores_the_first_folds_as_dealt_for_all(tmp_path):
+    from kface.evaluation.families import markdown_table, score_fixed_model
+
+    manifest = write_family_manifest(tmp_path, families=10)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    whole = FamilyProtocol(folds=5, pairs_per_class=10, seed=1)
+    cut = FamilyProtocol(folds=5, pairs_per_class=10, seed=1, scored_folds=2)
+    folds = family_folds(index, cut)
+    assert np.array_equal(folds, family_folds(index, whole))
+    pairs = protocol_pairs(index, folds, cut)
+    keep = pairs.folds < cut.scored
+    from kface.evaluation.families import _subset
+
+    row = score_fixed_model(ColourVerifier(), index, _subset(pairs, keep), cut, "colour")
+    assert len(row["pair_kinds"]["cross-age"]["fold_accuracies"]) == 2
+    assert "5-fold, the first 2 scored" in markdown_table([row], cut)
+    with pytest.raises(InputError, match="--scored-folds"):
+        FamilyProtocol(folds=5, scored_folds=6)

@@ -135,6 +135,8 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
               help="Groups (listed in this file) that are training data only: the folds and pairs are the other "
                    "groups', and each recipe is also scored trained with them added (row NAME+added).")
 @click.option("--folds", type=click.IntRange(2), default=5, show_default=True)
+@click.option("--scored-folds", type=click.IntRange(1),
+              help="A cut run: train and score only the first N folds (dealt as for --folds; the table says so).")
 @click.option("--pairs-per-class", type=click.IntRange(1), default=400, show_default=True,
               help="Same and different pairs of each kind per fold.")
 @click.option("--age-column", default="age_class", show_default=True,
@@ -159,8 +161,8 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 @common_options
 @handle_errors
 def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, add_groups, folds,
-                       pairs_per_class, age_column, keep_copies, models, recipes, rule, seed, out, embeddings, device,
-                       as_json, quiet, no_cache):
+                       scored_folds, pairs_per_class, age_column, keep_copies, models, recipes, rule, seed, out,
+                       embeddings, device, as_json, quiet, no_cache):
     """Family-disjoint k-fold verification: pairs across ages and same-age same-gender hard pairs.
 
     Example: kface benchmark families --dataset csv --root korean_family --manifest
@@ -172,7 +174,8 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
     from ..evaluation.families import run_benchmark
 
     rows = run_benchmark(dataset, root, layout_options, group_by=group_by, groups_file=groups_file,
-                         exclude_file=exclude_groups, added_file=add_groups, folds=folds, pairs_per_class=pairs_per_class,
+                         exclude_file=exclude_groups, added_file=add_groups, folds=folds, scored_folds=scored_folds,
+                         pairs_per_class=pairs_per_class,
                          age_column=age_column, models=models, recipes=recipes, rule=rule, seed=seed, out=Path(out),
                          device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
                          embeddings=embeddings,

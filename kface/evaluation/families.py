@@ -44,10 +44,18 @@ class FamilyProtocol:
     group_by: str = "family"
     age_column: str = "age_class"
     rule: str = "max-accuracy"
+    scored_folds: Optional[int] = None  # a cut run: only the first N folds train and score (dealt as for all)
 
     def __post_init__(self) -> None:
         if self.folds < 2:
             raise InputError(f"--folds: the protocol needs at least 2 folds, got {self.folds}")
+        if self.scored_folds is not None and not 1 <= self.scored_folds <= self.folds:
+            raise InputError(f"--scored-folds: expected 1 to --folds ({self.folds}), got {self.scored_folds}")
+
+    @property
+    def scored(self) -> int:
+        """How many folds (the first ones) are trained and scored."""
+        return self.folds if self.scored_folds is None else self.scored_folds
         if self.pairs_per_class < 1:
             raise InputError(f"--pairs-per-class: expected 1 or more, got {self.pairs_per_class}")
 
@@ -134,7 +142,7 @@ def score_recipe(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPa
 
     distances = np.full(len(pairs.labels), np.nan)
     thresholds = []
-    for fold in range(protocol.folds):
+    for fold in range(protocol.scored):
         run = out / "runs" / name / f"fold{fold}"
         manifest = run.parent / f"fold{fold}-train.csv"
         run.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +152,8 @@ def score_recipe(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPa
                         "pairs": None, "out": str(run), "dataset": "csv", "root": str(index.root),
                         "manifest": str(manifest), "group_by": protocol.group_by}
             log(f"{name}: training fold {fold + 1}/{protocol.folds} into {run}")
-            train(TrainConfig.from_dict(settings), progress=progress)
+            # An interrupted fold continues from its last epoch (training is seeded per epoch).
+            train(TrainConfig.from_dict(settings), resume=(run / "last.pt").is_file(), progress=progress)
             write_text(run / "done", "trained\n")
         verifier = load_verifier(str(run / "model.pt"), detector=recipe.get("detector", "auto"),
                                  fallback="whole-image", device=device, progress=progress)
@@ -196,10 +205,10 @@ def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, 
     for pair_kind in PAIR_KINDS:
         chosen = pairs.kinds == pair_kind
         d, labels, folds = distances[chosen], pairs.labels[chosen], pairs.folds[chosen]
-        thresholds = np.broadcast_to(np.asarray(own_threshold, dtype=np.float64), (protocol.folds,))
-        own = np.array([accuracy_at(d[folds == f], labels[folds == f], thresholds[f]) for f in range(protocol.folds)])
+        thresholds = np.broadcast_to(np.asarray(own_threshold, dtype=np.float64), (protocol.scored,))
+        own = np.array([accuracy_at(d[folds == f], labels[folds == f], thresholds[f]) for f in range(protocol.scored)])
         entry = {"pairs": {"same": int(labels.sum()), "different": int((labels == 0).sum())},
-                 "accuracy": float(own.mean()), "accuracy_std": float(own.std(ddof=1)),
+                 "accuracy": float(own.mean()), "accuracy_std": float(own.std(ddof=1)) if len(own) > 1 else None,
                  "fold_accuracies": own.tolist()}
         if kind == "model":
             folded = kfold_protocol(d, labels, folds, rule=protocol.rule)
@@ -208,7 +217,7 @@ def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, 
             entry["fold_thresholds"] = [fold.threshold for fold in folded.folds]
         # Per fold, then averaged: a recipe's folds are different models, whose distances do not pool.
         measured = [separation(d[folds == f], labels[folds == f], far_levels=(FAR_LEVEL,)).to_dict()
-                    for f in range(protocol.folds)]
+                    for f in range(protocol.scored)]
         for key in measured[0]:
             values = [fold[key] for fold in measured
                       if isinstance(fold[key], (int, float)) and not isinstance(fold[key], bool) and np.isfinite(fold[key])]
@@ -220,7 +229,8 @@ def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, 
 
 def markdown_table(rows: list[dict], protocol: FamilyProtocol) -> str:
     """The README's table: one line per row (a model at each of its thresholds, or a recipe)."""
-    lines = [f"{protocol.folds}-fold family-disjoint protocol ({protocol.pairs_per_class} same + "
+    cut = "" if protocol.scored == protocol.folds else f", the first {protocol.scored} scored"
+    lines = [f"{protocol.folds}-fold{cut} family-disjoint protocol ({protocol.pairs_per_class} same + "
              f"{protocol.pairs_per_class} different pairs of each kind per fold, seed {protocol.seed}); "
              f"accuracy mean ± std over folds; AUC, EER and overlap are means of the per-fold figures.", "",
              "| model | threshold | cross-age accuracy | same-age hard accuracy | AUC (cross / hard) "
@@ -233,8 +243,8 @@ def markdown_table(rows: list[dict], protocol: FamilyProtocol) -> str:
             variants.append(("other folds", "accuracy_folds_threshold", "accuracy_folds_threshold_std"))
         for label, key, std in variants:
             source = row["threshold_source"] if label == "own" else f"chosen on the other folds ({protocol.rule})"
-            lines.append(f"| {row['name']} | {source} | {100 * cross[key]:.2f}% ± {100 * cross[std]:.2f} | "
-                         f"{100 * hard[key]:.2f}% ± {100 * hard[std]:.2f} | {_number(cross['auc'])} / "
+            lines.append(f"| {row['name']} | {source} | {_mean_std(cross[key], cross[std])} | "
+                         f"{_mean_std(hard[key], hard[std])} | {_number(cross['auc'])} / "
                          f"{_number(hard['auc'])} | {_percent(cross['eer'])} / {_percent(hard['eer'])} | "
                          f"{_percent(cross.get(TAR_KEY))} / {_percent(hard.get(TAR_KEY))} | "
                          f"{_number(cross['overlap'], 3)} / {_number(hard['overlap'], 3)} |")
@@ -242,6 +252,11 @@ def markdown_table(rows: list[dict], protocol: FamilyProtocol) -> str:
 
 
 TAR_KEY = "tar_at_far_1e-2"
+
+
+def _mean_std(mean: float, std: Optional[float]) -> str:
+    """``89.40% ± 1.17`` (points); the mean alone where one fold was scored."""
+    return f"{100 * mean:.2f}%" + ("" if std is None else f" ± {100 * std:.2f}")
 
 
 def _percent(value: Optional[float]) -> str:
@@ -386,7 +401,7 @@ def read_group_list(path: os.PathLike) -> set[str]:
 
 def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str = "family",
                   groups_file: Optional[str] = None, exclude_file: Optional[str] = None,
-                  added_file: Optional[str] = None, folds: int = 5,
+                  added_file: Optional[str] = None, folds: int = 5, scored_folds: Optional[int] = None,
                   pairs_per_class: int = 400, age_column: str = "age_class", models=(), recipes=(),
                   rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto", cache: bool = True,
                   distinct: bool = True, embeddings: Optional[str] = None,
@@ -406,8 +421,10 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
 
     if not models and not recipes:
         raise InputError("give at least one --model or --recipe to score")
+    if models and scored_folds == 1:
+        raise InputError("--scored-folds 1: a --model's threshold is chosen on the other scored folds; score 2 or more")
     recipe_settings = [(Path(path).stem, _read_recipe(path)) for path in recipes]
-    protocol = FamilyProtocol(folds, pairs_per_class, seed, group_by, age_column, rule)
+    protocol = FamilyProtocol(folds, pairs_per_class, seed, group_by, age_column, rule, scored_folds)
     index = load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
     rows = np.arange(len(index))
     if groups_file or exclude_file:
@@ -428,6 +445,7 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
         scored, added = subset_index(index, scored_rows), subset_index(index, added_rows)
     image_folds = family_folds(scored, protocol)
     pairs = protocol_pairs(scored, image_folds, protocol)
+    pairs = _subset(pairs, pairs.folds < protocol.scored)
     dataset = {"kind": kind, "root": str(root), "images": len(scored), "identities": len(scored.identity_names),
                "groups_file": groups_file, "exclude_groups": exclude_file, "copies_left_out": copies}
     if added is not None:
