@@ -3,6 +3,8 @@
 The public API, in pipeline order (imported lazily, so ``import kface`` is cheap)::
 
     from kface import load_image, embed, verify, load_verifier
+
+and age editing (:mod:`kface.ageedit`): ``kface.age_edit(image, to="67+")``, ``kface.age_strip(image)``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ _EXPORTS = {
     "Verification": "kface.api",
     "Embedder": "kface.embeddings",
     "EmbeddingResult": "kface.embeddings",
+    "age_edit": "kface.ageedit.editor",
+    "age_strip": "kface.ageedit.editor",
     "KfaceError": "kface.errors",
     "InputError": "kface.errors",
 }

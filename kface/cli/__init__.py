@@ -20,6 +20,7 @@ COMMANDS = {
     "models": "kface.cli.models:models", "export": "kface.cli.models:export", "serve": "kface.cli.serve:serve",
     "enroll": "kface.cli.gallery:enroll", "search": "kface.cli.gallery:search",
     "gallery": "kface.cli.gallery:gallery_group", "cluster": "kface.cli.gallery:cluster",
+    "train-age-editor": "kface.cli.ageedit:train_age_editor", "age-edit": "kface.cli.ageedit:age_edit",
 }
 
 
