@@ -223,16 +223,24 @@ def age_edit(image: ImageSource, to: str | int, *, model: os.PathLike | None = N
     return AgeEdit(result, edited, face.chip, edits.source_classes[0], AGE_CLASSES[target], face.stage)
 
 
+def all_ages(image: ImageSource, *, model: os.PathLike | None = None, detail: bool = True,
+             detector: str = "auto", device: str = "auto",
+             editor: AgeEditorModel | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The largest face's aligned chip, the face at each of the 8 classes (8 chips), and the class the editor
+    judged the input to be. ``editor``: one already loaded (else ``model`` or the shipped one is loaded)."""
+    editor = editor or AgeEditorModel(model, device)
+    _, face = _find_face(image, detector, device)
+    classes = np.arange(len(AGE_CLASSES))
+    edits = editor.edit_chips(np.repeat(face.chip[None], len(classes), axis=0), classes, detail)
+    return face.chip, edits.chips, edits.source_classes[0]
+
+
 def age_strip(image: ImageSource, *, model: os.PathLike | None = None, detail: bool = True,
               detector: str = "auto", device: str = "auto") -> tuple[np.ndarray, str]:
     """One labelled strip: the largest face's aligned chip, then the face at each of the 8 classes; and the
     class the editor judged the input to be."""
-    editor = AgeEditorModel(model, device)
-    _, face = _find_face(image, detector, device)
-    classes = np.arange(len(AGE_CLASSES))
-    edits = editor.edit_chips(np.repeat(face.chip[None], len(classes), axis=0), classes, detail)
-    source = edits.source_classes[0]
-    return label_strip([face.chip, *edits.chips], [f"input ({source})", *AGE_CLASSES]), source
+    chip, edits, source = all_ages(image, model=model, detail=detail, detector=detector, device=device)
+    return label_strip([chip, *edits], [f"input ({source})", *AGE_CLASSES]), source
 
 
 def label_strip(chips: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:

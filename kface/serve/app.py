@@ -152,6 +152,7 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
     import anyio
     from fastapi_offline import FastAPIOffline
 
+    from .ageedit import add_age_edit_routes
     from .gallery import add_gallery_routes
 
     service = FaceService(pipelines, limits, distribution)
@@ -181,6 +182,7 @@ def create_app(pipelines: Sequence[Pipeline], limits: ServeLimits = ServeLimits(
         return service.distribution
 
     _add_face_routes(app, service, in_worker)
+    add_age_edit_routes(app, limits, in_worker)  # /age-edit (kface/serve/ageedit.py)
     return app
 
 
