@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = (REPO / ".." / "shared").resolve()
+#: The real-face data (``KFACE_TEST_SHARED`` moves it, e.g. to check what a checkout without it does).
+SHARED = Path(os.environ.get("KFACE_TEST_SHARED") or REPO / ".." / "shared").resolve()
 
 
 def default_embedding_size() -> int:
@@ -23,9 +24,13 @@ EXAMPLES = REPO / "examples"
 
 
 def require(path: Path) -> Path:
-    """Skip the calling test with a clear reason when a shared data folder is missing."""
+    """Skip the calling test with a clear reason when a shared data folder is missing; under CI
+    (``CI=true``) fail it instead: there a missing ../shared is a broken setup, not a reason to pass."""
     if not path.exists():
-        pytest.skip(f"{path} is missing: the real-face data lives in ../shared beside the checkout")
+        reason = f"{path} is missing: the real-face data lives in ../shared beside the checkout"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; under CI (CI=true) the tests that read it must run", pytrace=False)
+        pytest.skip(reason)
     return path
 
 

@@ -83,3 +83,24 @@ def file_size_limit(limit: int) -> Callable:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return apply
+
+
+PAUSED_WRITER = Path(__file__).resolve().parent / "paused_writer.py"
+
+
+def kill_mid_write(args: list, marker: Path, hook: str = "rename", timeout: float = 600) -> None:
+    """Run ``kface ARGS`` until it is in the middle of writing (tests/paused_writer.py's ``hook``), then
+    kill it with SIGKILL; fails unless it reached that point and died of the kill."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, str(PAUSED_WRITER), str(marker), hook, *map(str, args)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reached = marker.exists()
+    process.send_signal(signal.SIGKILL)
+    _, stderr = process.communicate(timeout=60)
+    assert reached, f"kface {args[0]} never reached its write ({hook}); it ended with {process.returncode}: {stderr}"
+    assert process.returncode == -signal.SIGKILL, f"kface {args[0]} was not killed: {process.returncode}, {stderr}"

@@ -16,6 +16,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+from conftest import SHARED, require
+
 from kface.attributes.heads import fit_heads, load_attribute_model
 from kface.attributes.labels import AgeBins, AttributeConfig, class_weights, parse_age_bins, split_by_group
 from kface.attributes.model import load_analyzer
@@ -26,7 +28,7 @@ from kface.errors import InputError
 from test_datasets import WOMEN, build_aaf_tree, build_aging_tree, place
 from test_verify import _bad_inputs
 
-LFW = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw").resolve()
+LFW = SHARED / "data" / "lfw"
 PEOPLE_PER_GENDER = 20
 IMAGES_PER_PERSON = 3
 ANSWER_KEYS = {"age_group", "age_probs", "expected_age", "gender", "gender_prob", "gender_probs", "box", "stage",
@@ -34,8 +36,7 @@ ANSWER_KEYS = {"age_group", "age_probs", "expected_age", "gender", "gender_prob"
 
 
 def require_lfw() -> Path:
-    if not (LFW / "labels").is_dir():
-        pytest.skip(f"{LFW} is missing: the real-face data lives in ../shared beside the checkout")
+    require(LFW / "labels")
     return LFW
 
 

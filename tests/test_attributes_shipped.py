@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from conftest import SHARED, require
+
 from kface.attributes.labels import AgeBins, AttributeConfig, age_interval, split_by_group
 from kface.attributes.model import load_analyzer
 from kface.cli import cli
@@ -24,7 +26,7 @@ from kface.hashing import file_sha256
 from kface.models import attributes as shipped
 from kface.models.build_attributes import KOREAN_AGE_BINS
 
-KOREAN = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "korean_family").resolve()
+KOREAN = SHARED / "data" / "korean_family"
 HELDOUT = Path(shipped.__file__).with_name("korean-heldout-families.txt")
 #: Faces per age class drawn from the held-out families (seeded), for the analyze check.
 FACES_PER_CLASS = 3
@@ -36,8 +38,7 @@ def invoke(*args):
 
 def heldout_faces() -> list[dict]:
     """FACES_PER_CLASS seeded held-out faces of each age class a..h (rows of identities.csv)."""
-    if not (KOREAN / "identities.csv").is_file():
-        pytest.skip(f"{KOREAN} is missing: the Korean faces live in ../shared beside the checkout")
+    require(KOREAN / "identities.csv")
     families = read_group_list(HELDOUT)  # groups of related families: "F1+F2" stands for both
     with open(KOREAN / "identities.csv", newline="") as handle:
         rows = [row for row in csv.DictReader(handle) if row["family"] in families]

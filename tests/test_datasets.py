@@ -13,12 +13,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import SHARED, require
+
 from kface.datasets import ADAPTERS, DatasetIndex, dataset_options, load_dataset
 from kface.datasets.kface_layout import format_code_set, parse_code_set
 from kface.errors import InputError
 from kface.datasets.records import Record
 
-LFW_IMAGES = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfw" / "images").resolve()
+LFW_IMAGES = SHARED / "data" / "lfw" / "images"
 MEN = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "Ariel_Sharon",
        "Hugo_Chavez", "Junichiro_Koizumi", "Jean_Chretien", "John_Ashcroft"]
 WOMEN = ["Serena_Williams", "Laura_Bush", "Jennifer_Capriati", "Gloria_Macapagal_Arroyo", "Megawati_Sukarnoputri"]
@@ -27,9 +29,7 @@ KFACE_COMBOS = list(itertools.product((1, 2), (1, 2, 3), (1, 2), (6, 7, 8)))  # 
 
 def lfw_faces(person: str) -> list[Path]:
     """The real LFW images of one person, sorted (skips the test when ../shared is absent)."""
-    if not LFW_IMAGES.is_dir():
-        pytest.skip(f"{LFW_IMAGES} is missing: the real-face data lives in ../shared beside the checkout")
-    return sorted((LFW_IMAGES / person).glob("*.jpg"))
+    return sorted((require(LFW_IMAGES) / person).glob("*.jpg"))
 
 
 def place(source: Path, target: Path) -> None:

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from conftest import SHARED, require
 
 from kface.backbones import load_backbone
 from kface.backbones import dlib_torch
@@ -17,7 +18,6 @@ from kface.backbones.dlib_torch import (CUT_POINTS, DlibResNet, FrozenAffine, ad
 from kface.errors import InputError
 from kface.models_path import DLIB_LANDMARKS_5, DLIB_RESNET, model_file
 
-SHARED = (Path(__file__).parents[1] / ".." / "shared").resolve()
 LFW_IMAGES = SHARED / "data" / "lfw" / "images"
 PARITY_CHIPS = 110
 
@@ -244,8 +244,7 @@ def lfw_chips(count: int) -> np.ndarray:
 
 @pytest.mark.slow
 def test_embeddings_match_dlib_on_lfw_chips(cache_folder):
-    if not LFW_IMAGES.is_dir():
-        pytest.skip(f"LFW images not found at {LFW_IMAGES}")
+    require(LFW_IMAGES)
     import dlib
 
     chips = lfw_chips(PARITY_CHIPS)

@@ -2,9 +2,11 @@
 equals an uninterrupted run's, and no partial file is ever left under an output's final name.
 
 Covers ``train`` (with ``--dataset``: a resume never samples its pairs.csv again, even when the dataset
-grew), ``make-pairs``, ``embed`` and ``enroll``. The moments are drawn from each command's own
-uninterrupted duration, measured in the same test, so they land in every phase (start-up, features,
-epochs, commit) on a fast or a slow machine.
+grew), whose moments are drawn from its own uninterrupted duration, measured in the same test, so they
+land in every phase (start-up, features, epochs, commit) on a fast or a slow machine. ``make-pairs``,
+``embed`` and ``enroll`` finish in about a second, where a moment drawn at random lands before the output
+exists or after it is whole; they are killed inside their writing phase instead (tests/paused_writer.py
+holds them there), and each test fails unless the kill landed there and the process died of it.
 """
 from __future__ import annotations
 
@@ -21,8 +23,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from conftest import LFW, default_embedding_size, lfw_people, link_tree, require
-from fault_helpers import assert_ok, kface, start_kface
+from conftest import LFW, lfw_people, link_tree, require
+from fault_helpers import assert_ok, kface, kill_mid_write, start_kface
 
 pytestmark = pytest.mark.slow
 KILLS = 2  # per command: each kill costs a start and a rerun of a process (torch's import alone is ~3 s)
@@ -59,7 +61,10 @@ def moments(duration: float, seed: int) -> list[float]:
 
 
 def hidden_temps(folder: Path) -> list[str]:
-    return sorted(path.name for path in folder.glob(".*") if path.is_file())
+    """Temp files left in ``folder`` (a run folder's lock file is not one)."""
+    from kface.training.config import RUN_LOCK
+
+    return sorted(path.name for path in folder.glob(".*") if path.is_file() and path.name != RUN_LOCK)
 
 
 # -- train ---------------------------------------------------------------------------------------------
@@ -143,39 +148,56 @@ def test_train_killed_at_random_moments_resumes_to_the_uninterrupted_result(tree
         same_run(run, reference)
 
 
+def test_a_second_train_into_a_running_runs_folder_refuses_and_leaves_the_first_intact(tree, reference_train,
+                                                                                      tmp_path):
+    from kface.training.config import RUN_LOCK
+
+    reference, _, _ = reference_train
+    run = tmp_path / "run"
+    args = ["train", "--root", tree, "--out", run, *TRAIN_ARGS]
+    first = start_kface(*args)
+    lock = run / RUN_LOCK
+    while first.poll() is None and not (lock.exists() and lock.read_text()):  # the first holds the folder
+        time.sleep(0.01)
+    second = kface(*args)
+    assert first.poll() is None, "the first run ended before the second started"
+    error = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert second.returncode == 2 and len(error) == 1 and "Traceback" not in second.stderr, second.stderr
+    assert "kface train (pid" in error[0] and str(run) in error[0]
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    same_run(run, reference)  # the first's outputs are whole and its own
+
+
 # -- make-pairs ------------------------------------------------------------------------------------
-def test_make_pairs_killed_at_random_moments_leaves_nothing_partial(tmp_path):
+def test_make_pairs_killed_while_writing_leaves_nothing_partial(tmp_path):
     images = require(LFW) / "images"
-    args = ["make-pairs", "--dataset", "folder", "--root", images, "--ratio", "1:1", "--pairs", "100000",
-            "--quiet"]
+    args = ["make-pairs", "--dataset", "folder", "--root", images, "--ratio", "1:1", "--pairs", "20000", "--quiet"]
     reference = tmp_path / "reference" / "pairs.csv"
-    duration = timed([*args, "--out", reference])
-    for round_, moment in enumerate(moments(duration, seed=21)):
-        out = tmp_path / f"round-{round_}" / "pairs.csv"
-        kill_at([*args, "--out", out], moment)
-        for name in ("pairs.csv", "pairs.json"):
-            if (out.parent / name).exists():
-                assert sha256(out.parent / name) == sha256(reference.parent / name), name
-        assert_ok(kface(*args, "--out", out))
-        assert sha256(out) == sha256(reference)
+    assert_ok(kface(*args, "--out", reference))
+    out = tmp_path / "killed" / "pairs.csv"
+    kill_mid_write([*args, "--out", out], tmp_path / "writing")
+    assert hidden_temps(out.parent), "no temp file: the kill did not land while the output was written"
+    assert not out.exists() and not out.with_suffix(".json").exists()
+    assert_ok(kface(*args, "--out", out))
+    for name in ("pairs.csv", "pairs.json"):
+        assert sha256(out.parent / name) == sha256(reference.parent / name), name
 
 
 # -- embed ---------------------------------------------------------------------------------------------
-def test_embed_killed_at_random_moments_reruns_to_the_same_embeddings(tmp_path):
+def test_embed_killed_while_writing_reruns_to_the_same_embeddings(tmp_path):
     images = [path for _, paths in lfw_people(8, 2) for path in paths]
     reference = tmp_path / "reference.npz"
-    duration = timed(["embed", *images, "--out", reference, "--cache-dir", tmp_path / "reference-cache", "--quiet"])
-    for round_, moment in enumerate(moments(duration, seed=22)):
-        out = tmp_path / f"round-{round_}" / "faces.npz"
-        args = ["embed", *images, "--out", out, "--cache-dir", tmp_path / f"cache-{round_}", "--quiet"]
-        kill_at(args, moment)
-        if out.exists():
-            with np.load(out) as data:
-                assert data["embeddings"].shape == (len(images), default_embedding_size())
-        assert_ok(kface(*args))  # resumes through the faces and embeddings the killed run cached
-        with np.load(out) as done, np.load(reference) as expected:
-            np.testing.assert_allclose(done["embeddings"], expected["embeddings"], atol=1e-6)
-            assert list(done["paths"]) == list(expected["paths"])
+    assert_ok(kface("embed", *images, "--out", reference, "--cache-dir", tmp_path / "cache", "--quiet"))
+    out = tmp_path / "killed" / "faces.npz"
+    args = ["embed", *images, "--out", out, "--cache-dir", tmp_path / "cache", "--quiet"]
+    kill_mid_write(args, tmp_path / "writing")
+    assert hidden_temps(out.parent), "no temp file: the kill did not land while the output was written"
+    assert not out.exists()
+    assert_ok(kface(*args))
+    with np.load(out) as done, np.load(reference) as expected:
+        np.testing.assert_allclose(done["embeddings"], expected["embeddings"], atol=1e-6)
+        assert list(done["paths"]) == list(expected["paths"])
 
 
 # -- enroll --------------------------------------------------------------------------------------------
@@ -190,17 +212,24 @@ def gallery_contents(gallery: Path, probe: Path) -> tuple[list, list]:
     return people, candidates
 
 
-def test_enroll_killed_at_random_moments_reruns_to_the_same_gallery(tmp_path):
+def test_enroll_killed_inside_a_commit_keeps_the_committed_batches_and_reruns_to_the_same_gallery(tmp_path):
+    from kface.galleries.store import GalleryStore
+
     people = link_tree(lfw_people(10, 2), tmp_path / "people")
     probe = sorted((people / sorted(p.name for p in people.iterdir())[0]).iterdir())[0]
     args = ["enroll", "--dataset", "folder", "--root", people, "--model", "dlib", "--detector", "dlib",
-            "--batch", "4", "--quiet"]
+            "--batch", "4", "--quiet", "--cache-dir", tmp_path / "cache"]
     reference = tmp_path / "reference.kgallery"
-    duration = timed([*args, "--gallery", reference, "--cache-dir", tmp_path / "reference-cache"])
+    assert_ok(kface(*args, "--gallery", reference))
     expected = gallery_contents(reference, probe)
-    for round_, moment in enumerate(moments(duration, seed=23)[:1]):  # one: each costs two enrolments
-        gallery = tmp_path / f"round-{round_}" / "faces.kgallery"
-        run = [*args, "--gallery", gallery, "--cache-dir", tmp_path / f"cache-{round_}"]
-        kill_at(run, moment)
-        assert_ok(kface(*run))  # finishes what the killed run had not committed
-        assert gallery_contents(gallery, probe) == expected
+    gallery = tmp_path / "killed" / "faces.kgallery"
+    # Killed inside its second batch's transaction: rows inserted, not committed.
+    kill_mid_write([*args, "--gallery", gallery], tmp_path / "writing", hook="commit:2")
+    store = GalleryStore.open(gallery)
+    try:
+        assert store.counts()[1] == 4, "the gallery holds more (or less) than the one committed batch"
+        assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finally:
+        store.close()
+    assert_ok(kface(*args, "--gallery", gallery))  # finishes what the killed run had not committed
+    assert gallery_contents(gallery, probe) == expected

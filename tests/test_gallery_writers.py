@@ -124,14 +124,14 @@ def faces():
 
 @pytest.mark.slow
 def test_sixteen_enrolments_at_once_on_a_new_gallery_all_land(faces, tmp_path):
-    from kface.galleries.audit import read_audit
-
     gallery = tmp_path / "new.kgallery"
     people = faces[:16]
     results = finish(start([enroll_command(gallery, name, images) for name, images in people]))
     assert [code for code, _, _ in results] == [0] * len(people), [err for code, _, err in results if code]
     assert gallery_rows(gallery) == {name: {sha_of(image) for image in images} for name, images in people}
     assert_index_agrees(gallery)
+    from kface.galleries.audit import read_audit
+
     audit = read_audit(gallery)
     assert sorted(line["identity"] for line in audit) == sorted(name for name, _ in people)
     assert all(line["event"] == "enroll" and line["client"] == "local" for line in audit)

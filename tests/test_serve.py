@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -240,8 +241,31 @@ def test_unknown_routes_and_methods_are_json_errors(client):
 
 
 # -- privacy -----------------------------------------------------------------------------------------
+#: Files opened for writing while a test records them (sys.audit "open" events; see below).
+WRITTEN: list = []
+RECORDING = threading.Event()
+HOOKED: list = []
+
+
+def record_writes(event: str, args: tuple) -> None:
+    """An audit hook noting every file opened to write while RECORDING is set: named or not (a
+    SpooledTemporaryFile's rollover makes an O_TMPFILE file that never shows in any folder), by
+    ``open()``, ``os.open`` or ``tempfile`` alike, from any thread."""
+    if not RECORDING.is_set():
+        return
+    if event == "open":
+        path, mode, flags = args
+        writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | getattr(os, "O_TMPFILE", 0)
+        if (mode is not None and any(ch in mode for ch in "wax+")) or (mode is None and flags & writes):
+            WRITTEN.append((event, path, mode, flags))
+    elif event in ("tempfile.mkstemp", "tempfile.mkdtemp"):
+        WRITTEN.append((event, *args))
+
+
 def test_uploads_are_never_written_to_disk(client, tmp_path, monkeypatch):
-    """A 2 MB upload (over Starlette's 1 MB spooling size) leaves no file in the temp or cache folders."""
+    """A 2 MB upload (over Starlette's 1 MB spooling size) opens no file for writing, named or unnamed, and
+    leaves no file in the temp or cache folders."""
+    import sys
     import tempfile
 
     temp_dir, cache_dir = tmp_path / "tmp", tmp_path / "cache"
@@ -250,8 +274,17 @@ def test_uploads_are_never_written_to_disk(client, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(temp_dir))
     monkeypatch.setenv("KFACE_CACHE_DIR", str(cache_dir))
     padded = photo("obama2.jpg") + bytes(2 * 1024 * 1024)
-    response = post_verify(client, padded, chips="true")
+    if not HOOKED:
+        sys.addaudithook(record_writes)  # a hook stays for the process; this one only acts while RECORDING
+        HOOKED.append(True)
+    WRITTEN.clear()
+    RECORDING.set()
+    try:
+        response = post_verify(client, padded, chips="true")
+    finally:
+        RECORDING.clear()
     assert response.status_code == 200 and response.json()["same"] is True
+    assert WRITTEN == []
     assert list(temp_dir.iterdir()) == [] and list(cache_dir.iterdir()) == []
 
 

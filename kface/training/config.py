@@ -196,6 +196,8 @@ UNFROZEN_DEFAULTS = {"head": "none", "lr": 1e-5, "min_lr": 1e-6, "weight_decay":
                      "patience": 5, "augment": "mirror"}
 #: The pair file a --dataset run samples into its folder.
 DATASET_PAIRS = "pairs.csv"
+#: The lock file a run holds in its folder while it writes there (kface.locks): a second run there is refused.
+RUN_LOCK = ".lock"
 
 
 def _check_int(name: str, value, minimum: int) -> None:

@@ -39,6 +39,7 @@ rank 0 measures val and writes files. On a GPU, the forward pass runs in float16
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -47,8 +48,10 @@ from typing import Callable, Optional
 
 from ..backbones.trainable import check_cut_device
 from ..errors import InputError
+from ..locks import file_lock
 from .checkpoints import file_sha256
-from .config import DATASET_PAIRS, HISTORY, LAST, MODEL, SELECT_METRICS, TrainConfig, load_last, write_history
+from .config import (DATASET_PAIRS, HISTORY, LAST, MODEL, RUN_LOCK, SELECT_METRICS, TrainConfig, load_last,
+                     write_history)
 from .data import TrainingData, load_training_data
 from .distributed import Processes
 from .heads import get_head
@@ -91,7 +94,11 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
     history row; on ranks other than 0 it has no val metrics).
     """
     processes = Processes.from_env(config.device)
+    run_lock = contextlib.ExitStack()
     try:
+        if processes.main:  # the other ranks of a distributed run are this run's own processes
+            run_lock.enter_context(file_lock(Path(config.out) / RUN_LOCK, wait=False, what=str(config.out),
+                                             holder="kface train"))
         check_cut_device(config.unfreeze, processes.device.type)
         _check_out(config, resume)
         if processes.main:
@@ -109,6 +116,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
             _make_durable(result.out / MODEL)
         return result
     finally:
+        run_lock.close()
         processes.close()
 
 

@@ -27,7 +27,6 @@ the face cache that the batched backbone pass then reads.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -35,7 +34,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -46,6 +45,7 @@ from ..embeddings import ChipEmbedder, Embedder, shipped_network_tag
 from ..errors import InputError
 from ..faces import FaceSettings, mirror
 from ..images import content_hash, read_bytes
+from ..locks import file_lock
 from ..outputs import write_json
 from ..progress import progress_bar
 
@@ -323,20 +323,8 @@ class FeatureStore:
             raise InputError(f"{self.folder}: feature store of another setting; delete the folder")
         return index
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / "lock", "a") as handle:
-            try:
-                import fcntl
-            except ImportError:  # no POSIX locks (Windows): one writer at a time is then up to the user
-                yield
-                return
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _locked(self):
+        return file_lock(self.folder / "lock")
 
     def _append(self, rows: dict[str, tuple[np.ndarray, str]]) -> None:
         if not rows:
