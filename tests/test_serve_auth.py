@@ -153,3 +153,36 @@ def test_a_token_file_readable_by_others_gets_a_warning(tmp_path, capsys):
     os.chmod(path, 0o644)
     assert read_token_file(path, writes=True)[0].secret == FULL_TOKEN.encode()
     assert "chmod 600" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_tab(tmp_path):
+    import re
+
+    from playwright.sync_api import expect
+
+    from test_serve_browser import ANSWER_TIMEOUT_MS, browser_page, compare_on_page, require_browser, running_server
+
+    require_browser()
+    token_file = tmp_path / "team.token"
+    token_file.write_text(FULL_TOKEN + "\n")
+    token_file.chmod(0o600)
+    with running_server("--model", "dlib", "--token-file", str(token_file)) as url, browser_page() as page:
+        page.goto(url)
+        dialog = page.locator("#token-dialog")
+        expect(dialog).to_be_visible(timeout=ANSWER_TIMEOUT_MS)  # the page's first API call was refused
+        page.fill("#token-input", "wrong-token-" + "d" * 20)
+        page.click("#token-ok")
+        expect(page.locator("#token-message")).to_contain_text("not accepted")
+        page.fill("#token-input", FULL_TOKEN)
+        page.click("#token-ok")
+        expect(dialog).to_be_hidden()
+        verdict = compare_on_page(page, url, EXAMPLES / "obama.jpg", EXAMPLES / "obama2.jpg")
+        assert re.fullmatch("same person", verdict, re.IGNORECASE), verdict
+        assert page.evaluate("sessionStorage.getItem('kface-token')") == FULL_TOKEN
+        assert page.evaluate("localStorage.length") == 0
+        page.reload()  # the same tab: no second question
+        verdict = compare_on_page(page, url, EXAMPLES / "obama.jpg", EXAMPLES / "biden.jpg")
+        assert re.fullmatch("different (people|person)", verdict, re.IGNORECASE), verdict
+        expect(dialog).to_have_count(0)
+        assert page.errors == []
