@@ -17,6 +17,7 @@ import numpy as np
 
 from .backbones import DEFAULT_BACKBONE, get_spec
 from .embeddings import EmbeddingResult, Embedder
+from .answers import BALANCED, ModelAnswers
 from .errors import InputError
 from .images import ImageSource
 
@@ -36,6 +37,15 @@ class Verification:
     faces: list[dict] = field(default_factory=list)  # per image: path, found, stage, box, n_faces
     model: str = ""  # the shipped model's name ("korean", "dlib") or the checkpoint's path
     precision: str = "float"  # "int8" where a shipped network's int8 copy ran (kface.models.network_variant)
+    # What the card says of this answer (kface.answers): the operating point, its false-accept and
+    # true-accept rates measured on held-out groups, P(one person), caution where the model is weak, and
+    # the answer ("same", "different", or "cannot tell" with abstain).
+    operating_point: str = "balanced"
+    expected_far: Optional[float] = None
+    expected_tar: Optional[float] = None
+    probability: Optional[float] = None
+    caution: Optional[dict] = None
+    answer: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,9 +56,16 @@ class Verifier:
 
     def __init__(self, embedder: Embedder, threshold: Optional[float] = None, threshold_source: str = "",
                  distance: str = "euclidean", head=None, probability=None, model_path: Optional[str] = None,
-                 model_name: Optional[str] = None, attributes: Optional[Callable[[], Any]] = None):
+                 model_name: Optional[str] = None, attributes: Optional[Callable[[], Any]] = None,
+                 answers: Optional[ModelAnswers] = None, answers_loader: Optional[Callable[[], ModelAnswers]] = None):
         from .distances import get_distance
 
+        # The card's operating points, probability and caution (kface.answers); a trained model's come from
+        # its stored val pairs, on first use (answers_loader).
+        self.answers = answers
+        self.answers_loader = answers_loader
+        self.operating_point = BALANCED
+        self.abstain = False
         self.embedder = embedder
         # Loads the attribute heads that read this model's embeddings (None: no such heads), on first use.
         self.attributes = attributes
@@ -65,6 +82,55 @@ class Verifier:
                                  f"pass --threshold or a trained --model")
         self.threshold = float(threshold)
         self.threshold_source = threshold_source
+
+    def use_point(self, operating_point: Optional[str] = None, far: Optional[float] = None,
+                  abstain: bool = False) -> Verifier:
+        """Answer at the card's ``operating_point`` (or the point at false-accept rate ``far``); with ``abstain``,
+        say "cannot tell" inside the model's unsure distance range. Returns the verifier."""
+        self.abstain = abstain
+        if operating_point is None and far is None:
+            return self
+        if self.threshold_source == "--threshold":
+            raise InputError("give --threshold or an operating point (--operating-point, --far), not both")
+        self.operating_point, self.threshold = self.point_threshold(operating_point, far)
+        self.threshold_source = self.answers.source(self.model_name, self.operating_point)
+        return self
+
+    def point_threshold(self, operating_point: Optional[str] = None, far: Optional[float] = None) -> tuple[str, float]:
+        """The name and threshold of the model's operating point asked for (by name, or by false-accept rate)."""
+        if self.answers is None and self.answers_loader is not None:
+            self.answers = self.answers_loader()
+        if self.answers is None:
+            raise InputError(f"model {self.model_name} has no operating points; use --threshold")
+        name = self.answers.point(operating_point, far)
+        return name, self.answers.threshold(name)
+
+    def answer_fields(self, distance: float, same: bool, ages: list[Optional[dict]]) -> dict:
+        """The :class:`Verification` fields beyond the decision, from the card's answers (see :mod:`kface.answers`)."""
+        if self.answers is not None:
+            fields = self.answers.annotate(self.operating_point, distance, same, ages, self.abstain)
+            if self.threshold_source == "--threshold":  # the card's rates are for its own thresholds
+                fields.update(operating_point="--threshold", expected_far=None, expected_tar=None)
+            return fields
+        probability = float(self.probability(np.array([distance]))[0]) if self.probability is not None else None
+        return {"operating_point": self.operating_point, "probability": probability,
+                "answer": "same" if same else "different"}
+
+    def pair_probabilities(self, distances: np.ndarray, ages_a: Sequence[Optional[dict]],
+                           ages_b: Sequence[Optional[dict]]) -> Optional[np.ndarray]:
+        """P(one person) per pair (NaN where the distance is), from the card's calibration (by each pair's caution
+        band, from its faces' estimated ages) or a trained model's own mapping; None where the model has neither."""
+        distances = np.asarray(distances, dtype=np.float64)
+        if self.answers is not None and "probability" in self.answers.block:
+            return np.array([self.answers.probability(d, self.answers.band([a, b])) if np.isfinite(d) else np.nan
+                             for d, a, b in zip(distances, ages_a, ages_b)])
+        if self.probability is not None:
+            return np.asarray(self.probability(distances), dtype=np.float64)
+        return None
+
+    def needs_ages(self) -> bool:
+        """Whether answers read the faces' estimated ages (the card has a caution rule and an attribute model runs)."""
+        return self.answers is not None and "caution" in self.answers.block and self.attributes is not None
 
     def embed(self, sources: Sequence[ImageSource], on_error: str = "raise") -> tuple[np.ndarray, EmbeddingResult]:
         """Vectors in the space the threshold applies to (after the head, if any), and the raw result."""
@@ -98,24 +164,38 @@ class Verifier:
         faces = [{"path": result.paths[i], "found": bool(result.found[i]), "stage": result.stages[i],
                   "box": list(result.boxes[i]) if result.boxes[i] else None, "n_faces": int(result.n_faces[i])}
                  for i in range(2)]
+        # The caution rule reads the faces' estimated ages, wherever the card has one.
+        face_ages = self.estimated_ages([image_a, image_b], result) if ages or self.needs_ages() else [None, None]
         if ages:
-            for face, age in zip(faces, self.estimated_ages([image_a, image_b], result)):
+            for face, age in zip(faces, face_ages):
                 face["age"] = age
-        return Verification(self.distance.is_same(distance, self.threshold), distance, self.threshold,
-                            self.threshold_source, self.embedder.spec.name, self.distance.name, faces,
-                            self.model_name, self.embedder.precision)
+        same = bool(self.distance.is_same(distance, self.threshold))
+        return Verification(same, distance, self.threshold, self.threshold_source, self.embedder.spec.name,
+                            self.distance.name, faces, self.model_name, self.embedder.precision,
+                            **self.answer_fields(distance, same, face_ages))
 
 
 def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE, detector: str = "auto",
                   threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
                   weights: Optional[str] = None, cache: bool = True, progress: bool = False,
-                  max_pixels: Optional[int] = None, engine: str = "onnx") -> Verifier:
+                  max_pixels: Optional[int] = None, engine: str = "onnx", operating_point: Optional[str] = None,
+                  far: Optional[float] = None, abstain: bool = False) -> Verifier:
     """A :class:`Verifier` for a shipped model (``"korean"``, ``"dlib"``; None = the default), an
     untrained ``backbone`` (with ``model="dlib"``), or a trained model checkpoint (a path).
 
     ``engine``: ``onnx`` (default: onnxruntime, no torch) or ``torch``, for stock dlib and checkpoints
     (see :func:`kface.engines.backbone_for_engine`); shipped ONNX models run on onnxruntime.
+    ``operating_point`` (``balanced``, ``far=1e-2``, ``far=1e-3``) or ``far`` (0.01, 0.001) picks the card's
+    threshold for that false-accept rate; ``abstain`` answers "cannot tell" where the model is unsure
+    (see :meth:`Verifier.use_point`).
     """
+    verifier = _load_verifier(model, backbone, detector, threshold, fallback, device, weights, cache, progress,
+                              max_pixels, engine)
+    return verifier.use_point(operating_point, far, abstain)
+
+
+def _load_verifier(model, backbone, detector, threshold, fallback, device, weights, cache, progress, max_pixels,
+                   engine) -> Verifier:
     from .engines import backbone_for_engine
     from .models import STOCK_MODEL, default_model, is_shipped
 
@@ -137,7 +217,18 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
     embedder = Embedder(backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, device=device,
                         weights=weights, cache=cache, progress=progress, max_pixels=max_pixels)
     source = "--threshold" if threshold is not None else ""
-    return Verifier(embedder, threshold, source, model_name=STOCK_MODEL if backbone == DEFAULT_BACKBONE else None)
+    stock = backbone == DEFAULT_BACKBONE
+    return Verifier(embedder, threshold, source, model_name=STOCK_MODEL if stock else None,
+                    answers=_stock_answers() if stock else None)
+
+
+def _stock_answers() -> Optional[ModelAnswers]:
+    """Stock dlib's answers block (its network card's), measured at its LFW threshold on the Korean groups."""
+    from .answers import answers_of
+    from .models import has_network, network_card
+
+    family = get_spec(DEFAULT_BACKBONE).family
+    return answers_of(network_card(family)) if has_network(family) else None
 
 
 # -- verifiers of shipped models and trained checkpoints -------------------------------------------------
@@ -151,7 +242,8 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
     caller's or, when None, the card's; the threshold is the card's for the copy that runs (chosen on
     held-out validation families) unless ``threshold`` is given.
     """
-    from .models import card, shipped_threshold
+    from .answers import answers_of
+    from .models import MODEL_FAMILIES, card, network_variant, shipped_threshold
 
     body = card(name)
     faces = body["faces"]
@@ -159,8 +251,9 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
                         fallback=fallback, tta="none", device=device, cache=cache, progress=progress,
                         max_pixels=max_pixels)
     value, source = shipped_threshold(name, device) if threshold is None else (threshold, "--threshold")
+    answers = answers_of(body, network_variant(MODEL_FAMILIES[name], device)["precision"])
     return Verifier(embedder, value, source, distance=body["distance"], model_name=name,
-                    attributes=_shipped_attributes_for(body["backbone"], device))
+                    attributes=_shipped_attributes_for(body["backbone"], device), answers=answers)
 
 
 def _shipped_attributes_for(backbone: str, device: str) -> Optional[Callable[[], Any]]:
@@ -234,7 +327,7 @@ def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress
 
     value, source = _threshold_and_source(model, card["threshold"], threshold)
     return Verifier(NetworkEmbedder(faces, network, features["tta"]), value, source, distance=card["distance"],
-                    probability=probability, model_path=str(model))
+                    probability=probability, model_path=str(model), answers_loader=_checkpoint_answers(model, card))
 
 
 def _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
@@ -269,22 +362,44 @@ def _torch_verifier(model, detector, threshold, fallback, device, cache, progres
 
     value, source = _threshold_and_source(model, checkpoint["threshold"], threshold)
     return Verifier(embedder, value, source, distance=checkpoint["distance"], head=head, probability=probability,
-                    model_path=str(model))
+                    model_path=str(model), answers_loader=_checkpoint_answers(model, checkpoint))
+
+
+def _checkpoint_answers(model, saved: dict) -> Callable[[], Optional[ModelAnswers]]:
+    """A loader of a trained model's operating points from the val distances its checkpoint stores (read only
+    when a point is asked for: reading the checkpoint needs torch)."""
+    def load() -> Optional[ModelAnswers]:
+        from .answers import answers_from_val
+        from .training.checkpoints import load_checkpoint, stored_val_distances
+
+        stored = stored_val_distances(load_checkpoint(model))
+        if stored is None:
+            return None
+        distances, labels, _ = stored
+        kept = np.isfinite(distances)
+        rule = f"{model}: {saved['threshold']['rule']} rule on its val split"
+        return answers_from_val(distances[kept], labels[kept], saved["threshold"]["value"], rule)
+
+    return load
 
 
 def verify(image_a: ImageSource, image_b: ImageSource, *, model: Optional[str] = None,
            backbone: str = DEFAULT_BACKBONE, detector: str = "auto", threshold: Optional[float] = None,
-           fallback: str = "none", device: str = "auto", cache: bool = True) -> Verification:
+           fallback: str = "none", device: str = "auto", cache: bool = True, operating_point: Optional[str] = None,
+           far: Optional[float] = None, abstain: bool = False) -> Verification:
     """Are the faces in ``image_a`` and ``image_b`` the same person?
 
     Images are paths or encoded bytes. Raises :class:`~kface.errors.InputError` for an unreadable image
-    or one with no face (unless ``fallback="whole-image"``).
+    or one with no face (unless ``fallback="whole-image"``). ``operating_point``/``far`` and ``abstain``:
+    see :func:`load_verifier`; the answer carries the point's expected FAR and TAR, ``probability``
+    and, where the model is weak, ``caution``.
 
     >>> from kface import verify
     >>> verify("examples/obama.jpg", "examples/obama2.jpg").same
     True
     """
-    verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=cache)
+    verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=cache,
+                             operating_point=operating_point, far=far, abstain=abstain)
     return verifier.verify(image_a, image_b)
 
 

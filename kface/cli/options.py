@@ -72,6 +72,23 @@ def print_json(payload: dict) -> None:
 
 
 # -- options shared by several commands ------------------------------------------------------------
+def operating_point_options(abstain: bool = True):
+    """``--operating-point NAME`` / ``--far F`` (the model card's thresholds) and, where answers are given,
+    ``--abstain``."""
+    def decorate(function):
+        function = click.option("--far", type=float, default=None,
+                                help="Answer at the card's threshold for this false-accept rate (0.01 or 0.001).")(function)
+        function = click.option("--operating-point", default=None, metavar="NAME",
+                                help="balanced (default), far=1e-2 or far=1e-3: the model card's thresholds, chosen on "
+                                     "val groups, with FAR and TAR measured on held-out groups.")(function)
+        if abstain:
+            function = click.option("--abstain", is_flag=True,
+                                    help="Answer 'cannot tell' where the model's calibrated probability is between "
+                                         "0.2 and 0.8 (see the card's abstain block).")(function)
+        return function
+    return decorate
+
+
 def backbone_option(function):
     return click.option("--backbone", default=DEFAULT_BACKBONE, show_default=True,
                         help=f"Face backbone: {', '.join(BACKBONE_NAMES)}.")(function)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import click
 
 from ..serve.auth import DEFAULT_RATE_PER_MINUTE
-from .options import backbone_option, detector_options, device_option, handle_errors, model_option, setup_logging
+from .options import (backbone_option, detector_options, device_option, handle_errors, model_option,
+                      operating_point_options, setup_logging)
 
 
 
@@ -48,12 +49,13 @@ from .options import backbone_option, detector_options, device_option, handle_er
 @click.option("--rate-limit", type=click.IntRange(0), default=None,
               help=f"API requests a minute each client address may make (past it: 429); 0: no limit [default: "
                    f"{DEFAULT_RATE_PER_MINUTE} when --host is not loopback, else no limit].")
+@operating_point_options()
 @device_option
 @click.option("--quiet", "-q", is_flag=True, help="No request log.")
 @handle_errors
 def serve(model, attributes_model, host, port, backbone, detector, fallback, max_pixels, threshold, distances,
           distances_split, max_upload_mb, workers, max_in_flight, body_timeout, gallery, token_file, read_token_file,
-          write_token_file, no_token, rate_limit, device, quiet):
+          write_token_file, no_token, rate_limit, operating_point, far, abstain, device, quiet):
     """Serve a local web page and JSON API for verify and analyze (page at /, API docs at /docs).
 
     POST /verify (fields image_a, image_b), POST /analyze (field image), GET /health. Photos are
@@ -70,4 +72,5 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
                threshold=threshold, device=device, max_pixels=max_pixels, max_request_mb=max_upload_mb,
                workers=workers, distances=distances, distances_split=distances_split, quiet=quiet,
                max_in_flight=max_in_flight, body_timeout_s=body_timeout, gallery=gallery,
-               tokens=tokens, no_token=no_token, rate_per_minute=rate_limit)
+               tokens=tokens, no_token=no_token, rate_per_minute=rate_limit,
+               answer={"operating_point": operating_point, "far": far, "abstain": abstain})

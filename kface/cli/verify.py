@@ -8,8 +8,8 @@ import click
 from ..datasets import ADAPTERS
 from .scale import check_parquet_options, embed_to_parquet, is_parquet, ray_options
 from .options import (backbone_option, common_options, detector_options, device_option, echo_no_face_notes,
-                      engine_option, handle_errors, json_option, model_label, model_option, print_json,
-                      setup_logging)
+                      engine_option, handle_errors, json_option, model_label, model_option, operating_point_options,
+                      print_json, setup_logging)
 
 
 @click.command()
@@ -99,16 +99,20 @@ def embed(images, out, dataset, root, manifest, ray_address, ray_workers, shard_
 @click.option("--pairs", "pairs_file", type=click.Path(dir_okay=False), help="Score a whole pair file instead of A B.")
 @click.option("--root", type=click.Path(file_okay=False), help="Dataset root for the pair file's relative paths.")
 @click.option("--out", type=click.Path(dir_okay=False), help="With --pairs: the results CSV.")
+@operating_point_options()
 @engine_option
 @device_option
 @json_option()
 @common_options
 @handle_errors
-def verify(images, model, backbone, detector, fallback, max_pixels, threshold, pairs_file, root, out, engine, device,
-           as_json, quiet, no_cache):
+def verify(images, model, backbone, detector, fallback, max_pixels, threshold, pairs_file, root, out, operating_point,
+           far, abstain, engine, device, as_json, quiet, no_cache):
     """Are the faces in A and B the same person? Prints same/different, the distance and the threshold.
 
-    Exit code 0 whether same or different; 2 for bad input (unreadable file, no face).
+    The JSON answer also names the operating point with its expected false-accept and true-accept rates,
+    the calibrated probability that both faces are one person, and ``caution`` where the model is weak
+    (a face that looks under 13, or a large age gap). Exit code 0 whether same or different; 2 for bad
+    input (unreadable file, no face).
     """
     setup_logging(quiet)
     if pairs_file:
@@ -125,7 +129,8 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
     # (--json) read the chips just found instead of finding the faces again.
     cache = RequestMemory() if no_cache and not pairs_file else not no_cache
     verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=cache,
-                             progress=not quiet, max_pixels=max_pixels, engine=engine)
+                             progress=not quiet, max_pixels=max_pixels, engine=engine,
+                             operating_point=operating_point, far=far, abstain=abstain)
     if pairs_file:
         from ..evaluation.scoring import score_pair_file
 
@@ -140,12 +145,22 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
     if as_json:
         print_json(answer.to_dict())
         return
-    if answer.same:
-        click.echo(f"same person (distance {answer.distance:.4f} <= threshold {answer.threshold:.4f}, "
-                   f"model {answer.model})")
-    else:
-        click.echo(f"different people (distance {answer.distance:.4f} > threshold {answer.threshold:.4f}, "
-                   f"model {answer.model})")
+    click.echo(answer_text(answer))
+    if answer.caution:
+        click.echo(f"caution: {answer.caution['reason']}; on held-out families such pairs were answered right "
+                   f"{answer.caution['heldout_accuracy']:.0%} of the time.")
+
+
+def answer_text(answer) -> str:
+    """The one-line answer: the decision, distance against threshold, the point and the probability."""
+    point = "" if answer.operating_point == "balanced" else f", operating point {answer.operating_point}"
+    probability = "" if answer.probability is None else f", probability {answer.probability:.2f}"
+    side = "<=" if answer.same else ">"
+    detail = (f"distance {answer.distance:.4f} {side} threshold {answer.threshold:.4f}{point}{probability}, "
+              f"model {answer.model}")
+    if answer.answer == "cannot tell":
+        return f"cannot tell ({detail}: the model is unsure at this distance)"
+    return f"{'same person' if answer.same else 'different people'} ({detail})"
 
 
 

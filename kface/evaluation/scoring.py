@@ -4,7 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -13,8 +13,8 @@ from ..distances import Distance
 from ..outputs import write_text
 from ..pairs import read_pairs
 
-RESULT_HEADER = ["split", "path_a", "path_b", "label", "distance", "same", "threshold", "found_a", "found_b",
-                 "error"]
+RESULT_HEADER = ["split", "path_a", "path_b", "label", "distance", "same", "probability", "threshold", "found_a",
+                 "found_b", "error"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,20 @@ def measure_pairs(verifier, paths_a: Sequence[str], paths_b: Sequence[str]) -> M
     return MeasuredPairs(distances, result, row_a, row_b)
 
 
+def _image_ages(verifier, measured: MeasuredPairs) -> list[Optional[dict]]:
+    """Each unique image's estimated age where the verifier's answers read them (None per image elsewhere)."""
+    result = measured.result
+    ages: list[Optional[dict]] = [None] * len(result.paths)
+    if not verifier.needs_ages():
+        return ages
+    rows = [row for row, stage in enumerate(result.stages) if stage not in ("error", "none")]
+    if rows:
+        subset = replace(result, embeddings=result.embeddings[rows])
+        for row, age in zip(rows, verifier.estimated_ages([result.paths[row] for row in rows], subset)):
+            ages[row] = age
+    return ages
+
+
 def score_pair_file(verifier, pairs_file: os.PathLike, out: os.PathLike, root: Optional[os.PathLike] = None) -> dict:
     """Distance and decision for every pair; images that fail are reported per row, not fatal.
 
@@ -49,6 +63,8 @@ def score_pair_file(verifier, pairs_file: os.PathLike, out: os.PathLike, root: O
     distances, result, index_a, index_b = measured.distances, measured.result, measured.row_a, measured.row_b
     failed = np.isnan(distances)
     same = Distance.is_same(distances, verifier.threshold)
+    ages = _image_ages(verifier, measured)
+    probabilities = verifier.pair_probabilities(distances, [ages[i] for i in index_a], [ages[i] for i in index_b])
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(RESULT_HEADER)
@@ -57,12 +73,16 @@ def score_pair_file(verifier, pairs_file: os.PathLike, out: os.PathLike, root: O
         error = result.errors.get(a) or result.errors.get(b) or ""
         writer.writerow([pairs.split[i], pairs.path_a[i], pairs.path_b[i], int(pairs.label[i]),
                          "" if failed[i] else f"{distances[i]:.6f}", "" if failed[i] else int(same[i]),
+                         "" if failed[i] or probabilities is None else f"{probabilities[i]:.4f}",
                          f"{verifier.threshold:.6f}", int(result.found[index_a[i]]), int(result.found[index_b[i]]),
                          error])
     write_text(out, buffer.getvalue())
     scored = ~failed
     accuracy = float(np.mean(same[scored] == (pairs.label[scored] == 1))) if scored.any() else None
+    expected = (verifier.answers.expected(verifier.operating_point)
+                if verifier.answers is not None and verifier.threshold_source != "--threshold" else {})
     return {"pairs": len(pairs), "scored": int(scored.sum()), "failed": int(failed.sum()),
-            "threshold": verifier.threshold, "accuracy": accuracy, "out": str(out),
+            "threshold": verifier.threshold, "operating_point": verifier.operating_point, **expected,
+            "accuracy": accuracy, "out": str(out),
             "accuracy_text": "no pair scored" if accuracy is None else
             f"accuracy {100 * accuracy:.2f}% at threshold {verifier.threshold:.4f} on {int(scored.sum())} pairs"}

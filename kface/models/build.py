@@ -12,6 +12,11 @@
         quantises kface/models/korean-v4.onnx to kface/models/korean-v4-int8.onnx (calibrated on training-group
         chips), checks it against the float file, scores it on the held-out families, and writes the card's int8
         block: the copy that runs on the CPU.
+    python -m kface.models.build answers --root ../shared/data/korean_family
+        writes the answers block of korean-v4.json (float and int8 copies) and of stock dlib's dlib-resnet-v1.json
+        for the files as they are (no retraining): operating points balanced / far=1e-2 / far=1e-3 chosen on the
+        val groups and measured on the held-out groups, the calibrated probability, the caution rule, the
+        abstention band and the val distance distributions (kface/models/card_answers.py).
 """
 from __future__ import annotations
 
@@ -24,12 +29,17 @@ from .heldout import HELDOUT_FILE, write_heldout
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kface.models.build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["heldout", "korean", "korean-int8"])
+    parser.add_argument("step", choices=["heldout", "korean", "korean-int8", "answers"])
     parser.add_argument("--root", type=Path, required=True, help="the korean_family folder")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     if args.step == "heldout":
         print(f"held out {len(write_heldout(args.root))} groups into {HELDOUT_FILE}")
+        return
+    if args.step == "answers":
+        from .korean import korean_answers
+
+        print(korean_answers(args.root, device=args.device))
         return
     if args.step == "korean":
         from .korean import build_korean

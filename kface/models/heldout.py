@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Container, Optional
 
 import numpy as np
 
@@ -22,8 +23,8 @@ def choose_heldout(groups: list[str], fraction: float = HELDOUT_FRACTION, seed: 
     return sorted(names[i] for i in chosen)
 
 
-def merged_index(root: Path):
-    """The korean_family index with each image once and each person once.
+def merged_index(root: Path, families: Optional[Container[str]] = None):
+    """The korean_family index (``families``: only those families) with each image once and each person once.
 
     The set files one scan under several identities (a grandparent shared by two families appears under
     both family numbers): identities sharing an image are one person, and families sharing a person are
@@ -33,7 +34,8 @@ def merged_index(root: Path):
     from ..evaluation.families import distinct_images
 
     index = load_dataset("csv", root, manifest=root / "identities.csv")
-    return distinct_images(index, np.arange(len(index)), "family")[0]
+    rows = [row for row, family in enumerate(index.attributes["family"]) if families is None or family in families]
+    return distinct_images(index, np.array(rows, dtype=np.int64), "family")[0]
 
 
 def source_text(root: Path) -> str:
@@ -48,12 +50,12 @@ def source_text(root: Path) -> str:
             f"families once copies are merged")
 
 
-def korean_split(root: Path) -> tuple:
-    """(training index, held-out index) of the merged set: the groups in :data:`HELDOUT_FILE` and the
-    rest, so no image and no person is on both sides."""
+def korean_split(root: Path, families: Optional[Container[str]] = None) -> tuple:
+    """(training index, held-out index) of the merged set (``families``: only those): the groups in
+    :data:`HELDOUT_FILE` and the rest, so no image and no person is on both sides."""
     from ..evaluation.families import read_group_list, subset_index
 
-    index = merged_index(root)
+    index = merged_index(root, families)
     heldout = read_group_list(HELDOUT_FILE)
     is_heldout = np.array([any(part in heldout for part in group.split("+")) for group in index.attributes["family"]])
     return subset_index(index, np.flatnonzero(~is_heldout)), subset_index(index, np.flatnonzero(is_heldout))

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 import platform
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from . import MODELS_DIR, _read_card, precision
+from . import MODELS_DIR, NETWORK_CARDS, _read_card, precision
 from .heldout import HELDOUT_FILE, korean_split, source_text
 
 NAME = "korean"
@@ -34,6 +35,9 @@ BASE_WEIGHT = 0.5
 HELDOUT_REPORT = Path("reports") / "korean-heldout"
 VAL_PAIRS_PER_CLASS = 800
 BUILD_COMMAND = "python -m kface.models.build korean --root ../shared/data/korean_family"
+ANSWERS_COMMAND = "python -m kface.models.build answers --root ../shared/data/korean_family"
+#: The first and last family of the data this version was made from: families F0801-F0849 came later.
+TRAINED_FROM = ("F0001", "F0299")
 
 
 def recipe() -> dict:
@@ -53,16 +57,22 @@ def train_korean(root: Path, run: Path = RUN_DIR, device: str = "auto", progress
     return train_recipe_on(root, manifest, run, device, progress, settings)
 
 
+def run_config(root: Path, manifest: Path, run: Path, device: str = "auto", settings: Optional[dict] = None):
+    """The ``kface train`` settings of a recipe (``settings``; the shipped one by default) on a manifest's
+    images under ``root``, a tenth of its family groups as val (the shipped run's split and seed)."""
+    from ..training.run import TrainConfig
+
+    return TrainConfig.from_dict({"split": "0.9:0.1:0", "seed": 0, "device": device, **(settings or recipe()),
+                                  "pairs": None, "out": str(run), "dataset": "csv", "root": str(root),
+                                  "manifest": str(manifest), "group_by": "family"})
+
+
 def train_recipe_on(root: Path, manifest: Path, run: Path, device: str = "auto", progress: bool = True,
                     settings: Optional[dict] = None) -> Path:
-    """Train a recipe (``settings``: ``kface train`` settings; the shipped recipe by default) on a manifest's
-    images under ``root``, a tenth of its family groups as val (the shipped run's split and seed); return
-    the run's model.pt."""
-    from ..training.run import TrainConfig, train
+    """Train a recipe (:func:`run_config`) on a manifest's images; return the run's model.pt."""
+    from ..training.run import train
 
-    settings = {"split": "0.9:0.1:0", "seed": 0, "device": device, **(settings or recipe()), "pairs": None,
-                "out": str(run), "dataset": "csv", "root": str(root), "manifest": str(manifest), "group_by": "family"}
-    train(TrainConfig.from_dict(settings), progress=progress)
+    train(run_config(root, manifest, run, device, settings), progress=progress)
     return run / "model.pt"
 
 
@@ -115,17 +125,73 @@ def build_korean(root: Path, device: str = "auto") -> str:
     return f"wrote {NETWORK_FILE} ({body['size_bytes'] / 2**20:.1f} MiB) and {CARD_FILE}"
 
 
-def val_groups_index(root: Path, run: Path = RUN_DIR):
-    """The merged index of the training run's val groups: trained on by no epoch, not held out."""
-    from ..evaluation.families import subset_index
-    from ..pairs import read_pairs
+def trained_families(root: Path) -> set[str]:
+    """The families of the data this version was made from (:data:`TRAINED_FROM`; later ones it never saw)."""
+    import csv
 
-    val = read_pairs(run / "pairs.csv", root).select("val")
-    training, _ = korean_split(root)
-    group_of = dict(zip((training.identity_names[code] for code in training.identity_codes), training.attributes["family"]))
-    groups = {group_of[person] for person in set(val.identity_a) | set(val.identity_b)}
+    with open(root / "identities.csv", newline="", encoding="utf-8") as handle:
+        families = {row["family"] for row in csv.DictReader(handle)}
+    return {family for family in families if TRAINED_FROM[0] <= family <= TRAINED_FROM[1]}
+
+
+def val_groups_index(root: Path, run: Path = RUN_DIR):
+    """The merged index of the training run's val groups: trained on by no epoch, not held out.
+
+    Where the run's folder is gone, its pair file is drawn again (the same seeded sampler on the same
+    training groups) and must match the card's sha256, or this refuses.
+    """
+    from ..evaluation.families import subset_index, write_manifest
+    from ..hashing import file_sha256
+    from .card_answers import run_val_groups
+
+    training, _ = korean_split(root, trained_families(root))
+    pairs_file = run / "pairs.csv"
+    if not pairs_file.is_file():
+        from ..errors import KfaceError
+        from ..training.identity import write_dataset_pairs
+
+        redrawn = Path(tempfile.mkdtemp(prefix="kface-korean-run-"))
+        write_manifest(training, np.arange(len(training)), redrawn / "train-families.csv")
+        config = run_config(root, redrawn / "train-families.csv", redrawn)
+        pairs_file = redrawn / "pairs.csv"
+        write_dataset_pairs(config.dataset, config.root, pairs_file, ratio=config.ratio, pair_count=config.dataset_pairs,
+                            split=config.split, seed=config.seed, group_by=config.group_by,
+                            options={"manifest": config.manifest})
+        expected = _read_card(CARD_FILE.name)["training"]["data_counts"]["pairs_sha256"]
+        if file_sha256(pairs_file) != expected:
+            raise KfaceError(f"{run} is gone and its pair file, drawn again, differs from the card's; "
+                             f"cannot tell which groups were val")
+    groups = run_val_groups(pairs_file, training)
     return subset_index(training, np.array([row for row, group in enumerate(training.attributes["family"])
                                             if group in groups], dtype=np.int64))
+
+
+def korean_answers(root: Path, device: str = "auto") -> str:
+    """The answers block (operating points, probability, caution, abstention, distributions) of the shipped
+    file's card, for its float and int8 copies, and of stock dlib's network card, on the same val and
+    held-out groups (:func:`kface.models.card_answers.update_card_answers`); no retraining."""
+    from ..api import load_verifier
+    from .card_answers import update_card_answers
+
+    _, heldout = korean_split(root, trained_families(root))
+    val = val_groups_index(root)
+
+    def copy(model: str, value: str):
+        def make():
+            with precision(value):
+                return load_verifier(model, detector="auto", fallback="whole-image", device=device)
+        return make
+
+    made_by = ANSWERS_COMMAND
+    label = f"the held-out groups ({HELDOUT_FILE.name})"
+    update_card_answers(CARD_FILE, {"float": copy(NAME, "float"), "int8": copy(NAME, "int8")}, val, heldout,
+                        heldout_label=label, made_by=made_by)
+    _read_card.cache_clear()
+    stock_card = MODELS_DIR / NETWORK_CARDS["dlib-resnet-v1"]
+    update_card_answers(stock_card, {"float": copy("dlib", "float")}, val, heldout, heldout_label=label,
+                        made_by=made_by, age_verifier=copy(NAME, "float")())
+    _read_card.cache_clear()
+    return f"wrote the answers blocks of {CARD_FILE} (float and int8 copies) and {stock_card}"
 
 
 def val_families_threshold(root: Path, checkpoint: dict) -> dict:

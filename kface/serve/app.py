@@ -222,7 +222,7 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
                distances_split: Optional[str] = None, quiet: bool = False,
                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
                gallery: Optional[str] = None, tokens: Optional[TokenSet] = None, no_token: bool = False,
-               rate_per_minute: Optional[int] = None) -> None:
+               rate_per_minute: Optional[int] = None, answer: Optional[dict] = None) -> None:
     """Load the models once, then serve the page and the API on ``host:port`` until interrupted, behind
     :class:`~kface.serve.guard.RequestGuard` (Host/Origin checks, ``max_in_flight`` requests with a body at
     once, each body within ``body_timeout_s``) and :class:`~kface.serve.auth.TokenGuard` (``tokens``, the
@@ -243,7 +243,7 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
     sock = listen(host, port)
     pipelines = load_pipelines(workers or DEFAULT_WORKERS, model, attributes_model, backbone=backbone,
                                detector=detector, fallback=fallback, threshold=threshold, device=device,
-                               max_pixels=limits.max_pixels)
+                               max_pixels=limits.max_pixels, answer=answer)
     verifier = pipelines[0].verifier
     distribution = load_distances(distances, distances_split, verifier.threshold) if distances else None
     for note in distribution.notes if distribution else []:

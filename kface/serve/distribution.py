@@ -26,6 +26,8 @@ class Distribution:
     different: np.ndarray
     source: str
     notes: list[str] = field(default_factory=list)
+    #: The model's operating points (name -> threshold), drawn as lines beside the threshold in use.
+    points: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self, threshold: float, metric: str) -> dict:
         """What the page draws: both densities on one grid of ``CURVE_POINTS`` x values, and the counts."""
@@ -38,6 +40,7 @@ class Distribution:
         high = max(float(visible[-1]), float(max(self.same.max(), self.different.max())))
         x = np.linspace(low, high, CURVE_POINTS)
         return {"available": True, "source": self.source, "notes": self.notes, "distance_metric": metric,
+                "points": self.points,
                 "threshold": threshold, "n_same": int(self.same.size), "n_diff": int(self.different.size),
                 "overlap": overlap_area(self.same, self.different),
                 "x": [round(float(v), 5) for v in x],
@@ -88,6 +91,25 @@ def _too_few(same: np.ndarray, different: np.ndarray) -> Optional[str]:
     if len(np.unique(same)) < 2 or len(np.unique(different)) < 2:
         return f"found {same.size} same-person and {different.size} different-person pairs"
     return None
+
+
+def card_distribution(answers) -> Optional[Distribution]:
+    """The val distances a model card's answers block holds (:class:`kface.answers.ModelAnswers`; histograms of
+    both pair kinds, pooled), as a distribution the page draws, with the card's operating points; None
+    without a block."""
+    block = answers.block if answers is not None else {}
+    histograms = block.get("distributions")
+    if not histograms:
+        return None
+    edges = np.asarray(histograms["edges"], dtype=np.float64)
+    centres = (edges[:-1] + edges[1:]) / 2
+    kinds = [kind for kind in histograms if isinstance(histograms[kind], dict)]
+    same, different = (np.repeat(centres, np.sum([histograms[kind][label] for kind in kinds], axis=0))
+                       for label in ("same", "different"))
+    groups = len(block["val"]["groups"])
+    points = {name: float(point["threshold"]) for name, point in block["points"].items()}
+    return Distribution(same, different, f"the model card: val pairs of {groups} groups of families never trained "
+                        f"on ({' and '.join(kinds)} pairs)", points=points)
 
 
 #: How the page and /health name the distances a trained model stores.

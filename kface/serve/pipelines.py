@@ -15,7 +15,7 @@ from ..backbones import DEFAULT_BACKBONE
 from ..cache import RequestMemory
 from ..images import MAX_PIXELS
 from ..versions import versions
-from .distribution import Distribution, stored_distribution
+from .distribution import Distribution, card_distribution, stored_distribution
 from .uploads import Upload, check_pixels, named_errors
 
 #: A phone photo is 3-12 MB; two of them with multipart overhead fit well under 20 MB.
@@ -112,12 +112,16 @@ class FaceService:
         first = self.pool.first.verifier
         self.has_analyzer = self.pool.first.analyzer is not None
         if distribution is None:
-            distribution = stored_distribution(first.model_path)
+            distribution = stored_distribution(first.model_path) or card_distribution(first.answers)
         self.distribution = (distribution.to_dict(first.threshold, first.distance.name) if distribution
                              else {"available": False, "source": None,
                                    "note": "this model has no stored distance distributions; start the server with "
                                            "--distances results.csv (from kface verify --pairs FILE --out "
                                            "results.csv with this model) to draw them"})
+        # What the page's one plain sentence says of the threshold in use: its point and held-out rates.
+        self.distribution["operating_point"] = first.operating_point
+        self.distribution["expected"] = (first.answers.expected(first.operating_point)
+                                         if first.answers is not None and first.threshold_source != "--threshold" else None)
 
     def _face(self, embedder, upload: Upload):
         """The upload's face entry (chip, box, stage), kept in the request's memory for what follows."""
@@ -175,14 +179,15 @@ class FaceService:
 def load_pipelines(count: int, model: Optional[str] = None, attributes_model: Optional[str] = None, *,
                    backbone: str = DEFAULT_BACKBONE, detector: str = "dlib", fallback: str = "none",
                    threshold: Optional[float] = None, device: str = "auto",
-                   max_pixels: Optional[int] = None) -> list[Pipeline]:
-    """``count`` alike pipelines, their models loaded and warmed up, caching nothing on disk."""
+                   max_pixels: Optional[int] = None, answer: Optional[dict] = None) -> list[Pipeline]:
+    """``count`` alike pipelines, their models loaded and warmed up, caching nothing on disk (``answer``:
+    ``operating_point``, ``far``, ``abstain`` for :func:`kface.api.load_verifier`)."""
     from ..api import load_verifier
 
     pipelines = []
     for _ in range(count):
         verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=False,
-                                 max_pixels=max_pixels)
+                                 max_pixels=max_pixels, **(answer or {}))
         analyzer = None
         from ..models.attributes import has_shipped_attributes
 
