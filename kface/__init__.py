@@ -3,6 +3,7 @@
 The public API, in pipeline order (imported lazily, so ``import kface`` is cheap)::
 
     from kface import load_image, embed, verify, load_verifier
+    from kface import analyze, Gallery, cluster, make_pairs, benchmark_lfw, benchmark_families
 
 and age editing (:mod:`kface.ageedit`): ``kface.age_edit(image, to="67+")``, ``kface.age_strip(image)``.
 """
@@ -15,6 +16,14 @@ _EXPORTS = {
     "embed": "kface.api",
     "verify": "kface.api",
     "load_verifier": "kface.api",
+    "analyze": "kface.toolkit",
+    "cluster": "kface.toolkit",
+    "Clusters": "kface.toolkit",
+    "make_pairs": "kface.toolkit",
+    "PairFile": "kface.toolkit",
+    "benchmark_lfw": "kface.toolkit",
+    "benchmark_families": "kface.toolkit",
+    "Gallery": "kface.galleries.gallery",
     "Verifier": "kface.api",
     "Verification": "kface.api",
     "Embedder": "kface.embeddings",

@@ -106,14 +106,11 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
                   quiet, no_cache):
     """LFW View-2: 10-fold accuracy (mean ± std), AUC, EER, overlap, and the all-folds threshold."""
     setup_logging(quiet)
-    from pathlib import Path
+    from ..toolkit import benchmark_lfw as run
 
-    from ..api import load_verifier
-    from ..evaluation.lfw import benchmark_lfw as run
-
-    verifier = load_verifier(model, backbone, detector, None if model else 1.0, fallback, device,
-                             cache=not no_cache, progress=not quiet, max_pixels=max_pixels, engine=engine)
-    result = run(Path(lfw_dir), verifier, pairs_file, rule)
+    result = run(lfw_dir, model=model, backbone=backbone, pairs_file=pairs_file, rule=rule, detector=detector,
+                 fallback=fallback, engine=engine, device=device, cache=not no_cache, progress=not quiet,
+                 max_pixels=max_pixels)
     if as_json:
         print_json(result)
         return
@@ -171,15 +168,14 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
     setup_logging(quiet)
     from pathlib import Path
 
-    from ..evaluation.families import run_benchmark
+    from ..toolkit import benchmark_families as run
 
-    rows = run_benchmark(dataset, root, layout_options, group_by=group_by, groups_file=groups_file,
-                         exclude_file=exclude_groups, added_file=add_groups, folds=folds, scored_folds=scored_folds,
-                         pairs_per_class=pairs_per_class,
-                         age_column=age_column, models=models, recipes=recipes, rule=rule, seed=seed, out=Path(out),
-                         device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
-                         embeddings=embeddings,
-                         log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
+    rows = run(dataset, root, layout_options=layout_options, out=out, group_by=group_by, groups_file=groups_file,
+               exclude_file=exclude_groups, added_file=add_groups, folds=folds, scored_folds=scored_folds,
+               pairs_per_class=pairs_per_class, age_column=age_column, models=models, recipes=recipes, rule=rule,
+               seed=seed, device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
+               embeddings=embeddings,
+               log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
     if as_json:
         print_json({"out": out, "rows": rows})
     elif not quiet:

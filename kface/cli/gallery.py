@@ -257,9 +257,9 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
     """
     setup_logging(quiet)
     from ..api import load_verifier
-    from ..galleries.clustering import CLUSTER_THRESHOLDS, bcubed
-    from ..galleries.clustering import cluster as group_faces
-    from ..galleries.gallery import model_identity
+    from ..galleries.clustering import bcubed
+    from ..toolkit import cluster as group_faces
+    from ..toolkit import cluster_vectors
 
     verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
                              progress=not quiet)
@@ -267,24 +267,21 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
         if inputs or dataset:
             raise click.UsageError("--embeddings clusters a Parquet dataset's rows; give no DIR/IMAGE or --dataset")
         paths, vectors, truth = _stored_vectors(embeddings, verifier)
-        errors = {}
+        found = cluster_vectors(paths, vectors, verifier, method=method, threshold=threshold, seed=seed)
     else:
         paths, truth = _cluster_inputs(inputs, dataset, root, manifest)
-        vectors, result = verifier.embed(paths, on_error="skip")
-        errors = result.errors
-    keep = [i for i, name in enumerate(paths) if name not in errors]
-    for message in errors.values():
-        if not quiet:
+        found = group_faces(paths, method=method, threshold=threshold, seed=seed, verifier=verifier)
+    if not quiet:
+        for message in found.skipped.values():
             click.echo(f"skipped: {message}", err=True)
-    if not keep:
-        raise InputError("no face was found in any input")
-    limit = CLUSTER_THRESHOLDS.get(model_identity(verifier).key, verifier.threshold) if threshold is None else threshold
-    labels = group_faces(vectors[keep], verifier.distance, limit, method, seed)
-    _write_clusters(out, [paths[i] for i in keep], labels, None if truth is None else [truth[i] for i in keep])
-    summary = {"out": out, "faces": len(keep), "skipped": len(errors), "clusters": int(labels.max()) + 1,
-               "method": method, "threshold": limit, "model": verifier.model_name, "seed": seed}
+    truth_of = None if truth is None else dict(zip(paths, truth))
+    kept_truth = None if truth_of is None else [truth_of[path] for path in found.paths]
+    labels, limit, keep = found.labels, found.threshold, found.paths
+    _write_clusters(out, found.paths, labels, kept_truth)
+    summary = {"out": out, "faces": len(keep), "skipped": len(found.skipped), "clusters": found.count,
+               "method": method, "threshold": limit, "model": found.model, "seed": seed}
     if truth is not None:
-        summary["bcubed"] = bcubed(labels, [truth[i] for i in keep])
+        summary["bcubed"] = bcubed(labels, kept_truth)
     if as_json:
         print_json(summary)
     elif not quiet:

@@ -44,23 +44,21 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
     --pairs 2000 --images-per-identity 5
     """
     setup_logging(quiet)
-    from ..datasets import load_dataset
-    from ..pairs import PairRequest, default_out_path, make_pair_file, parse_ratio, parse_split, require_identities
+    from ..pairs import parse_ratio
+    from ..toolkit import make_pairs as sample_pairs
 
-    require_identities(dataset)
-    request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), images_per_identity, seed,
-                          hard_negatives, group_by)
-    index = load_dataset(dataset, root, progress=not quiet, **layout_options)
+    made = sample_pairs(dataset, root, ratio=ratio, pairs=pair_count, split=split,
+                        images_per_identity=images_per_identity, seed=seed, hard_negatives=hard_negatives,
+                        group_by=group_by, out=out, progress=not quiet, **layout_options)
     if not quiet:
-        for line in index.problems.lines():
+        for line in made.problems.lines():
             click.echo(f"warning: {line}", err=True)
-    out_path = out or default_out_path(dataset, request)
-    pairs, manifest_path = make_pair_file(index, request, out_path)
+    pairs, out_path, manifest_path = made.pairs, made.path, made.manifest
     counts = pairs.counts()
     if as_json:
         print_json({"out": str(out_path), "manifest": str(manifest_path), "pairs": len(pairs),
-                    "ratio": str(request.ratio), "seed": seed, "counts": counts,
-                    "problems": index.problems.to_dict()})
+                    "ratio": str(parse_ratio(ratio)), "seed": seed, "counts": counts,
+                    "problems": made.problems.to_dict()})
     elif not quiet:
         shown = ", ".join(f"{name} {c['different']}/{c['same']}" for name, c in counts.items())
         click.echo(f"wrote {len(pairs)} pairs (different/same: {shown}) to {out_path} and {manifest_path}", err=True)

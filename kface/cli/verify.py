@@ -185,14 +185,10 @@ def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_
     Exit 2 for bad input or a missing model file.
     """
     setup_logging(quiet)
-    from ..attributes.model import load_analyzer
+    from ..toolkit import analyze as analyze_image
 
-    analyzer = load_analyzer(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
-                             max_pixels=max_pixels)
-    try:
-        answer = analyzer.analyze(image, all_faces=all_faces)
-    finally:
-        analyzer.close()
+    answer = analyze_image(image, model=model, all_faces=all_faces, detector=detector, fallback=fallback,
+                           device=device, cache=not no_cache, max_pixels=max_pixels)
     if as_json:
         print_json(answer)
         return

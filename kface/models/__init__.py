@@ -165,7 +165,9 @@ def describe(name: str) -> dict:
         return {"name": STOCK_MODEL, "description": "dlib's stock ResNet face descriptor (web photos, mostly "
                 "Western adults), from the face_recognition_models package", "file": str(path),
                 "size_bytes": path.stat().st_size, "sha256": file_sha256(path), "distance": "euclidean",
-                "threshold": {"value": value, "rule": "max-accuracy", "source": source}}
+                "threshold": {"value": value, "rule": "max-accuracy", "source": source},
+                **({"answers": network_card("dlib-resnet-v1")["answers"]} if has_network("dlib-resnet-v1")
+                   and "answers" in network_card("dlib-resnet-v1") else {})}
     family = MODEL_FAMILIES[name]
     body = dict(card(name))
     body["file"] = str(network_path(family, check=True))

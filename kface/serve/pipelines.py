@@ -120,6 +120,8 @@ class FaceService:
                                            "results.csv with this model) to draw them"})
         # What the page's one plain sentence says of the threshold in use: its point and held-out rates.
         self.distribution["operating_point"] = first.operating_point
+        if first.answers is not None and self.distribution["available"]:
+            self.distribution["points"] = {name: float(point["threshold"]) for name, point in first.answers.points.items()}
         self.distribution["expected"] = (first.answers.expected(first.operating_point)
                                          if first.answers is not None and first.threshold_source != "--threshold" else None)
 

@@ -47,6 +47,16 @@ const TEXT = {
     tooLarge: "{name} is {size}; the server takes at most {limit} per request.",
     model: "Model: {backbone}{trained}, threshold {t} ({source}).",
     trained: " (trained: {model})",
+    explain: "The threshold is {t}: two faces at most that far apart are answered \"same person\". On families " +
+      "the model never saw, this let through {far}% of pairs of different people and recognised {tar}% of " +
+      "pairs of one person.",
+    modelDetail: "How this threshold was chosen",
+    cannotTell: "Cannot tell",
+    cannotTellDetail: "The model is unsure at this distance (--abstain).",
+    probability: "Probability that both photos show one person: {p}%.",
+    caution: "Caution: a face looks under 13, or the two look far apart in age; on families the model never " +
+      "saw, such pairs were answered right {accuracy}% of the time.",
+    pointLabel: "{name}",
     language: "한국어",
   },
   ko: {
@@ -93,6 +103,15 @@ const TEXT = {
     tooLarge: "{name}의 크기가 {size}입니다. 서버는 요청 하나에 {limit}까지 받습니다.",
     model: "모델: {backbone}{trained}, 임계값 {t} ({source}).",
     trained: " (학습된 모델: {model})",
+    explain: "임계값은 {t}입니다: 거리가 이 값 이하인 두 얼굴을 \"같은 사람\"으로 답합니다. 모델이 본 적 없는 " +
+      "가족 사진에서 이 기준은 다른 사람 쌍의 {far}%를 통과시켰고, 같은 사람 쌍의 {tar}%를 알아봤습니다.",
+    modelDetail: "이 임계값을 정한 방법",
+    cannotTell: "판단할 수 없음",
+    cannotTellDetail: "이 거리에서는 모델이 확신하지 못합니다 (--abstain).",
+    probability: "두 사진이 같은 사람일 확률: {p}%.",
+    caution: "주의: 13세 미만으로 보이는 얼굴이 있거나 두 얼굴의 나이 차가 커 보입니다. 모델이 본 적 없는 가족 " +
+      "사진에서 이런 쌍의 정답률은 {accuracy}%였습니다.",
+    pointLabel: "{name}",
     language: "English",
   },
 };
@@ -149,9 +168,25 @@ async function loadServerInfo() {
   renderPlot();
 }
 
+function percent(value, digits = 1) {
+  return (100 * value).toFixed(digits);
+}
+
 function renderModel() {
   const health = state.health;
   if (!health) return;
+  // One plain sentence where the card measured the threshold in use; the rule and data a click away.
+  const expected = state.distribution && state.distribution.expected;
+  $("model-detail").hidden = !expected;
+  if (expected) {
+    $("model").textContent = t("explain", {
+      t: fixed(health.threshold), far: percent(expected.expected_far), tar: percent(expected.expected_tar),
+    });
+    $("model-source").textContent = t("model", {
+      backbone: health.backbone, trained: "", t: fixed(health.threshold), source: health.threshold_source,
+    });
+    return;
+  }
   $("model").textContent = t("model", {
     backbone: health.backbone,
     trained: health.trained ? t("trained", { model: health.model }) : "",
@@ -254,9 +289,15 @@ function renderVerify() {
   $("verify-result").hidden = !answer;
   if (!answer) return;
   const verdict = $("verdict");
-  verdict.textContent = t(answer.same ? "same" : "different");
-  verdict.className = `verdict ${answer.same ? "same" : "different"}`;
+  const unsure = answer.answer === "cannot tell";
+  verdict.textContent = t(unsure ? "cannotTell" : answer.same ? "same" : "different");
+  verdict.className = `verdict ${unsure ? "unsure" : answer.same ? "same" : "different"}`;
   const notes = [t(answer.same ? "detailSame" : "detailDifferent", { d: fixed(answer.distance), t: fixed(answer.threshold) })];
+  if (unsure) notes.push(t("cannotTellDetail"));
+  if (answer.probability !== null && answer.probability !== undefined) {
+    notes.push(t("probability", { p: percent(answer.probability, 0) }));
+  }
+  if (answer.caution) notes.push(t("caution", { accuracy: percent(answer.caution.heldout_accuracy, 0) }));
   answer.faces.forEach((face, index) => {
     const photo = t(index === 0 ? "photoA" : "photoB");
     if (face.n_faces > 1) notes.push(t("severalFaces", { photo, n: face.n_faces }));
@@ -347,6 +388,16 @@ function renderPlot() {
   }
   svg(plot, "text", { x: (left + width - right) / 2, y: height - 6, "text-anchor": "middle" },
     t("axis", { metric: health.distance_metric }));
+
+  // The model's other operating points: thin lines, named, under the threshold in use.
+  const points = (dist && dist.points) || {};
+  Object.entries(points).forEach(([name, value], i) => {
+    if (Math.abs(value - threshold) < 1e-9 || value < low || value > high) return;
+    svg(plot, "line", { class: "operating-point", x1: x(value), x2: x(value), y1: top + 14 + 12 * i, y2: base,
+      stroke: "#777", "stroke-width": 1, "stroke-dasharray": "2 3" });
+    svg(plot, "text", { x: x(value) - 3, y: top + 12 + 12 * i, "text-anchor": "end", style: "fill: #555; font-size: 11px" },
+      t("pointLabel", { name }));
+  });
 
   // Threshold and this pair's distance, each labelled on the side away from the other.
   const pairLeft = distance !== null && distance < threshold;
