@@ -369,10 +369,23 @@ def test_distribution_from_scored_pairs_reaches_the_page(tmp_path):
     assert body["source"] == "scores.csv (split test)" and body["threshold"] == pytest.approx(0.6144)
 
 
-def test_distribution_without_scores_says_how_to_get_one(client):
-    body = client.get("/distribution").json()
-    assert body["available"] is False and "--distances" in body["note"]
-    assert client.get("/health").json()["distribution_source"] is None
+def test_distribution_without_scores_comes_from_the_model_card(client):
+    body = client.get("/distribution").json()  # stock dlib's card holds its val pairs' histograms
+    assert body["available"] is True and body["source"].startswith("the model card")
+    assert client.get("/health").json()["distribution_source"] == body["source"]
+
+
+def test_distribution_without_scores_or_card_says_how_to_get_one(verifier):
+    import copy
+
+    from fastapi.testclient import TestClient
+
+    bare = copy.copy(verifier)
+    bare.answers = None  # a model whose card has no answers block
+    with TestClient(create_app([Pipeline(bare)])) as client:
+        body = client.get("/distribution").json()
+        assert body["available"] is False and "--distances" in body["note"]
+        assert client.get("/health").json()["distribution_source"] is None
 
 
 @pytest.fixture(scope="module")

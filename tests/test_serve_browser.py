@@ -179,9 +179,34 @@ def test_page_shows_each_faces_estimated_age_with_the_korean_model():
         for age in ("#age-a", "#age-b"):
             expect(page.locator(age)).to_be_visible()
             expect(page.locator(age)).to_have_text(re.compile(r"age group \d+(-\d+|\+), expected age \d+"))
+        assert_default_model_distributions_drawn(page)
         page.click("#language")
         expect(page.locator("#age-a")).to_have_text(re.compile(r"연령대 \d+(-\d+|\+), 예상 나이 \d+세"))
         assert page.errors == []
+
+
+def assert_default_model_distributions_drawn(page) -> None:
+    """The default model's card distributions are drawn (both curves with their val pair counts, not only the
+    threshold), with its operating points, the threshold and one plain sentence about it."""
+    from playwright.sync_api import expect
+
+    from kface.models import card
+
+    block = card("korean")["answers"]
+    same = sum(block["val"]["pairs"][kind]["same"] for kind in ("cross-age", "same-age-hard"))
+    different = sum(block["val"]["pairs"][kind]["different"] for kind in ("cross-age", "same-age-hard"))
+    expect(page.locator("#plot")).to_contain_text(f"same person (n={same})")
+    expect(page.locator("#plot")).to_contain_text(f"different people (n={different})")
+    curves = page.locator("#plot path")
+    assert curves.count() >= 3  # same, different and their overlap
+    for index in range(2):  # each curve climbs away from the axis: many points, more than one height
+        heights = {point.split(",")[1] for point in curves.nth(index).get_attribute("d").split("L")[1:-1]}
+        assert len(heights) > 20, heights
+    expect(page.locator("#plot")).to_contain_text("threshold 0.")
+    expect(page.locator("#plot")).to_contain_text("far=1e-2")
+    assert page.locator("#plot line.operating-point").count() == 2
+    expect(page.locator("#model")).to_contain_text("never saw")
+    expect(page.locator("#plot-note")).to_contain_text("the model card")
 
 
 def take_screenshot(out: Path, distances: Optional[str], split: Optional[str], attributes_model: Optional[str]) -> None:

@@ -9,7 +9,8 @@ import click
 
 from ..errors import InputError
 from ..names import DETECTOR_NAMES, FALLBACK_NAMES, IDENTITY_DATASETS
-from .options import common_options, device_option, handle_errors, json_option, print_json, setup_logging
+from .options import (common_options, device_option, handle_errors, json_option, operating_point_options, print_json,
+                      setup_logging)
 
 
 
@@ -133,17 +134,25 @@ def _check_enrol_sources(images, identity, dataset, root, embeddings) -> None:
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="Identities to list.")
 @click.option("--open-set-threshold", type=float,
               help="Distance within which the best match counts as found [default: the gallery's, measured at FPIR 1%].")
+@operating_point_options(abstain=False)
 @verifier_options
 @device_option
 @json_option()
 @common_options
 @handle_errors
-def search(image, gallery_path, top, open_set_threshold, model, detector, fallback, device, as_json, quiet, no_cache):
+def search(image, gallery_path, top, open_set_threshold, operating_point, far, model, detector, fallback, device,
+           as_json, quiet, no_cache):
     """Who in the gallery is the face in IMAGE? Ranked identities with distances, and the open-set answer
-    ("no one in the gallery" when nobody is within the open-set threshold)."""
+    ("no one in the gallery" when nobody is within the open-set threshold). --operating-point/--far make the
+    match threshold the model card's 1:1 threshold at that point (its false-accept rate is per comparison:
+    a gallery of N people lets a stranger through up to N times as often)."""
     setup_logging(quiet)
     with _open(gallery_path, model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
                progress=False) as gallery:
+        if operating_point is not None or far is not None:
+            if open_set_threshold is not None:
+                raise click.UsageError("give --open-set-threshold or an operating point, not both")
+            open_set_threshold = gallery.verifier.point_threshold(operating_point, far)[1]
         answer = gallery.search(image, top=top, open_set_threshold=open_set_threshold)
     if as_json:
         print_json(answer.to_dict())
