@@ -204,11 +204,19 @@ def test_public_names_import_without_torch():
     assert out.stdout.strip() == ""
 
 
-def test_analyze_through_the_public_name():
+def test_analyze_through_the_public_name_widens_an_adults_interval_by_the_portrait_drift():
     from kface import analyze
+    from kface.models.attributes import attributes_card
 
+    domain = attributes_card()["domain"]
     answer = analyze(str(EXAMPLES / "obama.jpg"))
     assert answer["gender"] == "male" and answer["found"]
+    wider, interval = answer["age_interval_outside_albums"], answer["age_interval"]
+    assert wider["low"] == pytest.approx(max(0.0, interval["low"] - domain["outside_albums_extra_years"]), abs=0.11)
+    assert wider["high"] == interval["high"]
+    low, high = domain["portraits"]["photos"][0]["age"]  # the photo's known age is inside the wider interval
+    assert wider["low"] <= high and low <= wider["high"]
+    assert 0.5 < domain["later_families"]["all"]["interval_holds_age"] <= 1.0
 
 
 def test_gallery_through_the_public_name(tmp_path):

@@ -49,6 +49,15 @@ class AttributeAnswers:
         """``flip`` when the model averages a face's probabilities with its mirror image's."""
         return self.meta.get("config", {}).get("tta", "none")
 
+    def outside_albums(self, expected_age: float, interval: dict) -> dict:
+        """For an adult face, the interval widened by the drift measured on photos unlike the training albums
+        (the shipped model's card ``domain`` block); nothing where it was not measured."""
+        domain = getattr(self, "domain", None)
+        if not domain or expected_age < domain["adult_age"]:
+            return {}
+        low = max(0.0, round(interval["low"] - domain["outside_albums_extra_years"], 1))
+        return {"age_interval_outside_albums": {**interval, "low": low, "why": domain["drifts"]}}
+
     def describe(self, probabilities: dict[str, np.ndarray], row: int) -> dict:
         """The documented answer for one face: age group with probabilities, gender with its probability."""
         answer: dict[str, Any] = {"age_group": None, "age_probs": None, "expected_age": None, "age_interval": None,
@@ -60,6 +69,7 @@ class AttributeAnswers:
             answer["expected_age"] = float(probs @ np.asarray(self.group_ages))
             if self.meta.get("age_bins"):
                 answer["age_interval"] = age_interval(probs, self.meta["age_bins"], self.group_ages)
+                answer.update(self.outside_albums(answer["expected_age"], answer["age_interval"]))
         if "gender" in probabilities:
             probs = probabilities["gender"][row]
             answer["gender"] = GENDERS[int(probs.argmax())]

@@ -197,6 +197,9 @@ def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_
         if face["age_group"] is not None:
             interval = face["age_interval"]
             spread = f", {interval['coverage']:.0%} within {interval['low']:.0f}-{interval['high']:.0f}" if interval else ""
+            wider = face.get("age_interval_outside_albums")
+            if wider:
+                spread += f"; {wider['low']:.0f}-{wider['high']:.0f} on photos unlike family albums"
             parts.append(f"age {face['age_group']} (p {face['age_probs'][face['age_group']]:.2f}, "
                          f"expected {face['expected_age']:.0f}{spread})")
         if face["gender"] is not None:

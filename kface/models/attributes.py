@@ -61,6 +61,8 @@ class ShippedAttributeModel(AttributeAnswers):
         from ..engines.runtime import OnnxNetwork
 
         self.meta = card["meta"]
+        # Where it was trained and how far it drifts elsewhere (kface.models.attributes_domain), if measured.
+        self.domain = card.get("domain")
         self.path = path
         self.device = device
         self.network = OnnxNetwork(path, device)

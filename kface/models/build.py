@@ -17,6 +17,9 @@
         for the files as they are (no retraining): operating points balanced / far=1e-2 / far=1e-3 chosen on the
         val groups and measured on the held-out groups, the calibrated probability, the caution rule, the
         abstention band and the val distance distributions (kface/models/card_answers.py).
+    python -m kface.models.build attributes-domain --root ../shared/data/korean_family
+        writes the domain block of attributes-korean-v4.json: the shipped age model measured on the families filed
+        after it was made and on the sample portraits, and its drift there (kface/models/attributes_domain.py).
 """
 from __future__ import annotations
 
@@ -29,12 +32,17 @@ from .heldout import HELDOUT_FILE, write_heldout
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kface.models.build", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=["heldout", "korean", "korean-int8", "answers"])
+    parser.add_argument("step", choices=["heldout", "korean", "korean-int8", "answers", "attributes-domain"])
     parser.add_argument("--root", type=Path, required=True, help="the korean_family folder")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     if args.step == "heldout":
         print(f"held out {len(write_heldout(args.root))} groups into {HELDOUT_FILE}")
+        return
+    if args.step == "attributes-domain":
+        from .attributes_domain import update_attributes_domain
+
+        print(update_attributes_domain(args.root, device=args.device))
         return
     if args.step == "answers":
         from .korean import korean_answers

@@ -39,6 +39,8 @@ const TEXT = {
     ageGroup: "Age group",
     expectedAge: "Expected age",
     ageRange: "{coverage}% within {low}–{high} years",
+    ageDomain: "Trained on Korean family-album photos (many scanned prints, toddlers to grandparents). On modern " +
+      "portraits of adults it reads about {years} years too old: on such a photo, expect {low}–{high} years.",
     gender: "Gender",
     female: "female",
     male: "male",
@@ -95,6 +97,8 @@ const TEXT = {
     ageGroup: "연령대",
     expectedAge: "예상 나이",
     ageRange: "{coverage}% 확률로 {low}–{high}세",
+    ageDomain: "한국 가족 앨범 사진(스캔한 인화 사진이 많고, 아기부터 조부모까지)으로 학습한 모델입니다. 요즘의 성인 " +
+      "인물 사진에서는 나이를 약 {years}세 많게 봅니다: 그런 사진이라면 {low}–{high}세로 보세요.",
     gender: "성별",
     female: "여성",
     male: "남성",
@@ -458,6 +462,12 @@ function renderAnalyze() {
     $(key).hidden = !present;
     $(`${key}-label`).hidden = !present;
   }
+  // Where the age model was trained, and its interval widened by the drift measured on portraits (adults only).
+  const wider = answer.age_interval_outside_albums;
+  $("age-domain").hidden = !wider;
+  $("age-domain").textContent = wider ? t("ageDomain", {
+    years: Math.round(Math.max(0, interval.low - wider.low)), low: Math.round(wider.low), high: Math.round(wider.high),
+  }) : "";
   const table = $("age-probs");
   table.replaceChildren();
   for (const [group, probability] of Object.entries(answer.age_probs || {})) {
