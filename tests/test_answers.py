@@ -266,7 +266,8 @@ def test_benchmark_families_through_the_public_name(tmp_path):
     families = sorted({row["family"] for row in csv.DictReader((require(KOREAN) / "identities.csv").open())})[:2]
     groups = tmp_path / "groups.txt"
     groups.write_text("\n".join(families) + "\n")
-    rows = benchmark_families("csv", KOREAN, manifest=str(KOREAN / "identities.csv"), out=tmp_path / "report",
-                              models=["dlib"], groups_file=str(groups), folds=2, pairs_per_class=5)
+    rows = benchmark_families("csv", KOREAN, layout_options={"manifest": str(KOREAN / "identities.csv")},
+                              out=tmp_path / "report", models=["dlib"], groups_file=str(groups), folds=2,
+                              pairs_per_class=5)
     assert rows[0]["name"] == "dlib" and set(rows[0]["pair_kinds"]) == set(PAIR_KINDS)
     assert (tmp_path / "report" / "benchmark.json").is_file()
