@@ -168,6 +168,17 @@ def test_held_out_groups_share_no_image_and_no_person_with_training():
     assert set(heldout.attributes["family"]) == listed
 
 
+def test_the_held_out_list_is_never_redrawn(tmp_path, capsys):
+    """Families added to the set later only train: the list stays, so old and new models meet the same faces."""
+    from kface.models.build import main
+
+    before = HELDOUT.read_bytes()
+    with pytest.raises(SystemExit) as stopped:
+        main(["heldout", "--root", str(tmp_path)])
+    assert stopped.value.code == 2 and capsys.readouterr().err.startswith("error:")
+    assert HELDOUT.read_bytes() == before
+
+
 @pytest.mark.parametrize("name", ["korean", "dlib"])
 def test_every_shipped_model_has_measured_open_set_and_cluster_thresholds(name):
     """The thresholds galleries record are keyed by the model file's sha256: a rebuilt file must be

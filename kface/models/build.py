@@ -2,7 +2,8 @@
 
     python -m kface.models.build heldout --root ../shared/data/korean_family
         writes kface/models/korean-heldout-families.txt: a seeded tenth of the groups of related families, never trained on;
-        the model cards and the tests score the shipped models on these groups only.
+        the model cards and the tests score the shipped models on these groups only. An existing list is kept (families
+        added to the set later only train), so every version is scored on the same faces.
     python -m kface.models.build korean --root ../shared/data/korean_family
         trains kface/models/recipes/korean-v4.json on every other group (copies merged; kface train, group-disjoint val),
         exports the tuned network (with 0.5 x stock dlib's vector) to kface/models/korean-v4.onnx and writes its
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..errors import KfaceError
 from .heldout import HELDOUT_FILE, write_heldout
 
 
@@ -37,7 +39,10 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     if args.step == "heldout":
-        print(f"held out {len(write_heldout(args.root))} groups into {HELDOUT_FILE}")
+        try:
+            print(f"held out {len(write_heldout(args.root))} groups into {HELDOUT_FILE}")
+        except KfaceError as exc:
+            parser.exit(2, f"error: {exc}\n")
         return
     if args.step == "attributes-domain":
         from .attributes_domain import update_attributes_domain

@@ -62,8 +62,15 @@ def korean_split(root: Path, families: Optional[Container[str]] = None) -> tuple
 
 
 def write_heldout(root: Path) -> list[str]:
+    """Choose the held-out groups and write :data:`HELDOUT_FILE`; an existing list is kept, never redrawn."""
+    from ..errors import InputError
     from ..outputs import write_text
 
+    if HELDOUT_FILE.is_file():
+        # Families added to the set later only train: a redrawn list would score old and new models on
+        # different faces.
+        raise InputError(f"{HELDOUT_FILE} exists and keeps its groups (every shipped Korean model is scored on "
+                         f"them); delete it to choose anew")
     groups = merged_index(root).attributes["family"]
     heldout = choose_heldout(groups)
     header = (f"# Groups of related families held out of every shipped Korean model's training: {len(heldout)} "
