@@ -56,6 +56,19 @@ def test_calibration_fits_falling_probabilities_with_a_small_error(method):
     assert sum(row["pairs"] for row in reliability(fitted(distances), labels)) == 6000
 
 
+def test_a_trained_model_gets_its_points_from_its_own_val_pairs():
+    from kface.answers import answers_from_val
+
+    rng = np.random.default_rng(2)
+    distances = np.r_[rng.normal(0.4, 0.1, 400), rng.normal(0.9, 0.1, 600)]
+    labels = np.r_[np.ones(400, int), np.zeros(600, int)]
+    answers = answers_from_val(distances, labels, 0.75, "runs/x/model.pt: intersection rule on its val split")
+    assert set(answers.points) == {"balanced", "far=1e-2"}  # 600 strangers cannot choose far=1e-3
+    assert answers.threshold(answers.point(far=0.01)) < 0.75
+    assert answers.expected("far=1e-2")["expected_far"] <= 0.01
+    assert answers.probability(0.5) is None and answers.caution([None, None]) is None
+
+
 # -- the shipped cards ------------------------------------------------------------------------------
 @pytest.mark.parametrize("copy", ["float", "int8"])
 def test_korean_card_far_1e2_holds_on_held_out_groups_and_its_probability_is_calibrated(copy):
