@@ -140,30 +140,37 @@ def val_groups_index(root: Path, run: Path = RUN_DIR):
     Where the run's folder is gone, its pair file is drawn again (the same seeded sampler on the same
     training groups) and must match the card's sha256, or this refuses.
     """
-    from ..evaluation.families import subset_index, write_manifest
-    from ..hashing import file_sha256
+    from ..evaluation.families import subset_index
     from .card_answers import run_val_groups
 
     training, _ = korean_split(root, trained_families(root))
-    pairs_file = run / "pairs.csv"
-    if not pairs_file.is_file():
-        from ..errors import KfaceError
-        from ..training.identity import write_dataset_pairs
-
-        redrawn = Path(tempfile.mkdtemp(prefix="kface-korean-run-"))
-        write_manifest(training, np.arange(len(training)), redrawn / "train-families.csv")
-        config = run_config(root, redrawn / "train-families.csv", redrawn)
-        pairs_file = redrawn / "pairs.csv"
-        write_dataset_pairs(config.dataset, config.root, pairs_file, ratio=config.ratio, pair_count=config.dataset_pairs,
-                            split=config.split, seed=config.seed, group_by=config.group_by,
-                            options={"manifest": config.manifest})
-        expected = _read_card(CARD_FILE.name)["training"]["data_counts"]["pairs_sha256"]
-        if file_sha256(pairs_file) != expected:
-            raise KfaceError(f"{run} is gone and its pair file, drawn again, differs from the card's; "
-                             f"cannot tell which groups were val")
-    groups = run_val_groups(pairs_file, training)
+    if (run / "pairs.csv").is_file():
+        groups = run_val_groups(run / "pairs.csv", training)
+    else:
+        with tempfile.TemporaryDirectory(prefix="kface-korean-run-") as folder:
+            groups = run_val_groups(redrawn_run_pairs(root, training, Path(folder), run), training)
     return subset_index(training, np.array([row for row, group in enumerate(training.attributes["family"])
                                             if group in groups], dtype=np.int64))
+
+
+def redrawn_run_pairs(root: Path, training, folder: Path, run: Path) -> Path:
+    """The training run's pair file drawn again into ``folder`` (the same seeded sampler on the same training
+    groups); a KfaceError unless it matches the card's sha256."""
+    from ..errors import KfaceError
+    from ..evaluation.families import write_manifest
+    from ..hashing import file_sha256
+    from ..training.identity import write_dataset_pairs
+
+    write_manifest(training, np.arange(len(training)), folder / "train-families.csv")
+    config = run_config(root, folder / "train-families.csv", folder)
+    pairs_file = folder / "pairs.csv"
+    write_dataset_pairs(config.dataset, config.root, pairs_file, ratio=config.ratio, pair_count=config.dataset_pairs,
+                        split=config.split, seed=config.seed, group_by=config.group_by,
+                        options={"manifest": config.manifest})
+    if file_sha256(pairs_file) != _read_card(CARD_FILE.name)["training"]["data_counts"]["pairs_sha256"]:
+        raise KfaceError(f"{run} is gone and its pair file, drawn again, differs from the card's; "
+                         f"cannot tell which groups were val")
+    return pairs_file
 
 
 def korean_answers(root: Path, device: str = "auto") -> str:
