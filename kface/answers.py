@@ -16,8 +16,10 @@ import numpy as np
 from .metrics.calibration import Calibration
 from .metrics.operating_points import BALANCED, choose_point
 
-#: The calibration band of a pair the caution rule flags, and of every other pair.
-CAUTION, OTHER = "caution", "other"
+#: The calibration band of a pair the caution rule flags, and of every other pair; ``ALIKE`` is added to the
+#: band's name where both faces are estimated of one age group and gender (the pairs where strangers look
+#: most alike, so a distance means less).
+CAUTION, OTHER, ALIKE = "caution", "other", "-alike"
 #: What ``answer`` says where ``--abstain`` finds the distance inside the model's unsure band.
 CANNOT_TELL = "cannot tell"
 
@@ -50,8 +52,11 @@ class ModelAnswers:
         return f"{model} model card, operating point {name}: {self.points[name]['rule']}"
 
     def band(self, ages: list[dict | None]) -> str:
-        """``caution`` where the caution rule flags the pair (by the faces' estimated age groups), else ``other``."""
-        return CAUTION if self.caution_reason(ages) else OTHER
+        """``caution`` where the caution rule flags the pair (by the faces' estimated age groups), else ``other``;
+        with ``-alike`` where both faces are estimated of one age group and one gender."""
+        keys = [(age.get("age_group"), age.get("gender")) if age else None for age in ages]
+        alike = keys[0] is not None and None not in keys[0] and keys[0] == keys[1]
+        return (CAUTION if self.caution_reason(ages) else OTHER) + (ALIKE if alike else "")
 
     def caution_reason(self, ages: list[dict | None]) -> str | None:
         """Why the model is weak on this pair (one sentence), or None; needs both faces' estimated ages."""
@@ -77,8 +82,9 @@ class ModelAnswers:
         return {"reason": reason, "heldout_accuracy": measured["accuracy"], "heldout_pairs": measured["pairs"]}
 
     def calibration(self, band: str) -> Calibration:
+        """The band's curve: the card's for this band, else for its caution part, else its one curve."""
         fitted = self.block["probability"]["calibration"]
-        return Calibration.from_dict(fitted.get(band, fitted))
+        return Calibration.from_dict(fitted.get(band) or fitted.get(band.removesuffix(ALIKE)) or fitted)
 
     def probability(self, distance: float, band: str = OTHER) -> float | None:
         """P(one person) for this distance, calibrated on val pairs (even odds of same and different); None
@@ -91,7 +97,7 @@ class ModelAnswers:
         """Whether the distance lies in the band's unsure range (where the calibrated probability says the answer
         is right less often than the card's abstention level)."""
         bands = self.block.get("abstain", {}).get("bands", {})
-        limits = bands.get(band, bands.get(OTHER))
+        limits = bands.get(band, bands.get(band.removesuffix(ALIKE)))
         return limits is not None and limits[0] <= distance <= limits[1]
 
     def annotate(self, point: str, distance: float, same: bool, ages: list[dict | None], abstain: bool = False) -> dict:
@@ -127,4 +133,4 @@ def answers_of(body: dict, precision: str = "float") -> ModelAnswers | None:
     return ModelAnswers(block) if block else None
 
 
-__all__ = ["BALANCED", "CANNOT_TELL", "CAUTION", "OTHER", "ModelAnswers", "answers_from_val", "answers_of"]
+__all__ = ["ALIKE", "BALANCED", "CANNOT_TELL", "CAUTION", "OTHER", "ModelAnswers", "answers_from_val", "answers_of"]

@@ -142,9 +142,9 @@ class Verifier:
         return self.distance.pairwise(vectors_a, vectors_b)
 
     def estimated_ages(self, sources: Sequence[ImageSource], result: EmbeddingResult) -> list[Optional[dict]]:
-        """Each face's estimated age (``age_group``, ``expected_age``, ``age_interval``) by the attribute model
-        that reads this verifier's faces (their chips, or its embeddings ``result``); None per face where
-        there is none."""
+        """Each face's estimated age (``age_group``, ``expected_age``, ``age_interval``) and ``gender`` by the
+        attribute model that reads this verifier's faces (their chips, or its embeddings ``result``); None per
+        face where there is none."""
         model = self.attributes() if self.attributes is not None else None
         if model is None:
             return [None] * len(sources)
@@ -153,7 +153,7 @@ class Verifier:
             probabilities = model.chip_probabilities(np.stack([entry.chip for entry in entries]))
         else:
             probabilities = model.probabilities(result.embeddings)
-        return [{key: answer[key] for key in ("age_group", "expected_age", "age_interval")}
+        return [{key: answer[key] for key in ("age_group", "expected_age", "age_interval", "gender")}
                 for answer in (model.describe(probabilities, row) for row in range(len(sources)))]
 
     def verify(self, image_a: ImageSource, image_b: ImageSource, ages: bool = False) -> Verification:

@@ -3,10 +3,10 @@
 Chosen on the model's val groups (never trained on, never held out), measured on the held-out groups
 (``korean-heldout-families.txt``): the operating points (``balanced``: the card's threshold; ``far=1e-2``
 and ``far=1e-3``: thresholds at those false-accept rates on val strangers of both pair kinds), the
-calibrated probability (isotonic or Platt, one curve or one per caution band, whichever a two-fold
-split of the val groups finds better calibrated), the caution rule (a face estimated under 13, or an
-estimated age gap of :data:`GAP_CLASSES` classes or more) with the held-out accuracy of such pairs, the
-abstention band (where the calibrated probability says the answer is right less often than
+calibrated probability (isotonic or Platt; one curve, one per caution band, or one per caution band and
+likeness of the two faces' estimated age group and gender: whichever a two-fold split of the val groups
+finds best calibrated), the caution rule (a face estimated under 13, or an estimated age gap of
+:data:`GAP_CLASSES` classes or more) with the held-out accuracy of such pairs, the abstention band (where the calibrated probability says the answer is right less often than
 :data:`ABSTAIN_LEVEL`) and the val pairs' distance histograms. Pairs are the family protocol's two kinds
 (:mod:`kface.evaluation.families`), drawn from all of a side's images at once (no folds), seeded.
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..answers import CAUTION, OTHER, ModelAnswers
+from ..answers import ALIKE, CAUTION, OTHER, ModelAnswers
 from ..metrics.calibration import (
     METHODS,
     balanced_weights,
@@ -58,12 +58,16 @@ class ScoredPairs:
     distances: np.ndarray
     labels: np.ndarray
     kinds: np.ndarray
-    caution: np.ndarray
+    bands: np.ndarray  # each pair's calibration band (kface.answers.ModelAnswers.band)
     groups: np.ndarray  # (pairs, 2)
 
     def subset(self, keep: np.ndarray) -> ScoredPairs:
-        return ScoredPairs(self.distances[keep], self.labels[keep], self.kinds[keep], self.caution[keep],
+        return ScoredPairs(self.distances[keep], self.labels[keep], self.kinds[keep], self.bands[keep],
                            self.groups[keep])
+
+    @property
+    def caution(self) -> np.ndarray:
+        return np.char.startswith(self.bands.astype(str), CAUTION)
 
     @property
     def weights(self) -> np.ndarray:
@@ -94,9 +98,10 @@ def score_pairs(verifier, index, ages: list[dict | None], rule: dict, seed: int,
     pairs = protocol_pairs(index, np.zeros(len(index), dtype=np.int64), protocol)
     distances = _pair_distances(verifier, index, pairs, np.arange(len(index)))
     checker = ModelAnswers({"caution": rule})
-    flags = np.array([checker.caution_reason([ages[a], ages[b]]) is not None for a, b in zip(pairs.first, pairs.second)])
+    bands = np.array([checker.band([ages[a], ages[b]]) for a, b in zip(pairs.first, pairs.second)], dtype=object)
     groups = np.asarray(index.attributes["family"], dtype=object)
-    return ScoredPairs(distances, pairs.labels, pairs.kinds, flags, np.stack([groups[pairs.first], groups[pairs.second]], 1))
+    return ScoredPairs(distances, pairs.labels, pairs.kinds, bands,
+                       np.stack([groups[pairs.first], groups[pairs.second]], 1))
 
 
 def _by_kind(pairs: ScoredPairs, measure: Callable[[ScoredPairs], dict]) -> dict:
@@ -123,46 +128,62 @@ def operating_points(val: ScoredPairs, heldout: ScoredPairs, balanced: dict) -> 
     return points
 
 
-def _fit(pairs: ScoredPairs, method: str, by_band: bool):
-    if not by_band:
-        return fit_calibration(pairs.distances, pairs.labels, method, pairs.weights)
-    return {band: fit_calibration(part.distances, part.labels, method, part.weights)
-            for band, part in ((CAUTION, pairs.subset(pairs.caution)), (OTHER, pairs.subset(~pairs.caution)))}
+#: How finely the calibration may be split: one curve, one per caution band, or one per caution band and
+#: likeness (both faces estimated of one age group and gender).
+BANDINGS = ("one curve", "by caution band", "by caution band and likeness")
+
+
+def _band_names(pairs: ScoredPairs, banding: str) -> np.ndarray:
+    if banding == BANDINGS[0]:
+        return np.full(len(pairs.distances), "all", dtype=object)
+    if banding == BANDINGS[1]:
+        return np.where(pairs.caution, CAUTION, OTHER).astype(object)
+    return pairs.bands
+
+
+def _fit(pairs: ScoredPairs, method: str, banding: str):
+    names = _band_names(pairs, banding)
+    fitted = {band: fit_calibration(pairs.distances[names == band], pairs.labels[names == band], method,
+                                    pairs.subset(names == band).weights) for band in np.unique(names)}
+    return fitted["all"] if banding == BANDINGS[0] else fitted
 
 
 def _apply(fitted, pairs: ScoredPairs) -> np.ndarray:
     if not isinstance(fitted, dict):
         return fitted(pairs.distances)
-    return np.where(pairs.caution, fitted[CAUTION](pairs.distances), fitted[OTHER](pairs.distances))
+    answers = ModelAnswers({"probability": {"calibration": {band: curve.to_dict() for band, curve in fitted.items()}}})
+    return np.array([answers.calibration(band)(distance) for band, distance in zip(pairs.bands, pairs.distances)])
 
 
 def _ece(probabilities: np.ndarray, pairs: ScoredPairs) -> float:
     return expected_calibration_error(probabilities, pairs.labels, pairs.weights)
 
 
-def choose_calibration(val: ScoredPairs, seed: int) -> tuple[str, bool, dict]:
-    """The method and banding with the lowest ECE across a seeded two-fold split of the val groups (fit on
-    one half's pairs, measure on the other's), and every candidate's figure."""
+def choose_calibration(val: ScoredPairs, seed: int) -> tuple[str, str, dict]:
+    """The method and banding (:data:`BANDINGS`) with the lowest ECE across a seeded two-fold split of the val
+    groups (fit on one half's pairs, measure on the other's), and every candidate's figure."""
     names = np.unique(val.groups)
     half = set(np.random.default_rng(seed).permutation(names)[: len(names) // 2])
     side = np.vectorize(lambda group: group in half)(val.groups)
     folds = [val.subset(side.all(1)), val.subset(~side.any(1))]
     scores = {}
     for method in METHODS:
-        for by_band in (False, True):
-            scores[f"{method}{' by caution band' if by_band else ''}"] = float(np.mean(
-                [_ece(_apply(_fit(folds[i], method, by_band), folds[1 - i]), folds[1 - i]) for i in (0, 1)]))
+        for banding in BANDINGS:
+            scores[f"{method} {banding}"] = float(np.mean(
+                [_ece(_apply(_fit(folds[i], method, banding), folds[1 - i]), folds[1 - i]) for i in (0, 1)]))
     best = min(scores, key=scores.get)
-    return best.split()[0], best.endswith("band"), scores
+    method, banding = best.split(" ", 1)
+    return method, banding, scores
 
 
 def probability_block(val: ScoredPairs, heldout: ScoredPairs, seed: int) -> dict:
     """The calibration fitted on val (method and banding chosen on val) and its figures on held-out."""
-    method, by_band, scores = choose_calibration(val, seed)
-    fitted = _fit(val, method, by_band)
+    method, banding, scores = choose_calibration(val, seed)
+    fitted = _fit(val, method, banding)
     measured = _apply(fitted, heldout)
-    calibration = ({band: curve.to_dict() for band, curve in fitted.items()} if by_band else fitted.to_dict())
-    return {"method": method, "by_caution_band": by_band, "calibration": calibration,
+    calibration = ({band: curve.to_dict() for band, curve in fitted.items()} if isinstance(fitted, dict)
+                   else fitted.to_dict())
+    return {"method": method, "banding": banding, "calibration": calibration,
             "odds": "even: each class of each pair kind weighs the same, in the fit and in the figures",
             "chosen_by": {"two-fold val groups ECE": scores},
             "val": {"ece": _ece(_apply(fitted, val), val)},
@@ -187,9 +208,10 @@ def abstain_block(probability: dict, heldout: ScoredPairs, threshold: float) -> 
     answering only outside them gives on held-out pairs."""
     answers = ModelAnswers({"probability": probability, "abstain": {"bands": {}}})
     low, high = float(heldout.distances.min()), float(heldout.distances.max())
-    bands = {band: probability_band(answers.calibration(band), ABSTAIN_LEVEL, low, high) for band in (CAUTION, OTHER)}
+    every = [band + alike for band in (CAUTION, OTHER) for alike in ("", ALIKE)]
+    bands = {band: probability_band(answers.calibration(band), ABSTAIN_LEVEL, low, high) for band in every}
     answers.block["abstain"]["bands"] = bands
-    unsure = np.array([answers.unsure(d, CAUTION if c else OTHER) for d, c in zip(heldout.distances, heldout.caution)])
+    unsure = np.array([answers.unsure(d, band) for d, band in zip(heldout.distances, heldout.bands)])
     return {"level": ABSTAIN_LEVEL, "bands": bands,
             "heldout": {"share_cannot_tell": float(np.average(unsure, weights=heldout.weights)),
                         "answered": _accuracy(heldout.subset(~unsure), threshold),
