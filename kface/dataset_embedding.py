@@ -186,6 +186,7 @@ def embed_dataset(items: Sequence[DatasetItem], out: os.PathLike, settings: Embe
         raise
     finally:
         bar.close()
+        writer.close()
         verifier.embedder.close()
     return {**summarize(out), "computed": computed, "model": key}
 

@@ -8,11 +8,14 @@ fixed-size list of float32, null without a face), and the model key and precisio
 Shards are written whole (temp file, fsync, rename; :func:`kface.outputs.atomic_path`), so a killed
 writer leaves complete shards and nothing half-written; the rows already written are found again by
 (path, sha256, model key) and skipped by the next run (:meth:`DatasetWriter.done`), so a rerun finishes
-the job with every image exactly once. Readers (:func:`read_vectors`) return the vectors of one model
+the job with every image exactly once. One writer at a time: a writer holds the folder's lock
+(:func:`kface.locks.file_lock`) while it lives, and a second driver pointed at the same folder is refused
+with one line instead of writing the same rows again (or deleting the first one's temp shards). Readers (:func:`read_vectors`) return the vectors of one model
 key. pyarrow is imported inside the functions: ``kface --help`` and ``verify`` never load it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -23,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from .errors import InputError
+from .locks import file_lock
 from .outputs import atomic_path
 
 #: Columns of every row, in the order they are written.
@@ -31,6 +35,8 @@ COLUMNS = ("path", "identity", "family", "age", "gender", "sha256", "found", "st
 #: Shard file names: ``part-<time ns>-<random>.parquet`` (time first: newer shards sort last).
 SHARD_PREFIX = "part-"
 SHARD_SUFFIX = ".parquet"
+#: The lock file a writer holds in the folder while it writes (kface.locks).
+WRITER_LOCK = ".lock"
 #: Error kinds, from an error's message (the first phrase that matches names it).
 ERROR_KINDS = (
     ("no face found", "no-face"), ("corrupt or truncated", "truncated"), ("not an image file", "not-an-image"),
@@ -116,7 +122,8 @@ class DatasetWriter:
     """Writes rows of one model key into the Parquet dataset folder ``folder``, one whole shard per call.
 
     ``done()`` gives the (path, sha256) pairs already written for that key; a folder holding another
-    model's rows is refused (one folder, one embedding space).
+    model's rows is refused (one folder, one embedding space). The writer holds the folder's lock until
+    :meth:`close`: another writer of the folder meanwhile raises :class:`~kface.locks.LockHeld`.
     """
 
     def __init__(self, folder: os.PathLike, model_key: str, dim: int):
@@ -127,6 +134,9 @@ class DatasetWriter:
             raise InputError(f"{self.folder}: exists and is not a folder; a .parquet output is a folder of shards")
         self.created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(file_lock(self.folder / WRITER_LOCK, wait=False, what=str(self.folder),
+                                           holder="kface embed"))
         for stale in self.folder.glob(f".{SHARD_PREFIX}*"):  # temp shards of a killed run: never finished
             stale.unlink(missing_ok=True)
 
@@ -144,8 +154,14 @@ class DatasetWriter:
 
     def forget_if_empty(self) -> None:
         """Remove the folder this writer created where no shard was written (a run that failed at once)."""
-        if self.created and not any(self.folder.iterdir()):
+        if self.created and not any(path.name != WRITER_LOCK for path in self.folder.iterdir()):
+            (self.folder / WRITER_LOCK).unlink(missing_ok=True)
             self.folder.rmdir()
+        self.close()
+
+    def close(self) -> None:
+        """Let another writer have the folder."""
+        self._lock.close()
 
     def write(self, table) -> Optional[Path]:
         """Write ``table`` (rows of :func:`schema`) as one new shard, atomically and durably."""

@@ -99,4 +99,6 @@ def embed_dataset_ray(items: Sequence[DatasetItem], out: os.PathLike, settings: 
     except BaseException:
         writer.forget_if_empty()
         raise
+    finally:
+        writer.close()
     return {**summarize(out), "computed": computed, "model": key}
