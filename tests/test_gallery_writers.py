@@ -156,6 +156,11 @@ def test_enrolments_and_removals_interleaved_equal_the_serial_replay_of_the_succ
         writes.append(("remove", name, KFACE + ["gallery", "remove", "--gallery", str(gallery), "--identity", name]))
     name, images = newcomers[0]  # a second photo set for one newcomer, racing both
     writes.append(("enroll", name, enroll_command(gallery, name, images[:1])))
+    dataset = faces[12:14]  # a --dataset enrolment of two more people, and two index rebuilds, among them
+    tree = link_tree(dataset, tmp_path / "dataset")
+    writes.append(("dataset", "", KFACE + ["enroll", "--gallery", str(gallery), "--dataset", "folder", "--root",
+                                           str(tree), "--batch", "2", "-q", "--json", *FACE_OPTIONS]))
+    writes += [("rebuild", "", KFACE + ["gallery", "rebuild", "--gallery", str(gallery)])] * 2
     order = np.random.default_rng(0).permutation(len(writes))
     results = finish(start([writes[i][2] for i in order]))
     changed = []  # the writes that reported a change: removals that succeeded, enrolments that stored images
@@ -164,7 +169,9 @@ def test_enrolments_and_removals_interleaved_equal_the_serial_replay_of_the_succ
         if code != 0:  # the one write that cannot happen here: removing someone not (or no longer) enrolled
             assert code == 2 and err.count("\n") == 1 and err.startswith("error: ") and "no identity" in err, err
             assert kind == "remove" and name not in dict(settled[:3]), err
-        elif kind == "remove" or json.loads(out)["enrolled"] > 0:
+        elif kind == "dataset":
+            changed += [("enroll", person) for person, _ in dataset]  # batches of 2: one person each
+        elif kind == "remove" or (kind == "enroll" and json.loads(out)["enrolled"] > 0):
             changed.append((kind, name))
     audit = read_audit(gallery)[len(settled):]  # the lines of the writes above, in commit order
     assert sorted((line["event"], line["identity"]) for line in audit) == sorted(changed)

@@ -231,9 +231,11 @@ def gallery_stats(gallery_path, as_json):
 @gallery_option
 @handle_errors
 def gallery_rebuild(gallery_path):
-    """Rebuild the index file from the gallery (searches also do this when it is missing or stale)."""
+    """Rebuild the index file from the gallery (searches also do this when it is missing or stale), and
+    compact the file (VACUUM), leaving no trace of removed people."""
     with _open(gallery_path) as gallery:
         index = gallery.rebuild()
+        gallery.store.scrub()
     click.echo(f"rebuilt the {index.kind} index of {gallery_path} ({index.count} vectors)", err=True)
 
 

@@ -278,15 +278,22 @@ class GalleryStore:
         return self._write()
 
     def scrub(self) -> None:
-        """Leave no trace of deleted rows: fold the WAL into the file, VACUUM, and empty the WAL again."""
+        """Leave no trace of deleted rows: fold the WAL into the file, VACUUM, and empty the WAL again.
+
+        Raises :class:`KfaceError` when readers of other processes keep the WAL from being emptied for the
+        whole lock timeout (the deleted rows' pages are zeroed in the file already, but older copies of
+        them may then remain in the WAL until the next scrub)."""
         try:
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.connection.execute("VACUUM")
-            self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            busy = self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
         except sqlite3.OperationalError as exc:
-            # Another process holds a read snapshot; the zeroed pages (secure_delete) are already written.
-            raise KfaceError(f"{self.path}: removed, but could not compact the file while another process "
-                             f"reads it ({exc}); run kface gallery rebuild --gallery {self.path} later") from None
+            busy, why = 1, str(exc)
+        else:
+            why = "another process kept reading"
+        if busy:
+            raise KfaceError(f"{self.path}: removed, but could not empty the write-ahead log ({why}); run kface "
+                             f"gallery rebuild --gallery {self.path} when no one is using it") from None
 
     def _bump(self, epoch: bool) -> None:
         self.connection.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
