@@ -200,6 +200,20 @@ def test_abstain_answers_cannot_tell_inside_the_unsure_band():
     assert answers.annotate("balanced", low - 0.1, True, [None, None], abstain=True)["answer"] == "same"
 
 
+def test_search_far_matches_only_within_the_points_threshold(tmp_path):
+    from kface import Gallery
+    from kface.cli import cli
+    from kface.models import network_variant
+
+    with Gallery.open(tmp_path / "people.kgallery", create=True) as gallery:
+        gallery.enroll([str(EXAMPLES / "obama.jpg")], identity="obama")
+    result = CliRunner().invoke(cli, ["search", "--gallery", str(tmp_path / "people.kgallery"), "--far", "0.001",
+                                      "--json", str(EXAMPLES / "obama2.jpg")])
+    assert result.exit_code == 0, result.output
+    point = korean_answers(network_variant("kface-korean-v4")["precision"])["points"]["far=1e-3"]
+    assert json.loads(result.output)["open_set_threshold"] == pytest.approx(point["threshold"])
+
+
 def test_models_plot_writes_the_distributions_and_reliability(tmp_path):
     from kface.cli import cli
 
