@@ -59,9 +59,9 @@ def accuracies(pairs, distances: np.ndarray, thresholds: np.ndarray) -> str:
 
 
 def main() -> None:
+    from kface.attributes.shipped import load_shipped_attributes
     from kface.metrics import choose_threshold
     from kface.models import card
-    from kface.models.attributes import load_shipped_attributes
 
     heads = load_shipped_attributes("cpu")
     val, heldout = korean_indexes()

@@ -4,7 +4,7 @@ degraded copies of its training images, both scored on the held-out groups.
     .venv/bin/python bench/album_augmentation.py --root ../shared/data/korean_family --work /tmp/album \\
         [--copies 1] [--seed 0] [--device auto]
 
-The baseline is ``kface.models.korean.train_korean`` (the shipped recipe, split and seed). The augmented
+The baseline is ``kface.build.korean.train_korean`` (the shipped recipe, split and seed). The augmented
 run trains the same recipe on a manifest of the same images plus ``--copies`` copies of each image of
 the training groups that are not the baseline's val groups (so val, which picks the epoch and the run's
 threshold, is the same images), each copy made by :func:`kface.datasets.degradations.old_photo` (grey or
@@ -38,8 +38,8 @@ def write_copies(root: Path, work: Path, copies: int, seed: int, val_groups: set
 
     from kface.datasets.degradations import old_photo
     from kface.evaluation.families import write_manifest
-    from kface.images import load_image
-    from kface.models.heldout import korean_split
+    from kface.evaluation.heldout import korean_split
+    from kface.faces.images import load_image
 
     training, _ = korean_split(root)
     aug_root = work / "root"
@@ -80,7 +80,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from heldout_screen import score_heldout
-    from kface.models.korean import train_korean, train_recipe_on, val_groups_index
+
+    from kface.build.korean import train_korean, train_recipe_on, val_groups_index
 
     baseline_run, album_run = args.work / "runs" / "baseline", args.work / "runs" / "album"
     baseline = baseline_run / "model.pt"

@@ -3,7 +3,7 @@
     .venv/bin/python bench/attribute_unfreeze.py --root ../shared/data/korean_family
         [--suffix-lr 1e-4 --suffix-lr 3e-5] [--out reports/attributes-korean/unfreeze.json]
 
-The shipped recipe (``last-stage`` in :mod:`kface.models.build_attributes`: ``kface train-attributes
+The shipped recipe (``last-stage`` in :mod:`kface.build.attributes`: ``kface train-attributes
 --unfreeze last-stage``, the stage and one shared ordinal head) trained at each ``--suffix-lr`` on the same
 data and split as the build (the training groups, a tenth of them val, group-disjoint, seed 0), through the
 same code (:func:`kface.attributes.heads.fit_heads`). Val picks the learning rate (mean of age-class and
@@ -31,9 +31,8 @@ def main() -> None:
         sys.exit(f"error: {args.root}: not the korean_family set (no identities.csv)")
     from kface.attributes.heads import AttributeModel, fit_heads
     from kface.attributes.labels import AgeBins, split_by_group
-    from kface.models.build_attributes import (KOREAN_AGE_BINS, SHIPPED_RECIPE, figures, recipe_config,
-                                               recipe_features)
-    from kface.outputs import write_json
+    from kface.build.attributes import KOREAN_AGE_BINS, SHIPPED_RECIPE, figures, recipe_config, recipe_features
+    from kface.util.outputs import write_json
 
     training = recipe_features(args.root, SHIPPED_RECIPE, heldout=False)
     heldout = recipe_features(args.root, SHIPPED_RECIPE, heldout=True)

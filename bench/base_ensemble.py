@@ -3,7 +3,7 @@
     .venv/bin/python bench/base_ensemble.py [--weights 0,0.2,0.3,0.5,0.7,1]
 
 The shipped Korean model's vector is its tuned network's (the first 128 values) concatenated with
-``BASE_WEIGHT`` x stock dlib's embedding (the rest; kface.models.korean). This rebuilds the vector at
+``BASE_WEIGHT`` x stock dlib's embedding (the rest; kface.build.korean). This rebuilds the vector at
 other weights from the shipped model's tuned part and stock dlib's own embedding, and scores each on:
 
 - LFW View-2 (10 folds, max-accuracy threshold chosen on the other nine);
@@ -62,8 +62,8 @@ def lfw_rows(weights: list[float]) -> list[str]:
 
 def korean_indexes():
     """(val groups' index, held-out groups' index) of the merged korean_family set."""
-    from kface.models.heldout import korean_split
-    from kface.models.korean import RUN_DIR, val_groups_index
+    from kface.build.korean import RUN_DIR, val_groups_index
+    from kface.evaluation.heldout import korean_split
 
     root = DATA / "korean_family"
     return val_groups_index(root, REPO / RUN_DIR), korean_split(root)[1]

@@ -28,7 +28,7 @@ PYTHON = REPO / ".venv" / "bin" / "python"
 
 DLIB_SCRIPT = """
 import sys, dlib, numpy as np
-models = __import__("kface.models_path", fromlist=["model_file"])
+models = __import__("kface.models.dlib_files", fromlist=["model_file"])
 detector = dlib.get_frontal_face_detector()
 landmarks = dlib.shape_predictor(str(models.model_file(models.DLIB_LANDMARKS_5)))
 network = dlib.face_recognition_model_v1(str(models.model_file(models.DLIB_RESNET)))

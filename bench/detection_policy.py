@@ -22,8 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from kface.errors import NoFaceError  # noqa: E402
-from kface.faces import FaceFinder, FaceSettings  # noqa: E402
-from kface.images import load_image  # noqa: E402
+from kface.faces.detect import FaceFinder, FaceSettings  # noqa: E402
+from kface.faces.images import load_image  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 

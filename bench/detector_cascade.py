@@ -15,8 +15,8 @@ import numpy as np
 
 from kface.datasets.degradations import old_album_crop, tight_crop
 from kface.errors import NoFaceError
-from kface.faces import FaceFinder, FaceSettings
-from kface.images import load_image
+from kface.faces.detect import FaceFinder, FaceSettings
+from kface.faces.images import load_image
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,8 +21,8 @@ LFW_IMAGES = (Path(__file__).parents[1] / ".." / "shared" / "data" / "lfw" / "im
 def lfw_chips(count: int) -> np.ndarray:
     """Aligned 150x150 chips of the first image of the first ``count`` LFW people with a detection."""
     from kface.errors import NoFaceError
-    from kface.faces import FaceFinder
-    from kface.images import load_image
+    from kface.faces.detect import FaceFinder
+    from kface.faces.images import load_image
 
     finder = FaceFinder()
     chips = []
@@ -59,7 +59,7 @@ def main() -> None:
 
     from kface.backbones import get_spec
     from kface.backbones.dlib_torch import BATCH_SIZE, DlibTorchBackbone, load_dlib_resnet
-    from kface.models_path import DLIB_RESNET, model_file
+    from kface.models.dlib_files import DLIB_RESNET, model_file
 
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"CPU threads: torch {torch.get_num_threads()}, dlib 1 (dlib-bin has no BLAS); "

@@ -72,8 +72,8 @@ def build_album_lfw(lfw_images: Path, out: Path, *, min_images: int, max_images:
     from PIL import Image
 
     from kface.datasets.degradations import DEGRADATIONS
-    from kface.images import load_image
-    from kface.outputs import atomic_path, write_json
+    from kface.faces.images import load_image
+    from kface.util.outputs import atomic_path, write_json
 
     settings = {"source": str(lfw_images), "min_images": min_images, "max_images": max_images,
                 "identities": identities, "seed": seed, "degradation": f"kface.datasets.degradations.DEGRADATIONS[{degradation!r}]",
@@ -126,7 +126,7 @@ def make_pairs(tree: Path, out: Path, *, ratio: str, pairs: int, split: str, see
 # -- 3. rows -----------------------------------------------------------------------------------------
 def base_row(key: str, name: str, distance: str, tta: str, pair_file: Path, out: Path, seed: int) -> dict:
     from kface.api import Verifier
-    from kface.embeddings import Embedder
+    from kface.embeddings.embedder import Embedder
     from kface.evaluation.report import overlap_report
 
     started = time.perf_counter()
@@ -200,8 +200,8 @@ def main() -> None:
     keys = [row[0] for row in BASE_ROWS + ROWS]
     parser.add_argument("--rows", default="", help=f"comma-separated rows to run, of: {','.join(keys)} (default: all)")
     args = parser.parse_args()
-    from kface.cache import cache_dir
-    from kface.outputs import write_json, write_text
+    from kface.util.cache import cache_dir
+    from kface.util.outputs import write_json, write_text
 
     work = args.work or cache_dir() / "bench" / "domain-shift" / args.degradation
     command = "python bench/domain_shift.py " + shlex.join(sys.argv[1:])

@@ -22,14 +22,14 @@ DATA = REPO.parent / "shared" / "data"
 
 
 def korean_index():
-    from kface.models.heldout import korean_split
+    from kface.evaluation.heldout import korean_split
 
     return korean_split(DATA / "korean_family")[1], np.arange(0)
 
 
 def lfw_index():
     from kface.datasets import load_dataset
-    from kface.galleries.protocol import IdentificationProtocol, split_identification
+    from kface.evaluation.identification import IdentificationProtocol, split_identification
 
     index = load_dataset("folder", DATA / "lfw" / "images")
     split = split_identification(index, IdentificationProtocol(identities=1500, probes_per_person=3))

@@ -39,7 +39,7 @@ def allow_cpu_all() -> None:
 def score_heldout(root: Path, models: list[str], labels: list[str], out: Path, device: str, what: str) -> None:
     """Score checkpoints with the family protocol on the held-out groups and print one table row each."""
     from kface.evaluation.families import run_benchmark
-    from kface.models.heldout import HELDOUT_FILE
+    from kface.evaluation.heldout import HELDOUT_FILE
 
     rows = run_benchmark("csv", str(root), {"manifest": str(root / "identities.csv")}, groups_file=str(HELDOUT_FILE),
                          models=tuple(models), out=out, device=device)
@@ -65,7 +65,7 @@ def main() -> int:
     if args.allow_cpu_all:
         allow_cpu_all()
 
-    from kface.models.korean import train_korean
+    from kface.build.korean import train_korean
 
     models = []
     for recipe_file in args.recipe:

@@ -51,7 +51,7 @@ def main() -> None:
         os.environ["KFACE_PRECISION"] = args.precision
     from kface.api import load_verifier
     from kface.evaluation.families import FamilyProtocol, family_folds, protocol_pairs
-    from kface.models.heldout import korean_split
+    from kface.evaluation.heldout import korean_split
 
     index = korean_split(DATA / "korean_family")[1]
     protocol = FamilyProtocol()

@@ -56,12 +56,12 @@ def main() -> None:
     parser.add_argument("--weight", type=float, default=0.3)
     args = parser.parse_args()
 
-    from kface.training.checkpoints import load_checkpoint
     from kface.datasets import load_dataset
-    from kface.embeddings import Embedder
-    from kface.engines.export import checkpoint_graph
+    from kface.embeddings.embedder import Embedder
     from kface.evaluation.families import FamilyProtocol, distinct_images, family_folds, protocol_pairs
     from kface.metrics import accuracy_at, choose_threshold
+    from kface.training.checkpoints import load_checkpoint
+    from kface.training.export import checkpoint_graph
 
     body = json.loads((args.protocol / "benchmark.json").read_text())
     protocol = FamilyProtocol(**body["protocol"])

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 
 def sample_chips() -> np.ndarray:
-    from kface.engines.build_shipped import example_chips
+    from kface.build.dlib_onnx import example_chips
 
     return example_chips()
 
@@ -71,7 +71,6 @@ def main() -> int:
     from kface.backbones.dlib_torch import DlibTorchBackbone
     from kface.engines.runtime import usable_cores
     from kface.engines.shipped import shipped_network
-
     from kface.models import network_card
 
     chips = sample_chips()

@@ -36,7 +36,7 @@ def build_tree(lfw_images: Path, tree: Path, people: int, max_images: int) -> in
     from PIL import Image
 
     from kface.datasets.degradations import tight_crop
-    from kface.images import load_image
+    from kface.faces.images import load_image
 
     count = 0
     chosen = [p for p in sorted(lfw_images.iterdir()) if p.is_dir() and len(os.listdir(p)) >= 4][:people]
@@ -59,8 +59,8 @@ def make_pairs(tree: Path, out: Path, pairs: int) -> Path:
 
 
 def image_paths(pair_file: Path) -> list[str]:
-    from kface.training.identity import train_identity_images
     from kface.pairs import read_pairs
+    from kface.training.identity import train_identity_images
 
     pairs = read_pairs(pair_file)
     used = {p for name in ("train", "val") for split in [pairs.select(name)] for p in split.abs_path_a + split.abs_path_b}
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cuts", default="fc,last-block,last-stage")
     args = parser.parse_args()
-    from kface.cache import cache_dir
+    from kface.util.cache import cache_dir
 
     work = args.work or cache_dir() / "bench" / "unfreeze-speed"
     os.environ["KFACE_CACHE_DIR"] = str(work / "cache")  # the bench's own cache: it deletes stores to time them

@@ -9,10 +9,12 @@ and age editing (:mod:`kface.ageedit`): ``kface.age_edit(image, to="67+")``, ``k
 """
 from __future__ import annotations
 
+import importlib
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_image": "kface.images",
+    "load_image": "kface.faces.images",
     "embed": "kface.api",
     "verify": "kface.api",
     "load_verifier": "kface.api",
@@ -26,8 +28,8 @@ _EXPORTS = {
     "Gallery": "kface.galleries.gallery",
     "Verifier": "kface.api",
     "Verification": "kface.api",
-    "Embedder": "kface.embeddings",
-    "EmbeddingResult": "kface.embeddings",
+    "Embedder": "kface.embeddings.embedder",
+    "EmbeddingResult": "kface.embeddings.embedder",
     "age_edit": "kface.ageedit.editor",
     "age_strip": "kface.ageedit.editor",
     "KfaceError": "kface.errors",
@@ -39,7 +41,5 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'kface' has no attribute {name!r}")

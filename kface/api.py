@@ -1,6 +1,6 @@
 """The Python API: ``embed`` and ``verify``, and the :class:`Verifier` behind them.
 
-A verifier is an :class:`~kface.embeddings.Embedder` (backbone + detector + cache), a distance and a
+A verifier is an :class:`~kface.embeddings.embedder.Embedder` (backbone + detector + cache), a distance and a
 threshold. The threshold of an untrained backbone is the one measured for it on LFW View-2 (see
 ``BASE_THRESHOLDS``); a shipped model brings its card's (:func:`shipped_verifier`); a trained model
 (``model=runs/NAME/model.pt``, :func:`verifier_from_checkpoint`) brings its head and the threshold chosen
@@ -15,13 +15,37 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from .backbones import DEFAULT_BACKBONE, get_spec
-from .embeddings import EmbeddingResult, Embedder
-from .answers import BALANCED, ModelAnswers
+from .attributes.shipped import load_shipped_attributes
+from .backbones import DEFAULT_BACKBONE, backbone_for_engine, get_spec
+from .distances import get_distance
+from .embeddings.embedder import Embedder, EmbeddingResult
+from .embeddings.network import NetworkEmbedder
+from .embeddings.prefix import PrefixEmbedder
+from .engines import ENGINES
 from .errors import InputError
-from .images import ImageSource
-
-from .models import BASE_THRESHOLDS  # noqa: F401  (re-exported: part of the API)
+from .faces.images import ImageSource
+from .metrics.answers import BALANCED, ModelAnswers, answers_from_val, answers_of
+from .models import (
+    BASE_THRESHOLDS,
+    MODEL_FAMILIES,
+    STOCK_MODEL,
+    card,
+    default_model,
+    has_network,
+    is_shipped,
+    network_card,
+    network_variant,
+    shipped_names,
+    shipped_threshold,
+)
+from .models.attributes import has_shipped_attributes
+from .training.checkpoints import (
+    checkpoint_weights_file,
+    load_checkpoint,
+    pair_model_from_checkpoint,
+    stored_val_distances,
+)
+from .training.onnx_cache import checkpoint_network
 
 
 @dataclass
@@ -37,7 +61,7 @@ class Verification:
     faces: list[dict] = field(default_factory=list)  # per image: path, found, stage, box, n_faces
     model: str = ""  # the shipped model's name ("korean", "dlib") or the checkpoint's path
     precision: str = "float"  # "int8" where a shipped network's int8 copy ran (kface.models.network_variant)
-    # What the card says of this answer (kface.answers): the operating point, its false-accept and
+    # What the card says of this answer (kface.metrics.answers): the operating point, its false-accept and
     # true-accept rates measured on held-out groups, P(one person), caution where the model is weak, and
     # the answer ("same", "different", or "cannot tell" with abstain).
     operating_point: str = "balanced"
@@ -58,9 +82,7 @@ class Verifier:
                  distance: str = "euclidean", head=None, probability=None, model_path: Optional[str] = None,
                  model_name: Optional[str] = None, attributes: Optional[Callable[[], Any]] = None,
                  answers: Optional[ModelAnswers] = None, answers_loader: Optional[Callable[[], ModelAnswers]] = None):
-        from .distances import get_distance
-
-        # The card's operating points, probability and caution (kface.answers); a trained model's come from
+        # The card's operating points, probability and caution (kface.metrics.answers); a trained model's come from
         # its stored val pairs, on first use (answers_loader).
         self.answers = answers
         self.answers_loader = answers_loader
@@ -106,7 +128,7 @@ class Verifier:
         return name, self.answers.threshold(name)
 
     def answer_fields(self, distance: float, same: bool, ages: list[Optional[dict]]) -> dict:
-        """The :class:`Verification` fields beyond the decision, from the card's answers (see :mod:`kface.answers`)."""
+        """The :class:`Verification` fields beyond the decision, from the card's answers (see :mod:`kface.metrics.answers`)."""
         if self.answers is not None:
             fields = self.answers.annotate(self.operating_point, distance, same, ages, self.abstain)
             if self.threshold_source == "--threshold":  # the card's rates are for its own thresholds
@@ -196,17 +218,12 @@ def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
 
 def _load_verifier(model, backbone, detector, threshold, fallback, device, weights, cache, progress, max_pixels,
                    engine) -> Verifier:
-    from .engines import backbone_for_engine
-    from .models import STOCK_MODEL, default_model, is_shipped
-
     if model is None:
         model = default_model() if backbone == DEFAULT_BACKBONE else STOCK_MODEL
     if is_shipped(model) and model != STOCK_MODEL:
         return shipped_verifier(model, detector=detector, threshold=threshold, fallback=fallback, device=device,
                                 cache=cache, progress=progress, max_pixels=max_pixels)
     if model != STOCK_MODEL:
-        from .models import shipped_names
-
         if not os.path.isfile(model):
             raise InputError(f"--model {model}: no such model file, and no shipped model of that name "
                              f"(shipped: {', '.join(shipped_names())})")
@@ -224,9 +241,6 @@ def _load_verifier(model, backbone, detector, threshold, fallback, device, weigh
 
 def _stock_answers() -> Optional[ModelAnswers]:
     """Stock dlib's answers block (its network card's), measured at its LFW threshold on the Korean groups."""
-    from .answers import answers_of
-    from .models import has_network, network_card
-
     family = get_spec(DEFAULT_BACKBONE).family
     return answers_of(network_card(family)) if has_network(family) else None
 
@@ -242,9 +256,6 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
     caller's or, when None, the card's; the threshold is the card's for the copy that runs (chosen on
     held-out validation families) unless ``threshold`` is given.
     """
-    from .answers import answers_of
-    from .models import MODEL_FAMILIES, card, network_variant, shipped_threshold
-
     body = card(name)
     faces = body["faces"]
     embedder = Embedder(body["backbone"], detector=detector or faces["detector"], upsample=faces["upsample"],
@@ -258,8 +269,6 @@ def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optio
 
 def _shipped_attributes_for(backbone: str, device: str) -> Optional[Callable[[], Any]]:
     """A loader of the shipped attribute model where it reads ``backbone``'s faces (chips cut alike), else None."""
-    from .models.attributes import has_shipped_attributes, load_shipped_attributes
-
     if not has_shipped_attributes():
         return None
 
@@ -284,10 +293,8 @@ def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dl
 
     ``engine``: ``onnx`` (default) runs the whole chip -> vector path (tuned layers and head included)
     through ONNX Runtime, exported on first use and cached by the checkpoint's sha256
-    (:mod:`kface.engines.cached`), so later calls import no torch; ``torch`` runs the PairModel.
+    (:mod:`kface.training.onnx_cache`), so later calls import no torch; ``torch`` runs the PairModel.
     """
-    from .engines import ENGINES
-
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if engine == "onnx":
@@ -309,9 +316,6 @@ def _threshold_and_source(model, saved: dict, threshold: Optional[float]) -> tup
 
 
 def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
-    from .engines.cached import checkpoint_network
-    from .engines.embedder import NetworkEmbedder
-
     network, card = checkpoint_network(model, device)
     features = card["features"]
     _note_face_settings(model, features, detector, fallback)
@@ -332,9 +336,6 @@ def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress
 
 def _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
     import torch
-
-    from .training.checkpoints import checkpoint_weights_file, load_checkpoint, pair_model_from_checkpoint
-    from .training.store import PrefixEmbedder
 
     checkpoint = load_checkpoint(model)
     features = checkpoint["features"]
@@ -369,9 +370,6 @@ def _checkpoint_answers(model, saved: dict) -> Callable[[], Optional[ModelAnswer
     """A loader of a trained model's operating points from the val distances its checkpoint stores (read only
     when a point is asked for: reading the checkpoint needs torch)."""
     def load() -> Optional[ModelAnswers]:
-        from .answers import answers_from_val
-        from .training.checkpoints import load_checkpoint, stored_val_distances
-
         stored = stored_val_distances(load_checkpoint(model))
         if stored is None:
             return None
@@ -415,8 +413,6 @@ def embed(images: Sequence[ImageSource], *, model: Optional[str] = None, backbon
     ``model``: a shipped model (None: the default one, ``korean``, unless another ``backbone`` is named;
     ``dlib``: ``backbone`` as it is) or a trained checkpoint (its vectors, after its head).
     """
-    from .models import MODEL_FAMILIES, STOCK_MODEL, card, default_model
-
     if model is None:
         model = default_model() if backbone == DEFAULT_BACKBONE else STOCK_MODEL
     if model in MODEL_FAMILIES:

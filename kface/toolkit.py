@@ -12,9 +12,18 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from .api import load_verifier
+from .attributes.model import load_analyzer
+from .backbones import DEFAULT_BACKBONE
+from .datasets import load_dataset
 from .errors import InputError
-from .images import ImageSource
-from .names import DEFAULT_BACKBONE
+from .evaluation.families import run_benchmark
+from .evaluation.lfw import benchmark_lfw as run
+from .faces.images import ImageSource
+from .galleries.clustering import CLUSTER_THRESHOLDS
+from .galleries.clustering import cluster as group_faces
+from .galleries.gallery import model_identity
+from .pairs import PairRequest, default_out_path, make_pair_file, parse_ratio, parse_split, require_identities
 
 
 def analyze(image: ImageSource, *, model: Optional[str] = None, all_faces: bool = False,
@@ -29,8 +38,6 @@ def analyze(image: ImageSource, *, model: Optional[str] = None, all_faces: bool 
     >>> analyze("examples/obama.jpg")["gender"]
     'male'
     """
-    from .attributes.model import load_analyzer
-
     analyzer = load_analyzer(model, detector=detector, fallback=fallback, device=device, cache=cache,
                              max_pixels=max_pixels)
     try:
@@ -68,8 +75,6 @@ def cluster(images: Sequence[str], *, model: Optional[str] = None, method: str =
     >>> cluster(["examples/obama.jpg", "examples/obama2.jpg", "examples/biden.jpg"]).count
     2
     """
-    from .api import load_verifier
-
     if verifier is None:
         verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=cache,
                                  progress=progress)
@@ -84,10 +89,6 @@ def cluster(images: Sequence[str], *, model: Optional[str] = None, method: str =
 def cluster_vectors(paths: Sequence[str], vectors: np.ndarray, verifier, *, method: str = "agglomerative",
                     threshold: Optional[float] = None, seed: int = 0) -> Clusters:
     """:func:`cluster` on vectors ``verifier``'s model already made (e.g. read from an embeddings dataset)."""
-    from .galleries.clustering import CLUSTER_THRESHOLDS
-    from .galleries.clustering import cluster as group_faces
-    from .galleries.gallery import model_identity
-
     if not len(paths):
         raise InputError("no face was found in any input")
     limit = CLUSTER_THRESHOLDS.get(model_identity(verifier).key, verifier.threshold) if threshold is None else threshold
@@ -117,9 +118,6 @@ def make_pairs(dataset: str, root: str | os.PathLike, *, ratio: str, pairs: int,
     >>> made = make_pairs("csv", "korean_family", manifest="korean_family/identities.csv", ratio="4:6",
     ...                   pairs=2000, group_by="family", out="pairs/korean.csv")
     """
-    from .datasets import load_dataset
-    from .pairs import PairRequest, default_out_path, make_pair_file, parse_ratio, parse_split, require_identities
-
     require_identities(dataset)
     request = PairRequest(parse_ratio(ratio), pairs, parse_split(split), images_per_identity, seed, hard_negatives,
                           group_by)
@@ -135,9 +133,6 @@ def benchmark_lfw(lfw_dir: str | os.PathLike, *, model: Optional[str] = None, ba
                   progress: bool = False, max_pixels: Optional[int] = None) -> dict:
     """LFW View-2 (``kface benchmark lfw``): 10-fold accuracy, each fold's threshold chosen by ``rule`` on the
     other nine; AUC, EER, overlap and the all-folds threshold, as a JSON-ready dict."""
-    from .api import load_verifier
-    from .evaluation.lfw import benchmark_lfw as run
-
     verifier = load_verifier(model, backbone, detector, None if model else 1.0, fallback, device, cache=cache,
                              progress=progress, max_pixels=max_pixels, engine=engine)
     return run(Path(lfw_dir), verifier, pairs_file, rule)
@@ -156,6 +151,4 @@ def benchmark_families(dataset: str, root: str | os.PathLike, *, out: str | os.P
     >>> rows = benchmark_families("csv", "korean_family", layout_options={"manifest": "korean_family/identities.csv"},
     ...                           out="reports/korean", models=["korean", "dlib"])
     """
-    from .evaluation.families import run_benchmark
-
     return run_benchmark(dataset, str(root), layout_options or {}, out=Path(out), **settings)

@@ -2,7 +2,7 @@
 
 ``python tests/paused_writer.py MARKER HOOK KFACE-ARGS...`` runs ``kface KFACE-ARGS`` with one hook:
 
-- ``rename``: when the command is about to give a finished temp file its final name (kface.outputs'
+- ``rename``: when the command is about to give a finished temp file its final name (kface.util.outputs'
   atomic_path: ``os.replace`` or ``os.link`` of a ``.NAME.*`` temp file), the rename waits;
 - ``commit:N``: the N-th gallery change waits inside its write transaction, its rows inserted but not
   committed.
@@ -26,7 +26,7 @@ def pause(detail: str) -> None:
 
 
 if hook == "rename":
-    from kface.outputs import temp_prefix
+    from kface.util.outputs import temp_prefix
 
     def pausing(real):
         def call(source, target, *args, **kwargs):

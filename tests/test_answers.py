@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import EXAMPLES, LFW, SHARED, require
 
 KOREAN = SHARED / "data" / "korean_family"
@@ -57,7 +56,7 @@ def test_calibration_fits_falling_probabilities_with_a_small_error(method):
 
 
 def test_a_trained_model_gets_its_points_from_its_own_val_pairs():
-    from kface.answers import answers_from_val
+    from kface.metrics.answers import answers_from_val
 
     rng = np.random.default_rng(2)
     distances = np.r_[rng.normal(0.4, 0.1, 400), rng.normal(0.9, 0.1, 600)]
@@ -163,7 +162,7 @@ def test_server_answer_carries_the_point_probability_and_caution_field():
 def held_out_child_photos() -> list[Path]:
     """Two photos of one child under 7 from the held-out groups (identities.csv, age class a: 0-6)."""
     from kface.evaluation.families import read_group_list
-    from kface.models.heldout import HELDOUT_FILE
+    from kface.evaluation.heldout import HELDOUT_FILE
 
     groups = read_group_list(HELDOUT_FILE)
     photos: dict[str, list[Path]] = {}
@@ -190,7 +189,7 @@ def test_verify_on_a_held_out_child_says_caution():
 
 
 def test_abstain_answers_cannot_tell_inside_the_unsure_band():
-    from kface.answers import CANNOT_TELL, OTHER, ModelAnswers
+    from kface.metrics.answers import CANNOT_TELL, OTHER, ModelAnswers
 
     answers = ModelAnswers(korean_answers())
     low, high = answers.block["abstain"]["bands"][OTHER]

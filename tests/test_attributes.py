@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from PIL import Image
-
 from conftest import SHARED, require
+from PIL import Image
+from test_datasets import WOMEN, build_aaf_tree, build_aging_tree, place
+from test_verify import _bad_inputs
 
 from kface.attributes.heads import fit_heads, load_attribute_model
 from kface.attributes.labels import AgeBins, AttributeConfig, class_weights, parse_age_bins, split_by_group
@@ -25,8 +26,6 @@ from kface.attributes.train import age_metrics, gender_metrics
 from kface.cli import cli
 from kface.datasets import load_dataset
 from kface.errors import InputError
-from test_datasets import WOMEN, build_aaf_tree, build_aging_tree, place
-from test_verify import _bad_inputs
 
 LFW = SHARED / "data" / "lfw"
 PEOPLE_PER_GENDER = 20

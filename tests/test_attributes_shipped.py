@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import SHARED, require
 
 from kface.attributes.labels import AgeBins, AttributeConfig, age_interval, split_by_group
 from kface.attributes.model import load_analyzer
+from kface.build.attributes import KOREAN_AGE_BINS
 from kface.cli import cli
 from kface.evaluation.families import read_group_list
-from kface.hashing import file_sha256
 from kface.models import attributes as shipped
-from kface.models.build_attributes import KOREAN_AGE_BINS
+from kface.util.hashing import file_sha256
 
 KOREAN = SHARED / "data" / "korean_family"
 HELDOUT = Path(shipped.__file__).with_name("korean-heldout-families.txt")
@@ -72,7 +71,7 @@ def test_shipped_card_matches_its_file_and_names_its_provenance():
     assert shipped_row["n"] == frozen_row["n"] > 600
     assert shipped_row["within_one"] > frozen_row["within_one"] and shipped_row["gender"] > frozen_row["gender"]
     assert shipped_row["mae_years"] < frozen_row["mae_years"]
-    assert "python -m kface.models.build_attributes" in card["made_by"]
+    assert "python -m kface.build.attributes" in card["made_by"]
 
 
 def test_a_damaged_shipped_file_is_refused(tmp_path, monkeypatch):
@@ -136,7 +135,7 @@ def test_analyze_on_heldout_korean_faces_gets_gender_and_age_class_within_one_fo
 def test_verify_json_with_no_cache_finds_each_face_once(samples_dir, monkeypatch):
     """Without the disk cache, the ages of verify --json still read the chips the verdict was made from:
     each face is found once, not again for the attribute model."""
-    from kface.faces import FaceFinder
+    from kface.faces.detect import FaceFinder
 
     calls = []
     real = FaceFinder.find

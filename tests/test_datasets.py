@@ -11,14 +11,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import SHARED, require
+from PIL import Image
 
 from kface.datasets import ADAPTERS, DatasetIndex, dataset_options, load_dataset
 from kface.datasets.kface_layout import format_code_set, parse_code_set
-from kface.errors import InputError
 from kface.datasets.records import Record
+from kface.errors import InputError
 
 LFW_IMAGES = SHARED / "data" / "lfw" / "images"
 MEN = ["George_W_Bush", "Colin_Powell", "Tony_Blair", "Donald_Rumsfeld", "Gerhard_Schroeder", "Ariel_Sharon",

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, SHARED, lfw_people, require
 
-from conftest import EXAMPLES, lfw_people, require, SHARED
-
-from kface.faces import DETECT_MAX_SIDE, FaceFinder, FaceSettings, hog_passes
-from kface.images import load_image
+from kface.faces.detect import DETECT_MAX_SIDE, FaceFinder, FaceSettings, hog_passes
+from kface.faces.images import load_image
 
 
 def test_passes_are_sized_to_the_image():
@@ -86,7 +85,7 @@ def _iou(a, b) -> float:
 def test_the_saved_hog_detector_is_dlibs_frontal_face_detector():
     import dlib
 
-    from kface.faces import HOG_DETECTOR_FILE, hog_detector
+    from kface.faces.detect import HOG_DETECTOR_FILE, hog_detector
 
     assert HOG_DETECTOR_FILE.is_file()
     saved, built = hog_detector(), dlib.get_frontal_face_detector()

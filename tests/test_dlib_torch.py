@@ -6,17 +6,22 @@ import struct
 import numpy as np
 import pytest
 import torch
-
 from conftest import SHARED, require
 
-from kface.backbones import load_backbone
-from kface.backbones import dlib_torch
-from kface.backbones.dlib_format import DlibFormatError, ByteStream, read_network
-from kface.backbones.dlib_torch import (CUT_POINTS, DlibResNet, FrozenAffine, add_zero_extended,
-                                        conversion_cache_file, fold_affine, load_dlib_resnet,
-                                        network_from_records)
+from kface.backbones import dlib_torch, load_backbone
+from kface.backbones.dlib_format import ByteStream, DlibFormatError, read_network
+from kface.backbones.dlib_torch import (
+    CUT_POINTS,
+    DlibResNet,
+    FrozenAffine,
+    add_zero_extended,
+    conversion_cache_file,
+    fold_affine,
+    load_dlib_resnet,
+    network_from_records,
+)
 from kface.errors import InputError
-from kface.models_path import DLIB_LANDMARKS_5, DLIB_RESNET, model_file
+from kface.models.dlib_files import DLIB_LANDMARKS_5, DLIB_RESNET, model_file
 
 LFW_IMAGES = SHARED / "data" / "lfw" / "images"
 PARITY_CHIPS = 110

@@ -8,13 +8,13 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import EXAMPLES, lfw_people
 
 from kface.engines import OnnxNetwork
 from kface.engines.shipped import shipped_network
-from kface.models import network_card as shipped_card, network_path as shipped_network_path
 from kface.errors import InputError, KfaceError
+from kface.models import network_card as shipped_card
+from kface.models import network_path as shipped_network_path
 
 PARITY = 0.99999  # cosine, the issue's bar
 
@@ -27,8 +27,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture(scope="module")
 def real_chips() -> np.ndarray:
     """Aligned chips of the sample portraits and of 24 LFW images (6 people x 4)."""
-    from kface.faces import FaceFinder, FaceSettings
-    from kface.images import load_image
+    from kface.faces.detect import FaceFinder, FaceSettings
+    from kface.faces.images import load_image
 
     finder = FaceFinder(FaceSettings(detector="dlib", fallback="whole-image"), device="cpu")
     paths = sorted(EXAMPLES.glob("*.jpg")) + [path for _, images in lfw_people(6, 4) for path in images]
@@ -38,7 +38,7 @@ def real_chips() -> np.ndarray:
 def test_shipped_network_matches_dlibs_own_descriptor(real_chips):
     import dlib
 
-    from kface.models_path import DLIB_RESNET, model_file
+    from kface.models.dlib_files import DLIB_RESNET, model_file
 
     native = dlib.face_recognition_model_v1(str(model_file(DLIB_RESNET)))
     reference = np.asarray([np.asarray(v) for v in native.compute_face_descriptor(list(real_chips))])
@@ -49,14 +49,14 @@ def test_shipped_network_matches_dlibs_own_descriptor(real_chips):
 
 
 def test_shipped_card_records_provenance_and_is_checked_at_load(tmp_path):
-    from kface.hashing import file_sha256
-    from kface.models_path import DLIB_RESNET, model_file
+    from kface.models.dlib_files import DLIB_RESNET, model_file
+    from kface.util.hashing import file_sha256
 
     card = shipped_card("dlib-resnet-v1")
     path = shipped_network_path("dlib-resnet-v1")
     assert card["sha256"] == file_sha256(path)
     assert card["provenance"]["source_sha256"] == file_sha256(model_file(DLIB_RESNET))
-    assert card["made_by"].startswith("python -m kface.engines.build_shipped")
+    assert card["made_by"].startswith("python -m kface.build.dlib_onnx")
     assert card["parity"]["min_cosine"] >= PARITY
     damaged = tmp_path / "damaged.onnx"
     shutil.copy(path, damaged)
@@ -100,8 +100,8 @@ def tuned_checkpoint(path, cut: str = "last-block", head: str = "siamese", tta: 
     import torch
 
     from kface.backbones.trainable import load_network
+    from kface.embeddings.prefix import feature_shape
     from kface.training.checkpoints import FORMAT, FORMAT_VERSION
-    from kface.training.store import feature_shape
     from kface.training.model import build_pair_model
 
     torch.manual_seed(seed)
@@ -176,8 +176,8 @@ def test_a_head_on_the_shipped_korean_model_runs_through_onnx_as_through_torch(t
 
 
 def test_a_checkpoint_is_exported_once_and_later_verifies_import_no_torch(tmp_path):
-    from kface.engines.cached import cache_paths
-    from kface.hashing import file_sha256
+    from kface.training.onnx_cache import cache_paths
+    from kface.util.hashing import file_sha256
 
     model = tmp_path / "model.pt"
     tuned_checkpoint(model, seed=1)  # a checkpoint no other test exports: its first use must export it
@@ -197,8 +197,8 @@ def test_a_checkpoint_is_exported_once_and_later_verifies_import_no_torch(tmp_pa
 
 
 def test_export_checkpoint_reports_its_file_and_keeps_parity_with_fp16(tmp_path):
-    from kface.engines import export_checkpoint
-    from kface.hashing import file_sha256
+    from kface.training.export import export_checkpoint
+    from kface.util.hashing import file_sha256
 
     model = tmp_path / "model.pt"
     tuned_checkpoint(model, "last-stage", "none", "flip")
@@ -215,7 +215,7 @@ def test_export_checkpoint_reports_its_file_and_keeps_parity_with_fp16(tmp_path)
 def test_base_ensemble_export_is_the_tuned_vector_beside_weighted_stock_dlib(tmp_path, real_chips):
     """The shipped Korean model's layout: one graph, the tuned vector then base_weight x stock dlib's own
     embedding, computed from the frozen layers both networks share."""
-    from kface.engines import export_checkpoint
+    from kface.training.export import export_checkpoint
 
     model = tmp_path / "model.pt"
     tuned_checkpoint(model, "last-stage", "none", "flip")
@@ -232,7 +232,7 @@ def test_base_ensemble_export_is_the_tuned_vector_beside_weighted_stock_dlib(tmp
 
 
 def test_a_base_ensemble_needs_a_frozen_prefix(tmp_path):
-    from kface.engines import export_checkpoint
+    from kface.training.export import export_checkpoint
 
     model = tmp_path / "model.pt"
     tuned_checkpoint(model, "none", "siamese", "flip")

@@ -13,7 +13,7 @@ from facenet_pytorch import InceptionResnetV1
 from kface.backbones import load_backbone
 from kface.backbones.facenet import DOWNLOAD_VARIABLE, load_inception_resnet, weights_folder
 from kface.cli import cli
-from kface.embeddings import Embedder
+from kface.embeddings.embedder import Embedder
 from kface.errors import InputError, KfaceError
 
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kface.embeddings import Embedder
+from kface.embeddings.embedder import Embedder
 from kface.errors import NoFaceError
-from kface.faces import FaceFinder, FaceSettings
-from kface.images import load_image
+from kface.faces.detect import FaceFinder, FaceSettings
+from kface.faces.images import load_image
 
 
 def test_portrait_gives_aligned_chip(samples_dir):

@@ -5,8 +5,8 @@ import csv
 
 import numpy as np
 import pytest
-
 from conftest import SHARED, require
+
 from kface.datasets import load_dataset
 from kface.errors import InputError
 from kface.evaluation.families import FamilyProtocol, family_folds, protocol_pairs

@@ -15,7 +15,6 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from conftest import default_embedding_size
 from fault_helpers import EXAMPLES, assert_ok, assert_one_error, file_size_limit, kface, notes, read_only
 
@@ -148,7 +147,7 @@ def test_corrupt_cache_rows_are_misses_and_are_replaced(scratch):
     result = embed(second, cache)
     assert_ok(result)
     np.testing.assert_allclose(embeddings(second), embeddings(first), atol=1e-6)
-    from kface.cache import unpack
+    from kface.util.cache import unpack
 
     with sqlite3.connect(database) as db:
         for table in ("faces", "embeddings"):
@@ -212,9 +211,9 @@ def test_a_full_tmpfs_is_one_error_naming_the_output(small_file_system, scratch)
 def test_a_locked_cache_is_a_note_and_never_hides_the_real_error(scratch, monkeypatch, caplog):
     from PIL import Image
 
-    from kface import cache as cache_module
-    from kface.embeddings import Embedder
+    from kface.embeddings.embedder import Embedder
     from kface.errors import NoFaceError
+    from kface.util import cache as cache_module
 
     monkeypatch.setattr(cache_module, "LOCK_TIMEOUT_S", 0.2)
     folder = scratch / "cache"
@@ -257,8 +256,8 @@ def trained_model(tmp_path_factory):
 def test_a_crafted_checkpoint_is_refused_before_any_model_is_built(trained_model, tmp_path, tamper, fragment):
     import torch
 
-    from kface.training.checkpoints import load_checkpoint
     from kface.errors import InputError
+    from kface.training.checkpoints import load_checkpoint
 
     checkpoint = torch.load(trained_model, weights_only=True)
     tamper(checkpoint)
@@ -272,8 +271,8 @@ def test_a_crafted_checkpoint_is_refused_before_any_model_is_built(trained_model
 def test_a_checkpoint_whose_tensors_do_not_fit_is_one_clear_error(trained_model, tmp_path):
     import torch
 
-    from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint
     from kface.errors import InputError
+    from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint
 
     checkpoint = torch.load(trained_model, weights_only=True)
     state = checkpoint["head"]["state"]
@@ -312,8 +311,8 @@ def test_an_lfw_pairs_file_that_does_not_parse_is_an_input_error(tmp_path, text,
 
 
 def test_train_feature_store_leaves_the_cache_with_no_cache_or_an_unwritable_cache(tmp_path, monkeypatch, caplog):
-    from kface.cache import NO_CACHE_ENV
     from kface.training.data import _feature_store_folder
+    from kface.util.cache import NO_CACHE_ENV
 
     cache = tmp_path / "cache"
     cache.mkdir()

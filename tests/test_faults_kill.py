@@ -22,7 +22,6 @@ from typing import Callable
 
 import numpy as np
 import pytest
-
 from conftest import LFW, lfw_people, link_tree, require
 from fault_helpers import assert_ok, kface, kill_mid_write, start_kface
 

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from kface.errors import InputError
+from kface.evaluation.identification import IdentificationProtocol, split_identification
 from kface.galleries import Gallery
 from kface.galleries import index as gallery_index
 from kface.galleries.clustering import bcubed, cluster
 from kface.galleries.openset import fnir, identification_rates, ranks_of_mates, threshold_at_fpir
-from kface.galleries.protocol import IdentificationProtocol, split_identification
 from kface.galleries.store import GalleryStore, ModelIdentity, NewImage
 
 DIM = 16

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from conftest import EXAMPLES, link_tree, lfw_people, require
+from conftest import EXAMPLES, lfw_people, link_tree, require
 
 from kface.cli import cli
 

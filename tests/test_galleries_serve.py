@@ -3,7 +3,6 @@ answered with 4xx JSON, nothing but embeddings stored, another model's gallery r
 from __future__ import annotations
 
 import pytest
-
 from conftest import EXAMPLES, require
 
 from kface.errors import InputError

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import lfw_people, link_tree
 from serve_helpers import post
 
@@ -95,7 +94,7 @@ def assert_index_agrees(path: Path) -> None:
 
 
 def sha_of(image: Path) -> str:
-    from kface.images import content_hash
+    from kface.faces.images import content_hash
 
     return content_hash(image.read_bytes())
 

@@ -12,18 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
-
 from conftest import lfw_people, link_tree, write_folder_pairs
+
 from kface.api import verifier_from_checkpoint
-from kface.training.checkpoints import load_checkpoint
 from kface.cli import cli
 from kface.distances import get_distance
-from kface.embeddings import Embedder
-from kface.training.store import FeatureStore
+from kface.embeddings.embedder import Embedder
 from kface.pairs import read_pairs
+from kface.training.checkpoints import load_checkpoint
 from kface.training.run import TrainConfig, train
+from kface.training.store import FeatureStore
 
 PEOPLE, IMAGES_EACH = 24, 4
 FACES = {"detector": "dlib", "upsample": 0, "fallback": "whole-image"}

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from kface.errors import InputError
-from kface.images import decode_image, load_image
+from kface.faces.images import decode_image, load_image
 
 
 def _save(tmp_path, image: Image.Image, name: str, **kwargs):

@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_datasets import MEN, WOMEN, build_aaf_tree, build_aging_tree, build_folder_tree, build_kface_tree
 
 from kface.cli import cli
 from kface.datasets import DatasetIndex, ProblemReport, load_dataset
 from kface.errors import InputError
-from kface.pairs import (HEADER, PairRequest, Ratio, parse_ratio, parse_split, read_pairs, sample_pairs,
-                         write_pairs)
-from test_datasets import MEN, WOMEN, build_aaf_tree, build_aging_tree, build_folder_tree, build_kface_tree
+from kface.pairs import HEADER, PairRequest, Ratio, parse_ratio, parse_split, read_pairs, sample_pairs, write_pairs
 
 SPLIT = (0.5, 0.25, 0.25)
 

@@ -9,9 +9,8 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-
 from conftest import LFW, REPO, SHARED, require
+from PIL import Image
 
 KOREAN = SHARED / "data" / "korean_family" / "images"
 
@@ -38,8 +37,8 @@ def blank(tmp_path) -> str:
 def test_mtcnn_boxes_match_facenet_pytorch_on_lfw_and_korean_crops():
     from facenet_pytorch import MTCNN as Reference
 
-    from kface.images import decode_image, read_bytes
-    from kface.mtcnn import MTCNN
+    from kface.faces.images import decode_image, read_bytes
+    from kface.faces.mtcnn import MTCNN
 
     reference = Reference(keep_all=True, device="cpu", post_process=False)
     ours = MTCNN(threads=1)
@@ -65,7 +64,7 @@ def test_area_resize_matches_torch_area_interpolation():
     import torch
     from torch.nn.functional import interpolate
 
-    from kface.mtcnn import area_resize
+    from kface.faces.mtcnn import area_resize
 
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (3, 37, 53)).astype(np.float32)  # dense matrices
@@ -77,7 +76,7 @@ def test_area_resize_matches_torch_area_interpolation():
 
 
 def test_area_resize_dense_and_prefix_sum_ways_agree_on_whole_pixels(monkeypatch):
-    import kface.mtcnn as mtcnn
+    import kface.faces.mtcnn as mtcnn
 
     rng = np.random.default_rng(1)
     cases = [((3, 128, 128), (77, 77)), ((3, 128, 128), (13, 13)), ((3, 31, 29), (24, 24)),
@@ -90,8 +89,8 @@ def test_area_resize_dense_and_prefix_sum_ways_agree_on_whole_pixels(monkeypatch
 
 
 def test_mtcnn_detection_imports_no_torch():
-    code = ("import sys; import numpy as np; from kface.faces import FaceFinder, FaceSettings; "
-            "from kface.images import load_image; "
+    code = ("import sys; import numpy as np; from kface.faces.detect import FaceFinder, FaceSettings; "
+            "from kface.faces.images import load_image; "
             f"face = FaceFinder(FaceSettings('mtcnn')).find(load_image({str(REPO / 'examples' / 'obama.jpg')!r})); "
             "assert face.stage == 'mtcnn', face.stage; assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
@@ -99,15 +98,15 @@ def test_mtcnn_detection_imports_no_torch():
 
 
 def test_shipped_mtcnn_files_match_their_card():
-    from kface.mtcnn import _checked_files
+    from kface.faces.mtcnn import _checked_files
 
     assert set(_checked_files()) == {"pnet", "rnet", "onet"}
 
 
 # -- the pipeline ----------------------------------------------------------------------------------
 def test_workers_give_the_same_faces_and_embeddings_as_one_process(tmp_path, monkeypatch):
-    from kface import pipeline
-    from kface.embeddings import Embedder
+    from kface.embeddings.embedder import Embedder
+    from kface.faces import workers as pipeline
 
     paths = korean_crops(pipeline.POOL_MIN_IMAGES + 6)
     pools = []
@@ -127,8 +126,8 @@ def test_workers_give_the_same_faces_and_embeddings_as_one_process(tmp_path, mon
 
 
 def test_small_inputs_stay_in_this_process(tmp_path, monkeypatch):
-    from kface import pipeline
-    from kface.embeddings import Embedder
+    from kface.embeddings.embedder import Embedder
+    from kface.faces import workers as pipeline
 
     def no_pool():
         raise AssertionError("a pool was started for two images")
@@ -141,7 +140,7 @@ def test_small_inputs_stay_in_this_process(tmp_path, monkeypatch):
 
 
 def test_no_face_is_a_row_or_an_error(tmp_path, blank):
-    from kface.embeddings import Embedder
+    from kface.embeddings.embedder import Embedder
     from kface.errors import NoFaceError
 
     face = str(REPO / "examples" / "obama.jpg")
@@ -157,7 +156,7 @@ def test_no_face_is_a_row_or_an_error(tmp_path, blank):
 
 
 def test_interrupted_run_resumes_through_the_cache(tmp_path):
-    from kface.embeddings import EMBED_BATCH, Embedder
+    from kface.embeddings.embedder import EMBED_BATCH, Embedder
     from kface.errors import InputError
 
     paths = korean_crops(EMBED_BATCH + 4)

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import EXAMPLES
+
 from kface.api import load_verifier
 from kface.cli import cli
-from kface.embeddings import Embedder
+from kface.embeddings.embedder import Embedder
 from kface.engines.runtime import OnnxNetwork, compare_vectors
 from kface.errors import InputError
-from kface.hashing import file_sha256
 from kface.models import MODEL_FAMILIES, MODELS_DIR, PRECISION_VARIABLE, card, network_path, network_variant
+from kface.util.hashing import file_sha256
 
 FAMILY = MODEL_FAMILIES["korean"]
 PORTRAITS = sorted(EXAMPLES.glob("*.jpg"))
@@ -33,7 +33,7 @@ def test_the_int8_card_block_and_its_file_agree():
     assert file_sha256(path) == int8["sha256"] and path.stat().st_size == int8["size_bytes"]
     assert path.stat().st_size < 0.6 * (MODELS_DIR / body["file"]).stat().st_size  # int8 < float16
     assert int8["source"]["sha256"] == body["sha256"]  # made from the float file that ships beside it
-    assert int8["made_by"].startswith("python -m kface.models.build korean-int8")
+    assert int8["made_by"].startswith("python -m kface.build korean-int8")
     assert int8["calibration"]["chips"] >= 400 and "never the held-out" in int8["calibration"]["from"]
     # On the val groups (which choose the thresholds), each copy at its own threshold: within 0.2 point and
     # 0.002 AUC of the float file. The held-out groups only report (docs/inference.md, "The int8 copy"): there the
@@ -95,6 +95,7 @@ def test_int8_runs_by_default_and_answers_as_the_float_file(monkeypatch):
 @pytest.mark.parametrize("wanted", ["float", "int8"])
 def test_a_rebuilt_shipped_file_never_reads_the_old_files_cached_vectors(monkeypatch, tmp_path, wanted):
     """Cached vectors and stored training features are keyed by the file that made them, not its name."""
+    import kface.embeddings.embedder
     import kface.models
     from kface.training.store import FeatureSpec, FeatureStore
 
@@ -102,7 +103,7 @@ def test_a_rebuilt_shipped_file_never_reads_the_old_files_cached_vectors(monkeyp
     spec = FeatureSpec(FAMILY, "none", "none", "auto", 1, "whole-image", None)
     before = Embedder(FAMILY, cache=False).vector_tag, FeatureStore(spec, folder=tmp_path).folder
     real = kface.models.network_variant
-    monkeypatch.setattr(kface.models, "network_variant",
+    monkeypatch.setattr(kface.embeddings.embedder, "network_variant",
                         lambda family, device="auto": {**real(family, device), "sha256": "0" * 64})
     after = Embedder(FAMILY, cache=False).vector_tag, FeatureStore(spec, folder=tmp_path).folder
     assert after[0] != before[0] and after[1] != before[1]

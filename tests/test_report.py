@@ -20,8 +20,8 @@ from kface import metrics
 from kface.cli import cli
 from kface.distances import get_distance
 from kface.errors import InputError
-from kface.pairs import HEADER
 from kface.evaluation.report import overlap_report, pair_groups, save_report_threshold, subgroup_table
+from kface.pairs import HEADER
 
 CONTRACT_KEYS = {"accuracy", "loss", "auc", "eer", "overlap", "threshold", "rule", "n_same", "n_diff"}
 

@@ -57,7 +57,7 @@ def ray_address():
 
 
 def _items(dataset):
-    from kface.dataset_embedding import dataset_items
+    from kface.scale.batches import dataset_items
 
     root, manifest, _ = dataset
     return dataset_items("csv", root, {"manifest": str(manifest)})
@@ -67,7 +67,7 @@ def _table(out: Path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from kface.embedding_dataset import shard_files
+    from kface.embeddings.parquet import shard_files
 
     return pa.concat_tables([pq.read_table(shard) for shard in shard_files(out)])
 
@@ -82,7 +82,7 @@ def _by_path(out: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def single(dataset, tmp_path_factory) -> Path:
     """The dataset embedded by the single-process path (no cache: every vector computed here)."""
-    from kface.dataset_embedding import EmbedSettings, embed_dataset
+    from kface.scale.batches import EmbedSettings, embed_dataset
 
     out = tmp_path_factory.mktemp("single") / "k.parquet"
     summary = embed_dataset(_items(dataset), out, EmbedSettings(), cache=False, shard_rows=8)
@@ -124,7 +124,7 @@ def test_strict_aborts_with_one_error_line(dataset, tmp_path):
 
 
 def test_ray_gives_the_same_rows_and_vectors_as_one_process(dataset, single, ray_address, tmp_path):
-    from kface.dataset_embedding import EmbedSettings
+    from kface.scale.batches import EmbedSettings
     from kface.scale.embed import embed_dataset_ray
 
     out = tmp_path / "r.parquet"
@@ -152,7 +152,7 @@ def _ray_run(dataset, out: Path, address: str):
 
 
 def _wait_for_shards(process, out: Path, timeout: float = 120) -> int:
-    from kface.embedding_dataset import shard_files
+    from kface.embeddings.parquet import shard_files
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -180,7 +180,7 @@ def _actor_pids() -> list[int]:
 
 
 def _rows_now(out: Path) -> int:
-    from kface.embedding_dataset import summarize
+    from kface.embeddings.parquet import summarize
 
     return summarize(out)["rows"]
 
@@ -280,7 +280,8 @@ def test_a_gallery_enrolled_from_stored_vectors_answers_search_as_one_enrolled_f
 
 
 def test_stored_vectors_are_used_and_only_the_rest_is_embedded(dataset, single):
-    from kface.dataset_embedding import EmbedSettings, StoredVerifier
+    from kface.embeddings.stored import StoredVerifier
+    from kface.scale.batches import EmbedSettings
 
     root, manifest, _ = dataset
     files = [str(root / row[0]) for row in _manifest_rows(IMAGES)[1:]]

@@ -6,7 +6,6 @@ import hashlib
 import os
 
 import pytest
-
 from fault_helpers import EXAMPLES, assert_one_error, kface
 from serve_helpers import Server, post
 
@@ -160,7 +159,6 @@ def test_the_page_asks_for_the_token_once_and_keeps_it_for_the_tab(tmp_path):
     import re
 
     from playwright.sync_api import expect
-
     from test_serve_browser import ANSWER_TIMEOUT_MS, browser_page, compare_on_page, require_browser, running_server
 
     require_browser()

@@ -15,7 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from fault_helpers import EXAMPLES
 from serve_helpers import Server, multipart, post
 

@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import lfw_people, link_tree
 from fault_helpers import kface, start_kface
 
@@ -85,7 +84,7 @@ def test_three_processes_fill_one_feature_store_at_once_and_read_the_same_rows(t
 def test_a_second_driver_on_one_parquet_output_is_refused_and_the_first_writes_each_image_once(tmp_path):
     import pyarrow.parquet as pq
 
-    from kface.embedding_dataset import WRITER_LOCK, shard_files
+    from kface.embeddings.parquet import WRITER_LOCK, shard_files
 
     people = lfw_people(10, 2)
     tree = link_tree(people, tmp_path / "people")

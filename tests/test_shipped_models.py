@@ -7,16 +7,24 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import SHARED, require
+
 from kface.api import BASE_THRESHOLDS, load_verifier
 from kface.cli import cli
-from kface.models import MODELS_DIR, MODEL_FAMILIES, card, default_model, network_path, shipped_names
+from kface.evaluation.families import read_group_list
+
 # Imported before any test patches MODELS_DIR: its file paths are bound at import (the damaged-file test's
 # verify would otherwise import it first, bound to the test's copy).
-from kface.models import attributes  # noqa: F401
-from kface.evaluation.families import read_group_list
-from kface.hashing import file_sha256
+from kface.models import (
+    MODEL_FAMILIES,
+    MODELS_DIR,
+    attributes,  # noqa: F401
+    card,
+    default_model,
+    network_path,
+    shipped_names,
+)
+from kface.util.hashing import file_sha256
 
 KOREAN = SHARED / "data" / "korean_family"
 HELDOUT = MODELS_DIR / "korean-heldout-families.txt"
@@ -29,7 +37,7 @@ def test_the_korean_card_and_its_file_agree():
     # float16: the shared layers and two last stages (tuned, and stock for the base ensemble) stay under 24 MiB
     assert network.stat().st_size == body["size_bytes"] < 24 * 2**20
     assert body["training"]["held_out_families_sha256"] == file_sha256(HELDOUT)
-    assert "held-out" in " ".join(body["figures_text"]) and body["made_by"].startswith("python -m kface.models.build")
+    assert "held-out" in " ".join(body["figures_text"]) and body["made_by"].startswith("python -m kface.build")
     assert default_model() == "korean" and shipped_names() == ["dlib", "korean"]
 
 
@@ -96,7 +104,7 @@ def test_verify_defaults_to_the_korean_model_and_says_so():
 def test_model_dlib_gives_stock_results(samples_dir):
     import dlib
 
-    from kface.models_path import DLIB_RESNET, DLIB_LANDMARKS_5, model_file
+    from kface.models.dlib_files import DLIB_LANDMARKS_5, DLIB_RESNET, model_file
 
     stock = load_verifier("dlib", detector="dlib")
     answer = stock.verify(samples_dir / "obama.jpg", samples_dir / "biden.jpg")
@@ -153,7 +161,7 @@ def test_on_held_out_families_korean_beats_stock_dlib():
 def test_held_out_groups_share_no_image_and_no_person_with_training():
     """The set files one scan under several identities; the split merges them first, so the held-out
     groups hold none of training's image bytes and none of its people."""
-    from kface.models.heldout import korean_split
+    from kface.evaluation.heldout import korean_split
 
     training, heldout = korean_split(require(KOREAN))
     digests = [{file_sha256(index.absolute_path(row)) for row in range(len(index))} for index in (training, heldout)]
@@ -170,7 +178,7 @@ def test_held_out_groups_share_no_image_and_no_person_with_training():
 
 def test_the_held_out_list_is_never_redrawn(tmp_path, capsys):
     """Families added to the set later only train: the list stays, so old and new models meet the same faces."""
-    from kface.models.build import main
+    from kface.build.__main__ import main
 
     before = HELDOUT.read_bytes()
     with pytest.raises(SystemExit) as stopped:

@@ -2,7 +2,7 @@
 import pytest
 
 from kface.errors import InputError
-from kface.tables import read_csv_dicts, read_csv_rows
+from kface.util.tables import read_csv_dicts, read_csv_rows
 
 
 def test_rows_drop_a_byte_order_mark(tmp_path):

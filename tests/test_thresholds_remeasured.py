@@ -9,7 +9,6 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import SHARED, require
 
 KOREAN = SHARED / "data" / "korean_family"
@@ -27,12 +26,12 @@ CLUSTER_STEP = 0.05
 @pytest.mark.parametrize("name", ["korean", "dlib"])
 def test_open_set_and_cluster_thresholds_hold_on_the_heldout_groups(name, monkeypatch, tmp_path):
     from kface.api import load_verifier
+    from kface.evaluation.heldout import HELDOUT_FILE, korean_split
+    from kface.evaluation.identification import IdentificationProtocol, run_identification
     from kface.galleries.clustering import CLUSTER_F1, CLUSTER_THRESHOLDS, bcubed, cluster
     from kface.galleries.gallery import model_identity
     from kface.galleries.openset import OPEN_SET_THRESHOLDS
-    from kface.galleries.protocol import IdentificationProtocol, run_identification
     from kface.models import PRECISION_VARIABLE
-    from kface.models.heldout import HELDOUT_FILE, korean_split
 
     manifest = require(KOREAN / "identities.csv")
     # The recorded open-set thresholds are the float files' (the stricter: the int8 copy's is up to 0.011

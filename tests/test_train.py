@@ -17,18 +17,18 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import lfw_people, link_tree, write_folder_pairs
-from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint, save_threshold
+
 from kface.cli import cli
 from kface.errors import InputError
-from kface.training.store import FeatureSpec, FeatureStore
-from kface.training.heads import ContrastiveLoss, DistanceToProbability, SiameseHead, get_loss
-from kface.training.model import build_pair_model
+from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint, save_threshold
 from kface.training.config import TrainConfig
 from kface.training.data import SplitPairs
+from kface.training.heads import ContrastiveLoss, DistanceToProbability, SiameseHead, get_loss
 from kface.training.loop import PairTensors, batches, epoch_order, run_epoch
+from kface.training.model import build_pair_model
 from kface.training.run import train
+from kface.training.store import FeatureSpec, FeatureStore
 
 PEOPLE, IMAGES_EACH = 48, 4
 FAST = {"upsample": 0, "device": "cpu", "workers": 2}
@@ -168,7 +168,6 @@ def test_unfrozen_final_layer_trains_and_verifies_like_training(lfw_pairs, tmp_p
     assert not torch.allclose(last["model"]["suffix.0.weight"], pretrained)  # the backbone's layer trained
 
     from kface.api import load_verifier
-
     from kface.pairs import read_pairs
 
     first = read_pairs(pairs).select("train")
@@ -285,12 +284,12 @@ def test_feature_store_reuses_rows_and_reports_failures(lfw_pairs, tmp_path):
 
 def test_feature_store_rows_follow_the_face_cache_key(tmp_path, monkeypatch):
     """A change of what cuts the chips (here auto's detector order) is a new store, never stale rows."""
-    import kface.faces
+    import kface.faces.detect
 
     spec = FeatureSpec("dlib-resnet", "none", "none", "auto", 1, "whole-image", None)
     before = FeatureStore(spec, folder=tmp_path).folder
     assert FeatureStore(spec, folder=tmp_path).folder == before
-    monkeypatch.setattr(kface.faces, "AUTO_ORDER_VERSION", kface.faces.AUTO_ORDER_VERSION + 1)
+    monkeypatch.setattr(kface.faces.detect, "AUTO_ORDER_VERSION", kface.faces.detect.AUTO_ORDER_VERSION + 1)
     assert FeatureStore(spec, folder=tmp_path).folder != before
 
 

@@ -48,8 +48,8 @@ def test_facenet_embeddings_stay_unit_length_after_the_cut(networks):
 
 
 def test_the_prefix_store_holds_the_chip_and_its_mirror_image():
-    from kface.faces import mirror
-    from kface.training.store import PrefixNetwork
+    from kface.embeddings.prefix import PrefixNetwork
+    from kface.faces.detect import mirror
 
     x = chips(150, 2).numpy()
     prefix = PrefixNetwork("dlib-torch", "last-block", "cpu")

@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-
 from conftest import lfw_people, write_folder_pairs
-from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint
+
 from kface.cli import cli
-from kface.training.store import FeatureSpec, FeatureStore
 from kface.metrics import accuracy_at, choose_threshold, sample_per_class
 from kface.pairs import read_pairs
+from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint
+from kface.training.store import FeatureSpec, FeatureStore
 
 PEOPLE, IMAGES_EACH = 40, 5
 FAST = ["--backbone", "dlib-torch", "--detector", "none", "--device", "cpu", "--workers", "0", "--quiet"]
@@ -33,7 +33,7 @@ def face_tree(tmp_path_factory) -> Path:
     from PIL import Image
 
     from kface.datasets.degradations import tight_crop
-    from kface.images import load_image
+    from kface.faces.images import load_image
 
     tree = tmp_path_factory.mktemp("lfw-faces") / "tree"
     for name, images in lfw_people(PEOPLE, IMAGES_EACH):
@@ -168,7 +168,7 @@ def test_the_same_run_again_writes_the_same_checkpoint(pair_file, tmp_path, monk
     models are remade by their commands); how the features were got stays in history.json."""
     import shutil
 
-    from kface.hashing import file_sha256
+    from kface.util.hashing import file_sha256
 
     monkeypatch.setenv("KFACE_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "run"

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import default_embedding_size
 from PIL import Image
 
-from conftest import default_embedding_size
 from kface import embed, verify
 from kface.cli import cli
 from kface.models import MODEL_FAMILIES

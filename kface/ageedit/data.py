@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..attributes.labels import AgeBins
+from ..embeddings.embedder import Embedder
 from ..errors import InputError
-from ..outputs import write_npz
+from ..util.outputs import write_npz
 from . import AGE_EDGES
 
 log = logging.getLogger("kface")
@@ -56,8 +58,6 @@ def shrink(chips: np.ndarray, size: int) -> np.ndarray:
 
 def age_classes(ages: list) -> np.ndarray:
     """The Korean age class (0..7) of each age in years; -1 where the age is missing."""
-    from ..attributes.labels import AgeBins
-
     return AgeBins(AGE_EDGES).groups(ages)
 
 
@@ -66,8 +66,6 @@ def chip_set(index, size: int, group_by: str | None = "family", progress: bool =
     """The faces of ``index`` (a :class:`~kface.datasets.DatasetIndex` with an ``age`` column) as ``size``-px
     aligned chips (dlib's 150 px alignment, shrunk), skipping images without an age or without a readable face
     (logged). Faces are found once and kept in kface's face cache."""
-    from ..embeddings import Embedder
-
     if "age" not in index.attributes:
         raise InputError(f"the {index.kind} dataset has no age column; age editing needs each face's age")
     if group_by is not None and group_by not in index.attributes:

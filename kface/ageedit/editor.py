@@ -22,9 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engines.runtime import OnnxNetwork
 from ..errors import InputError, KfaceError
-from ..images import ImageSource, load_image
+from ..faces.detect import FaceFinder, FaceSettings
+from ..faces.images import ImageSource, load_image
 from ..models import MODELS_DIR
+from ..util.hashing import file_sha256
+from ..util.outputs import atomic_path
 from . import AGE_CLASSES
 from .data import shrink
 
@@ -54,8 +58,6 @@ def parse_age_class(text: str | int) -> int:
 @cache
 def editor_card() -> dict:
     """The shipped editor's card, with its file's sha256 checked."""
-    from ..hashing import file_sha256
-
     try:
         card = json.loads(CARD_FILE.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -88,8 +90,6 @@ class AgeEditorModel:
     ``editor.onnx``."""
 
     def __init__(self, path: os.PathLike | None = None, device: str = "auto", threads: int | None = None):
-        from ..engines.runtime import OnnxNetwork
-
         if path is None:
             card = editor_card()
             path = MODELS_DIR / card["file"]
@@ -197,8 +197,6 @@ class AgeEdit:
 
 
 def _find_face(source: ImageSource, detector: str, device: str):
-    from ..faces import FaceFinder, FaceSettings
-
     image = load_image(source)
     name = str(source) if not isinstance(source, bytes) else "<image>"
     face = FaceFinder(FaceSettings(detector=detector, chip_size=CHIP_SIZE, chip_padding=CHIP_PADDING),
@@ -260,8 +258,6 @@ def label_strip(chips: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarra
 def write_png(path: os.PathLike, pixels: np.ndarray) -> None:
     """Write RGB pixels as a PNG, atomically."""
     from PIL import Image
-
-    from ..outputs import atomic_path
 
     with atomic_path(path, suffix=".png") as temp:
         Image.fromarray(pixels).save(temp, format="PNG")

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engines.runtime import OnnxNetwork
 from ..errors import InputError
-from ..hashing import file_sha256
-from ..outputs import atomic_path
+from ..util.hashing import file_sha256
+from ..util.outputs import atomic_path
 
 OPSET = 17
 INPUTS = ("chips", "target")
@@ -72,8 +73,6 @@ def export_editor(checkpoint: os.PathLike, out: os.PathLike) -> dict:
 def check_parity(graph, path: Path, count: int = 8) -> dict:
     """Largest differences between ``graph`` (torch) and its ONNX file on seeded random chips."""
     import torch
-
-    from ..engines.runtime import OnnxNetwork
 
     size = graph.editor.shape.size
     rng = np.random.default_rng(PARITY_SEED)

@@ -19,6 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..attributes.shipped import load_shipped_attributes
+from ..engines.shipped import shipped_network
+from ..models import MODEL_FAMILIES, shipped_threshold
+from ..util.outputs import write_json, write_text
 from . import AGE_CLASSES
 from .data import ChipSet, shrink
 from .editor import AgeEditorModel, label_strip, write_png
@@ -41,10 +45,6 @@ def measure_editor(editor: AgeEditorModel, faces: ChipSet, device: str = "auto",
                    detail_modes: tuple[bool, ...] = (True, False)) -> dict:
     """The measures above for ``editor`` on ``faces`` (150 px chips). ``detail_modes``: score the 150 px edits
     made as a difference on the chip (True, the default of ``kface age-edit``) and/or enlarged (False)."""
-    from ..engines.shipped import shipped_network
-    from ..models import MODEL_FAMILIES, shipped_threshold
-    from ..models.attributes import load_shipped_attributes
-
     chips, ages = faces.chips, faces.ages.astype(np.int64)
     rng = np.random.default_rng(SEED)
     small = shrink(chips, editor.size)
@@ -101,8 +101,6 @@ def contact_sheet(editor: AgeEditorModel, faces: ChipSet, path: os.PathLike, per
 
 def write_report(result: dict, folder: Path, command: str, sheet: str | None = None) -> None:
     """``metrics.json`` and ``report.md`` of :func:`measure_editor`'s result."""
-    from ..outputs import write_json, write_text
-
     write_json(folder / "metrics.json", result)
     write_text(folder / "report.md", report_markdown(result, command, sheet))
 

@@ -28,10 +28,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ..attributes.labels import split_by_group
+from ..backbones.trainable import load_network
+from ..datasets import load_dataset
 from ..errors import InputError
-from ..outputs import atomic_path, write_json
+from ..evaluation.families import read_group_list
+from ..util.devices import resolve_device
+from ..util.outputs import atomic_path, write_json
+from ..util.progress import progress_bar
 from . import AGE_CLASSES, EDIT_SIZE
-from .data import ChipSet
+from .data import ChipSet, chip_set
+from .export import export_editor
 from .network import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
 log = logging.getLogger("kface")
@@ -96,8 +103,6 @@ class FaceLoss:
     def __init__(self, device):
         import torch
 
-        from ..backbones.trainable import load_network
-
         self.network = load_network("dlib-torch").to(device).eval()
         for parameter in self.network.parameters():
             parameter.requires_grad_(False)
@@ -136,8 +141,6 @@ class EditorTraining:
     def __init__(self, chips: ChipSet, config: EditorTrainConfig):
         import torch
 
-        from ..attributes.labels import split_by_group
-        from ..devices import resolve_device
         from .network import AgeEditor, EditorShape, PatchDiscriminator
 
         if chips.chips.shape[1] != config.size:
@@ -336,8 +339,6 @@ class EditorTraining:
     def run(self, progress: bool = False) -> dict:
         """Train to ``config.steps`` (from the checkpoint where one exists); returns the summary written to
         ``summary.json``."""
-        from ..progress import progress_bar
-
         self.out.mkdir(parents=True, exist_ok=True)
         write_json(self.out / "config.json", self.config.to_dict())
         if self.resume():
@@ -393,10 +394,6 @@ def dataset_chips(dataset: str, root: str, out: Path, size: int, group_by: str |
                   progress: bool = False, device: str = "auto") -> ChipSet:
     """The chips of a dataset's faces, made once and kept as ``OUT/chips.npz`` (a resumed run reads them
     back); the groups listed in ``exclude_groups`` (one per line, e.g. kface's held-out families) left out."""
-    from ..datasets import load_dataset
-    from ..evaluation.families import read_group_list
-    from .data import chip_set
-
     cached = out / "chips.npz"
     if cached.is_file():
         return ChipSet.load(cached)
@@ -411,8 +408,6 @@ def dataset_chips(dataset: str, root: str, out: Path, size: int, group_by: str |
 
 def train_and_export(chips: ChipSet, config: EditorTrainConfig, progress: bool = False) -> dict:
     """Train (or resume) into ``config.out``, then export the averaged editor to ``OUT/editor.onnx``."""
-    from .export import export_editor
-
     summary = train_age_editor(chips, config, progress)
     summary["onnx"] = export_editor(Path(config.out) / "checkpoint.pt", Path(config.out) / "editor.onnx")
     write_json(Path(config.out) / "summary.json", summary)

@@ -15,11 +15,15 @@ import torch
 from torch import nn
 
 from .. import __version__
-from .answers import AttributeAnswers, average_views
-from .labels import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeConfig, class_weights
+from ..backbones.trainable import build_suffix, empty_network, load_network
+from ..embeddings.prefix import PrefixNetwork
 from ..errors import InputError
 from ..training.checkpoints import read_checkpoint, save_checkpoint
 from ..training.loop import BestEpoch, one_thread, optimiser_step
+from ..util.devices import resolve_device
+from ..util.progress import progress_bar
+from .answers import AttributeAnswers, average_views
+from .labels import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, TRUNKS, AttributeConfig, class_weights
 
 
 class AttributeHeads(nn.Module):
@@ -152,9 +156,6 @@ def fit_heads(embeddings: np.ndarray, targets: dict[str, np.ndarray], split: np.
     ``mirrored`` (``config.tta == "flip"``): the mirror-image faces' rows; each training example is then one
     of the two views, drawn at random, and val averages their probabilities.
     """
-    from ..devices import resolve_device
-    from ..progress import progress_bar
-
     device = resolve_device(config.device)
     train = split == 0
     views = [embeddings] + ([mirrored] if mirrored is not None else [])
@@ -231,8 +232,6 @@ def _initial_model(features: torch.Tensor, targets: dict[str, np.ndarray], train
     if config.unfreeze == "none":
         vectors = features[:, rows].reshape(-1, features.shape[2])
     else:
-        from ..backbones.trainable import build_suffix, load_network
-
         suffix = build_suffix(load_network(config.backbone), config.unfreeze).to(features.device).eval()
         with torch.no_grad():
             train_features = features[:, rows].flatten(0, 1)
@@ -350,8 +349,6 @@ class AttributeModel(AttributeAnswers):
     def chip_probabilities(self, chips: np.ndarray) -> dict[str, np.ndarray]:
         """Class probabilities per task of (N, S, S, 3) uint8 aligned chips (models with ``--unfreeze``): the
         backbone's frozen prefix, then the trained layers (both views averaged with ``--tta flip``)."""
-        from ..training.store import PrefixNetwork
-
         if self._prefix is None:
             self._prefix = PrefixNetwork(self.backbone, self.cut, self.device)
         features = self._prefix(chips)  # (N, 2, ...): the chip and its mirror image, as the store holds them
@@ -382,8 +379,6 @@ def load_attribute_model(path: os.PathLike, device: str = "auto") -> AttributeMo
                                         config.get("age_loss", "ce") == "ordinal")
     cut = config.get("unfreeze", "none")
     if cut != "none":
-        from ..backbones.trainable import build_suffix, empty_network
-
         network = AttributeNetwork(build_suffix(empty_network(payload["backbone"]), cut), network)
     network.load_state_dict(payload.pop("state_dict"))
     return AttributeModel(network, payload, device)

@@ -4,13 +4,14 @@ from __future__ import annotations
 # Age is classified into groups (default bins 0-9, 10-19, ..., 60+; AgeBins). A closed group's representative
 # age is its midpoint (15 for 10-19, since an age of 19 means 19.0-19.99 years); the open last group's is the
 # mean training age in it. Gender is a two-way classifier (female, male).
-
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 
 from ..backbones import DEFAULT_BACKBONE
+from ..backbones.cuts import CACHED_CUTS
+from ..backbones.trainable import check_cut
 from ..errors import InputError
 
 TASKS = ("age", "gender")
@@ -209,7 +210,7 @@ class AttributeConfig:
     sampling: str = "weighted"
     tta: str = "none"  # flip: train on each face and its mirror image, average the two at prediction
     group_by: Optional[str] = None  # a dataset column (e.g. family) whose groups stay on one side of the split
-    # HOG's pass policy for the training faces (kface.faces.HOG_POLICIES): "fixed" finds the chips cached
+    # HOG's pass policy for the training faces (kface.faces.detect.HOG_POLICIES): "fixed" finds the chips cached
     # before the sized pass existed (commit 7ce26a8), which is how the frozen-embedding recipes trained.
     hog_policy: str = "sized"
     seed: int = 0
@@ -238,9 +239,6 @@ class AttributeConfig:
             if value not in choices:
                 raise InputError(f"{name}: expected one of {', '.join(choices)}, got {value!r}")
         if self.unfreeze != "none":
-            from ..backbones.cuts import CACHED_CUTS
-            from ..backbones.trainable import check_cut
-
             if self.unfreeze not in CACHED_CUTS:
                 raise InputError(f"--unfreeze: expected none or one of {', '.join(CACHED_CUTS)}, got {self.unfreeze!r}")
             check_cut(self.backbone, self.unfreeze)

@@ -5,9 +5,13 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ..embeddings import Embedder
-from ..images import ImageSource, decode_image, read_bytes
+from ..embeddings.embedder import Embedder
+from ..errors import NoFaceError
+from ..faces.detect import mirror
+from ..faces.images import ImageSource, decode_image, read_bytes
+from ..models.attributes import SHIPPED_NAME
 from .answers import AttributeAnswers
+from .shipped import load_shipped_attributes
 
 
 class Analyzer:
@@ -61,13 +65,9 @@ class Analyzer:
         return {**common, "n_faces": sum(face.found for face in faces), "faces": listed}
 
     def _mirrored(self, chips: Sequence[np.ndarray]) -> np.ndarray:
-        from ..faces import mirror
-
         return self.embedder.backbone.embed_chips(mirror(np.stack(chips)))
 
     def _all_faces(self, source: ImageSource, name: str):
-        from ..errors import NoFaceError
-
         kwargs = {"max_pixels": self.embedder.max_pixels} if self.embedder.max_pixels else {}
         image = decode_image(read_bytes(source), name, **kwargs)
         try:
@@ -87,8 +87,6 @@ def load_analyzer(model: Optional[str] = None, detector: Optional[str] = None, f
     Korean model (ONNX, no torch). The detector is the caller's or, when None, the model's own (the one
     it was trained with)."""
     if model is None:
-        from ..models.attributes import SHIPPED_NAME, load_shipped_attributes
-
         attribute_model = load_shipped_attributes(device)
         label = SHIPPED_NAME
     else:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..outputs import write_json, write_text
+from ..reporting.plots import pyplot, save_figure
+from ..util.outputs import write_json, write_text
 
 SPLIT_NAMES = ("train", "val", "test")
 
@@ -35,8 +36,6 @@ def write_attribute_report(folder: os.PathLike, metrics: dict) -> None:
 
 
 def _plot_confusion(path: Path, test: dict) -> None:
-    from ..evaluation.plots import pyplot, save_figure
-
     plt = pyplot()
 
     panels = [(task, test[task]) for task in ("age", "gender") if task in test]

@@ -10,21 +10,26 @@ from __future__ import annotations
 # n / (K * n_k) or class-balanced draws; the epoch with the best mean val accuracy over the heads is kept.
 # Every random choice derives from one seed. Age is judged by accuracy, adjacent-group accuracy and the
 # mean absolute error in years (of the predicted group's age and of the expected age).
-
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..embeddings import Embedder
-from ..pipeline import default_workers
+from ..backbones import get_spec
+from ..datasets import load_dataset
+from ..embeddings.embedder import Embedder
 from ..errors import InputError
+from ..faces.workers import default_workers
+from ..pairs import identity_groups
+from ..training.store import FeatureSpec, FeatureStore
+from ..util.outputs import write_json
+from ..util.versions import versions
 from .answers import AttributeAnswers
-from .labels import (GENDERS, SPLITS, AgeBins, AttributeConfig, LabelledData, label_targets,
-                     split_by_group, tasks_for)
+from .labels import GENDERS, SPLITS, AgeBins, AttributeConfig, LabelledData, label_targets, split_by_group, tasks_for
+from .report import write_attribute_report, write_split_csv
 
 log = logging.getLogger("kface")
 
@@ -80,8 +85,6 @@ def dataset_features(index, config: AttributeConfig, tasks: Sequence[str], bins:
 def _cut_features(index, config: AttributeConfig, usable: np.ndarray, labels: LabelledData, progress: bool) -> Features:
     """The backbone's prefix outputs at ``config.unfreeze`` for the chip and the mirrored chip of each image,
     from the feature store (:mod:`kface.training.store`; shared with ``kface train --unfreeze``)."""
-    from ..training.store import FeatureSpec, FeatureStore
-
     spec = FeatureSpec(backbone=config.backbone, cut=config.unfreeze, detector=config.detector,
                        fallback=config.fallback)
     store = FeatureStore(spec, device=config.device, workers=default_workers(), progress=progress,
@@ -102,8 +105,6 @@ def _features(index, config: AttributeConfig, usable: np.ndarray, ok: np.ndarray
     if kept.size == 0:
         raise InputError(f"no image under {config.root} could be embedded (e.g. {next(iter(skipped.values()), '')})")
     if config.group_by:
-        from ..pairs import identity_groups
-
         groups = identity_groups(index, index.identity_codes[kept], config.group_by)
     else:
         identity_names = index.identity_names
@@ -118,8 +119,6 @@ def _features(index, config: AttributeConfig, usable: np.ndarray, ok: np.ndarray
 
 
 def _embed(config: AttributeConfig, tta: str, sources, boxes, progress: bool):
-    from dataclasses import replace
-
     embedder = Embedder(config.backbone, detector=config.detector, fallback=config.fallback, tta=tta,
                         device=config.device, cache=config.cache, max_pixels=config.max_pixels, progress=progress)
     # Embedder takes no HOG policy of its own yet; its settings (the cache key, the finder made on first
@@ -206,13 +205,7 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     Writes ``<out>/model.pt`` (best epoch on val), ``<out>/history.json``, ``<out>/split.csv`` and the
     report folder (``metrics.json``, ``confusion.png``, ``report.md``).
     """
-    from ..versions import versions
     from .heads import AttributeModel, AttributeNetwork, fit_heads, save_attribute_model
-    from .report import write_attribute_report, write_split_csv
-    from ..backbones import get_spec
-    from ..datasets import load_dataset
-    from ..outputs import write_json
-
     config.check()
     bins = AgeBins(tuple(config.age_bins))
     started = time.time()
@@ -290,8 +283,6 @@ def evaluate_splits(model: "AttributeAnswers", features: Features, split: np.nda
 
 def _run_summary(config: AttributeConfig, index, features: Features, split: np.ndarray, tasks: Sequence[str],
                  best_epoch: int, started: float) -> dict:
-    from ..versions import versions
-
     counts = {}
     for part, name in enumerate(SPLITS):
         rows = split == part

@@ -14,6 +14,7 @@ from typing import Optional, Protocol
 
 import numpy as np
 
+from ..engines import DEFAULT_ENGINE, ENGINES
 from ..errors import InputError
 from .cuts import CUT_POINTS
 
@@ -102,3 +103,17 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: str = "auto", weights: O
     spec = get_spec(name)
     module = importlib.import_module(f"{__name__}.{spec.module}")
     return getattr(module, spec.class_name)(spec, device=device, weights=weights)
+
+
+def backbone_for_engine(backbone: str, engine: str = DEFAULT_ENGINE) -> str:
+    """The backbone name that runs ``backbone``'s network on ``engine`` (``--engine``).
+
+    A backbone the registry serves through onnxruntime by default (``dlib-resnet``) runs on ``torch``
+    as the trainable backbone of the same weights (``dlib-torch``). Other names already name their
+    implementation (``dlib-native``, ``dlib-torch``; facenet runs on torch either way).
+    """
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
+    if engine == "torch" and get_spec(backbone).module in ONNX_DEFAULT_MODULES:
+        return trainable_backbone(backbone)
+    return backbone

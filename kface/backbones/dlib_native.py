@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
-from ..models_path import DLIB_RESNET, model_file
+from ..models.dlib_files import DLIB_RESNET, model_file
 
 
 class DlibNativeBackbone:

@@ -1,7 +1,7 @@
 """The default ``dlib-resnet``: dlib's descriptor, served by ONNX Runtime from the file kface ships.
 
 ``kface/models/dlib-resnet-v1.onnx`` is dlib's network exported from the PyTorch port (made by
-``python -m kface.engines.build_shipped``; cosine with dlib's own descriptor >= 0.99999, see its card):
+``python -m kface.build.dlib_onnx``; cosine with dlib's own descriptor >= 0.99999, see its card):
 one chip or a thousand, with no torch import (``import onnxruntime`` 0.2 s against 2.5 s for torch) and
 faster than the torch port on this CPU. With ``--device cuda`` it runs on onnxruntime's CUDA provider
 where the installed onnxruntime has one, else on ``dlib-torch``. A ``weights`` file other than the
@@ -14,18 +14,19 @@ from typing import Optional
 
 import numpy as np
 
+from ..engines.runtime import CUDA_PROVIDER
+from ..models import has_network
+from .dlib_native import DlibNativeBackbone
+from .shipped_onnx import ShippedOnnxBackbone
+
 #: Up to this many chips in a call (with torch not yet loaded), dlib's own API is faster end to end.
 NATIVE_MAX_CHIPS = 8
 
 
 def _onnx_serves(device: str, weights: Optional[str], family: str) -> bool:
-    from ..models import has_network
-
     if weights is not None or not has_network(family):
         return False
     if device.startswith("cuda"):
-        from ..engines.runtime import CUDA_PROVIDER
-
         import onnxruntime
 
         return CUDA_PROVIDER in onnxruntime.get_available_providers()
@@ -44,16 +45,12 @@ class DlibResnetBackbone:
 
     def _implementation(self, n_chips: int):
         if self._onnx is None and _onnx_serves(self._device, self._weights, self.spec.family):
-            from .shipped_onnx import ShippedOnnxBackbone
-
             self._onnx = ShippedOnnxBackbone(self.spec, self._device)
         if self._onnx is not None:
             return self._onnx
         small_cpu_call = self._device in ("auto", "cpu") and n_chips <= NATIVE_MAX_CHIPS
         if self._torch is None and small_cpu_call:
             if self._native is None:
-                from .dlib_native import DlibNativeBackbone
-
                 self._native = DlibNativeBackbone(self.spec, "cpu", self._weights)
             return self._native
         if self._torch is None:

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..cache import cache_dir
-from ..devices import resolve_device
 from ..errors import InputError
-from ..hashing import file_sha256
-from ..models_path import DLIB_RESNET, model_file
+from ..models.dlib_files import DLIB_RESNET, model_file
+from ..util.cache import cache_dir
+from ..util.devices import resolve_device
+from ..util.hashing import file_sha256
 from .cut_points import CutPointNetwork
-from .dlib_format import FC_NO_BIAS, DlibFormatError, DlibNetwork, LayerRecord, read_network
 from .cuts import CUT_POINTS  # noqa: F401  (re-exported: the cut points DlibResNet accepts)
+from .dlib_format import FC_NO_BIAS, DlibFormatError, DlibNetwork, LayerRecord, read_network
 
 CHIP_SIZE = 150
 EMBEDDING_SIZE = 128

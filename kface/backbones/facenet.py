@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError, KfaceError
+from ..util.devices import resolve_device
 
 PRETRAINED = {"facenet-vggface2": "vggface2", "facenet-casia": "casia-webface"}
 #: The name facenet-pytorch gives each downloaded weight set (its release URL's last part).
@@ -90,8 +91,6 @@ class FacenetBackbone:
         self.spec = spec
         model = load_inception_resnet(spec.name, weights)  # first: missing weights fail before torch loads
         import torch
-
-        from ..devices import resolve_device
 
         self.device = resolve_device(device)
         self._model = model.to(self.device)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cut_points import CutPointNetwork
+from .facenet import load_inception_resnet
 
 
 class PoolAndFlatten(nn.Module):
@@ -63,8 +64,6 @@ class FacenetNetwork(CutPointNetwork):
 
 def pretrained_network(spec, weights: Optional[str] = None) -> FacenetNetwork:
     """The registry's network builder (:mod:`.trainable`): ``spec``'s pretrained weights (or ``weights``)."""
-    from .facenet import load_inception_resnet
-
     return FacenetNetwork(load_inception_resnet(spec.name, weights)).eval()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .errors import run
 from .options import LazyGroup
 
 #: Every command, imported only when it runs (or when --help lists them).
@@ -36,8 +37,6 @@ def cli() -> None:
 
 def main() -> None:
     """Console-script entry point: every failure, kface's or not, ends as one ``error:`` line."""
-    from .errors import run
-
     run(cli, prog_name="kface")
 
 

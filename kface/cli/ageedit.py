@@ -1,9 +1,15 @@
 """The age-editing commands: ``kface train-age-editor`` and ``kface age-edit``."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..names import ATTRIBUTE_DATASETS
+from ..ageedit.editor import age_edit as edit
+from ..ageedit.editor import age_strip, parse_age_class, write_png
+from ..datasets import dataset_options as checked_dataset_options
+from ..errors import InputError
+from .names import ATTRIBUTE_DATASETS
 from .options import (
     dataset_options,
     device_option,
@@ -43,14 +49,10 @@ def train_age_editor(dataset, root, layout_options, group_by, exclude_groups, st
 
     Example: kface train-age-editor --dataset csv --root ../shared/data/korean_family
     --exclude-groups kface/models/korean-heldout-families.txt --out runs/age-editor.
-    The shipped editor: python -m kface.models.build_age_editor --root ../shared/data/korean_family
+    The shipped editor: python -m kface.build.age_editor --root ../shared/data/korean_family
     """
     setup_logging(quiet)
-    from pathlib import Path
-
     from ..ageedit.train import EditorTrainConfig, dataset_chips, train_and_export
-    from ..datasets import dataset_options as checked_dataset_options
-
     config = EditorTrainConfig(out=out, size=size, width=width, batch_size=batch_size, steps=steps, lr=lr, seed=seed,
                                checkpoint_minutes=checkpoint_minutes, device=device)
     chips = dataset_chips(dataset, root, Path(out), size, group_by, exclude_groups,
@@ -84,10 +86,6 @@ def age_edit(image, target, all_ages, out, chip_only, no_detail, model, detector
 
     Example: kface age-edit photo.jpg --to 67+ --out old.png; kface age-edit photo.jpg --all-ages --out strip.png
     """
-    from ..ageedit.editor import age_edit as edit
-    from ..ageedit.editor import age_strip, parse_age_class, write_png
-    from ..errors import InputError
-
     if all_ages == (target is not None):
         raise InputError("give either --to CLASS or --all-ages")
     if target is not None:

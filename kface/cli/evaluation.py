@@ -1,13 +1,30 @@
 """The evaluation commands: ``kface overlap-report`` and the ``kface benchmark`` group (lfw, families)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
-from ..names import IDENTITY_DATASETS
-from .options import (backbone_option, command_line, common_options, dataset_options, detector_options, device_option,
-                      json_option, LazyGroup,
-                      engine_option, handle_errors, model_option, print_json, setup_logging)
-
+from .. import toolkit
+from ..embeddings.stored import with_stored_vectors
+from ..evaluation.report import check_save_threshold, report_verifier, save_report_threshold
+from ..evaluation.report import overlap_report as run
+from .names import IDENTITY_DATASETS
+from .options import (
+    LazyGroup,
+    backbone_option,
+    command_line,
+    common_options,
+    dataset_options,
+    detector_options,
+    device_option,
+    engine_option,
+    handle_errors,
+    json_option,
+    model_option,
+    print_json,
+    setup_logging,
+)
 
 
 @click.command("overlap-report")
@@ -55,14 +72,10 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
     Example: kface overlap-report --pairs pairs/lfw-4to6.csv --out reports/lfw-base
     """
     setup_logging(quiet)
-    from ..evaluation.report import check_save_threshold, overlap_report as run, report_verifier, save_report_threshold
-
     if save_threshold:
         check_save_threshold(model, threshold)
     verifier = report_verifier(model, backbone=backbone, detector=detector, fallback=fallback, device=device,
                                weights=weights, cache=not no_cache, progress=not quiet, max_pixels=max_pixels)
-    from ..dataset_embedding import with_stored_vectors
-
     verifier = with_stored_vectors(verifier, embeddings)
     body = run(pairs_file, verifier, split=split, val_split=val_split, rule=rule, samples=samples, seed=seed,
                out_dir=out, root=root, threshold=threshold, attributes_dataset=attributes_dataset,
@@ -106,11 +119,9 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
                   quiet, no_cache):
     """LFW View-2: 10-fold accuracy (mean ± std), AUC, EER, overlap, and the all-folds threshold."""
     setup_logging(quiet)
-    from ..toolkit import benchmark_lfw as run
-
-    result = run(lfw_dir, model=model, backbone=backbone, pairs_file=pairs_file, rule=rule, detector=detector,
-                 fallback=fallback, engine=engine, device=device, cache=not no_cache, progress=not quiet,
-                 max_pixels=max_pixels)
+    result = toolkit.benchmark_lfw(lfw_dir, model=model, backbone=backbone, pairs_file=pairs_file, rule=rule, detector=detector,
+                                   fallback=fallback, engine=engine, device=device, cache=not no_cache, progress=not quiet,
+                                   max_pixels=max_pixels)
     if as_json:
         print_json(result)
         return
@@ -166,16 +177,12 @@ def benchmark_families(dataset, root, layout_options, group_by, groups_file, exc
     korean_family/identities.csv --model dlib --recipe my-recipe.json --out reports/korean
     """
     setup_logging(quiet)
-    from pathlib import Path
-
-    from ..toolkit import benchmark_families as run
-
-    rows = run(dataset, root, layout_options=layout_options, out=out, group_by=group_by, groups_file=groups_file,
-               exclude_file=exclude_groups, added_file=add_groups, folds=folds, scored_folds=scored_folds,
-               pairs_per_class=pairs_per_class, age_column=age_column, models=models, recipes=recipes, rule=rule,
-               seed=seed, device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
-               embeddings=embeddings,
-               log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
+    rows = toolkit.benchmark_families(dataset, root, layout_options=layout_options, out=out, group_by=group_by, groups_file=groups_file,
+                                      exclude_file=exclude_groups, added_file=add_groups, folds=folds, scored_folds=scored_folds,
+                                      pairs_per_class=pairs_per_class, age_column=age_column, models=models, recipes=recipes, rule=rule,
+                                      seed=seed, device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
+                                      embeddings=embeddings,
+                                      log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
     if as_json:
         print_json({"out": out, "rows": rows})
     elif not quiet:

@@ -2,16 +2,35 @@
 ``kface benchmark identification``, thin over :mod:`kface.galleries` (registered by kface.cli)."""
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
 import click
 
+from ..api import load_verifier
+from ..datasets import load_dataset
+from ..datasets.common import IMAGE_EXTENSIONS
+from ..embeddings.parquet import read_vectors, verifier_model_key
 from ..errors import InputError
-from ..names import DETECTOR_NAMES, FALLBACK_NAMES, IDENTITY_DATASETS
-from .options import (common_options, device_option, handle_errors, json_option, operating_point_options, print_json,
-                      setup_logging)
-
+from ..evaluation.identification import IdentificationProtocol, run_identification
+from ..galleries import Gallery
+from ..galleries.clustering import bcubed
+from ..galleries.stored import enroll_embeddings
+from ..models import STOCK_MODEL, default_model
+from ..toolkit import cluster as group_faces
+from ..toolkit import cluster_vectors
+from ..util.outputs import atomic_path
+from .names import DETECTOR_NAMES, FALLBACK_NAMES, IDENTITY_DATASETS
+from .options import (
+    common_options,
+    device_option,
+    handle_errors,
+    json_option,
+    operating_point_options,
+    print_json,
+    setup_logging,
+)
 
 
 def gallery_option(function):
@@ -41,8 +60,6 @@ def dataset_source_options(function):
 
 
 def _open(gallery_path, model=None, create=False, **options):
-    from ..galleries import Gallery
-
     return Gallery.open(gallery_path, model, create=create, **options)
 
 
@@ -88,8 +105,6 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, embeddings, 
             say(f"note: enrolled {report.enrolled} (of {report.total}) in {path}")
 
         if embeddings:
-            from ..galleries.stored import enroll_embeddings
-
             report = enroll_embeddings(gallery, embeddings, batch=batch, on_commit=committed)
         elif dataset:
             layout = {"manifest": manifest} if manifest else {}
@@ -267,11 +282,6 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
     clusters and the grouping is scored (BCubed precision, recall, F1).
     """
     setup_logging(quiet)
-    from ..api import load_verifier
-    from ..galleries.clustering import bcubed
-    from ..toolkit import cluster as group_faces
-    from ..toolkit import cluster_vectors
-
     verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
                              progress=not quiet)
     if embeddings:
@@ -304,23 +314,17 @@ def cluster(inputs, dataset, root, manifest, out, method, threshold, model, dete
 
 def _stored_vectors(folder, verifier):
     """Paths, vectors and (where every row has one) identities of a Parquet dataset's rows of ``verifier``'s model."""
-    from ..embedding_dataset import read_vectors, verifier_model_key
-
     stored = read_vectors(folder, verifier_model_key(verifier))
     return stored.paths, stored.vectors, stored.identities if all(stored.identities) else None
 
 
 def _cluster_inputs(inputs, dataset, root, manifest):
     """Image paths to cluster, and their true identities for a dataset (else None)."""
-    from ..datasets.common import IMAGE_EXTENSIONS
-
     if dataset:
         if inputs:
             raise click.UsageError("give either DIR/IMAGE... or --dataset, not both")
         if not root:
             raise click.UsageError("--dataset needs --root DIR")
-        from ..datasets import load_dataset
-
         index = load_dataset(dataset, root, **({"manifest": manifest} if manifest else {}))
         return ([str(index.absolute_path(i)) for i in range(len(index))],
                 [index.identity_names[c] for c in index.identity_codes])
@@ -338,10 +342,6 @@ def _cluster_inputs(inputs, dataset, root, manifest):
 
 
 def _write_clusters(out, paths, labels, truth) -> None:
-    import csv
-
-    from ..outputs import atomic_path
-
     with atomic_path(out, suffix=".csv") as temp:
         with open(temp, "w", newline="", encoding="utf-8") as handle:
             writer = csv.writer(handle)
@@ -390,9 +390,6 @@ def benchmark_identification(dataset, root, manifest, groups_file, group_by, kee
     kface/models/korean-heldout-families.txt --out reports/identification-korean
     """
     setup_logging(quiet)
-    from ..galleries.protocol import IdentificationProtocol, run_identification
-    from ..models import STOCK_MODEL, default_model
-
     protocol = IdentificationProtocol(gallery_age, age_column, unenrolled_share, probes_per_person, identities, fpir,
                                       seed, unenrolled_by)
     chosen = tuple(models) or tuple(dict.fromkeys([default_model(), STOCK_MODEL]))

@@ -1,10 +1,14 @@
 """The model commands: ``kface models`` (the shipped model cards) and ``kface export`` (ONNX)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
+from ..models import default_model, describe, shipped_names
+from ..models.attributes import attributes_card, has_shipped_attributes
+from ..reporting.card_plots import plot_cards
 from .options import handle_errors, json_option, print_json
-
 
 
 @click.command("models")
@@ -16,15 +20,8 @@ from .options import handle_errors, json_option, print_json
 def models(as_json, plot_dir):
     """The models that ship with kface: data, recipe, threshold, operating points, figures, size and sha256 (the
     face models, then the age-group and gender model)."""
-    from ..models import default_model, describe, shipped_names
-    from ..models.attributes import attributes_card, has_shipped_attributes
-
     cards = [describe(name) for name in shipped_names()]
     if plot_dir:
-        from pathlib import Path
-
-        from ..evaluation.card_plots import plot_cards
-
         blocks = [(f"{body['name']}{label}", variant["answers"]) for body in cards
                   for label, variant in (("", body), ("-int8", body.get("int8", {}))) if "answers" in variant]
         for path in plot_cards(Path(plot_dir), blocks):
@@ -90,7 +87,7 @@ def answers_text(block) -> list[str]:
 def export(model, out, fp16, as_json):
     """Export a trained MODEL (runs/NAME/model.pt) to ONNX: aligned uint8 chips in, the vectors its
     distance is measured on out (tuned layers, flip averaging and head inside), run by onnxruntime."""
-    from ..engines import export_checkpoint
+    from ..training.export import export_checkpoint
 
     info = export_checkpoint(model, out, fp16=fp16)
     if as_json:

@@ -2,17 +2,22 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import logging
 import os
+import shlex
 import sys
+import traceback
 from typing import Optional
 
 import click
 
+from ..engines import DEFAULT_ENGINE
 from ..errors import KfaceError
-from ..names import BACKBONE_NAMES, DEFAULT_BACKBONE, DEFAULT_ENGINE, DETECTOR_NAMES, ENGINE_NAMES, FALLBACK_NAMES
-
+from ..models import default_model
+from ..util.cache import NO_CACHE_ENV
+from .names import BACKBONE_NAMES, DEFAULT_BACKBONE, DETECTOR_NAMES, ENGINE_NAMES, FALLBACK_NAMES
 
 
 class LazyGroup(click.Group):
@@ -28,8 +33,6 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> Optional[click.Command]:
         if name in self.lazy and name not in self.commands:
-            import importlib
-
             module, attribute = self.lazy[name].split(":")
             self.add_command(getattr(importlib.import_module(module), attribute), name)
         return super().get_command(ctx, name)
@@ -44,8 +47,6 @@ def handle_errors(command):
             return command(*args, **kwargs)
         except KfaceError as exc:
             if os.environ.get("KFACE_DEBUG") == "1":
-                import traceback
-
                 traceback.print_exc()
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
@@ -137,8 +138,6 @@ def set_cache_env(ctx: click.Context, param: click.Parameter, value):
     environment is restored when the command ends (it may run inside a longer process, e.g. a test)."""
     if not value:
         return value
-    from ..cache import NO_CACHE_ENV
-
     name, setting = ("KFACE_CACHE_DIR", str(value)) if param.name == "cache_dir" else (NO_CACHE_ENV, "1")
     previous = os.environ.get(name)
 
@@ -175,8 +174,6 @@ def echo_no_face_notes(messages: list[str], shown: int = 10) -> None:
 
 def model_label(model: Optional[str], backbone: str) -> str:
     """The model a command used: the one named, else the default one (or the backbone named instead)."""
-    from ..models import default_model
-
     return model or (default_model() if backbone == DEFAULT_BACKBONE else backbone)
 
 
@@ -226,8 +223,6 @@ def dataset_options(kinds: list[str]):
 # -- reports and sweeps ----------------------------------------------------------------------------
 def command_line(ctx: click.Context) -> str:
     """The command as typed (the options given on the command line), for a report's "Reproduce" section."""
-    import shlex
-
     parts = ["kface", ctx.info_name]
     for param in ctx.command.params:
         if param.name in ("as_json", "quiet") or \

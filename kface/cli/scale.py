@@ -7,6 +7,8 @@ from typing import Optional
 import click
 
 from ..errors import InputError
+from ..scale.batches import SHARD_ROWS, embed_dataset
+from ..scale.embed import embed_dataset_ray
 from .options import print_json
 
 PARQUET_SUFFIX = ".parquet"
@@ -34,12 +36,8 @@ def embed_to_parquet(items, out: str, settings, *, strict: bool, ray_address: Op
                      ray_workers: Optional[int], shard_rows: Optional[int], workers: Optional[int], cache: bool,
                      quiet: bool, as_json: bool) -> None:
     """Embed ``items`` into the Parquet dataset ``out`` and print the summary."""
-    from ..dataset_embedding import SHARD_ROWS, embed_dataset
-
     shard_rows = shard_rows or SHARD_ROWS
     if ray_address:
-        from ..scale.embed import embed_dataset_ray
-
         summary = embed_dataset_ray(items, out, settings, address=ray_address, workers=ray_workers, strict=strict,
                                     progress=not quiet, shard_rows=shard_rows)
     else:

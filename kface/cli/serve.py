@@ -3,10 +3,16 @@ from __future__ import annotations
 
 import click
 
-from ..serve.auth import DEFAULT_RATE_PER_MINUTE
-from .options import (backbone_option, detector_options, device_option, handle_errors, model_option,
-                      operating_point_options, setup_logging)
-
+from ..serve.auth import DEFAULT_RATE_PER_MINUTE, load_tokens
+from .options import (
+    backbone_option,
+    detector_options,
+    device_option,
+    handle_errors,
+    model_option,
+    operating_point_options,
+    setup_logging,
+)
 
 
 @click.command()
@@ -64,8 +70,6 @@ def serve(model, attributes_model, host, port, backbone, detector, fallback, max
     """
     setup_logging(quiet)
     from ..serve.app import run_server
-    from ..serve.auth import load_tokens
-
     tokens = load_tokens(token_file, read_token_file, write_token_file)
 
     run_server(model, attributes_model, host=host, port=port, backbone=backbone, detector=detector, fallback=fallback,

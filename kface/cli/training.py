@@ -6,11 +6,27 @@ import sys
 
 import click
 
-from ..names import (ATTRIBUTE_DATASETS, DISTANCE_NAMES, IDENTITY_DATASETS, PAIR_SOURCE_DATASETS,
-                     UNFREEZE_NAMES)
-from .options import (backbone_option, cache_dir_option, command_line, common_options, dataset_options,
-                      detector_options, device_option, handle_errors, json_option, print_json, set_cache_env,
-                      setup_logging)
+from ..attributes.labels import AttributeConfig, parse_age_bins
+from ..attributes.train import train_attributes as run
+from ..datasets import dataset_options as checked_dataset_options
+from ..evaluation.sweep import run_sweep, sweep_config
+from ..pairs import parse_ratio, parse_split
+from ..toolkit import make_pairs as sample_pairs
+from .names import ATTRIBUTE_DATASETS, DISTANCE_NAMES, IDENTITY_DATASETS, PAIR_SOURCE_DATASETS, UNFREEZE_NAMES
+from .options import (
+    backbone_option,
+    cache_dir_option,
+    command_line,
+    common_options,
+    dataset_options,
+    detector_options,
+    device_option,
+    handle_errors,
+    json_option,
+    print_json,
+    set_cache_env,
+    setup_logging,
+)
 
 
 @click.command("make-pairs")
@@ -44,9 +60,6 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
     --pairs 2000 --images-per-identity 5
     """
     setup_logging(quiet)
-    from ..pairs import parse_ratio
-    from ..toolkit import make_pairs as sample_pairs
-
     made = sample_pairs(dataset, root, ratio=ratio, pairs=pair_count, split=split,
                         images_per_identity=images_per_identity, seed=seed, hard_negatives=hard_negatives,
                         group_by=group_by, out=out, progress=not quiet, **layout_options)
@@ -151,8 +164,6 @@ def train(ctx, resume, as_json, quiet, **options):
     \b
     torchrun --nproc_per_node 2 -m kface train --pairs p.csv --out runs/x
     """
-    import os
-
     from ..training.config import TrainConfig, saved_config
     from ..training.run import train as run
 
@@ -244,8 +255,6 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
     --distance euclidean,cosine
     """
     setup_logging(quiet)
-    from ..evaluation.sweep import run_sweep, sweep_config
-
     train = {"epochs": epochs, "backbone": backbone, "unfreeze": unfreeze, "loss": loss, "batch_size": batch_size,
              "lr": lr, "min_lr": min_lr, "detector": detector, "fallback": fallback, "max_pixels": max_pixels,
              "device": device, "workers": workers}
@@ -314,14 +323,9 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, group
     backbone's last layers, --unfreeze).
 
     Example: kface train-attributes --dataset lfw-gender --root ../shared/data/lfw --out runs/gender.
-    The shipped Korean model: python -m kface.models.build_attributes build --root ../shared/data/korean_family
+    The shipped Korean model: python -m kface.build.attributes build --root ../shared/data/korean_family
     """
     setup_logging(quiet)
-    from ..attributes.labels import AttributeConfig, parse_age_bins
-    from ..attributes.train import train_attributes as run
-    from ..datasets import dataset_options as checked_dataset_options
-    from ..pairs import parse_split
-
     config = AttributeConfig(dataset=dataset, root=root, out=out,
                              dataset_options=checked_dataset_options(dataset, **layout_options), task=task,
                              age_bins=parse_age_bins(age_bins).edges, split=parse_split(split), epochs=epochs,

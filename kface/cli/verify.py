@@ -5,11 +5,31 @@ from contextlib import nullcontext
 
 import click
 
+from ..api import embed as embed_images
+from ..api import load_verifier
+from ..backbones import backbone_for_engine
 from ..datasets import ADAPTERS
+from ..embeddings.npz import write_embedding_file
+from ..evaluation.scoring import score_pair_file
+from ..scale.batches import EmbedSettings, dataset_items, image_items
+from ..toolkit import analyze as analyze_image
+from ..util.cache import RequestMemory
+from .options import (
+    backbone_option,
+    common_options,
+    detector_options,
+    device_option,
+    echo_no_face_notes,
+    engine_option,
+    handle_errors,
+    json_option,
+    model_label,
+    model_option,
+    operating_point_options,
+    print_json,
+    setup_logging,
+)
 from .scale import check_parquet_options, embed_to_parquet, is_parquet, ray_options
-from .options import (backbone_option, common_options, detector_options, device_option, echo_no_face_notes,
-                      engine_option, handle_errors, json_option, model_label, model_option, operating_point_options,
-                      print_json, setup_logging)
 
 
 @click.command()
@@ -55,8 +75,6 @@ def embed(images, out, dataset, root, manifest, ray_address, ray_workers, shard_
     setup_logging(quiet)
     check_parquet_options(out, ray_address, ray_workers, shard_rows, dataset, skip_bad)
     if is_parquet(out):
-        from ..dataset_embedding import EmbedSettings, dataset_items, image_items
-
         if bool(images) == bool(dataset):
             raise click.UsageError("give IMAGE arguments or --dataset KIND --root DIR, not both or neither")
         if dataset and not root:
@@ -69,10 +87,6 @@ def embed(images, out, dataset, root, manifest, ray_address, ray_workers, shard_
         return
     if not images:
         raise click.UsageError("give the IMAGE arguments to embed")
-    from ..api import embed as embed_images
-    from ..embedding_file import write_embedding_file
-    from ..engines import backbone_for_engine
-
     result = embed_images(list(images), model=model, backbone=backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, tta=tta,
                           device=device, weights=weights, cache=not no_cache, max_pixels=max_pixels,
                           on_error="skip" if skip_bad else "raise", no_face="error" if strict else "row",
@@ -122,9 +136,6 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
             raise click.UsageError("--pairs needs --out results.csv")
     elif len(images) != 2:
         raise click.UsageError(f"verify takes two images (A B), got {len(images)}")
-    from ..api import load_verifier
-    from ..cache import RequestMemory
-
     # Two images without the disk cache: their faces still held in memory for this one call, so the ages
     # (--json) read the chips just found instead of finding the faces again.
     cache = RequestMemory() if no_cache and not pairs_file else not no_cache
@@ -132,8 +143,6 @@ def verify(images, model, backbone, detector, fallback, max_pixels, threshold, p
                              progress=not quiet, max_pixels=max_pixels, engine=engine,
                              operating_point=operating_point, far=far, abstain=abstain)
     if pairs_file:
-        from ..evaluation.scoring import score_pair_file
-
         summary = score_pair_file(verifier, pairs_file, out, root=root)
         if as_json:
             print_json(summary)
@@ -185,8 +194,6 @@ def analyze(image, model, all_faces, detector, fallback, max_pixels, device, as_
     Exit 2 for bad input or a missing model file.
     """
     setup_logging(quiet)
-    from ..toolkit import analyze as analyze_image
-
     answer = analyze_image(image, model=model, all_faces=all_faces, detector=detector, fallback=fallback,
                            device=device, cache=not no_cache, max_pixels=max_pixels)
     if as_json:

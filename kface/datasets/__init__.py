@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Callable, Iterator, Union
 
 from ..errors import InputError
-from .records import Record
 from . import aaf, aging, folder, kface_layout, lfw_gender, manifest
 from .common import DatasetIndex, IndexBuilder, ProblemReport, age_group
+from .records import Record
 
 __all__ = ["ADAPTERS", "Adapter", "DatasetIndex", "ProblemReport", "age_group", "dataset_options",
            "load_dataset", "option_flag"]

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import InputError
-from .records import Record
 from .common import ProblemReport, is_image_name, progress_bar, sorted_entries, walk_files
+from .records import Record
 
 IMAGE_FOLDERS = {"aligned": ("aligned", "aglined"), "original": ("original",)}
 _NAME = re.compile(r"(\d{5})A(\d{2})")

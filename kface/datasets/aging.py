@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import InputError
-from .records import Box, Landmarks, Record
 from .common import ProblemReport, is_image_name, normalize_gender, progress_bar, walk_files
+from .records import Box, Landmarks, Record
 
 #: The age band of the aging set spreads the images chosen per identity over ages.
 CONDITIONS = ("age",)

@@ -8,7 +8,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .. import progress
+from ..util import progress
 from .records import Box, Landmarks, Record
 
 #: File name endings read as images (lower case).

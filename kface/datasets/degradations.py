@@ -12,10 +12,9 @@ identity: harsh side light, sunglasses, a hat's shadow, or none; then the old ph
 from __future__ import annotations
 
 import io
-
-import numpy as np
 from typing import Callable
 
+import numpy as np
 from PIL import Image, ImageFilter
 
 #: LFW deep-funneled images put the face at about (70..180, 70..180) of the 250×250 frame.

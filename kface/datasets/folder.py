@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import InputError
-from .records import Record
 from .common import ProblemReport, is_image_name, progress_bar, sorted_entries
+from .records import Record
 
 
 def iter_records(root: Path, problems: ProblemReport, *, progress: bool = False) -> Iterator[Record]:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional, Union
 
 from ..errors import InputError
-from .records import Box, Landmarks, Record
 from .common import ProblemReport, is_image_name, progress_bar, sorted_entries
+from .records import Box, Landmarks, Record
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from ..errors import InputError
-from .records import Record
 from .common import ProblemReport, is_image_name, progress_bar, sorted_entries
+from .records import Record
 
 LABEL_FILES = {"male": "male_names.txt", "female": "female_names.txt"}
 

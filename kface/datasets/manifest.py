@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from ..errors import InputError
-from ..tables import read_csv_rows
-from .records import Record
+from ..util.tables import read_csv_rows
 from .common import ProblemReport, normalize_gender, progress_bar
+from .records import Record
 
 REQUIRED_COLUMNS = ("path", "identity")
 

@@ -21,8 +21,8 @@ from typing import Union
 import numpy as np
 
 from ..errors import InputError
-from ..hashing import file_sha256
-from ..outputs import atomic_path
+from ..util.hashing import file_sha256
+from ..util.outputs import atomic_path
 from .graph_names import INPUT_NAME
 from .runtime import OnnxNetwork, compare_vectors
 

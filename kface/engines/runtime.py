@@ -15,6 +15,7 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import InputError, KfaceError
+from ..util.hashing import file_sha256
 
 #: Chips per session call: big enough for full speed, small enough to bound memory (64 x 150 x 150 x 3).
 RUN_BATCH = 64
@@ -79,8 +80,6 @@ class OnnxNetwork:
         if not self.path.is_file():
             raise InputError(f"{self.path}: no such ONNX file")
         if self.sha256 is not None:
-            from ..hashing import file_sha256
-
             if file_sha256(self.path) != self.sha256:
                 raise KfaceError(f"{self.path}: sha256 differs from the one recorded for it; the file is damaged "
                                  f"(reinstall kface, or delete it from the cache to export it again)")

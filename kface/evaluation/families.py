@@ -26,9 +26,14 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..dataset_embedding import with_stored_vectors
+from ..api import load_verifier
+from ..datasets import DatasetIndex, load_dataset
+from ..embeddings.stored import with_stored_vectors
 from ..errors import InputError
-from ..outputs import write_text
+from ..metrics import accuracy_at, kfold_protocol, separation
+from ..pairs import identity_groups
+from ..util.hashing import file_sha256
+from ..util.outputs import write_text
 
 PAIR_KINDS = ("cross-age", "same-age-hard")
 FAR_LEVEL = 1e-2  # 400 different pairs a fold measure down to about this
@@ -73,8 +78,6 @@ class ProtocolPairs:
 
 def family_folds(index, protocol: FamilyProtocol) -> np.ndarray:
     """The fold of every image of ``index``: whole families dealt round-robin after a seeded shuffle."""
-    from ..pairs import identity_groups
-
     per_identity = identity_groups(index, np.arange(len(index.identity_names)), protocol.group_by)
     groups = np.unique(per_identity)
     if len(groups) < protocol.folds:
@@ -137,7 +140,6 @@ def score_recipe(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPa
                  log: Callable[[str], None] = lambda text: None) -> dict:
     """Train ``recipe`` once per fold on the other folds' families; score each fold with its own model at
     the threshold its val split chose."""
-    from ..api import load_verifier
     from ..training.run import TrainConfig, train
 
     distances = np.full(len(pairs.labels), np.nan)
@@ -197,8 +199,6 @@ def _pair_distances(verifier, index, pairs: ProtocolPairs, rows: np.ndarray) -> 
 
 def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, protocol: FamilyProtocol, *,
              own_threshold, threshold_source: str, recipe: Optional[dict] = None) -> dict:
-    from ..metrics import accuracy_at, kfold_protocol, separation
-
     row: dict = {"name": name, "kind": kind, "threshold_source": threshold_source, "pair_kinds": {}}
     if recipe is not None:
         row["recipe"] = recipe
@@ -284,8 +284,6 @@ def distinct_images(index, rows: np.ndarray, group_by: str) -> tuple:
     kept once; images whose bytes are also outside ``rows`` (e.g. in a model's training families) are
     left out. Returns the new index and what was done, counted.
     """
-    from ..hashing import file_sha256
-
     digests = [file_sha256(index.absolute_path(row)) for row in range(len(index))]
     chosen = set(rows.tolist())
     outside = {digests[row] for row in range(len(index)) if row not in chosen}
@@ -310,8 +308,6 @@ def distinct_images(index, rows: np.ndarray, group_by: str) -> tuple:
         records.append(replace(record, identity=names[identity[row]], attributes=attributes))
     merged_identities = len({int(index.identity_codes[row]) for row in kept}) - len(set(identity.values()))
     counts = {"also_outside": len(rows) - len(kept), "repeated": repeated, "identities_merged": merged_identities}
-    from ..datasets import DatasetIndex
-
     return DatasetIndex.from_records(index.kind, index.root, records, index.problems, index.options,
                                      index.conditions), counts
 
@@ -364,8 +360,6 @@ def _merged_groups(rows: list[int], identity: dict[int, int], groups: list) -> d
 
 def subset_index(index, rows: np.ndarray):
     """A new index of ``rows`` of ``index``."""
-    from ..datasets import DatasetIndex
-
     return DatasetIndex.from_records(index.kind, index.root, (index.record(int(i)) for i in rows),
                                      index.problems, index.options, index.conditions)
 
@@ -416,9 +410,6 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
     the other groups' alone, as without them, and each recipe is scored twice on those same pairs, trained
     without the added groups and with them (row ``NAME+added``): what the added families are worth.
     ``embeddings``: a Parquet embedding dataset whose vectors (of each model's key) replace the network's."""
-    from ..api import load_verifier
-    from ..datasets import load_dataset
-
     if not models and not recipes:
         raise InputError("give at least one --model or --recipe to score")
     if models and scored_folds == 1:

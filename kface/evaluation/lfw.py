@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import InputError
+from ..metrics import choose_threshold, kfold_protocol
+from .scoring import measure_pairs
 
 
 @dataclass
@@ -77,9 +79,6 @@ def benchmark_lfw(lfw_dir: str | Path, verifier, pairs_file: str | Path | None =
     k-fold result as a JSON-ready dict, plus the threshold chosen on all ten folds (the one to use as
     the backbone's default) and the per-stage detection counts.
     """
-    from ..metrics import choose_threshold, kfold_protocol
-    from .scoring import measure_pairs
-
     pairs = read_lfw_pairs(lfw_dir, pairs_file)
     measured = measure_pairs(verifier, pairs.path_a, pairs.path_b)
     result, distances = measured.result, measured.distances

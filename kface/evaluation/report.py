@@ -27,14 +27,28 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from ..backbones import DEFAULT_BACKBONE
+from .. import __version__
+from ..api import BASE_THRESHOLDS, Verifier, load_verifier
+from ..backbones import DEFAULT_BACKBONE, get_spec
 from ..distances import Distance
+from ..embeddings.embedder import Embedder
 from ..errors import InputError
-from ..outputs import write_json, write_text
-from .markdown import report_markdown
-from .plots import plot_distributions, plot_roc
+from ..metrics import (
+    Threshold,
+    choose_threshold,
+    evaluate,
+    parse_rule,
+    parse_samples,
+    sample_per_class,
+    select_and_score,
+)
+from ..pairs import SPLITS, read_pairs
+from ..reporting.markdown import report_markdown
+from ..reporting.plots import plot_distributions, plot_roc
+from ..reporting.subgroups import SUBGROUP_ATTRIBUTES, attributes_for_pairs, pair_groups, subgroup_table
+from ..training.checkpoints import save_threshold
+from ..util.outputs import write_json, write_text
 from .scoring import measure_pairs
-from .subgroups import SUBGROUP_ATTRIBUTES, attributes_for_pairs, pair_groups, subgroup_table
 
 log = logging.getLogger("kface")
 
@@ -53,10 +67,6 @@ def report_verifier(model: Optional[str] = None, *, backbone: str = DEFAULT_BACK
     Unlike :func:`kface.api.load_verifier`, an untrained backbone without a published threshold is
     accepted (its ``threshold`` is NaN): the report measures one on the val split anyway.
     """
-    from ..api import BASE_THRESHOLDS, Verifier, load_verifier
-    from ..backbones import get_spec
-    from ..embeddings import Embedder
-
     if model is not None or get_spec(backbone).family in BASE_THRESHOLDS:
         return load_verifier(model, backbone, detector, None, fallback, device, weights=weights, cache=cache,
                              progress=progress, max_pixels=max_pixels)
@@ -77,8 +87,6 @@ def compare_rules(val_distances: np.ndarray, val_same: np.ndarray, test_distance
 
     A rule the val pairs cannot support (``far=X`` with fewer than 1/X negatives) gets a ``note``.
     """
-    from ..metrics import choose_threshold
-
     rows = []
     for rule in rules:
         try:
@@ -108,8 +116,6 @@ class _ScoredSplit:
 
 
 def _sample_split(pairs, name: str, samples, seed: int):
-    from ..metrics import sample_per_class
-
     part = pairs.select(name)
     if len(part) == 0:
         return part, None
@@ -121,8 +127,6 @@ def _measure_splits(pairs, pairs_file, split: str, val_split: str, samples, seed
 
     Both samples are drawn before anything is embedded; their images are embedded together, once each.
     """
-    from ..pairs import SPLITS
-
     test_part, test_sample = _sample_split(pairs, split, samples, seed)
     if test_sample is None:
         present = [name for name in SPLITS if np.any(pairs.split == name)]
@@ -147,8 +151,6 @@ def _measure_splits(pairs, pairs_file, split: str, val_split: str, samples, seed
 
 def _fallback_threshold(verifier, threshold: Optional[float], val_split: str, reason: str):
     """The threshold to use when none can be chosen on ``val_split``, labelled as such."""
-    from ..metrics import Threshold
-
     if threshold is not None:
         return Threshold(float(threshold), "fixed", None, f"given with --threshold ({reason})")
     if not math.isfinite(verifier.threshold):
@@ -183,9 +185,6 @@ def overlap_report(pairs_file: Union[str, os.PathLike], verifier, *, split: str 
         threshold_chosen_on, n_same, n_diff, split, samples, seed, notes) plus the model, the pair
         file, the val sample, the verifier's own threshold and its accuracy, and ``subgroups``.
     """
-    from ..metrics import parse_rule, parse_samples
-    from ..pairs import read_pairs
-
     samples = parse_samples(samples)
     parsed_rule = parse_rule(rule)
     if split == val_split:
@@ -228,16 +227,12 @@ def _write_folder(out: Path, test: _ScoredSplit, body: dict) -> None:
 
 
 def _version() -> str:
-    from .. import __version__
-
     return __version__
 
 
 def _score_test(test: _ScoredSplit, val: Optional[_ScoredSplit], verifier, rule, threshold: Optional[float],
                 split: str, val_split: str):
     """The test split's :class:`~kface.metrics.Metrics`: threshold chosen on val, or the fallback one."""
-    from ..metrics import evaluate, select_and_score
-
     probabilities = None
     if verifier.probability is not None:
         probabilities = np.asarray(verifier.probability(test.distances), dtype=np.float64)
@@ -310,8 +305,6 @@ def save_report_threshold(model: Union[str, os.PathLike], body: dict) -> dict:
 
     Only a threshold chosen on a val split is saved; returns the stored ``{value, rule, split, note}``.
     """
-    from ..training.checkpoints import save_threshold
-
     if not body.get("threshold_chosen_on"):
         raise InputError("--save-threshold saves a threshold chosen on a val split; this report's was not "
                          f"({body['notes'].get('threshold', body['rule'])})")

@@ -10,8 +10,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..distances import Distance
-from ..outputs import write_text
 from ..pairs import read_pairs
+from ..util.outputs import write_text
 
 RESULT_HEADER = ["split", "path_a", "path_b", "label", "distance", "same", "probability", "threshold", "found_a",
                  "found_b", "error"]
@@ -22,7 +22,7 @@ class MeasuredPairs:
     """Each pair's distance (NaN where an image failed) and the embedding result of the unique images."""
 
     distances: np.ndarray
-    result: Any  # kface.embeddings.EmbeddingResult, one row per unique image
+    result: Any  # kface.embeddings.embedder.EmbeddingResult, one row per unique image
     row_a: np.ndarray  # each pair's first image's row in ``result``
     row_b: np.ndarray
 

@@ -35,8 +35,16 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from ..api import Verifier
+from ..datasets import dataset_options, load_dataset
+from ..distances import DISTANCES
+from ..embeddings.embedder import Embedder
 from ..errors import InputError
-from ..outputs import write_json, write_text
+from ..metrics import parse_rule, parse_samples
+from ..pairs import PairRequest, make_pair_file, parse_ratio, parse_split
+from ..reporting.plots import pyplot, save_figure
+from ..util.outputs import write_json, write_text
+from .report import overlap_report, report_verifier
 
 log = logging.getLogger("kface")
 
@@ -52,8 +60,6 @@ COLUMNS = ("setting", "ratio", "negative_fraction", "images_per_identity", "head
 
 def parse_ratios(text: Union[str, Sequence[str]]):
     """``"1:9,2:8"`` (or a list) as :class:`~kface.pairs.Ratio` objects, repeats refused."""
-    from ..pairs import parse_ratio
-
     items = [part.strip() for part in (text.split(",") if isinstance(text, str) else text) if str(part).strip()]
     if not items:
         raise InputError("--ratios: give at least one ratio, e.g. 1:9,5:5,9:1")
@@ -85,8 +91,6 @@ def parse_heads(text: Union[str, Sequence[str]]) -> tuple[str, ...]:
 
 def parse_distances(text: Union[str, Sequence[str]]) -> tuple[str, ...]:
     """``"euclidean,cosine"`` as distance names of :data:`kface.distances.DISTANCES`."""
-    from ..distances import DISTANCES
-
     return parse_choices(text, list(DISTANCES), "--distance")
 
 
@@ -182,10 +186,6 @@ def sweep_config(dataset: str, root: str, out: str, layout_options: dict, *, rat
                  train: dict, **settings) -> SweepConfig:
     """A SweepConfig from the command line's text: the grid, split, rule and samples parsed, the layout options
     checked, and the training settings not given (None) left out, so that the chosen recipe's defaults apply."""
-    from ..datasets import dataset_options
-    from ..metrics import parse_rule, parse_samples
-    from ..pairs import parse_split
-
     return SweepConfig(dataset=dataset, root=root, out=out, dataset_options=dataset_options(dataset, **layout_options),
                        ratios=parse_ratios(ratios), images_per_identity=parse_images_per_identity(images_per_identity),
                        heads=parse_heads(heads), distances=parse_distances(distances), split=parse_split(split),
@@ -196,8 +196,6 @@ def sweep_config(dataset: str, root: str, out: str, layout_options: dict, *, rat
 def settings_of(config: SweepConfig) -> list[Setting]:
     """The grid in table order: images per identity outermost, then the ratios as given, heads (the base
     backbone first, when scored), distances."""
-    from ..pairs import parse_ratio
-
     tagged = _tagged(config)
     heads = ((BASE_HEAD,) if config.scores_baseline else ()) + tuple(config.heads)
     return [Setting(parse_ratio(ratio), k, head, distance, tagged) for k in config.images_per_identity
@@ -217,9 +215,6 @@ def _tagged(config: SweepConfig) -> bool:
 def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = False,
               cache: bool = True, command: Optional[str] = None) -> list[dict]:
     """Run every setting of ``config`` (sample, train, report) and write the sweep tables; return the rows."""
-    from ..datasets import load_dataset
-    from ..pairs import PairRequest, make_pair_file
-
     out = Path(config.out)
     if not resume and out.is_dir() and any(out.iterdir()):
         raise InputError(f"{out} is not empty; add --resume to continue that sweep, or choose another --out")
@@ -255,7 +250,6 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
 
 def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resume: bool, progress: bool,
                  cache: bool) -> dict:
-    from .report import overlap_report, report_verifier
     from ..training.run import HISTORY, LAST, MODEL, train
 
     train_config = _train_config(config, setting, pair_file)
@@ -293,10 +287,6 @@ def _train_config(config: SweepConfig, setting: Setting, pair_file: Path):
 def _base_report(config: SweepConfig, train_config, pair_file: Path, report_dir: Path, *, resume: bool,
                  progress: bool, cache: bool) -> dict:
     """The overlap report of the untrained backbone with the setting's distance (threshold chosen on val)."""
-    from ..api import Verifier
-    from ..embeddings import Embedder
-    from .report import overlap_report
-
     metrics_file = report_dir / "metrics.json"
     if resume and metrics_file.is_file():
         return json.loads(metrics_file.read_text(encoding="utf-8"))
@@ -397,8 +387,6 @@ def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str]
 
 
 def _plot_sweep(path: Path, rows: list[dict], tagged: bool = False) -> None:
-    from .plots import pyplot, save_figure
-
     plt = pyplot()
     import matplotlib.ticker
 

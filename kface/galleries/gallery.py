@@ -21,10 +21,15 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..api import load_verifier
+from ..datasets import load_dataset
 from ..errors import InputError, KfaceError
-from ..images import ImageSource, content_hash, read_bytes
+from ..faces.images import ImageSource, content_hash, read_bytes
+from ..models import STOCK_MODEL, card, is_shipped
+from ..util.hashing import file_sha256
 from .audit import Actor, local_actor
 from .index import VectorIndex, build_index, index_path, read_header
+from .openset import open_set_threshold
 from .store import AddResult, GalleryStore, ModelIdentity, NewImage, UnbornStore
 
 log = logging.getLogger("kface")
@@ -77,9 +82,6 @@ class EnrolmentReport:
 
 def model_identity(verifier) -> ModelIdentity:
     """The identity a gallery records for ``verifier``'s vectors (see :class:`ModelIdentity`)."""
-    from ..hashing import file_sha256
-    from ..models import STOCK_MODEL, card, is_shipped
-
     spec = verifier.embedder.spec
     if verifier.model_path:
         key, name = f"checkpoint@{file_sha256(verifier.model_path)[:16]}", str(Path(verifier.model_path).resolve())
@@ -129,11 +131,7 @@ class Gallery:
         """
         path = Path(path)
         if not path.exists() and create:
-            from .openset import open_set_threshold
-
             if verifier is None:
-                from ..api import load_verifier
-
                 verifier = load_verifier(model, **_loader_options(verifier_options))
             identity = model_identity(verifier)
             return cls(UnbornStore(path, identity, open_set_threshold(identity)), verifier, verifier_options)
@@ -165,8 +163,6 @@ class Gallery:
 
     def _load_verifier(self, model: Optional[str]):
         """``model``'s verifier, or (None) the gallery's own, with its recorded backbone and threshold."""
-        from ..api import load_verifier
-
         options = _loader_options(self._verifier_options)
         name = model
         if model is None:
@@ -281,8 +277,6 @@ class Gallery:
                        batch: Optional[int] = None, progress: bool = False,
                        on_commit: Optional[Callable[[EnrolmentReport], None]] = None) -> EnrolmentReport:
         """Enroll every image of a dataset under its identity (resumable; see :meth:`enroll`)."""
-        from ..datasets import load_dataset
-
         index = load_dataset(kind, root, progress=progress, **(layout_options or {}))
         if not any(index.identity_names):
             raise InputError(f"--dataset {kind}: its images carry no identities to enroll")

@@ -21,6 +21,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
+from ..util.outputs import atomic_path
+
 log = logging.getLogger("kface")
 
 MAGIC = "kface-gallery-index"
@@ -115,8 +117,6 @@ class VectorIndex:
     # -- the file ------------------------------------------------------------------------------------
     def save(self, path: Path) -> None:
         import faiss
-
-        from ..outputs import atomic_path
 
         body = faiss.serialize_index(self.faiss_index).tobytes()
         header = {"magic": MAGIC, "kind": self.kind, "distance": self.distance, "dim": self.dim,

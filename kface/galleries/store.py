@@ -24,6 +24,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from ..errors import InputError, KfaceError
+from ..util.outputs import atomic_path
 from .audit import Actor, append_audit, local_actor
 
 FORMAT = "kface-gallery"
@@ -128,8 +129,6 @@ class GalleryStore:
     def create(cls, path: os.PathLike, model: ModelIdentity, open_set: tuple[float, str]) -> "GalleryStore":
         """The gallery at ``path`` for ``model``: a new, empty one (written whole under a temp name, then
         linked into place), or the one another process made first when it is of the same model."""
-        from ..outputs import atomic_path
-
         path = Path(path)
         if not path.exists():
             try:

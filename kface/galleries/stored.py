@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Optional
 
-from ..embedding_dataset import read_vectors, verifier_model_key
+from ..embeddings.parquet import read_vectors, verifier_model_key
 from .gallery import EnrolmentReport, Gallery
 from .store import NewImage
 

@@ -27,12 +27,22 @@ functions that need them.
 """
 from __future__ import annotations
 
-from .base import (DEFAULT_BINS, DEFAULT_FAR_LEVELS, DEFAULT_GRID_POINTS, DEFAULT_SAMPLES, RULE_NAMES,
-                   SampleSize)
+from .base import DEFAULT_BINS, DEFAULT_FAR_LEVELS, DEFAULT_GRID_POINTS, DEFAULT_SAMPLES, RULE_NAMES, SampleSize
 from .curves import Eer, Roc, TarAtFar, accuracy_at, auc, bce_loss, eer, roc, tar_at_far
 from .overlap import Densities, Histograms, histogram_densities, kde_densities, overlap_area
-from .protocol import (FoldResult, KFoldResult, Metrics, Sample, Separation, evaluate, kfold_protocol,
-                       parse_samples, sample_per_class, select_and_score, separation)
+from .protocol import (
+                   FoldResult,
+                   KFoldResult,
+                   Metrics,
+                   Sample,
+                   Separation,
+                   evaluate,
+                   kfold_protocol,
+                   parse_samples,
+                   sample_per_class,
+                   select_and_score,
+                   separation,
+)
 from .thresholds import Rule, Threshold, choose_threshold, parse_rule
 
 __all__ = [

@@ -8,7 +8,6 @@ import numpy as np
 
 from ..errors import InputError
 
-
 SampleSize = Union[int, str]  # pairs per class, or "all"
 DEFAULT_FAR_LEVELS: tuple[float, ...] = (1e-2, 1e-3)
 DEFAULT_GRID_POINTS = 2048

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .base import DEFAULT_BINS, DEFAULT_GRID_POINTS, _MAX_GRID_POINTS
+from .base import _MAX_GRID_POINTS, DEFAULT_BINS, DEFAULT_GRID_POINTS
 
 
 @dataclass(frozen=True)

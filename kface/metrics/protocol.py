@@ -8,9 +8,19 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from .base import DEFAULT_BINS, DEFAULT_FAR_LEVELS, DEFAULT_GRID_POINTS, DEFAULT_SAMPLES, SampleSize, _as_pairs, _as_same, _far_label, _need_both
-from .overlap import overlap_area
+from .base import (
+    DEFAULT_BINS,
+    DEFAULT_FAR_LEVELS,
+    DEFAULT_GRID_POINTS,
+    DEFAULT_SAMPLES,
+    SampleSize,
+    _as_pairs,
+    _as_same,
+    _far_label,
+    _need_both,
+)
 from .curves import TarAtFar, accuracy_at, auc, bce_loss, eer, tar_at_far
+from .overlap import overlap_area
 from .thresholds import Rule, Threshold, choose_threshold, parse_rule
 
 

@@ -9,8 +9,8 @@ import numpy as np
 
 from ..errors import InputError
 from .base import DEFAULT_GRID_POINTS, _as_pairs, _need_both
-from .overlap import kde_densities
 from .curves import _far_threshold, eer
+from .overlap import kde_densities
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``dlib`` is dlib's stock ResNet descriptor (``face_recognition_models``) at its LFW-measured threshold.
 ``korean`` is dlib's network with its last stage tuned on Korean family-album faces by kface's own
-commands (see ``kface/models/build.py``); it is the default once its file is present. Each shipped
+commands (see ``kface/build/__main__.py``); it is the default once its file is present. Each shipped
 network is an ONNX file beside a JSON card holding its provenance, recipe, threshold and measured figures;
 the file's sha256 is checked against the card before it is used.
 """
@@ -12,11 +12,13 @@ import json
 import os
 from contextlib import contextmanager
 from functools import lru_cache
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..hashing import file_sha256
 from ..errors import InputError, KfaceError
+from ..util.hashing import file_sha256
+from .dlib_files import DLIB_RESNET, model_file
 
 MODELS_DIR = Path(__file__).resolve().parent
 STOCK_MODEL = "dlib"
@@ -127,8 +129,6 @@ def shipped_threshold(name: str, device: str = "auto") -> tuple[float, str]:
 def _onnxruntime_has_cuda() -> bool:
     """Whether the installed onnxruntime is a build with the CUDA provider (onnxruntime-gpu), found by its
     library file rather than by importing it."""
-    from importlib.util import find_spec
-
     spec = find_spec("onnxruntime")
     folders = list(spec.submodule_search_locations or []) if spec is not None else []
     return any(Path(folder, "capi", "libonnxruntime_providers_cuda.so").is_file() for folder in folders)
@@ -158,8 +158,6 @@ def card(name: str) -> dict:
 def describe(name: str) -> dict:
     """What ``kface models`` shows of one model: its card, or for stock dlib the descriptor file's facts."""
     if name == STOCK_MODEL:
-        from ..models_path import DLIB_RESNET, model_file
-
         path = model_file(DLIB_RESNET)
         value, source = BASE_THRESHOLDS["dlib-resnet-v1"]
         return {"name": STOCK_MODEL, "description": "dlib's stock ResNet face descriptor (web photos, mostly "

@@ -6,8 +6,8 @@ dlib's ResNet with its last stage and final layer trained for these tasks, a sha
 inside the graph. ``attributes-korean-v4.json`` (its card) holds what
 :class:`~kface.attributes.answers.AttributeAnswers` needs (classes, age bins, each class's age in years,
 face settings), the training provenance, the recipe, the file's sha256 (checked before the session is
-created) and the figures on the held-out families. Made by ``python -m kface.models.build_attributes``
-(:mod:`kface.models.build_attributes`). No torch here.
+created) and the figures on the held-out families. Made by ``python -m kface.build.attributes``
+(:mod:`kface.build.attributes`); run by :mod:`kface.attributes.shipped`. No torch here.
 """
 from __future__ import annotations
 
@@ -15,10 +15,8 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-
-from ..attributes.answers import AttributeAnswers, average_views
 from ..errors import KfaceError
+from ..util.hashing import file_sha256
 from . import MODELS_DIR
 
 SHIPPED_NAME = "attributes-korean-v4"
@@ -44,42 +42,9 @@ def attributes_card() -> dict:
     except (OSError, ValueError) as exc:
         raise KfaceError(f"{CARD_FILE}: the shipped attribute model's card is unreadable ({exc}); "
                          f"reinstall kface") from None
-    from ..hashing import file_sha256
-
     network = MODELS_DIR / body["file"]
     if not network.is_file():
         raise KfaceError(f"{network}: the shipped attribute model file is missing; reinstall kface")
     if file_sha256(network) != body["sha256"]:
         raise KfaceError(f"{network}: sha256 differs from its card; the file is damaged, reinstall kface")
     return body
-
-
-class ShippedAttributeModel(AttributeAnswers):
-    """The shipped ONNX network: aligned chips in, probabilities per task out (onnxruntime, created on first use)."""
-
-    def __init__(self, card: dict, path: Path, device: str = "auto"):
-        from ..engines.runtime import OnnxNetwork
-
-        self.meta = card["meta"]
-        # Where it was trained and how far it drifts elsewhere (kface.models.attributes_domain), if measured.
-        self.domain = card.get("domain")
-        self.path = path
-        self.device = device
-        self.network = OnnxNetwork(path, device)
-
-    def chip_probabilities(self, chips: np.ndarray) -> dict[str, np.ndarray]:
-        """Class probabilities per task of (N, 150, 150, 3) uint8 aligned chips, (N, K) float64 rows summing to
-        1 (each chip's averaged with its mirror image's, inside the graph)."""
-        columns = self.network.run(chips)
-        probabilities, start = {}, 0
-        for task in self.tasks:
-            count = len(self.meta["classes"][task])
-            probabilities[task] = average_views([columns[:, start:start + count]])
-            start += count
-        return probabilities
-
-
-def load_shipped_attributes(device: str = "auto") -> ShippedAttributeModel:
-    """The shipped Korean age-group and gender model (card and sha256 checked)."""
-    card = attributes_card()
-    return ShippedAttributeModel(card, MODELS_DIR / card["file"], device)

@@ -6,7 +6,6 @@ manifest ``<name>.json`` beside it. See ``pairs/README.md`` for the format in fu
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 import math
@@ -19,8 +18,8 @@ from typing import Optional, Union
 import numpy as np
 
 from ..errors import InputError
-from ..outputs import atomic_path
-from ..tables import read_csv_rows
+from ..util.outputs import atomic_path
+from ..util.tables import read_csv_rows
 
 SPLITS = ("train", "val", "test")
 HEADER = ("split", "path_a", "path_b", "label", "identity_a", "identity_b")

@@ -24,6 +24,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from .. import __version__
 from ..datasets import ADAPTERS, DatasetIndex, age_group
 from ..errors import InputError
 from .draws import Pool, draw_negatives, draw_positives, negative_capacity, positive_capacity
@@ -307,8 +308,6 @@ def _shortage(plan: _SplitPlan, pool: Pool) -> str:
 
 def _manifest(index: DatasetIndex, request: PairRequest, pool: Pool, plans: list[_SplitPlan],
               excluded: dict) -> dict:
-    from .. import __version__
-
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

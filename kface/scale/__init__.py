@@ -1,5 +1,6 @@
-"""Dataset-scale work on Ray Data: embedding a dataset into Parquet, and the folds of a benchmark, as Ray jobs.
+"""Dataset-scale work: a dataset into a Parquet dataset of embeddings, on this machine or on Ray Data.
 
-Ray is imported only inside these functions (``kface --help`` and ``verify`` never load it); the
-per-batch work is the single-machine code (:mod:`kface.dataset_embedding`), run in Ray actors.
+:mod:`.batches` holds the per-batch work and the one-machine driver, :mod:`.embed` the same work in Ray
+actors, :mod:`.cluster` the connection; the dataset's format is :mod:`kface.embeddings.parquet`.
+Ray and pyarrow are imported only inside functions (``kface --help`` and ``verify`` never load them).
 """

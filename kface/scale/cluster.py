@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import socket
 
+from ..engines.runtime import usable_cores
 from ..errors import InputError
 
 #: The package --ray needs (an extra of ray: Ray Data's streaming executor).
@@ -36,8 +37,6 @@ def connect(address: str, quiet: bool = False):
     options = {"include_dashboard": False, "configure_logging": True,
                "logging_level": logging.WARNING if quiet else logging.INFO, "log_to_driver": not quiet}
     if address == "local":
-        from ..engines.runtime import usable_cores
-
         init = {"num_cpus": usable_cores(), **options}
     else:
         if address != "auto":

@@ -1,5 +1,5 @@
 """A dataset into a Parquet dataset of embeddings on Ray Data: items stream through a pool of actors that
-run the single-machine per-batch work (:func:`kface.dataset_embedding.embed_items`), and this process
+run the single-machine per-batch work (:func:`kface.scale.batches.embed_items`), and this process
 (the driver) writes their rows as whole shards as they arrive.
 
 Rows already in the output (by path, content sha256 and model key) are skipped inside the actors, so a
@@ -15,8 +15,8 @@ import os
 from dataclasses import asdict
 from typing import Callable, Optional, Sequence
 
-from ..dataset_embedding import (SHARD_ROWS, DatasetItem, EmbedSettings, check_strict, embed_items, vector_size)
-from ..embedding_dataset import DatasetWriter, rows_table, summarize, verifier_model_key
+from ..embeddings.parquet import DatasetWriter, rows_table, summarize, verifier_model_key
+from .batches import SHARD_ROWS, DatasetItem, EmbedSettings, check_strict, embed_items, vector_size
 from .cluster import connect
 
 #: Images per actor call: about half a second of work here, small enough to spread over the actors.
@@ -53,7 +53,7 @@ def embed_dataset_ray(items: Sequence[DatasetItem], out: os.PathLike, settings: 
                       on_shard: Optional[Callable[[int], None]] = None) -> dict:
     """Embed ``items`` into the Parquet dataset ``out`` on Ray at ``address`` with ``workers`` actors
     (default: one per cluster CPU; each reserves :data:`ACTOR_CPUS`, and a GPU where ``settings.device``
-    is cuda). Returns the same summary as :func:`kface.dataset_embedding.embed_dataset`."""
+    is cuda). Returns the same summary as :func:`kface.scale.batches.embed_dataset`."""
     ray = connect(address, quiet=not progress)
     # The driver's verifier names the model and the vector size; it loads no network.
     verifier = settings.verifier(cache=False, workers=0)

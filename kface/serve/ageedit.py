@@ -4,6 +4,8 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from ..ageedit import AGE_CLASSES
+from ..ageedit.editor import CARD_FILE, AgeEditorModel, all_ages
 from .pipelines import ServeLimits, png_data_url
 from .uploads import (
     ERRORS,
@@ -24,17 +26,12 @@ class AgeEditService:
     """The shipped editor, loaded on the first request; each request finds its face with its own detector."""
 
     def __init__(self, limits: ServeLimits, device: str = "auto"):
-        from ..ageedit.editor import CARD_FILE
-
         self.limits = limits
         self.device = device
         self.available = CARD_FILE.is_file()
         self._editor = None
 
     def edit(self, image: Upload) -> dict:
-        from ..ageedit import AGE_CLASSES
-        from ..ageedit.editor import AgeEditorModel, all_ages
-
         check_pixels(image, self.limits.max_pixels)
         if self._editor is None:
             self._editor = AgeEditorModel(device=self.device)

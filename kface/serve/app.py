@@ -8,10 +8,9 @@ from __future__ import annotations
 #
 # Face photos are biometric data, so uploads are parsed from the request body in memory (never spooled to a
 # temporary file, kface/serve/uploads.py), the on-disk cache is replaced by a per-request store dropped when the
-# request ends (kface.cache.RequestMemory), nothing about an upload is logged, and the server listens on
+# request ends (kface.util.cache.RequestMemory), nothing about an upload is logged, and the server listens on
 # 127.0.0.1 unless told otherwise. The blocking work runs in worker threads, each with its own Pipeline
 # (dlib's face detector must not be called from two threads at once: it crashes or returns other images' faces).
-
 import ipaddress
 import logging
 import socket
@@ -29,12 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..backbones import DEFAULT_BACKBONE
 from ..errors import InputError, KfaceError
-from ..images import MAX_PIXELS
+from ..faces.images import MAX_PIXELS
 from .auth import DEFAULT_RATE_PER_MINUTE, MAKE_TOKEN, TOKEN_VARIABLE, TokenGuard, TokenSet
 from .distribution import Distribution, load_distances
 from .guard import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_IN_FLIGHT, RequestGuard, memory_bound_bytes
-from .pipelines import (DEFAULT_MAX_REQUEST_MB, DEFAULT_WORKERS, FaceService, Pipeline, ServeLimits,
-                        load_pipelines)
+from .pipelines import DEFAULT_MAX_REQUEST_MB, DEFAULT_WORKERS, FaceService, Pipeline, ServeLimits, load_pipelines
 from .uploads import ERRORS, ApiError, ErrorAnswer, megabytes, multipart_body, read_uploads
 
 __all__ = ["Pipeline", "ServeLimits", "create_app", "is_loopback", "listen", "load_distances", "load_pipelines",

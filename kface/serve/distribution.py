@@ -10,7 +10,9 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
-from ..tables import read_csv_dicts
+from ..metrics import kde_densities, overlap_area
+from ..training.checkpoints import load_checkpoint, stored_val_distances
+from ..util.tables import read_csv_dicts
 
 log = logging.getLogger("kface")
 
@@ -29,8 +31,6 @@ class Distribution:
 
     def to_dict(self, threshold: float, metric: str) -> dict:
         """What the page draws: both densities on one grid of ``CURVE_POINTS`` x values, and the counts."""
-        from ..metrics import kde_densities, overlap_area
-
         densities = kde_densities(self.same, self.different)
         higher = np.maximum(densities.same, densities.diff)
         visible = densities.x[higher > 1e-3 * higher.max()]
@@ -128,7 +128,7 @@ SMOOTHING_BINS = 1.5
 
 
 def card_distribution(answers) -> Optional[BinnedDistribution]:
-    """The val distances a model card's answers block holds (:class:`kface.answers.ModelAnswers`; histograms of
+    """The val distances a model card's answers block holds (:class:`kface.metrics.answers.ModelAnswers`; histograms of
     both pair kinds, pooled), as the page draws them; None without a block."""
     block = answers.block if answers is not None else {}
     histograms = block.get("distributions")
@@ -151,8 +151,6 @@ def stored_distribution(model: Optional[os.PathLike]) -> Optional[Distribution]:
     epoch it saved), or None: no model (a base backbone), or a checkpoint written before they were stored."""
     if model is None:
         return None
-    from ..training.checkpoints import load_checkpoint, stored_val_distances
-
     stored = stored_val_distances(load_checkpoint(model))
     if stored is None:
         return None

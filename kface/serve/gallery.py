@@ -14,8 +14,11 @@ from typing import Optional
 from fastapi import Request  # module level: FastAPI reads the handlers' annotations from these globals
 from fastapi.responses import JSONResponse
 
+from ..faces.images import content_hash
+from ..galleries import Gallery
 from ..galleries.audit import Actor
-from ..images import content_hash
+from ..galleries.gallery import model_identity
+from ..galleries.store import GalleryStore, NewImage
 from .auth import request_token_id
 from .uploads import ERRORS, ApiError, ErrorAnswer, check_pixels, multipart_body, named_errors, read_uploads
 
@@ -28,9 +31,6 @@ class GalleryService:
     """The gallery a server searches and enrolls into, beside its :class:`~kface.serve.pipelines.FaceService`."""
 
     def __init__(self, service, path: str):
-        from ..galleries import Gallery
-        from ..galleries.gallery import model_identity
-
         self.service = service
         served = service.pool.first.verifier
         self.gallery = Gallery.open(path)
@@ -59,7 +59,6 @@ class GalleryService:
     def enroll(self, upload, identity_field, actor=None) -> dict:
         """Enroll the face in ``upload`` under the name in ``identity_field``; ``actor`` (a
         :class:`~kface.galleries.audit.Actor`) is who the gallery's audit log names."""
-        from ..galleries.store import NewImage
         try:
             identity = identity_field.data.decode("utf-8").strip()
         except UnicodeDecodeError:
@@ -130,6 +129,4 @@ def request_actor(request: Request) -> Actor:
 def check_gallery(path: Optional[str]) -> None:
     """Fail before any model loads when ``--gallery`` is not a gallery file."""
     if path:
-        from ..galleries.store import GalleryStore
-
         GalleryStore.open(path).close()

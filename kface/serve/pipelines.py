@@ -11,10 +11,13 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from ..api import load_verifier
+from ..attributes.model import load_analyzer
 from ..backbones import DEFAULT_BACKBONE
-from ..cache import RequestMemory
-from ..images import MAX_PIXELS
-from ..versions import versions
+from ..faces.images import MAX_PIXELS
+from ..models.attributes import has_shipped_attributes
+from ..util.cache import RequestMemory
+from ..util.versions import versions
 from .distribution import Distribution, card_distribution, stored_distribution
 from .uploads import Upload, check_pixels, named_errors
 
@@ -38,7 +41,7 @@ class ServeLimits:
 
 
 def base_embedder(embedder):
-    """The :class:`~kface.embeddings.Embedder` that finds faces (a trained model's wraps one)."""
+    """The :class:`~kface.embeddings.embedder.Embedder` that finds faces (a trained model's wraps one)."""
     return getattr(embedder, "embedder", embedder)
 
 
@@ -47,7 +50,7 @@ class Pipeline:
 
     A pipeline serves one request at a time (:class:`PipelinePool`), and its verifier and analyzer
     belong to it alone: their embedders store faces and embeddings in the pipeline's
-    :class:`~kface.cache.RequestMemory`, never on disk.
+    :class:`~kface.util.cache.RequestMemory`, never on disk.
     """
 
     def __init__(self, verifier, analyzer=None):
@@ -184,18 +187,12 @@ def load_pipelines(count: int, model: Optional[str] = None, attributes_model: Op
                    max_pixels: Optional[int] = None, answer: Optional[dict] = None) -> list[Pipeline]:
     """``count`` alike pipelines, their models loaded and warmed up, caching nothing on disk (``answer``:
     ``operating_point``, ``far``, ``abstain`` for :func:`kface.api.load_verifier`)."""
-    from ..api import load_verifier
-
     pipelines = []
     for _ in range(count):
         verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=False,
                                  max_pixels=max_pixels, **(answer or {}))
         analyzer = None
-        from ..models.attributes import has_shipped_attributes
-
         if attributes_model is not None or has_shipped_attributes():  # default: the shipped Korean model
-            from ..attributes.model import load_analyzer
-
             analyzer = load_analyzer(attributes_model, detector=detector, fallback=fallback, device=device,
                                      cache=False, max_pixels=max_pixels)
         warm_up(verifier.embedder)

@@ -28,10 +28,12 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from ..backbones import get_spec
+from ..embeddings.embedder import shipped_variant
 from ..errors import InputError
-from ..hashing import file_sha256  # noqa: F401  (re-exported: callers record files by it)
-from ..outputs import atomic_path
-from ..versions import versions  # noqa: F401  (re-exported: checkpoints record it)
+from ..util.hashing import file_sha256  # noqa: F401  (re-exported: callers record files by it)
+from ..util.outputs import atomic_path
+from ..util.versions import versions  # noqa: F401  (re-exported: checkpoints record it)
 
 FORMAT = "kface-model"
 FORMAT_VERSION = 1
@@ -54,7 +56,7 @@ def plain(value: Any) -> Any:
 
 def save_checkpoint(path: os.PathLike, payload: dict, durable: bool = False) -> None:
     """Write ``payload`` with ``torch.save``, atomically (a temp file in the same folder, then a rename);
-    ``durable``: fsynced, file and folder (see :func:`kface.outputs.atomic_path`)."""
+    ``durable``: fsynced, file and folder (see :func:`kface.util.outputs.atomic_path`)."""
     import torch
 
     # Written through a handle: given a path, torch names the archive's records after the (random) temp file,
@@ -219,9 +221,6 @@ def model_checkpoint(config, model: torch.nn.Module, feature_shape, embedding_si
 def _shipped_network_record(backbone: str, device: str) -> dict:
     """``{"network": {precision, sha256}}``: which copy of a shipped network made the features a head
     trained on (on a CPU, the int8 copy), so its export runs that same file; empty for other backbones."""
-    from ..backbones import get_spec
-    from ..embeddings import shipped_variant
-
     variant = shipped_variant(get_spec(backbone), device)
     return {} if variant is None else {"network": {"precision": variant["precision"], "sha256": variant["sha256"]}}
 

@@ -1,6 +1,7 @@
 """Training settings (:class:`TrainConfig`), resumed-run option merging and the run folder's files."""
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
@@ -9,10 +10,13 @@ from typing import Optional
 
 from ..backbones import DEFAULT_BACKBONE, get_spec
 from ..backbones.trainable import check_cut_device
+from ..datasets import get_adapter
 from ..distances import get_distance
 from ..errors import InputError
-from ..faces import DETECTORS, FALLBACKS
+from ..faces.detect import DETECTORS, FALLBACKS
 from ..metrics import parse_rule
+from ..pairs import parse_ratio, parse_split, require_identities
+from ..util.outputs import atomic_path
 from .checkpoints import STATE_FORMAT, load_checkpoint
 from .heads import get_head, get_loss, loss_class
 from .store import FeatureSpec
@@ -131,9 +135,6 @@ class TrainConfig:
         if (self.pairs is None) == (self.dataset is None):
             raise InputError("training needs either --pairs FILE or --dataset KIND --root DIR (not both)")
         if self.dataset is not None:
-            from ..datasets import get_adapter
-            from ..pairs import parse_ratio, parse_split, require_identities
-
             get_adapter(self.dataset)
             require_identities(self.dataset)
             if self.root is None:
@@ -196,7 +197,7 @@ UNFROZEN_DEFAULTS = {"head": "none", "lr": 1e-5, "min_lr": 1e-6, "weight_decay":
                      "patience": 5, "augment": "mirror"}
 #: The pair file a --dataset run samples into its folder.
 DATASET_PAIRS = "pairs.csv"
-#: The lock file a run holds in its folder while it writes there (kface.locks): a second run there is refused.
+#: The lock file a run holds in its folder while it writes there (kface.util.locks): a second run there is refused.
 RUN_LOCK = ".lock"
 
 
@@ -234,10 +235,6 @@ def saved_config(out: os.PathLike) -> dict:
 
 def write_history(out: Path, config: TrainConfig, history: list, best: Optional[dict], summary: dict,
                    timing: Optional[dict], baseline: Optional[dict] = None, durable: bool = False) -> None:
-    import json
-
-    from ..outputs import atomic_path
-
     payload = {"config": config.to_dict(), "seed": config.seed, "select": config.select, "best": best,
                "baseline": baseline, "epochs": history, "data": summary}
     if timing is not None:

@@ -1,8 +1,11 @@
 """The data a training run fits on: pairs as rows into the stored features of their images."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -10,10 +13,14 @@ from typing import Optional
 import numpy as np
 
 from ..backbones import get_spec
+from ..datasets import load_dataset
 from ..errors import InputError
+from ..pairs import identity_groups, read_pairs
+from ..util.cache import NO_CACHE_ENV, cache_dir
 from .checkpoints import file_sha256
 from .config import TrainConfig
 from .heads import get_head, loss_class
+from .lda import image_classes
 from .store import FeatureStore
 
 log = logging.getLogger("kface")
@@ -112,8 +119,6 @@ def _identity_groups(config: TrainConfig, index, identities: Optional[list]) -> 
         return None
     if index is None:
         raise InputError(f"--batch-groups {config.batch_groups} reads a dataset column: train from --dataset/--root")
-    from ..pairs import identity_groups
-
     codes = identity_groups(index, index.identity_codes, config.batch_groups)  # one per image, checked per person
     group_of = {index.identity_names[identity]: int(code) for identity, code in zip(index.identity_codes, codes)}
     return [group_of[name] for name in identities]
@@ -121,15 +126,12 @@ def _identity_groups(config: TrainConfig, index, identities: Optional[list]) -> 
 
 def _read_pairs(config: TrainConfig, pair_file: Path, progress: bool, resume: bool):
     """The run's pairs and, with ``--dataset``, the dataset index they were sampled from (else None)."""
-    from ..pairs import read_pairs
     from .identity import write_dataset_pairs
 
     if config.dataset is None:
         return read_pairs(pair_file, config.root), None
     options = {"manifest": config.manifest} if config.manifest else {}
     if resume:
-        from ..datasets import load_dataset
-
         index = load_dataset(config.dataset, config.root, progress=progress, **options)
         return read_pairs(pair_file), index
     return write_dataset_pairs(config.dataset, config.root, pair_file, ratio=config.ratio,
@@ -152,8 +154,6 @@ def _identity_rows(config: TrainConfig, identity_images, found, row: dict, train
     if get_head(config.head).closed_form:
         source = "identities of the train split"
         if identity_images is None:
-            from .lda import image_classes
-
             identity_rows, classes, source = image_classes(train.a, train.b, train.labels)
             identities = [str(code) for code in classes.tolist()]
         summary["lda"] = {"classes_from": source}
@@ -163,12 +163,6 @@ def _identity_rows(config: TrainConfig, identity_images, found, row: dict, train
 def _feature_store_folder() -> Optional[Path]:
     """Where the feature store lives: the cache folder (None), or a temporary folder removed when the
     process ends, with ``--no-cache`` or when the cache folder cannot be written (a note says so)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from ..cache import NO_CACHE_ENV, cache_dir
-
     if os.environ.get(NO_CACHE_ENV) != "1":
         store = cache_dir() / "features"
         try:

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from ..errors import KfaceError
+from ..util.devices import resolve_device
 
 
 @dataclass
@@ -27,15 +28,11 @@ class Processes:
     @classmethod
     def single(cls, device: str) -> "Processes":
         """This process alone, on ``device`` (auto, cpu or cuda)."""
-        from ..devices import resolve_device
-
         return cls(torch.device(resolve_device(device)))
 
     @classmethod
     def from_env(cls, device: str) -> "Processes":
         """One process, or DDP when launched by torchrun (``WORLD_SIZE`` > 1): gloo on CPU, nccl on GPU."""
-        from ..devices import resolve_device
-
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         if world_size == 1:
             return cls.single(device)

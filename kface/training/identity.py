@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..datasets import load_dataset
 from ..errors import InputError
+from ..pairs import PairRequest, make_pair_file, parse_ratio, parse_split, read_pairs
 from .loop import optimiser_step
 
 #: How many in-batch distances (about) an epoch keeps for calibrating P(same).
@@ -67,9 +69,6 @@ def write_dataset_pairs(kind: str, root: str, out: Path, *, ratio: str, pair_cou
                         group_by: Optional[str] = None, options: Optional[dict] = None, progress: bool = False):
     """Sample identity-disjoint (with ``group_by``, group-disjoint) train/val/test pairs from a dataset into ``out`` (a pair CSV and its
     manifest, as ``kface make-pairs`` writes them); return the pairs and the dataset index."""
-    from ..datasets import load_dataset
-    from ..pairs import PairRequest, make_pair_file, parse_ratio, parse_split, read_pairs
-
     index = load_dataset(kind, root, progress=progress, **(options or {}))
     request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), None, seed, group_by=group_by)
     make_pair_file(index, request, out)

@@ -30,7 +30,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..distances import get_distance
 from ..errors import InputError
+from ..metrics import accuracy_at, choose_threshold, overlap_area
 
 #: Criteria for the number of dimensions, as in ``--select``: the direction that is better.
 CRITERIA = {"overlap": "lower", "accuracy": "higher"}
@@ -244,9 +246,6 @@ def choose_dimensions(projection: LdaProjection, val_a: np.ndarray, val_b: np.nd
     :param candidates: numbers of dimensions to try (default :func:`dimension_candidates`).
     :return: the choice; ties go to fewer dimensions.
     """
-    from ..distances import get_distance
-    from ..metrics import accuracy_at, choose_threshold, overlap_area
-
     if criterion not in CRITERIA:
         raise InputError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     metric = get_distance(distance)

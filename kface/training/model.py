@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from ..backbones.trainable import build_suffix, empty_network
 from ..distances import Distance, get_distance
 from .heads import DistanceToProbability, get_head, loss_class
 
@@ -58,8 +59,6 @@ def backbone_suffix(cut: str, network: Optional[nn.Module] = None, backbone: str
     """
     if cut == "none":
         return None
-    from ..backbones.trainable import build_suffix, empty_network
-
     return build_suffix(network if network is not None else empty_network(backbone), cut)
 
 

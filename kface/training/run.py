@@ -48,10 +48,11 @@ from typing import Callable, Optional
 
 from ..backbones.trainable import check_cut_device
 from ..errors import InputError
-from ..locks import file_lock
+from ..util.locks import file_lock
+from ..util.outputs import fsync_file, fsync_folder, remove_stale_temps
+from ..util.progress import progress_bar
 from .checkpoints import file_sha256
-from .config import (DATASET_PAIRS, HISTORY, LAST, MODEL, RUN_LOCK, SELECT_METRICS, TrainConfig, load_last,
-                     write_history)
+from .config import DATASET_PAIRS, HISTORY, LAST, MODEL, RUN_LOCK, SELECT_METRICS, TrainConfig, load_last, write_history
 from .data import TrainingData, load_training_data
 from .distributed import Processes
 from .heads import get_head
@@ -122,8 +123,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
 
 def _make_durable(path: Path) -> None:
     """fsync a file written without it (and its folder), once, at the end of a run."""
-    from ..outputs import fsync_file, fsync_folder
-
     if path.is_file():
         fsync_file(path)
         fsync_folder(path.parent)
@@ -131,8 +130,6 @@ def _make_durable(path: Path) -> None:
 
 def _remove_stale_temps(out: Path) -> None:
     """Temp files a killed run left beside its outputs (never under a final name) are deleted."""
-    from ..outputs import remove_stale_temps
-
     for name in (LAST, MODEL, HISTORY, DATASET_PAIRS, Path(DATASET_PAIRS).with_suffix(".json").name):
         for stale in remove_stale_temps(out / name):
             log.info("removed %s, left by an interrupted run", stale)
@@ -158,8 +155,6 @@ def fit(config: TrainConfig, data: TrainingData, *, resume: bool = False, progre
     ``on_epoch_end(record)`` is called after each epoch's files are written. ``processes`` (from
     :meth:`Processes.from_env`) makes it one process of a DDP job; by default it runs alone.
     """
-    from ..progress import progress_bar
-
     processes = processes or Processes.single(config.device)
     with threads_for(data.features), single_threaded_blas():
         run = TrainingRun(config, data, processes)

@@ -4,7 +4,7 @@ Training reads features, never images. For every image a pair file uses, the sto
 the network's frozen part:
 
 - cut ``none`` (nothing of the backbone trains): the backbone's embedding, computed through
-  :class:`~kface.embeddings.Embedder`, so its SQLite cache of faces and embeddings is reused and
+  :class:`~kface.embeddings.embedder.Embedder`, so its SQLite cache of faces and embeddings is reused and
   filled;
 - cuts ``fc``, ``last-block``, ``last-stage`` of a trainable backbone (:mod:`kface.backbones.trainable`):
   the output of the network's frozen prefix, for two views of the image: the aligned chip and the
@@ -27,7 +27,6 @@ the face cache that the batched backbone pass then reads.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -39,20 +38,20 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..backbones import DEFAULT_BACKBONE, get_spec
-from ..backbones.trainable import VIEWS, check_cut
-from ..cache import cache_dir
-from ..embeddings import ChipEmbedder, Embedder, shipped_network_tag
+from ..backbones.trainable import check_cut
+from ..embeddings.embedder import Embedder, shipped_network_tag
+from ..embeddings.prefix import PrefixNetwork, feature_dtype, feature_shape
 from ..errors import InputError
-from ..faces import FaceSettings, mirror
-from ..images import content_hash, read_bytes
-from ..locks import file_lock
-from ..outputs import write_json
-from ..progress import progress_bar
+from ..faces.detect import FaceSettings, mirror
+from ..faces.images import content_hash, read_bytes
+from ..util.cache import cache_dir
+from ..util.locks import file_lock
+from ..util.outputs import write_json
+from ..util.progress import progress_bar
 
 log = logging.getLogger("kface")
 
 STORE_VERSION = 2
-PREFIX_BATCH = 64
 #: Images per task handed to a detection worker.
 DETECT_CHUNK = 16
 #: Images computed and stored at a time.
@@ -76,7 +75,7 @@ class FeatureSpec:
         check_cut(self.backbone, self.cut)
 
     def embedder_options(self) -> dict:
-        """Keyword arguments for :class:`~kface.embeddings.Embedder`."""
+        """Keyword arguments for :class:`~kface.embeddings.embedder.Embedder`."""
         return {"backbone": self.backbone, "detector": self.detector, "upsample": self.upsample,
                 "fallback": self.fallback, "tta": self.tta, "weights": self.weights}
 
@@ -106,67 +105,6 @@ class FeatureSet:
         return counts
 
 
-def store_dtype(shape: Sequence[int]) -> np.dtype:
-    """float32 for vectors, float16 for feature maps (see the module docstring)."""
-    return np.dtype(np.float32 if len(shape) == 1 else np.float16)
-
-
-def feature_dtype(cut: str, shape: Sequence[int]) -> np.dtype:
-    """What a cut's features are held as: the store's dtype, or uint8 chips for ``all``."""
-    return np.dtype(np.uint8) if cut == "all" else store_dtype(shape)
-
-
-@functools.lru_cache(maxsize=None)
-def feature_shape(backbone: str, cut: str) -> tuple[int, ...]:
-    """The shape of one image's feature for ``backbone`` cut at ``cut``: (D,) for ``none``, else
-    (views, ...) with the chip's and the mirrored chip's prefix output (for ``all``, the chips)."""
-    check_cut(backbone, cut)
-    spec = get_spec(backbone)
-    if cut == "none":
-        return (spec.embedding_size,)
-    if cut == "all":
-        return (VIEWS, spec.input_size, spec.input_size, 3)
-    import torch
-
-    from ..backbones.trainable import empty_network
-
-    with torch.no_grad():
-        probe = empty_network(backbone).forward_prefix(torch.zeros(1, 3, spec.input_size, spec.input_size), cut)
-    return (VIEWS, *probe.shape[1:])
-
-
-class PrefixNetwork:
-    """The frozen layers before a cut of a trainable backbone's network, batched, on one device."""
-
-    def __init__(self, backbone: str, cut: str, device: str = "auto", weights: Optional[str] = None):
-        import torch
-
-        from ..backbones.trainable import inference_network, load_network
-        from ..devices import resolve_device
-
-        self.backbone, self.cut = backbone, cut
-        self.device = torch.device(resolve_device(device))
-        # The prefix never trains, so it may run in its fastest equivalent form.
-        network = inference_network(load_network(backbone, weights))
-        self.network = network.to(self.device, memory_format=torch.channels_last).eval()
-
-    def __call__(self, chips: np.ndarray, bar=None) -> np.ndarray:
-        """(N, S, S, 3) uint8 chips -> (N, 2, ...) features of each chip and its mirror image."""
-        import torch
-
-        shape = feature_shape(self.backbone, self.cut)
-        out = np.empty((len(chips), *shape), dtype=store_dtype(shape))
-        with torch.inference_mode():
-            for start in range(0, len(chips), PREFIX_BATCH):
-                batch = np.ascontiguousarray(chips[start:start + PREFIX_BATCH])
-                for view, pixels in enumerate((batch, mirror(batch))):
-                    x = self.network.prepare_chips(torch.from_numpy(pixels).to(self.device))
-                    out[start:start + len(batch), view] = self.network.forward_prefix(x, self.cut).float().cpu().numpy()
-                if bar is not None:
-                    bar.update(len(batch))
-        return out
-
-
 class FeatureStore:
     """Features of images for one :class:`FeatureSpec`, computed once and kept in the cache folder.
 
@@ -175,8 +113,8 @@ class FeatureStore:
         device: ``auto``, ``cpu`` or ``cuda`` for the backbone.
         workers: detection worker processes (0: detect in this process).
         progress: progress bars on stderr.
-        max_pixels: refuse larger images (see :func:`kface.images.decode_image`).
-        folder: the cache folder (default: :func:`kface.cache.cache_dir`).
+        max_pixels: refuse larger images (see :func:`kface.faces.images.decode_image`).
+        folder: the cache folder (default: :func:`kface.util.cache.cache_dir`).
     """
 
     def __init__(self, spec: FeatureSpec, device: str = "auto", workers: int = 0, progress: bool = False,
@@ -405,29 +343,3 @@ def _hash_files(paths: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
     return hashes, errors
 
 
-class PrefixEmbedder(ChipEmbedder):
-    """Images -> flattened frozen-prefix features of both views, with :class:`~kface.embeddings.Embedder`'s
-    interface.
-
-    Lets a :class:`~kface.api.Verifier` serve a model that trained the backbone's last layers: its
-    model receives exactly what training read from the store (same network, same dtype, both views;
-    for cut ``all``, the chips).
-    """
-
-    def __init__(self, embedder: Embedder, cut: str, device: str = "auto"):
-        super().__init__(embedder)
-        self.spec = embedder.spec
-        self.cut = cut
-        self.shape = feature_shape(embedder.spec.name, cut)
-        self.dtype = feature_dtype(cut, self.shape)
-        self.empty_size = int(np.prod(self.shape))
-        self._prefix = None if cut == "all" else PrefixNetwork(embedder.spec.name, cut, device, embedder.weights)
-
-    def _features(self, chips: np.ndarray) -> np.ndarray:
-        if self._prefix is not None:
-            return self._prefix(chips)
-        return np.stack([chips, mirror(chips)], axis=1)
-
-    def _vectors(self, chips: np.ndarray) -> np.ndarray:
-        # Through the training dtype first, so the model sees the values it trained on.
-        return self._features(chips).astype(self.dtype).reshape(len(chips), -1).astype(np.float32)

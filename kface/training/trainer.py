@@ -10,16 +10,28 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..backbones.trainable import VIEWS
+from ..backbones.trainable import VIEWS, load_network
 from ..metrics import DEFAULT_SAMPLES, sample_per_class
 from .checkpoints import STATE_FORMAT, load_state, model_checkpoint, plain, save_checkpoint, versions
 from .config import LAST, MODEL, SELECT_METRICS, TrainConfig, load_last, write_history
 from .data import TrainingData
 from .distributed import Processes
 from .heads import get_head, get_loss, lda_head_of
+from .lda import choose_dimensions, fit_lda
+from .loop import (
+    VAL_GRID,
+    BestEpoch,
+    PairTensors,
+    batches,
+    better,
+    embed_rows,
+    epoch_order,
+    epoch_seed,
+    evaluate_pairs,
+    measure,
+    run_epoch,
+)
 from .model import build_pair_model, trainable_parameters
-from .loop import (BestEpoch, PairTensors, VAL_GRID, batches, better, embed_rows, epoch_order, epoch_seed,
-                   evaluate_pairs, measure, run_epoch)
 from .samplers import IdentityBatchSampler
 
 log = logging.getLogger("kface")
@@ -29,8 +41,6 @@ def fit_projection(config: TrainConfig, data: TrainingData, val_sample: np.ndarr
     """A closed-form head's projection (:mod:`kface.training.lda`): fitted on the train identities' embeddings,
     truncated to the number of dimensions that the val pairs (``val_sample`` for the threshold and
     overlap) choose by ``--select``; what was fitted and chosen is added to ``data.summary["lda"]``."""
-    from .lda import choose_dimensions, fit_lda
-
     features = data.features
     full = fit_lda(features[data.identity_rows], np.asarray(data.identities))
     choice = choose_dimensions(full, features[data.val.a], features[data.val.b], data.val.labels,
@@ -282,6 +292,4 @@ def _pretrained_network(config: TrainConfig):
     """The unfolded network whose suffix trains (None when nothing of the backbone trains)."""
     if config.unfreeze == "none":
         return None
-    from ..backbones.trainable import load_network
-
     return load_network(config.backbone, config.weights)

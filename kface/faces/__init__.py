@@ -1,0 +1,1 @@
+"""Images to faces: decoding (images), detection and alignment (detect, mtcnn), the worker pool (workers)."""

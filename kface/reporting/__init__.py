@@ -1,0 +1,1 @@
+"""Plots, markdown and subgroup tables shared by the evaluation and attribute reports."""

@@ -1,0 +1,1 @@
+"""Low helpers every layer may use: hashing, atomic outputs, tables, progress, devices, versions, caches."""
