@@ -3,7 +3,7 @@
 Scores each method's BCubed F1 (and precision, recall, cluster count, seconds) at a few link distances
 around the model's 1:1 threshold, on a model's (``--model``, dlib by default) embeddings of the Korean held-out groups (copies merged, as in the identification protocol) and of the LFW sample the identification
 benchmark uses (1,500 people, seed 0). Both come from the kface cache once the identification commands
-in the README have run (otherwise they are embedded now, which takes minutes).
+in docs/galleries.md have run (otherwise they are embedded now, which takes minutes).
 
     python bench/gallery_cluster.py [--thresholds 0.4,0.5,0.6144] [--methods chinese-whispers,components,agglomerative]
 """

@@ -41,7 +41,7 @@ RUN_DIR = Path("runs") / f"korean-{VERSION}"
 #: The shipped vector is the tuned network's, concatenated with this weight x stock dlib's embedding (one
 #: graph sharing the frozen prefix). Chosen as the smallest of 0.2, 0.3, 0.5, 0.7, 1.0 that brings LFW
 #: View-2 within 0.5 point of stock dlib while the val groups lose less than one fold-std on both pair kinds
-#: (README, "What each lever was worth"): stock dlib keeps what it knows of web photos.
+#: (docs/korean-model.md, "What each lever was worth"): stock dlib keeps what it knows of web photos.
 BASE_WEIGHT = 0.5
 HELDOUT_REPORT = Path("reports") / "korean-heldout"
 VAL_PAIRS_PER_CLASS = 800

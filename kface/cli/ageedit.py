@@ -47,9 +47,9 @@ def train_age_editor(dataset, root, layout_options, group_by, exclude_groups, st
                      checkpoint_minutes, device, out, as_json, quiet):
     """Train an age editor (feature-decomposition autoencoder, 8 Korean age classes) on a dataset with ages.
 
-    Example: kface train-age-editor --dataset csv --root ../shared/data/korean_family
+    Example: kface train-age-editor --dataset csv --root path/to/korean_family
     --exclude-groups kface/models/korean-heldout-families.txt --out runs/age-editor.
-    The shipped editor: python -m kface.build.age_editor --root ../shared/data/korean_family
+    The shipped editor: python -m kface.build.age_editor --root path/to/korean_family
     """
     setup_logging(quiet)
     from ..ageedit.train import EditorTrainConfig, dataset_chips, train_and_export

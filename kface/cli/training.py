@@ -322,8 +322,8 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, group
     """Train age-group and/or gender heads on the embedding of a labelled dataset (frozen, or with the
     backbone's last layers, --unfreeze).
 
-    Example: kface train-attributes --dataset lfw-gender --root ../shared/data/lfw --out runs/gender.
-    The shipped Korean model: python -m kface.build.attributes build --root ../shared/data/korean_family
+    Example: kface train-attributes --dataset lfw-gender --root path/to/lfw --out runs/gender.
+    The shipped Korean model: python -m kface.build.attributes build --root path/to/korean_family
     """
     setup_logging(quiet)
     config = AttributeConfig(dataset=dataset, root=root, out=out,

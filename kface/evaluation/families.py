@@ -228,7 +228,7 @@ def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, 
 
 
 def markdown_table(rows: list[dict], protocol: FamilyProtocol) -> str:
-    """The README's table: one line per row (a model at each of its thresholds, or a recipe)."""
+    """The protocol table (docs/korean-model.md): one line per row (a model at each of its thresholds, or a recipe)."""
     cut = "" if protocol.scored == protocol.folds else f", the first {protocol.scored} scored"
     lines = [f"{protocol.folds}-fold{cut} family-disjoint protocol ({protocol.pairs_per_class} same + "
              f"{protocol.pairs_per_class} different pairs of each kind per fold, seed {protocol.seed}); "

@@ -2,7 +2,7 @@
 
 Small galleries are searched exactly (``IndexFlat``); from :data:`APPROXIMATE_FROM` embeddings on, an
 inverted-file index (``IndexIVFFlat``, about sqrt(N) lists, :data:`NPROBE` of them searched), which
-``bench/gallery_search.py`` measured against exact search and against HNSW (see the README). The index
+``bench/gallery_search.py`` measured against exact search and against HNSW (see docs/galleries.md). The index
 file (``<gallery>.index``) starts with a JSON header line naming the store state it covers (the gallery's
 creation time, generation, epoch, the last image id) and the sha256 of the faiss bytes after it; a missing, damaged or stale file is
 rebuilt from the store, and one that covers an older state of the same epoch is brought up to date by

@@ -13,8 +13,8 @@ import numpy as np
 #: FPIR the recorded open-set thresholds are chosen at.
 DEFAULT_FPIR = 0.01
 
-#: Measured open-set thresholds by model key, each with where it comes from (see the README's
-#: "Finding a person among many" section for the command that measured them).
+#: Measured open-set thresholds by model key, each with where it comes from (see docs/galleries.md,
+#: "Open-set search", for the command that measured them).
 OPEN_SET_THRESHOLDS: dict[str, tuple[float, str]] = {
     # Both measured on the 16 held-out groups of related families (none of their images or people seen in
     # training; copies merged): 50 people enrolled at their youngest age, 154 searches by 13 people not

@@ -24,7 +24,7 @@ MODELS_DIR = Path(__file__).resolve().parent
 STOCK_MODEL = "dlib"
 #: Thresholds for untrained backbones (Euclidean distance), by backbone family, each with where it comes from.
 #: dlib-resnet: the max-accuracy threshold over LFW View-2's 6,000 official pairs (deep-funneled, HOG +
-#: 5-point alignment, whole-image fallback), measured by the README's `kface benchmark lfw` command:
+#: 5-point alignment, whole-image fallback), measured by `kface benchmark lfw` (docs/evaluation.md):
 #: 0.6144 (every one of the ten nine-fold thresholds was 0.6144 or 0.6150; 10-fold accuracy 98.23%).
 BASE_THRESHOLDS: dict[str, tuple[float, str]] = {
     "dlib-resnet-v1": (0.6144, "measured on LFW View-2 (max-accuracy over the 6,000 official pairs)"),
