@@ -224,7 +224,8 @@ def test_the_server_and_the_command_line_write_one_gallery_together(faces, tmp_p
         expected = {name: {sha_of(image) for image in images} for name, images in [first, *by_cli, *by_server]}
         assert gallery_rows(gallery) == expected
         assert_index_agrees(gallery)
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/gallery", timeout=60) as response:  # the server sees the CLI's writes
+        # The server sees the CLI's writes.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/gallery", timeout=60) as response:
             assert json.loads(response.read())["images"] == sum(len(images) for images in expected.values())
         server_lines = [line for line in read_audit(gallery) if line["client"] != "local"]
         assert len(server_lines) == len(posts) and all(line["client"].startswith("127.0.0.1:") for line in server_lines)

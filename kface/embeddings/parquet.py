@@ -9,9 +9,10 @@ Shards are written whole (temp file, fsync, rename; :func:`kface.util.outputs.at
 writer leaves complete shards and nothing half-written; the rows already written are found again by
 (path, sha256, model key) and skipped by the next run (:meth:`DatasetWriter.done`), so a rerun finishes
 the job with every image exactly once. One writer at a time: a writer holds the folder's lock
-(:func:`kface.util.locks.file_lock`) while it lives, and a second driver pointed at the same folder is refused
-with one line instead of writing the same rows again (or deleting the first one's temp shards). Readers (:func:`read_vectors`) return the vectors of one model
-key. pyarrow is imported inside the functions: ``kface --help`` and ``verify`` never load it.
+(:func:`kface.util.locks.file_lock`) while it lives, and a second driver pointed at the same folder is
+refused with one line instead of writing the same rows again (or deleting the first one's temp shards).
+Readers (:func:`read_vectors`) return the vectors of one model key.
+pyarrow is imported inside the functions: ``kface --help`` and ``verify`` never load it.
 """
 from __future__ import annotations
 

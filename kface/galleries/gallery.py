@@ -217,7 +217,7 @@ class Gallery:
             if vectors.shape[1] != self.model.dim:
                 raise KfaceError(f"the model made {vectors.shape[1]}-d vectors; {self.path} holds {self.model.dim}-d")
             new, labels = [], {}
-            for row, (source, label, sha, name) in enumerate(chunk):
+            for row, (_, label, sha, name) in enumerate(chunk):
                 message = result.errors.get(result.paths[row])
                 if message is not None:
                     report.skipped[label] = message

@@ -66,7 +66,8 @@ class GalleryService:
         if not identity or len(identity) > 200:
             raise ApiError(422, "identity must be a name of 1 to 200 characters", field="identity")
         vectors, result, face = self._embed(upload)
-        image = NewImage(identity, content_hash(upload.data), upload.filename or "<upload>", result.stages[0], vectors[0])
+        image = NewImage(identity, content_hash(upload.data), upload.filename or "<upload>", result.stages[0],
+                         vectors[0])
         with self.lock:
             stored = self.gallery.add_images([image], actor)
             people, images = self.gallery.store.counts()
