@@ -305,3 +305,19 @@ def test_cluster_from_stored_vectors_groups_as_from_the_images(dataset, single, 
     ours, theirs = json.loads(from_vectors.stdout), json.loads(from_images.stdout)
     assert ours["faces"] == theirs["faces"] == IMAGES
     assert (ours["clusters"], ours["bcubed"]) == (theirs["clusters"], theirs["bcubed"])
+
+
+def test_training_reads_stored_vectors_as_its_frozen_features(dataset, single, tmp_path):
+    from kface.scale.batches import EmbedSettings
+    from kface.training.store import FeatureSpec, FeatureStore
+    from kface.training.stored import import_stored_vectors
+
+    root, _, _ = dataset
+    files = [str(root / row[0]) for row in _manifest_rows(IMAGES)[1:]]
+    backbone = EmbedSettings().verifier(cache=False).embedder.spec.name  # the default model's network
+    store = FeatureStore(FeatureSpec(backbone=backbone, detector="auto"), folder=tmp_path)
+    assert import_stored_vectors(store, single) == IMAGES
+    features = store.features(files)
+    assert features.computed == 0 and features.ok.all()
+    expected, _ = EmbedSettings().verifier(cache=False, workers=0).embed(files)
+    assert np.abs(features.features - expected).max() <= 1e-6

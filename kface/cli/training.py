@@ -145,6 +145,9 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt (same settings).")
 @click.option("--workers", type=click.IntRange(0), default=None,
               help="Face-detection worker processes [default: CPU cores, at most 8].")
+@click.option("--embeddings", type=click.Path(),
+              help="A Parquet embedding dataset (kface embed --out NAME.parquet) of the same backbone: its vectors "
+                   "are the frozen features instead of running the network again.")
 @device_option
 @json_option("Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
@@ -176,7 +179,16 @@ def train(ctx, resume, as_json, quiet, **options):
         given = {name: value for name, value in options.items()
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE}
         options = {**saved_config(options["out"]), **given}
+    embeddings = options.pop("embeddings", None)
     config = TrainConfig.from_dict(options)
+    if embeddings:
+        from ..training.store import FeatureStore
+        from ..training.stored import import_stored_vectors
+        from ..util.cache import NO_CACHE_ENV
+
+        if os.environ.get(NO_CACHE_ENV) == "1":
+            raise click.UsageError("--embeddings fills the feature store in the cache folder; drop --no-cache")
+        import_stored_vectors(FeatureStore(config.feature_spec(), device=config.device), embeddings)
     result = run(config, resume=resume, progress=not quiet)
     if not result.main:
         # A helper process of a DDP job has nothing to print; it leaves without C++ static destructors, one of

@@ -57,10 +57,11 @@ def error_kind(message: str) -> str:
 
 
 def verifier_model_key(verifier) -> str:
-    """What makes a verifier's vectors (a :class:`kface.api.Verifier`): the model's name, the network's
-    identity (backbone, weights, the shipped file's precision and sha256, flip averaging) and, for a
-    trained checkpoint, the file's sha256. Rows of one key are vectors of one embedding space."""
-    key = f"{verifier.model_name};{verifier.embedder.vector_tag}"
+    """What makes a verifier's vectors (a :class:`kface.api.Verifier`): the network's identity (backbone,
+    weights, the shipped file's precision and sha256, flip averaging; ``Embedder.vector_tag``) and, for a
+    trained checkpoint, the file's sha256. Rows of one key are vectors of one embedding space, whichever
+    name loaded the model (``korean`` and the backbone ``kface-korean-v4`` are one key)."""
+    key = verifier.embedder.vector_tag
     if verifier.model_path:
         key += f";checkpoint@{file_sha256(verifier.model_path)[:16]}"
     return key

@@ -35,7 +35,9 @@ def connect(address: str, quiet: bool = False):
     if ray.is_initialized():
         return ray
     options = {"include_dashboard": False, "configure_logging": True,
-               "logging_level": logging.WARNING if quiet else logging.INFO, "log_to_driver": not quiet}
+               "logging_level": logging.ERROR if quiet else logging.INFO, "log_to_driver": not quiet}
+    if quiet:  # Ray Data's own notes (progress bars off, deprecations) as well
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     if address == "local":
         init = {"num_cpus": usable_cores(), **options}
     else:

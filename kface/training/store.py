@@ -174,6 +174,10 @@ class FeatureStore:
             bar.close()
         return self._gather(paths, hashes, self._read_index(), errors, computed)
 
+    def add_rows(self, rows: dict[str, tuple[np.ndarray, str]]) -> None:
+        """Store rows made elsewhere (image sha256 -> (features, stage)), e.g. vectors of a Parquet dataset."""
+        self._append(rows)
+
     # -- computing -------------------------------------------------------------------------------
     def _embedder(self, progress: bool) -> Embedder:
         return Embedder(**self.spec.embedder_options(), device=self.device, progress=progress,
