@@ -165,18 +165,23 @@ def _wait_for_shards(process, out: Path, timeout: float = 120) -> int:
 
 
 def _actor_pids() -> list[int]:
-    """Processes of this session's Ray cluster that run the embedding actors (by their process title)."""
-    pids = []
+    """The embedding actors of this test session's Ray instance: processes below this one (its raylet
+    started them) titled as the actors, never another user's on the same machine."""
+    parents, titles = {}, {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            titles[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if title.startswith("ray::") and "EmbedActor" in title:
-            pids.append(int(entry.name))
-    return pids
+    ours, grew = {os.getpid()}, True
+    while grew:
+        below = {pid for pid, parent in parents.items() if parent in ours} - ours
+        ours |= below
+        grew = bool(below)
+    return sorted(pid for pid in ours if titles.get(pid, "").startswith("ray::") and "EmbedActor" in titles[pid])
 
 
 def _rows_now(out: Path) -> int:

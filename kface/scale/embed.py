@@ -19,8 +19,9 @@ from ..embeddings.parquet import DatasetWriter, rows_table, summarize, verifier_
 from .batches import SHARD_ROWS, DatasetItem, EmbedSettings, check_strict, embed_items, vector_size
 from .cluster import connect
 
-#: Images per actor call: about half a second of work here, small enough to spread over the actors.
-RAY_BATCH = 32
+#: Images per actor call: a few seconds of work here, so that Ray's cost per call (scheduling, moving the
+#: block, the driver's bookkeeping) is small against it; a shard never waits on a larger batch than itself.
+RAY_BATCH = 128
 #: CPUs each actor reserves. Fractional on purpose: on a 2-core machine, actors that reserve whole
 #: cores leave none for Ray Data's own read tasks and the pipeline stalls without an error.
 ACTOR_CPUS = 0.5
