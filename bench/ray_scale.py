@@ -122,7 +122,8 @@ def measure(name: str, run, items, out: Path, cpu: TreeCpu, small: int) -> dict:
     extra = len(items) - small
     row = {"name": name, "rows": summary["rows"], "computed": summary["computed"], "wall_s": wall,
            "images_per_s": summary["computed"] / wall, "cpu_s": cpu_all,
-           "marginal_images_per_s": extra / (wall - wall_small), "marginal_cpu_s_per_image": (cpu_all - cpu_small) / extra}
+           "marginal_images_per_s": extra / (wall - wall_small),
+           "marginal_cpu_s_per_image": (cpu_all - cpu_small) / extra}
     print(f"{name:8s} {wall:7.1f} s  {row['images_per_s']:6.1f} img/s overall  "
           f"{row['marginal_images_per_s']:6.1f} img/s and {1000 * row['marginal_cpu_s_per_image']:6.1f} ms CPU/img "
           f"past the first {small} (start-up excluded)", flush=True)
@@ -194,8 +195,8 @@ def main() -> None:
         raise SystemExit(f"{DATA} is missing: the real-face data lives in ../shared beside the checkout")
     import ray
 
-    from kface.scale.batches import EmbedSettings, embed_dataset
     from kface.engines.runtime import usable_cores
+    from kface.scale.batches import EmbedSettings, embed_dataset
     from kface.scale.embed import embed_dataset_ray
 
     items = chosen_items(args.images, args.seed)

@@ -40,7 +40,8 @@ def dataset(tmp_path_factory) -> tuple[Path, Path, int]:
     (root / "images" / "truncated.jpg").write_bytes(first[: len(first) // 3])
     (root / "images" / "notes.jpg").write_text("not an image", encoding="utf-8")
     Image.new("RGB", (200, 200), (120, 130, 140)).save(root / "images" / "blank.png")
-    extra = [[f"images/{name}", "X0001_D", "X0001", *body[0][3:]] for name in ("truncated.jpg", "notes.jpg", "blank.png")]
+    bad = ("truncated.jpg", "notes.jpg", "blank.png")
+    extra = [[f"images/{name}", "X0001_D", "X0001", *body[0][3:]] for name in bad]
     manifest = root / "identities.csv"
     manifest.write_text("\n".join(",".join(row) for row in [header, *body, *extra]) + "\n", encoding="utf-8")
     return root, manifest, len(body) + len(extra)

@@ -12,6 +12,9 @@ from ..datasets import dataset_options as checked_dataset_options
 from ..evaluation.sweep import run_sweep, sweep_config
 from ..pairs import parse_ratio, parse_split
 from ..toolkit import make_pairs as sample_pairs
+from ..training.store import FeatureStore
+from ..training.stored import import_stored_vectors
+from ..util.cache import NO_CACHE_ENV
 from .names import ATTRIBUTE_DATASETS, DISTANCE_NAMES, IDENTITY_DATASETS, PAIR_SOURCE_DATASETS, UNFREEZE_NAMES
 from .options import (
     backbone_option,
@@ -182,10 +185,6 @@ def train(ctx, resume, as_json, quiet, **options):
     embeddings = options.pop("embeddings", None)
     config = TrainConfig.from_dict(options)
     if embeddings:
-        from ..training.store import FeatureStore
-        from ..training.stored import import_stored_vectors
-        from ..util.cache import NO_CACHE_ENV
-
         if os.environ.get(NO_CACHE_ENV) == "1":
             raise click.UsageError("--embeddings fills the feature store in the cache folder; drop --no-cache")
         import_stored_vectors(FeatureStore(config.feature_spec(), device=config.device), embeddings)

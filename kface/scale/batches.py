@@ -98,7 +98,8 @@ def vector_size(verifier) -> int:
     return int(verifier.head(np.zeros((1, size), np.float32)).shape[1])
 
 
-def embed_items(verifier, items: Sequence[DatasetItem], done: Collection[tuple[str, str]], model_key: str) -> list[dict]:
+def embed_items(verifier, items: Sequence[DatasetItem], done: Collection[tuple[str, str]],
+                model_key: str) -> list[dict]:
     """The rows of ``items`` not yet written (``done``: their (path, sha256)), one per image, in order.
 
     An unreadable, truncated or non-image file and a photo with no face are rows with their error.
