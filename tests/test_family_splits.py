@@ -213,8 +213,9 @@ def test_a_merged_group_listed_in_part_is_an_input_error(tmp_path):
 
     index = load_dataset("csv", tmp_path, manifest=write_family_manifest(tmp_path, families=4))
     records = [index.record(row) for row in range(len(index))]
-    records = [replace(r, attributes={**r.attributes, "family": "F001+F002"}) if r.attributes["family"] in ("F001", "F002")
-               else r for r in records]
+    joined = {"F001", "F002"}
+    records = [replace(r, attributes={**r.attributes, "family": "F001+F002"}) if r.attributes["family"] in joined else r
+               for r in records]
     merged = DatasetIndex.from_records(index.kind, index.root, records, index.problems, index.options, index.conditions)
     with pytest.raises(InputError, match="F001\\+F002 share a person"):
         split_added(merged, "family", {"F002"})
@@ -236,6 +237,6 @@ def test_a_cut_run_scores_the_first_folds_as_dealt_for_all(tmp_path):
 
     row = score_fixed_model(ColourVerifier(), index, _subset(pairs, keep), cut, "colour")
     assert len(row["pair_kinds"]["cross-age"]["fold_accuracies"]) == 2
-    assert "5-fold, the first 2 scored" in markdown_table([row], cut)
+    assert "5-fold family-disjoint protocol (a cut run: the first 2 of its folds scored)" in markdown_table([row], cut)
     with pytest.raises(InputError, match="--scored-folds"):
         FamilyProtocol(folds=5, scored_folds=6)

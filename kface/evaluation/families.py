@@ -229,8 +229,8 @@ def _summary(name: str, kind: str, distances: np.ndarray, pairs: ProtocolPairs, 
 
 def markdown_table(rows: list[dict], protocol: FamilyProtocol) -> str:
     """The protocol table (docs/korean-model.md): one line per row (a model at each of its thresholds, or a recipe)."""
-    cut = "" if protocol.scored == protocol.folds else f", the first {protocol.scored} scored"
-    lines = [f"{protocol.folds}-fold{cut} family-disjoint protocol ({protocol.pairs_per_class} same + "
+    cut = "" if protocol.scored == protocol.folds else f" (a cut run: the first {protocol.scored} of its folds scored)"
+    lines = [f"{protocol.folds}-fold family-disjoint protocol{cut} ({protocol.pairs_per_class} same + "
              f"{protocol.pairs_per_class} different pairs of each kind per fold, seed {protocol.seed}); "
              f"accuracy mean ± std over folds; AUC, EER and overlap are means of the per-fold figures.", "",
              "| model | threshold | cross-age accuracy | same-age hard accuracy | AUC (cross / hard) "
