@@ -285,7 +285,7 @@ class GalleryStore:
         try:
             self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self.connection.execute("VACUUM")
-            busy = self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            busy = self._empty_wal()
         except sqlite3.OperationalError as exc:
             busy, why = 1, str(exc)
         else:
@@ -293,6 +293,17 @@ class GalleryStore:
         if busy:
             raise KfaceError(f"{self.path}: removed, but could not empty the write-ahead log ({why}); run kface "
                              f"gallery rebuild --gallery {self.path} when no one is using it") from None
+
+    def _empty_wal(self) -> int:
+        """Checkpoint the WAL into the file and truncate it, retrying while another process checkpoints
+        (SQLite then answers busy at once, without waiting) or reads, for up to the lock timeout; 1 if it
+        never could."""
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        while True:
+            busy = self.connection.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy or time.monotonic() > deadline:
+                return int(busy)
+            time.sleep(0.05)
 
     def _bump(self, epoch: bool) -> None:
         self.connection.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
