@@ -198,13 +198,19 @@ def post_enroll(port: int, name: str, image: Path) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_the_server_and_the_command_line_write_one_gallery_together(faces, tmp_path):
+    """Enrolments through the server's /enroll, kface enroll with photos and with stored vectors at once."""
     from kface.galleries import Gallery
     from kface.galleries.audit import read_audit
 
     gallery = tmp_path / "shared.kgallery"
-    first, by_cli, by_server = faces[0], faces[1:6], faces[6:11]
+    first, by_cli, by_server, by_vectors = faces[0], faces[1:6], faces[6:11], faces[11:13]
     with Gallery.open(gallery, create=True, fallback="whole-image") as empty:
         empty.enroll([str(image) for image in first[1]], first[0])
+    stored = tmp_path / "stored.parquet"  # vectors of two more people, enrolled with --embeddings below
+    made = subprocess.run(KFACE + ["embed", "--dataset", "folder", "--root", str(link_tree(by_vectors, tmp_path / "v")),
+                                   "--out", str(stored), "--quiet", *FACE_OPTIONS], capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+    assert made.returncode == 0, made.stderr
     server = subprocess.Popen(KFACE + ["serve", "--port", "0", "--gallery", str(gallery), "--workers", "2",
                                        "--quiet", *FACE_OPTIONS], stderr=subprocess.PIPE, text=True)
     try:
@@ -213,15 +219,17 @@ def test_the_server_and_the_command_line_write_one_gallery_together(faces, tmp_p
         answers: list[tuple[int, dict]] = []
         posts = [threading.Thread(target=lambda n=name, i=image: answers.append(post_enroll(port, n, i)))
                  for name, images in by_server for image in images]
-        commands = start([enroll_command(gallery, name, images) for name, images in by_cli])
+        commands = start([enroll_command(gallery, name, images) for name, images in by_cli]
+                         + [KFACE + ["enroll", "--gallery", str(gallery), "--embeddings", str(stored), "-q"]])
         for post in posts:
             post.start()
         results = finish(commands)
         for post in posts:
             post.join(TIMEOUT_S)
-        assert [code for code, _, _ in results] == [0] * len(by_cli), results
+        assert [code for code, _, _ in results] == [0] * (len(by_cli) + 1), results
         assert sorted(status for status, _ in answers) == [200] * len(posts), answers
-        expected = {name: {sha_of(image) for image in images} for name, images in [first, *by_cli, *by_server]}
+        expected = {name: {sha_of(image) for image in images}
+                    for name, images in [first, *by_cli, *by_server, *by_vectors]}
         assert gallery_rows(gallery) == expected
         assert_index_agrees(gallery)
         # The server sees the CLI's writes.
