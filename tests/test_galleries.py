@@ -193,3 +193,26 @@ def test_identification_split_is_seeded_and_disjoint():
     assert not set(codes[split.gallery]) & set(codes[split.nonmated])
     assert set(codes[split.mated]) <= set(codes[split.gallery])
     assert len(set(codes[split.gallery])) == 24 and len(set(codes[split.nonmated])) == 11
+
+
+def test_an_index_of_an_older_state_never_replaces_the_file_and_one_from_before_a_removal_is_deleted(tmp_path):
+    """Two writers (two connections, as two processes): the index file only ever holds the committed state;
+    an index made before someone's removal (it holds their vectors) is never written, and such a file
+    found later is deleted."""
+    path = tmp_path / "g.kgallery"
+    gallery, vectors, _ = make_gallery(path)
+    before = gallery.refresh_index(save=True)  # this writer's index: before the removal below
+    other = Gallery(GalleryStore.open(path))
+    assert other.remove("p0") == 3
+    header = gallery_index.read_header(gallery_index.index_path(path))
+    assert (header["epoch"], header["count"]) == (1, 57)
+    gallery._index = before
+    gallery._save_index()  # refused: not the committed state
+    assert gallery_index.read_header(gallery_index.index_path(path))["count"] == 57
+    before.save(gallery_index.index_path(path))  # as if written by a writer that did not check
+    gallery._save_index()
+    assert not gallery_index.index_path(path).exists()  # it held p0's vectors
+    answer = gallery.search_vectors(vectors[:1] + 0.01)[0]  # the next search rebuilds it without p0
+    assert answer.candidates[0].identity != "p0" and answer.gallery_images == 57
+    assert gallery_index.read_header(gallery_index.index_path(path))["count"] == 57
+    other.close()
