@@ -158,10 +158,13 @@ def compare(first: dict, second: dict) -> float:
 
 def stage_costs(paths: list[str]) -> dict:
     """CPU seconds per image of the face stage (decode, detect, align) and of the network, in this process
-    (no pool, no cache), for a plan of which part GPU nodes take over."""
+    as in a Ray actor (no pool, no cache, one thread each), for a plan of which part GPU nodes take over."""
     from kface.scale.batches import EmbedSettings
+    from kface.scale.embed import one_thread_each
 
-    embedder = EmbedSettings().verifier(cache=False, workers=0).embedder
+    verifier = EmbedSettings().verifier(cache=False, workers=0)
+    one_thread_each(verifier)
+    embedder = verifier.embedder
     started = time.process_time()
     entries, _ = embedder.faces(paths, on_error="skip")
     faces = time.process_time() - started

@@ -34,7 +34,7 @@ class EmbedActor:
         logging.getLogger("kface").setLevel(logging.WARNING)  # the driver prints the summary
         # No disk cache (the Parquet output is the store) and no face-finding pool: the actor is the worker.
         self.verifier = settings.verifier(cache=False, workers=0)
-        _one_thread_each(self.verifier)
+        one_thread_each(self.verifier)
         self.done = done
         self.model_key = model_key
         self.dim = dim
@@ -44,7 +44,7 @@ class EmbedActor:
         return rows_table(embed_items(self.verifier, items, self.done, self.model_key), self.dim)
 
 
-def _one_thread_each(verifier) -> None:
+def one_thread_each(verifier) -> None:
     """One CPU thread for the detector's and the network's runtimes (before either loads), as in the
     face-finding pool of the single-machine path: the parallelism is the actors'. Runtimes sized to the
     machine's cores in every actor fight over them (measured: 13% more CPU per image here)."""
