@@ -37,7 +37,7 @@ def write_copies(root: Path, work: Path, copies: int, seed: int, val_groups: set
     from PIL import Image
 
     from kface.datasets.degradations import old_photo
-    from kface.evaluation.families import write_manifest
+    from kface.evaluation.family_scoring import write_manifest
     from kface.evaluation.heldout import korean_split
     from kface.faces.images import load_image
 

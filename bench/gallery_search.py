@@ -33,7 +33,7 @@ NOISE = 0.02
 def real_embeddings() -> np.ndarray:
     """dlib embeddings of the held-out families' photos (cached by the identification benchmark)."""
     from kface.api import load_verifier
-    from kface.evaluation.families import read_group_list
+    from kface.evaluation.groups import read_group_list
 
     families = read_group_list(REPO / "kface" / "models" / "korean-heldout-families.txt")
     with open(KOREAN / "identities.csv", encoding="utf-8") as handle:

@@ -38,7 +38,7 @@ def allow_cpu_all() -> None:
 
 def score_heldout(root: Path, models: list[str], labels: list[str], out: Path, device: str, what: str) -> None:
     """Score checkpoints with the family protocol on the held-out groups and print one table row each."""
-    from kface.evaluation.families import run_benchmark
+    from kface.evaluation.family_run import run_benchmark
     from kface.evaluation.heldout import HELDOUT_FILE
 
     rows = run_benchmark("csv", str(root), {"manifest": str(root / "identities.csv")}, groups_file=str(HELDOUT_FILE),

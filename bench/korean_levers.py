@@ -58,7 +58,8 @@ def main() -> None:
 
     from kface.datasets import load_dataset
     from kface.embeddings.embedder import Embedder
-    from kface.evaluation.families import FamilyProtocol, distinct_images, family_folds, protocol_pairs
+    from kface.evaluation.families import FamilyProtocol, family_folds, protocol_pairs
+    from kface.evaluation.groups import distinct_images
     from kface.metrics import accuracy_at, choose_threshold
     from kface.training.checkpoints import load_checkpoint
     from kface.training.export import checkpoint_graph

@@ -17,7 +17,7 @@ from .attributes.model import load_analyzer
 from .backbones import DEFAULT_BACKBONE
 from .datasets import load_dataset
 from .errors import InputError
-from .evaluation.families import run_benchmark
+from .evaluation.family_run import run_benchmark
 from .evaluation.lfw import benchmark_lfw as run
 from .faces.images import ImageSource
 from .galleries.clustering import CLUSTER_THRESHOLDS
@@ -144,7 +144,7 @@ def benchmark_families(dataset: str, root: str | os.PathLike, *, out: str | os.P
     checkpoints) and ``recipes`` (JSON files of train settings) scored on pairs across ages and same-age
     same-gender hard pairs; writes ``out/benchmark.json`` and ``benchmark.md`` and returns the rows.
     ``layout_options``: the dataset's (e.g. ``{"manifest": ...}`` for ``csv``); ``settings``: the protocol's
-    (:func:`kface.evaluation.families.run_benchmark`: models, recipes, groups_file, folds, pairs_per_class,
+    (:func:`kface.evaluation.family_run.run_benchmark`: models, recipes, groups_file, folds, pairs_per_class,
     rule, seed, device, ...).
 
     >>> from kface import benchmark_families

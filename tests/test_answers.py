@@ -161,7 +161,7 @@ def test_server_answer_carries_the_point_probability_and_caution_field():
 
 def held_out_child_photos() -> list[Path]:
     """Two photos of one child under 7 from the held-out groups (identities.csv, age class a: 0-6)."""
-    from kface.evaluation.families import read_group_list
+    from kface.evaluation.groups import read_group_list
     from kface.evaluation.heldout import HELDOUT_FILE
 
     groups = read_group_list(HELDOUT_FILE)

@@ -21,7 +21,7 @@ from kface.attributes.labels import AgeBins, AttributeConfig, age_interval, spli
 from kface.attributes.model import load_analyzer
 from kface.build.attributes import KOREAN_AGE_BINS
 from kface.cli import cli
-from kface.evaluation.families import read_group_list
+from kface.evaluation.groups import read_group_list
 from kface.models import attributes as shipped
 from kface.util.hashing import file_sha256
 

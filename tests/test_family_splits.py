@@ -123,7 +123,8 @@ class ColourVerifier:
 
 
 def test_a_fixed_model_is_scored_at_its_own_and_at_the_other_folds_threshold(tmp_path):
-    from kface.evaluation.families import markdown_table, score_fixed_model
+    from kface.evaluation.family_scoring import score_fixed_model
+    from kface.evaluation.family_tables import markdown_table
 
     manifest = write_family_manifest(tmp_path, families=10)
     index = load_dataset("csv", tmp_path, manifest=manifest)
@@ -142,7 +143,7 @@ def test_a_fixed_model_is_scored_at_its_own_and_at_the_other_folds_threshold(tmp
 def test_copies_filed_under_two_families_are_one_person_once(tmp_path):
     import shutil
 
-    from kface.evaluation.families import distinct_images
+    from kface.evaluation.groups import distinct_images
 
     manifest = write_family_manifest(tmp_path, families=4)
     rows = list(csv.reader(open(manifest)))
@@ -171,7 +172,7 @@ def test_copies_filed_under_two_families_are_one_person_once(tmp_path):
 
 
 def test_a_group_list_line_of_joined_groups_stands_for_each_part(tmp_path):
-    from kface.evaluation.families import read_group_list, restrict_groups
+    from kface.evaluation.groups import read_group_list, restrict_groups
 
     listed = tmp_path / "groups.txt"
     listed.write_text("# held out\nF001+F002  # joined by a shared person\nF003\n", encoding="utf-8")
@@ -181,7 +182,7 @@ def test_a_group_list_line_of_joined_groups_stands_for_each_part(tmp_path):
 
 
 def test_added_groups_train_every_fold_and_leave_the_others_folds_and_pairs_as_they_were(tmp_path):
-    from kface.evaluation.families import split_added, subset_index
+    from kface.evaluation.groups import split_added, subset_index
 
     manifest = write_family_manifest(tmp_path, families=12)
     index = load_dataset("csv", tmp_path, manifest=manifest)
@@ -209,7 +210,7 @@ def test_a_merged_group_listed_in_part_is_an_input_error(tmp_path):
     from dataclasses import replace
 
     from kface.datasets import DatasetIndex
-    from kface.evaluation.families import split_added
+    from kface.evaluation.groups import split_added
 
     index = load_dataset("csv", tmp_path, manifest=write_family_manifest(tmp_path, families=4))
     records = [index.record(row) for row in range(len(index))]
@@ -223,7 +224,8 @@ def test_a_merged_group_listed_in_part_is_an_input_error(tmp_path):
 
 
 def test_a_cut_run_scores_the_first_folds_as_dealt_for_all(tmp_path):
-    from kface.evaluation.families import markdown_table, score_fixed_model
+    from kface.evaluation.family_scoring import score_fixed_model
+    from kface.evaluation.family_tables import markdown_table
 
     manifest = write_family_manifest(tmp_path, families=10)
     index = load_dataset("csv", tmp_path, manifest=manifest)

@@ -11,7 +11,7 @@ from conftest import SHARED, require
 
 from kface.api import BASE_THRESHOLDS, load_verifier
 from kface.cli import cli
-from kface.evaluation.families import read_group_list
+from kface.evaluation.groups import read_group_list
 
 # Imported before any test patches MODELS_DIR: its file paths are bound at import (the damaged-file test's
 # verify would otherwise import it first, bound to the test's copy).

@@ -32,7 +32,7 @@ from ..attributes.labels import split_by_group
 from ..backbones.trainable import load_network
 from ..datasets import load_dataset
 from ..errors import InputError
-from ..evaluation.families import read_group_list
+from ..evaluation.groups import read_group_list
 from ..util.devices import resolve_device
 from ..util.outputs import atomic_path, write_json
 from ..util.progress import progress_bar

@@ -35,7 +35,7 @@ from ..attributes.shipped import load_shipped_attributes
 from ..attributes.train import Features, dataset_features, train_attributes
 from ..backbones.trainable import inference_network, load_network
 from ..embeddings.embedder import Embedder
-from ..evaluation.families import write_manifest
+from ..evaluation.family_scoring import write_manifest
 from ..evaluation.heldout import HELDOUT_FILE, korean_split, source_text
 from ..models import MODEL_FAMILIES
 from ..models import attributes as shipped

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.families import PAIR_KINDS, FamilyProtocol, _pair_distances, protocol_pairs
+from ..evaluation.families import PAIR_KINDS, FamilyProtocol, protocol_pairs
+from ..evaluation.family_scoring import _pair_distances
 from ..metrics.answers import ALIKE, CAUTION, OTHER, ModelAnswers
 from ..metrics.calibration import (
     METHODS,

@@ -22,7 +22,10 @@ from .. import __version__
 from ..api import Verifier, load_verifier
 from ..embeddings.embedder import Embedder
 from ..errors import KfaceError
-from ..evaluation.families import FamilyProtocol, protocol_pairs, run_benchmark, subset_index, write_manifest
+from ..evaluation.families import FamilyProtocol, protocol_pairs
+from ..evaluation.family_run import run_benchmark
+from ..evaluation.family_scoring import write_manifest
+from ..evaluation.groups import subset_index
 from ..evaluation.heldout import HELDOUT_FILE, korean_split, source_text
 from ..metrics import accuracy_at, auc, choose_threshold
 from ..models import MODELS_DIR, NETWORK_CARDS, _read_card, precision

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..embeddings.embedder import Embedder
 from ..engines.quantize import quantize_network
-from ..evaluation.families import run_benchmark
+from ..evaluation.family_run import run_benchmark
 from ..evaluation.heldout import HELDOUT_FILE, korean_split
 from ..models import _read_card, precision
 from ..training.checkpoints import load_checkpoint

@@ -10,7 +10,7 @@ from ..datasets import load_dataset
 from ..errors import InputError
 from ..models import MODELS_DIR
 from ..util.outputs import write_text
-from .families import distinct_images, read_group_list, subset_index
+from .groups import distinct_images, read_group_list, subset_index
 
 HELDOUT_FILE = MODELS_DIR / "korean-heldout-families.txt"
 HELDOUT_FRACTION = 0.1
@@ -32,7 +32,7 @@ def merged_index(root: Path, families: Optional[Container[str]] = None):
 
     The set files one scan under several identities (a grandparent shared by two families appears under
     both family numbers): identities sharing an image are one person, and families sharing a person are
-    one group, named ``F1+F2`` in the ``family`` column (:func:`kface.evaluation.families.distinct_images`).
+    one group, named ``F1+F2`` in the ``family`` column (:func:`kface.evaluation.groups.distinct_images`).
     """
     index = load_dataset("csv", root, manifest=root / "identities.csv")
     rows = [row for row, family in enumerate(index.attributes["family"]) if families is None or family in families]

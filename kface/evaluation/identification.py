@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..galleries.openset import DEFAULT_FPIR, identification_rates, ranks_of_mates
 from ..pairs import identity_groups
 from ..util.outputs import write_json, write_text
-from .families import distinct_images, group_rows, read_group_list, restrict_groups
+from .groups import distinct_images, group_rows, read_group_list, restrict_groups
 
 
 @dataclass(frozen=True)

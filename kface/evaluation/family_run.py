@@ -1,0 +1,124 @@
+"""The driver of ``kface benchmark families``: the data, the folds and pairs, every model and recipe scored."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..api import load_verifier
+from ..datasets import DatasetIndex, load_dataset
+from ..embeddings.stored import with_stored_vectors
+from ..errors import InputError
+from .families import FamilyProtocol, ProtocolPairs, _subset, family_folds, protocol_pairs
+from .family_scoring import score_fixed_model, score_recipe
+from .family_tables import write_results
+from .groups import distinct_images, read_group_list, split_added, subset_index
+
+
+def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str = "family",
+                  groups_file: Optional[str] = None, exclude_file: Optional[str] = None,
+                  added_file: Optional[str] = None, folds: int = 5, scored_folds: Optional[int] = None,
+                  pairs_per_class: int = 400, age_column: str = "age_class", models=(), recipes=(),
+                  rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto", cache: bool = True,
+                  distinct: bool = True, embeddings: Optional[str] = None,
+                  progress: bool = False, log: Callable[[str], None] = lambda text: None) -> list[dict]:
+    """The whole protocol for ``models`` (names or checkpoint paths) and ``recipes`` (JSON files); writes
+    ``out/benchmark.json`` and ``out/benchmark.md`` after every row, and returns the rows.
+
+    With ``distinct`` (the default) copied images are left out first (:func:`distinct_images`), so no
+    fold, and no held-out group, shares an image with another.
+
+    ``added_file`` lists groups that are training data only (:func:`split_added`): the folds and pairs are
+    the other groups' alone, as without them, and each recipe is scored twice on those same pairs, trained
+    without the added groups and with them (row ``NAME+added``): what the added families are worth.
+    ``embeddings``: a Parquet embedding dataset whose vectors (of each model's key) replace the network's."""
+    if not models and not recipes:
+        raise InputError("give at least one --model or --recipe to score")
+    if models and scored_folds == 1:
+        raise InputError("--scored-folds 1: a --model's threshold is chosen on the other scored folds; score 2 or more")
+    recipe_settings = [(Path(path).stem, _read_recipe(path)) for path in recipes]
+    protocol = FamilyProtocol(folds, pairs_per_class, seed, group_by, age_column, rule, scored_folds)
+    data = prepare_data(kind, root, layout_options, protocol, groups_file=groups_file, exclude_file=exclude_file,
+                        added_file=added_file, distinct=distinct, progress=progress, log=log)
+    rows: list[dict] = []
+    for name in models:
+        log(f"scoring model {name}")
+        verifier = load_verifier(name, detector="auto", fallback="whole-image", device=device, cache=cache,
+                                 progress=progress)
+        rows.append(score_fixed_model(with_stored_vectors(verifier, embeddings), data.scored, data.pairs, protocol,
+                                      name))
+        write_results(out, rows, protocol, data.dataset)
+    for name, recipe in recipe_settings:
+        for index, image_folds, suffix in data.variants:
+            rows.append(score_recipe(recipe, index, image_folds, data.pairs, protocol, name + suffix, out,
+                                     device=device, progress=progress, log=log))
+            write_results(out, rows, protocol, data.dataset)
+    return rows
+
+
+@dataclass
+class ProtocolData:
+    """What a protocol run scores: the images (``scored``), their folds and pairs, what to record of the data,
+    and the training data of each recipe row (``variants``: index, folds, row-name suffix)."""
+
+    scored: DatasetIndex
+    image_folds: np.ndarray
+    pairs: ProtocolPairs
+    dataset: dict
+    variants: list[tuple[DatasetIndex, np.ndarray, str]]
+
+
+def prepare_data(kind: str, root: str, layout_options: dict, protocol: FamilyProtocol, *,
+                 groups_file: Optional[str], exclude_file: Optional[str], added_file: Optional[str],
+                 distinct: bool, progress: bool, log: Callable[[str], None]) -> ProtocolData:
+    """The dataset read and chosen (group lists, copies left out, added groups split off), dealt into folds
+    and paired (:func:`run_benchmark` says how)."""
+    group_by = protocol.group_by
+    index = load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
+    rows = np.arange(len(index))
+    if groups_file or exclude_file:
+        values = index.attributes.get(group_by) or [None] * len(index)
+        keep = read_group_list(groups_file) if groups_file else None
+        drop = read_group_list(exclude_file) if exclude_file else set()
+        rows = np.array([i for i, value in enumerate(values) if (keep is None or value in keep) and value not in drop],
+                        dtype=np.int64)
+    copies = None
+    if distinct:
+        index, copies = distinct_images(index, rows, group_by)
+        log(f"copied images: {copies}")
+    else:
+        index = subset_index(index, rows)
+    scored, added = index, None
+    if added_file:
+        scored_rows, added_rows = split_added(index, group_by, read_group_list(added_file))
+        scored, added = subset_index(index, scored_rows), subset_index(index, added_rows)
+    image_folds = family_folds(scored, protocol)
+    pairs = protocol_pairs(scored, image_folds, protocol)
+    pairs = _subset(pairs, pairs.folds < protocol.scored)
+    dataset = {"kind": kind, "root": str(root), "images": len(scored), "identities": len(scored.identity_names),
+               "groups_file": groups_file, "exclude_groups": exclude_file, "copies_left_out": copies}
+    variants = [(scored, image_folds, "")]
+    if added is not None:
+        dataset["added"] = {"groups_file": added_file, "images": len(added), "identities": len(added.identity_names),
+                            "groups": len(set(added.attributes[group_by]))}
+        # The added images go after the scored ones, so the pairs' rows stay valid; fold -1: never scored,
+        # trained on by every fold's model.
+        variants.append((subset_index(index, np.r_[scored_rows, added_rows]),
+                         np.r_[image_folds, np.full(len(added), -1, dtype=np.int64)], "+added"))
+    return ProtocolData(scored, image_folds, pairs, dataset, variants)
+
+
+def _read_recipe(path: str) -> dict:
+    try:
+        recipe = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: not a readable recipe JSON ({exc})") from None
+    if not isinstance(recipe, dict):
+        raise InputError(f"{path}: a recipe is a JSON object of kface train settings")
+    reserved = {"pairs", "out", "dataset", "root", "manifest", "group_by"} & set(recipe)
+    if reserved:
+        raise InputError(f"{path}: the protocol sets {', '.join(sorted(reserved))} itself; remove them")
+    return recipe
