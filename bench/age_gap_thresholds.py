@@ -5,7 +5,8 @@
 Same-age strangers are closer than strangers at random, so one threshold cannot suit both pair kinds of
 the family protocol. Here each face's age class is estimated by the shipped attribute model (from what it
 reads: the face's aligned chip since attributes-korean-v4), each pair falls in a bucket by the gap between its two
-estimates (or by whether the younger face is a child, or both), and each bucket gets its own max-accuracy threshold, chosen on the protocol's pairs of the
+estimates (or by whether the younger face is a child, or both), and each bucket gets its own max-accuracy threshold,
+chosen on the protocol's pairs of the
 shipped run's val groups and applied to the held-out groups' pairs. Rows: the card's one threshold, one
 threshold chosen on the same val pairs, buckets by class gap (0 / 1+ and 0 / 1 / 2+), by the younger
 face (under 13 or not), by both (six buckets), and the oracle
@@ -36,9 +37,10 @@ def protocol_data(index, heads) -> tuple:
 
     korean = vectors("korean", paths, "auto")
     if heads.input == "chips":  # the shipped model since v4: the face's aligned chip, the one verify uses
-        from kface.api import load_verifier
+        from kface.api import FaceOptions, load_verifier
 
-        entries, _ = load_verifier("korean", detector="auto", fallback="whole-image").embedder.faces(paths)
+        entries, _ = load_verifier("korean", options=FaceOptions(detector="auto",
+                                                                 fallback="whole-image")).embedder.faces(paths)
         probabilities = heads.chip_probabilities(np.stack([entry.chip for entry in entries]))
     else:
         read = korean if heads.meta["backbone"] == MODEL_FAMILIES["korean"] else vectors("dlib", paths, "auto")

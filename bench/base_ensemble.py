@@ -28,9 +28,9 @@ DATA = REPO.parent / "shared" / "data"
 
 
 def vectors(model: str, paths: list[str], detector: str) -> np.ndarray:
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
 
-    embedded, _ = load_verifier(model, detector=detector, fallback="whole-image").embed(paths)
+    embedded, _ = load_verifier(model, options=FaceOptions(detector=detector, fallback="whole-image")).embed(paths)
     return embedded
 
 
@@ -97,7 +97,8 @@ def main() -> None:
     val, heldout = korean_indexes()
     lfw = lfw_rows(weights)
     val_rows, heldout_rows = family_rows(val, weights), family_rows(heldout, weights)
-    print("| w (stock dlib's share) | LFW View-2 | val groups: cross-age / same-age hard | held-out groups: cross-age / "
+    print("| w (stock dlib's share) | LFW View-2 | val groups: cross-age / same-age hard | held-out groups: cross-age "
+          "/ "
           "same-age hard |")
     print("|---:|---:|---:|---:|")
     for i, weight in enumerate(weights):

@@ -7,7 +7,8 @@ network all run. ``warm``: the same cache a second time (chips and embeddings ar
 baseline is the ten-line script a user would write with dlib directly (HOG at upsample 1, 5-point
 landmarks, ``get_face_chip``, dlib's descriptor), timed in the same run on the same two images.
 Printed: median wall seconds, and each as a ratio to the baseline; and the median CPU seconds (user +
-system of the process and its children), which a machine shared with other work disturbs less. Targets (issue 16): cold <= 0.5x the
+system of the process and its children), which a machine shared with other work disturbs less. Targets (issue 16): cold
+<= 0.5x the
 dlib script, warm <= 0.3 s; the Korean model no worse than 1.2x stock (issue 15).
 """
 from __future__ import annotations

@@ -74,12 +74,14 @@ def main() -> int:
     warm = load_image(next(iter(sets.values()))[0])
     run(finders, [("warm", warm)])  # load dlib's models outside the timing
     print(f"seed {args.seed}; detector dlib (HOG + padded retry), no MTCNN")
-    print("| images | n | found, fixed | found, sized | only fixed | only sized | s/image fixed | s/image sized | sized / fixed |")
+    print("| images | n | found, fixed | found, sized | only fixed | only sized | s/image fixed | s/image sized | "
+          "sized / fixed |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, paths in sets.items():
         images = [(str(path), load_image(path)) for path in paths]
         results = run(finders, images)
-        found = {policy: {n for n, stage in stages.items() if stage != "none"} for policy, (stages, _) in results.items()}
+        found = {policy: {n for n, stage in stages.items() if stage != "none"} for policy, (stages,
+                                                                                            _) in results.items()}
         detail = {policy: ", ".join(f"{stage} {sum(1 for s in stages.values() if s == stage)}"
                                     for stage in ("hog", "hog-padded")) for policy, (stages, _) in results.items()}
         per_image = {policy: seconds / len(images) for policy, (_, seconds) in results.items()}

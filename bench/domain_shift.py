@@ -76,7 +76,8 @@ def build_album_lfw(lfw_images: Path, out: Path, *, min_images: int, max_images:
     from kface.util.outputs import atomic_path, write_json
 
     settings = {"source": str(lfw_images), "min_images": min_images, "max_images": max_images,
-                "identities": identities, "seed": seed, "degradation": f"kface.datasets.degradations.DEGRADATIONS[{degradation!r}]",
+                "identities": identities, "seed": seed,
+                "degradation": f"kface.datasets.degradations.DEGRADATIONS[{degradation!r}]",
                 "format": "png"}
     done = out / "build.json"
     if done.is_file():
@@ -158,7 +159,8 @@ def trained_row(key: str, name: str, settings: dict, pair_file: Path, out: Path,
 
 
 def _row(key: str, name: str, settings: dict, body: dict, timing, seconds: float) -> dict:
-    return {"key": key, "row": name, **settings, **{key: body[key] for key in ("accuracy", "auc", "eer", "overlap", "threshold",
+    return {"key": key, "row": name, **settings, **{key: body[key] for key in ("accuracy", "auc", "eer", "overlap",
+                                                                               "threshold",
                                                                      "n_same", "n_diff")},
             "detection_stages": body["detection_stages"], "timing": timing, "seconds": seconds}
 
@@ -191,7 +193,8 @@ def main() -> None:
                              "(default: <kface cache>/bench/domain-shift/<degradation>)")
     parser.add_argument("--min-images", type=int, default=4, help="LFW people with at least this many images")
     parser.add_argument("--max-images", type=int, default=10, help="at most this many images per person (0: all)")
-    parser.add_argument("--identities", type=int, default=0, help="this many of those people, drawn with the seed (0: all)")
+    parser.add_argument("--identities", type=int, default=0,
+                        help="this many of those people, drawn with the seed (0: all)")
     parser.add_argument("--pairs", type=int, default=6000, help="pairs over all splits")
     parser.add_argument("--ratio", default="4:6")
     parser.add_argument("--split", default="0.6:0.2:0.2")
@@ -226,7 +229,8 @@ def main() -> None:
             print(f"  {name}: accuracy {100 * rows[-1]['accuracy']:.2f}% ({rows[-1]['seconds']:.0f} s)", flush=True)
     manifest = json.loads(pair_file.with_suffix(".json").read_text(encoding="utf-8"))
     stages = rows[0]["detection_stages"] if rows else {}
-    summary = (f"Degraded LFW ({args.degradation}): {built['images']} images of {built['identities']} people (>= {args.min_images} "
+    summary = (f"Degraded LFW ({args.degradation}): {built['images']} images of {built['identities']} people (>= "
+               f"{args.min_images} "
                f"images each, at most {args.max_images or 'all'}), seed {args.seed}; {args.pairs} pairs at "
                f"{args.ratio} (different:same), split {args.split} by identity; {args.epochs} epochs per trained "
                f"head (rows that tune backbone layers: kface's --unfreeze defaults, at most 20 epochs with early "

@@ -16,7 +16,8 @@ time) in three configurations, one after the other:
 peak memory (the machine is shared: one round is noisy).
 
 For each: wall time and images/s, the ratio to ``before``, CPU seconds (user + system of the whole tree;
-on this shared machine the wall-time ratio moves with the load, the CPU ratio much less), the peak over the process tree (sampled every
+on this shared machine the wall-time ratio moves with the load, the CPU ratio much less), the peak over the process
+tree (sampled every
 100 ms) of the summed RSS and of the summed PSS (RSS counts pages forked workers share with their parent
 once per process; PSS splits them), and the faces found (stages other than whole-image/none), with the
 images ``before`` found that this configuration did not. Targets (issue 16): >= 3x ``before``'s

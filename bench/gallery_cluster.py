@@ -1,7 +1,8 @@
 """Which clustering groups faces by person best: chinese-whispers, connected components or agglomerative.
 
 Scores each method's BCubed F1 (and precision, recall, cluster count, seconds) at a few link distances
-around the model's 1:1 threshold, on a model's (``--model``, dlib by default) embeddings of the Korean held-out groups (copies merged, as in the identification protocol) and of the LFW sample the identification
+around the model's 1:1 threshold, on a model's (``--model``, dlib by default) embeddings of the Korean held-out groups
+(copies merged, as in the identification protocol) and of the LFW sample the identification
 benchmark uses (1,500 people, seed 0). Both come from the kface cache once the identification commands
 in docs/galleries.md have run (otherwise they are embedded now, which takes minutes).
 
@@ -43,10 +44,10 @@ def main() -> None:
     parser.add_argument("--model", default="dlib", help="korean, dlib or runs/NAME/model.pt")
     parser.add_argument("--data", default="korean,lfw", help="korean, lfw or both")
     args = parser.parse_args()
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.galleries.clustering import bcubed, cluster
 
-    verifier = load_verifier(args.model, detector="auto", fallback="whole-image")
+    verifier = load_verifier(args.model, options=FaceOptions(detector="auto", fallback="whole-image"))
     chosen = args.data.split(",")
     for name, make in [(n, m) for key, n, m in (("korean", "korean held-out", korean_index),
                                                ("lfw", "LFW sample", lfw_index)) if key in chosen]:

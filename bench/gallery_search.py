@@ -32,13 +32,13 @@ NOISE = 0.02
 
 def real_embeddings() -> np.ndarray:
     """dlib embeddings of the held-out families' photos (cached by the identification benchmark)."""
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.evaluation.groups import read_group_list
 
     families = read_group_list(REPO / "kface" / "models" / "korean-heldout-families.txt")
     with open(KOREAN / "identities.csv", encoding="utf-8") as handle:
         paths = [str(KOREAN / row["path"]) for row in csv.DictReader(handle) if row["family"] in families]
-    verifier = load_verifier("dlib", detector="auto", fallback="whole-image")
+    verifier = load_verifier("dlib", options=FaceOptions(detector="auto", fallback="whole-image"))
     vectors, result = verifier.embed(paths, on_error="skip")
     if result.computed > len(paths) // 2:
         print(f"note: embedded {result.computed} images now (the cache was cold)", file=sys.stderr)
@@ -110,7 +110,8 @@ def bench_size(base, queries, size, nprobes, hnsw_max, rng) -> None:
         hnsw_build = time.perf_counter() - start
         seconds, d, found = timed_queries(hnsw, queries)
         recall = float(np.mean((found[:, 0] == exact_ids[:, 0]) | (np.abs(d[:, 0] - truth_d) <= 1e-6)))
-        print(f"{size:>9,} hnsw32 ef64: build {hnsw_build:.2f} s, {percentiles(seconds)}, recall@1 {100 * recall:.2f}%, "
+        print(f"{size:>9,} hnsw32 ef64: build {hnsw_build:.2f} s, {percentiles(seconds)}, "
+              f"recall@1 {100 * recall:.2f}%, "
               f"+{rss_mib() - before:.0f} MiB resident")
         del hnsw
 

@@ -49,14 +49,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.precision:
         os.environ["KFACE_PRECISION"] = args.precision
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.evaluation.families import FamilyProtocol, family_folds, protocol_pairs
     from kface.evaluation.heldout import korean_split
 
     index = korean_split(DATA / "korean_family")[1]
     protocol = FamilyProtocol()
     pairs = protocol_pairs(index, family_folds(index, protocol), protocol)
-    verifier = load_verifier("korean", detector="auto", fallback="whole-image")
+    verifier = load_verifier("korean", options=FaceOptions(detector="auto", fallback="whole-image"))
     vectors, _ = verifier.embed([str(index.absolute_path(i)) for i in range(len(index))])
     distances = verifier.distances(vectors[pairs.first], vectors[pairs.second])
     right = (distances <= verifier.threshold) == (pairs.labels == 1)

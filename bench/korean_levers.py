@@ -106,7 +106,7 @@ def main() -> None:
             v = vectors["as trained"] if variant == "AS-norm" else vectors[variant]
             cohort = v[position[cohort_rows]]
 
-            def distances(first, second):
+            def distances(first, second, variant=variant, v=v, cohort=cohort, position=position):
                 if variant == "AS-norm":
                     return as_norm(v, position[first], position[second], cohort, args.top)
                 return np.linalg.norm(v[position[first]] - v[position[second]], axis=1)

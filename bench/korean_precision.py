@@ -5,7 +5,8 @@
 Chips are the sample portraits' aligned chips, tiled. Each round times both files at batch 1 and batch
 64 (after a warm-up call), alternating so that the machine's load falls on both alike; the table gives
 the median over rounds in faces/s (each face is two chips inside the graph: flip averaging), the int8
-copy's ratio to the float file, the resident memory each session added (created and run once), and the parity of their vectors.
+copy's ratio to the float file, the resident memory each session added (created and run once), and the parity of their
+vectors.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ def main() -> int:
     parity = compare_vectors(sessions["float"](chips), sessions["int8"](chips))
     print(f"korean {body['version']}: {len(chips)} sample chips, tiled; {args.threads or usable_cores()} threads; "
           f"median of {args.rounds} interleaved rounds of ~{args.seconds:.0f} s")
-    print("| file | size MiB | faces/s, batch 1 | faces/s, batch 64 | vs float (b1 / b64) | resident MB of a session (batch 64) |")
+    print("| file | size MiB | faces/s, batch 1 | faces/s, batch 64 | vs float (b1 / b64) | resident MB of a session "
+          "(batch 64) |")
     print("|---|---:|---:|---:|---:|---:|")
     median = {name: {batch: statistics.median(values) for batch, values in by.items()} for name, by in rates.items()}
     for name, path in files.items():

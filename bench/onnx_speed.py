@@ -7,7 +7,8 @@ batch 64 for about ``--seconds`` each, after a warm-up call; figures are faces/s
 against dlib-torch (PyTorch eager, affine layers folded, channels-last) and dlib-native (dlib's own
 API, one chip at a time: its batch-64 figure is the same loop). ``--variants`` adds the file with the
 other weight precision (float16 if float32 ships; exported here), fewer graph optimisations, one
-thread, and spin-waiting threads (onnxruntime's default, off in kface), to show what each is worth. The usable cores are the process's affinity mask, as
+thread, and spin-waiting threads (onnxruntime's default, off in kface), to show what each is worth. The usable cores
+are the process's affinity mask, as
 onnxruntime's threads are sized.
 Targets (issue 16): >= 300 faces/s at batch 64 and >= 150 at batch 1 on this 2-core CPU.
 """
@@ -103,7 +104,8 @@ def main() -> int:
     print("| engine | faces/s, batch 1 | faces/s, batch 64 | b1 / dlib-torch | b64 / dlib-torch | b64 / dlib-native |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, (b1, b64) in figures.items():
-        print(f"| {name} | {b1:.1f} | {b64:.1f} | {b1 / torch_b1:.2f} | {b64 / torch_b64:.2f} | {b64 / native_rate:.1f} |")
+        print(f"| {name} | {b1:.1f} | {b64:.1f} | {b1 / torch_b1:.2f} | {b64 / torch_b64:.2f} | "
+              f"{b64 / native_rate:.1f} |")
     return 0
 
 

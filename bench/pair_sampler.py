@@ -89,8 +89,8 @@ def build_kface_tree(root: Path, files: int) -> None:
     """Empty files at <root>/<ID>/S00s/Ll/E0e/Cc.jpg, full combinations in order, ``files`` in all."""
     made = 0
     for subject in itertools.count():
-        for s, l, e in itertools.product(range(1, 7), range(1, 31), range(1, 4)):
-            folder = root / f"{19062421 + subject}" / f"S{s:03d}" / f"L{l}" / f"E{e:02d}"
+        for s, light, e in itertools.product(range(1, 7), range(1, 31), range(1, 4)):
+            folder = root / f"{19062421 + subject}" / f"S{s:03d}" / f"L{light}" / f"E{e:02d}"
             folder.mkdir(parents=True)
             for c in range(1, 21):
                 (folder / f"C{c}.jpg").touch()

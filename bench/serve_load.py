@@ -54,9 +54,9 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float = 120) -> 
 
 def in_process_baseline(photos: dict[str, bytes], count: int) -> tuple[dict[tuple[str, str], float], float]:
     """Each pair's distance from the Python API, and the serial verifications per second."""
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
 
-    verifier = load_verifier(cache=False)
+    verifier = load_verifier(options=FaceOptions(cache=False))
     distances = {(a, b): verifier.verify(photos[a], photos[b]).distance for a, b, _ in PAIRS}  # also warms up
     started = time.perf_counter()
     for (a, b, _), _ in zip(itertools.cycle(PAIRS), range(count)):

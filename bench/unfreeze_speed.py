@@ -54,7 +54,8 @@ def make_pairs(tree: Path, out: Path, pairs: int) -> Path:
     from kface.datasets import load_dataset
     from kface.pairs import PairRequest, parse_ratio, sample_pairs, write_pairs
 
-    write_pairs(sample_pairs(load_dataset("folder", tree), PairRequest(parse_ratio("1:1"), pairs, (0.8, 0.1, 0.1))), out)
+    write_pairs(sample_pairs(load_dataset("folder", tree), PairRequest(parse_ratio("1:1"), pairs, (0.8, 0.1, 0.1))),
+                out)
     return out
 
 
@@ -63,7 +64,8 @@ def image_paths(pair_file: Path) -> list[str]:
     from kface.training.identity import train_identity_images
 
     pairs = read_pairs(pair_file)
-    used = {p for name in ("train", "val") for split in [pairs.select(name)] for p in split.abs_path_a + split.abs_path_b}
+    used = {p for name in ("train",
+                           "val") for split in [pairs.select(name)] for p in split.abs_path_a + split.abs_path_b}
     return sorted(used | set(train_identity_images(pairs).paths))
 
 
@@ -141,9 +143,11 @@ def main() -> None:
               f"bce epoch {bce['epoch_s']:.2f} s", flush=True)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {os.cpu_count()} cores"
     lines = [f"{images} LFW face crops of {args.people} people, {len(paths)} used; {args.pairs} pairs; "
-             f"{args.epochs} epochs per setting; {device}, torch {torch.__version__}, {torch.get_num_threads()} threads. "
+             f"{args.epochs} epochs per setting; {device}, torch {torch.__version__}, {torch.get_num_threads()} "
+             f"threads. "
              f"Face chips and frozen embeddings first: {faces_seconds:.1f} s (shared by every cut). "
-             f"Frozen head (--unfreeze none, BCE): {frozen['epoch_s']:.3f} s per epoch, val pass {frozen['val_s']:.3f} s.",
+             f"Frozen head (--unfreeze none, BCE): {frozen['epoch_s']:.3f} s per epoch, val pass "
+             f"{frozen['val_s']:.3f} s.",
              "",
              "| --unfreeze | trainable parameters | cache build (both views) | cache size | metric epoch | "
              "bce epoch | val pass | metric epoch / frozen head epoch |",
@@ -151,7 +155,8 @@ def main() -> None:
     for row in rows:
         per_image = 1000 * row["build_s"] / max(1, row["images"])
         lines.append(f"| {row['cut']} | {row['parameters']:,} | {row['build_s']:.1f} s ({per_image:.1f} ms/image) | "
-                     f"{row['bytes'] / 2**20:.0f} MiB | {row['metric']['epoch_s']:.2f} s | {row['bce']['epoch_s']:.2f} s | "
+                     f"{row['bytes'] / 2**20:.0f} MiB | {row['metric']['epoch_s']:.2f} s | "
+                     f"{row['bce']['epoch_s']:.2f} s | "
                      f"{row['metric']['val_s']:.2f} s | {row['metric']['epoch_s'] / frozen['epoch_s']:.0f}x |")
     lines += ["", "```", "python bench/unfreeze_speed.py " + shlex.join(sys.argv[1:]), "```"]
     print("\n".join(lines))

@@ -2,7 +2,7 @@
 
 The public API, in pipeline order (imported lazily, so ``import kface`` is cheap)::
 
-    from kface import load_image, embed, verify, load_verifier
+    from kface import load_image, embed, verify, load_verifier, FaceOptions
     from kface import analyze, Gallery, cluster, make_pairs, benchmark_lfw, benchmark_families
 
 and age editing (:mod:`kface.ageedit`): ``kface.age_edit(image, to="67+")``, ``kface.age_strip(image)``.
@@ -26,6 +26,7 @@ _EXPORTS = {
     "benchmark_lfw": "kface.toolkit",
     "benchmark_families": "kface.toolkit",
     "Gallery": "kface.galleries.gallery",
+    "FaceOptions": "kface.api",
     "Verifier": "kface.api",
     "Verification": "kface.api",
     "Embedder": "kface.embeddings.embedder",

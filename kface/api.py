@@ -8,6 +8,7 @@ on its validation split (:mod:`kface.training.checkpoints` only reads the file).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -17,7 +18,7 @@ import numpy as np
 
 from .attributes.shipped import load_shipped_attributes
 from .backbones import DEFAULT_BACKBONE, backbone_for_engine, get_spec
-from .distances import get_distance
+from .distances import get_distance, same_probability
 from .embeddings.embedder import Embedder, EmbeddingResult
 from .embeddings.network import NetworkEmbedder
 from .embeddings.prefix import PrefixEmbedder
@@ -46,6 +47,7 @@ from .training.checkpoints import (
     stored_val_distances,
 )
 from .training.onnx_cache import checkpoint_network
+from .util.cache import CacheSetting, CacheStore, cache_setting
 
 
 @dataclass
@@ -81,7 +83,8 @@ class Verifier:
     def __init__(self, embedder: Embedder, threshold: Optional[float] = None, threshold_source: str = "",
                  distance: str = "euclidean", head=None, probability=None, model_path: Optional[str] = None,
                  model_name: Optional[str] = None, attributes: Optional[Callable[[], Any]] = None,
-                 answers: Optional[ModelAnswers] = None, answers_loader: Optional[Callable[[], ModelAnswers]] = None):
+                 answers: Optional[ModelAnswers] = None, answers_loader: Optional[Callable[[], ModelAnswers]] = None,
+                 measure_only: bool = False):
         # The card's operating points, probability and caution (kface.metrics.answers); a trained model's come from
         # its stored val pairs, on first use (answers_loader).
         self.answers = answers
@@ -99,10 +102,11 @@ class Verifier:
         self.model_name = model_name or model_path or embedder.spec.name
         if threshold is None:
             threshold, threshold_source = BASE_THRESHOLDS.get(embedder.spec.family, (None, ""))
-            if threshold is None:
+            if threshold is None and not measure_only:
                 raise InputError(f"backbone {embedder.spec.name} has no measured default threshold; "
                                  f"pass --threshold or a trained --model")
-        self.threshold = float(threshold)
+        #: None only for a verifier that measures distances and decides nothing (``measure_only``).
+        self.threshold = None if threshold is None else float(threshold)
         self.threshold_source = threshold_source
 
     def use_point(self, operating_point: Optional[str] = None, far: Optional[float] = None,
@@ -128,7 +132,8 @@ class Verifier:
         return name, self.answers.threshold(name)
 
     def answer_fields(self, distance: float, same: bool, ages: list[Optional[dict]]) -> dict:
-        """The :class:`Verification` fields beyond the decision, from the card's answers (see :mod:`kface.metrics.answers`)."""
+        """The :class:`Verification` fields beyond the decision, from the card's answers (see
+        :mod:`kface.metrics.answers`)."""
         if self.answers is not None:
             fields = self.answers.annotate(self.operating_point, distance, same, ages, self.abstain)
             if self.threshold_source == "--threshold":  # the card's rates are for its own thresholds
@@ -181,11 +186,12 @@ class Verifier:
     def verify(self, image_a: ImageSource, image_b: ImageSource, ages: bool = False) -> Verification:
         """Same or different; with ``ages``, each face's estimated age too (its ``age``: None where the model
         has no attribute heads, as stock dlib and trained checkpoints)."""
+        if self.threshold is None:
+            raise InputError(f"backbone {self.embedder.spec.name} has no measured default threshold; "
+                             f"pass --threshold or a trained --model")
         vectors, result = self.embed([image_a, image_b])
         distance = float(self.distances(vectors[:1], vectors[1:])[0])
-        faces = [{"path": result.paths[i], "found": bool(result.found[i]), "stage": result.stages[i],
-                  "box": list(result.boxes[i]) if result.boxes[i] else None, "n_faces": int(result.n_faces[i])}
-                 for i in range(2)]
+        faces = [result.face(i) for i in range(2)]
         # The caution rule reads the faces' estimated ages, wherever the card has one.
         face_ages = self.estimated_ages([image_a, image_b], result) if ages or self.needs_ages() else [None, None]
         if ages:
@@ -197,46 +203,66 @@ class Verifier:
                             **self.answer_fields(distance, same, face_ages))
 
 
-def load_verifier(model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE, detector: str = "auto",
-                  threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
-                  weights: Optional[str] = None, cache: bool = True, progress: bool = False,
-                  max_pixels: Optional[int] = None, engine: str = "onnx", operating_point: Optional[str] = None,
-                  far: Optional[float] = None, abstain: bool = False) -> Verifier:
+@dataclass(frozen=True)
+class FaceOptions:
+    """How a verifier finds faces and keeps them: one value passed whole (``load_verifier(options=...)``).
+
+    ``detector``: ``auto`` (HOG, then MTCNN, then padded HOG), ``dlib``, ``mtcnn`` or ``none``; for a shipped
+    model, None takes its card's. ``fallback``: ``none`` (no face is an error) or ``whole-image``.
+    ``max_pixels``: refuse larger images (None: the default limit). ``device``: ``auto``, ``cpu`` or ``cuda``.
+    ``cache``: the face and embedding cache (True: the disk cache; False: none; a
+    :class:`~kface.util.cache.CacheSetting` for a folder of its own, or a cache object such as
+    :class:`~kface.util.cache.RequestMemory`). ``progress``: progress bars on stderr.
+    """
+
+    detector: Optional[str] = "auto"
+    fallback: str = "none"
+    max_pixels: Optional[int] = None
+    device: str = "auto"
+    cache: Union[bool, CacheSetting, CacheStore] = True
+    progress: bool = False
+
+    def embedder(self, backbone: str, **settings) -> Embedder:
+        """An :class:`Embedder` of ``backbone`` with these options (``settings``: upsample, tta, weights...)."""
+        return Embedder(backbone, detector=self.detector, fallback=self.fallback, device=self.device, cache=self.cache,
+                        progress=self.progress, max_pixels=self.max_pixels, **settings)
+
+
+def load_verifier(model: Optional[str] = None, *, backbone: str = DEFAULT_BACKBONE, threshold: Optional[float] = None,
+                  weights: Optional[str] = None, engine: str = "onnx", options: FaceOptions = FaceOptions(),
+                  operating_point: Optional[str] = None, far: Optional[float] = None, abstain: bool = False,
+                  measure_only: bool = False) -> Verifier:
     """A :class:`Verifier` for a shipped model (``"korean"``, ``"dlib"``; None = the default), an
     untrained ``backbone`` (with ``model="dlib"``), or a trained model checkpoint (a path).
 
-    ``engine``: ``onnx`` (default: onnxruntime, no torch) or ``torch``, for stock dlib and checkpoints
-    (see :func:`kface.engines.backbone_for_engine`); shipped ONNX models run on onnxruntime.
-    ``operating_point`` (``balanced``, ``far=1e-2``, ``far=1e-3``) or ``far`` (0.01, 0.001) picks the card's
-    threshold for that false-accept rate; ``abstain`` answers "cannot tell" where the model is unsure
-    (see :meth:`Verifier.use_point`).
+    ``options``: how faces are found and kept (:class:`FaceOptions`). ``engine``: ``onnx`` (default:
+    onnxruntime, no torch) or ``torch``, for stock dlib and checkpoints (see
+    :func:`kface.backbones.backbone_for_engine`); shipped ONNX models run on onnxruntime. ``measure_only``:
+    the verifier only measures distances (a benchmark choosing its own thresholds), so a backbone with no
+    measured threshold is no error. ``operating_point`` (``balanced``, ``far=1e-2``, ``far=1e-3``) or ``far``
+    (0.01, 0.001) picks the card's threshold for that false-accept rate; ``abstain`` answers "cannot tell"
+    where the model is unsure (see :meth:`Verifier.use_point`).
     """
-    verifier = _load_verifier(model, backbone, detector, threshold, fallback, device, weights, cache, progress,
-                              max_pixels, engine)
+    verifier = _load_verifier(model, backbone, threshold, weights, engine, options, measure_only)
     return verifier.use_point(operating_point, far, abstain)
 
 
-def _load_verifier(model, backbone, detector, threshold, fallback, device, weights, cache, progress, max_pixels,
-                   engine) -> Verifier:
+def _load_verifier(model: Optional[str], backbone: str, threshold: Optional[float], weights: Optional[str],
+                   engine: str, options: FaceOptions, measure_only: bool) -> Verifier:
     if model is None:
         model = default_model() if backbone == DEFAULT_BACKBONE else STOCK_MODEL
     if is_shipped(model) and model != STOCK_MODEL:
-        return shipped_verifier(model, detector=detector, threshold=threshold, fallback=fallback, device=device,
-                                cache=cache, progress=progress, max_pixels=max_pixels)
+        return shipped_verifier(model, threshold=threshold, options=options)
     if model != STOCK_MODEL:
         if not os.path.isfile(model):
             raise InputError(f"--model {model}: no such model file, and no shipped model of that name "
                              f"(shipped: {', '.join(shipped_names())})")
-
-        return verifier_from_checkpoint(model, detector=detector, threshold=threshold, fallback=fallback,
-                                        device=device, cache=cache, progress=progress, max_pixels=max_pixels,
-                                        engine=engine)
-    embedder = Embedder(backbone_for_engine(backbone, engine), detector=detector, fallback=fallback, device=device,
-                        weights=weights, cache=cache, progress=progress, max_pixels=max_pixels)
+        return verifier_from_checkpoint(model, threshold=threshold, engine=engine, options=options)
+    embedder = options.embedder(backbone_for_engine(backbone, engine), weights=weights)
     source = "--threshold" if threshold is not None else ""
     stock = backbone == DEFAULT_BACKBONE
     return Verifier(embedder, threshold, source, model_name=STOCK_MODEL if stock else None,
-                    answers=_stock_answers() if stock else None)
+                    answers=_stock_answers() if stock else None, measure_only=measure_only)
 
 
 def _stock_answers() -> Optional[ModelAnswers]:
@@ -246,25 +272,23 @@ def _stock_answers() -> Optional[ModelAnswers]:
 
 
 # -- verifiers of shipped models and trained checkpoints -------------------------------------------------
-def shipped_verifier(name: str, detector: Optional[str] = None, threshold: Optional[float] = None,
-                     fallback: str = "none", device: str = "auto", cache: bool = True, progress: bool = False,
-                     max_pixels: Optional[int] = None) -> Verifier:
+def shipped_verifier(name: str, *, threshold: Optional[float] = None, options: FaceOptions = FaceOptions(detector=None)
+                     ) -> Verifier:
     """The verifier of shipped model ``name`` (e.g. ``"korean"``).
 
     The face settings (upsampling) and distance come from the card (flip averaging, where the recipe has
-    it, is inside the exported graph, so the embedder adds none); the detector is the
-    caller's or, when None, the card's; the threshold is the card's for the copy that runs (chosen on
-    held-out validation families) unless ``threshold`` is given.
+    it, is inside the exported graph, so the embedder adds none); the detector is ``options``' or, when
+    None, the card's; the threshold is the card's for the copy that runs (chosen on held-out validation
+    families) unless ``threshold`` is given.
     """
     body = card(name)
     faces = body["faces"]
-    embedder = Embedder(body["backbone"], detector=detector or faces["detector"], upsample=faces["upsample"],
-                        fallback=fallback, tta="none", device=device, cache=cache, progress=progress,
-                        max_pixels=max_pixels)
-    value, source = shipped_threshold(name, device) if threshold is None else (threshold, "--threshold")
-    answers = answers_of(body, network_variant(MODEL_FAMILIES[name], device)["precision"])
+    embedder = replace(options, detector=options.detector or faces["detector"]).embedder(
+        body["backbone"], upsample=faces["upsample"], tta="none")
+    value, source = shipped_threshold(name, options.device) if threshold is None else (threshold, "--threshold")
+    answers = answers_of(body, network_variant(MODEL_FAMILIES[name], options.device)["precision"])
     return Verifier(embedder, value, source, distance=body["distance"], model_name=name,
-                    attributes=_shipped_attributes_for(body["backbone"], device), answers=answers)
+                    attributes=_shipped_attributes_for(body["backbone"], options.device), answers=answers)
 
 
 def _shipped_attributes_for(backbone: str, device: str) -> Optional[Callable[[], Any]]:
@@ -281,14 +305,12 @@ def _shipped_attributes_for(backbone: str, device: str) -> Optional[Callable[[],
     return load
 
 
-def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dlib",
-                             threshold: Optional[float] = None, fallback: str = "none", device: str = "auto",
-                             cache: bool = True, progress: bool = False, max_pixels: Optional[int] = None,
-                             engine: str = "onnx") -> Verifier:
+def verifier_from_checkpoint(model: Union[str, os.PathLike], *, threshold: Optional[float] = None,
+                             engine: str = "onnx", options: FaceOptions = FaceOptions(detector="dlib")) -> Verifier:
     """A :class:`Verifier` for the trained model in ``model`` (a model.pt).
 
     The backbone, cut point, test-time augmentation, upsampling and distance come from the
-    checkpoint; ``detector`` and ``fallback`` from the caller (a note says when they differ from
+    checkpoint; the detector and fallback from ``options`` (a note says when they differ from
     training); the threshold is the checkpoint's unless ``threshold`` is given.
 
     ``engine``: ``onnx`` (default) runs the whole chip -> vector path (tuned layers and head included)
@@ -298,12 +320,12 @@ def verifier_from_checkpoint(model: Union[str, os.PathLike], detector: str = "dl
     if engine not in ENGINES:
         raise InputError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if engine == "onnx":
-        return _onnx_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels)
-    return _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels)
+        return _onnx_verifier(model, threshold, options)
+    return _torch_verifier(model, threshold, options)
 
 
-def _note_face_settings(model, features: dict, detector: str, fallback: str) -> None:
-    for name, given in (("detector", detector), ("fallback", fallback)):
+def _note_face_settings(model, features: dict, options: FaceOptions) -> None:
+    for name, given in (("detector", options.detector), ("fallback", options.fallback)):
         if given != features[name]:
             logging.getLogger("kface").info("%s was trained with --%s %s; verifying with --%s %s",
                                             model, name, features[name], name, given)
@@ -315,39 +337,32 @@ def _threshold_and_source(model, saved: dict, threshold: Optional[float]) -> tup
     return saved["value"], f"{model}: {saved['rule']} rule on the {saved['split'] or 'given'} split"
 
 
-def _onnx_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
-    network, card = checkpoint_network(model, device)
+def _onnx_verifier(model, threshold: Optional[float], options: FaceOptions) -> Verifier:
+    network, card = checkpoint_network(model, options.device, cache_setting(options.cache))
     features = card["features"]
-    _note_face_settings(model, features, detector, fallback)
+    _note_face_settings(model, features, options)
     # The graph holds the backbone, flip averaging and head: the Embedder only finds and caches faces.
-    faces = Embedder(card["backbone"], detector=detector, upsample=features["upsample"], fallback=fallback,
-                     device=device, cache=cache, progress=progress, max_pixels=max_pixels)
+    faces = options.embedder(card["backbone"], upsample=features["upsample"])
     mapping = card["probability"]
-    sharpness, offset = float(np.exp(mapping["log_sharpness"])), mapping["offset"]
-
-    def probability(distances: np.ndarray) -> np.ndarray:
-        # DistanceToProbability: sigmoid(sharpness * (offset - distance)).
-        return 1.0 / (1.0 + np.exp(-sharpness * (offset - np.asarray(distances, dtype=np.float32))))
-
+    probability = functools.partial(same_probability, offset=mapping["offset"], log_sharpness=mapping["log_sharpness"])
     value, source = _threshold_and_source(model, card["threshold"], threshold)
     return Verifier(NetworkEmbedder(faces, network, features["tta"]), value, source, distance=card["distance"],
                     probability=probability, model_path=str(model), answers_loader=_checkpoint_answers(model, card))
 
 
-def _torch_verifier(model, detector, threshold, fallback, device, cache, progress, max_pixels):
+def _torch_verifier(model, threshold: Optional[float], options: FaceOptions) -> Verifier:
     import torch
 
     checkpoint = load_checkpoint(model)
     features = checkpoint["features"]
     weights = checkpoint_weights_file(checkpoint, model)
-    _note_face_settings(model, features, detector, fallback)
+    _note_face_settings(model, features, options)
     # With trained backbone layers the model averages the views itself (--tta flip), after those layers.
     embedder_tta = features["tta"] if features["cut"] == "none" else "none"
-    embedder = Embedder(checkpoint["backbone"], detector=detector, upsample=features["upsample"], fallback=fallback,
-                        tta=embedder_tta, device=device, weights=weights, cache=cache, progress=progress,
-                        max_pixels=max_pixels)
+    embedder = options.embedder(checkpoint["backbone"], upsample=features["upsample"], tta=embedder_tta,
+                                weights=weights)
     if features["cut"] != "none":
-        embedder = PrefixEmbedder(embedder, features["cut"], device)
+        embedder = PrefixEmbedder(embedder, features["cut"], options.device)
     pair_model = pair_model_from_checkpoint(checkpoint)
     shape = tuple(features["shape"])
     views = slice(None) if features["cut"] == "none" or features["tta"] == "flip" else slice(0, 1)
@@ -357,10 +372,9 @@ def _torch_verifier(model, detector, threshold, fallback, device, cache, progres
             inputs = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32)).view(-1, *shape)
             return pair_model.embed(inputs[:, views]).numpy()
 
-    def probability(distances: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return pair_model.probability(torch.as_tensor(np.asarray(distances, dtype=np.float32))).numpy()
-
+    mapping = pair_model.probability
+    probability = functools.partial(same_probability, offset=float(mapping.offset),
+                                    log_sharpness=float(mapping.log_sharpness))
     value, source = _threshold_and_source(model, checkpoint["threshold"], threshold)
     return Verifier(embedder, value, source, distance=checkpoint["distance"], head=head, probability=probability,
                     model_path=str(model), answers_loader=_checkpoint_answers(model, checkpoint))
@@ -383,7 +397,8 @@ def _checkpoint_answers(model, saved: dict) -> Callable[[], Optional[ModelAnswer
 
 def verify(image_a: ImageSource, image_b: ImageSource, *, model: Optional[str] = None,
            backbone: str = DEFAULT_BACKBONE, detector: str = "auto", threshold: Optional[float] = None,
-           fallback: str = "none", device: str = "auto", cache: bool = True, operating_point: Optional[str] = None,
+           fallback: str = "none", device: str = "auto", cache: Union[bool, CacheSetting] = True,
+           operating_point: Optional[str] = None,
            far: Optional[float] = None, abstain: bool = False) -> Verification:
     """Are the faces in ``image_a`` and ``image_b`` the same person?
 
@@ -396,7 +411,8 @@ def verify(image_a: ImageSource, image_b: ImageSource, *, model: Optional[str] =
     >>> verify("examples/obama.jpg", "examples/obama2.jpg").same
     True
     """
-    verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=cache,
+    options = FaceOptions(detector=detector, fallback=fallback, device=device, cache=cache)
+    verifier = load_verifier(model, backbone=backbone, threshold=threshold, options=options,
                              operating_point=operating_point, far=far, abstain=abstain)
     return verifier.verify(image_a, image_b)
 
@@ -404,7 +420,7 @@ def verify(image_a: ImageSource, image_b: ImageSource, *, model: Optional[str] =
 def embed(images: Sequence[ImageSource], *, model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
           detector: str = "auto",
           fallback: str = "none", tta: str = "none", device: str = "auto", weights: Optional[str] = None,
-          cache: bool = True, max_pixels: Optional[int] = None, on_error: str = "raise",
+          cache: Union[bool, CacheSetting] = True, max_pixels: Optional[int] = None, on_error: str = "raise",
           no_face: str = "error", workers: Optional[int] = None, progress: bool = False) -> EmbeddingResult:
     """Embeddings of ``images`` (paths or bytes) with the given backbone; see :class:`EmbeddingResult`.
 
@@ -418,8 +434,9 @@ def embed(images: Sequence[ImageSource], *, model: Optional[str] = None, backbon
     if model in MODEL_FAMILIES:
         backbone, tta = card(model)["backbone"], "none"  # the shipped graph does its own flip averaging
     elif model != STOCK_MODEL:
-        verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=cache,
-                                 max_pixels=max_pixels, progress=progress)
+        options = FaceOptions(detector=detector, fallback=fallback, device=device, cache=cache,
+                              max_pixels=max_pixels, progress=progress)
+        verifier = load_verifier(model, options=options)
         vectors, result = verifier.embed(images, on_error=on_error)
         return replace(result, embeddings=vectors)
     embedder = Embedder(backbone, detector=detector, fallback=fallback, tta=tta, device=device,

@@ -169,3 +169,11 @@ def get_distance(name: str | Distance) -> Distance:
 def pairwise(a: Any, b: Any, distance: str | Distance = "euclidean") -> Any:
     """Row-wise distances between ``a`` and ``b`` under the named distance (see :meth:`Distance.pairwise`)."""
     return get_distance(distance).pairwise(a, b)
+
+
+def same_probability(distances: np.ndarray, offset: float, log_sharpness: float) -> np.ndarray:
+    """P(same) of ``distances`` under a trained model's mapping, sigmoid(exp(log_sharpness) * (offset - d)):
+    the inference form of :class:`kface.training.heads.DistanceToProbability`, whose two parameters these are
+    (float32 in, float32 out; no torch)."""
+    sharpness = np.float32(np.exp(log_sharpness))
+    return 1.0 / (1.0 + np.exp(-sharpness * (np.float32(offset) - np.asarray(distances, dtype=np.float32))))

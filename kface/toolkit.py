@@ -1,4 +1,5 @@
-"""The Python entry points of the kface commands beyond verify and embed: analyze, cluster, make_pairs and the benchmarks.
+"""The Python entry points of the kface commands beyond verify and embed: analyze, cluster, make_pairs and the
+benchmarks.
 
 Each is what its ``kface`` command calls (the command only parses options and prints), so a script gets
 the same answer as the command line. ``from kface import analyze, cluster, ...`` imports them lazily.
@@ -8,11 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .api import load_verifier
+from .api import FaceOptions, load_verifier
 from .attributes.model import load_analyzer
 from .backbones import DEFAULT_BACKBONE
 from .datasets import load_dataset
@@ -24,10 +25,12 @@ from .galleries.clustering import CLUSTER_THRESHOLDS
 from .galleries.clustering import cluster as group_faces
 from .galleries.gallery import model_identity
 from .pairs import PairRequest, default_out_path, make_pair_file, parse_ratio, parse_split, require_identities
+from .util.cache import CacheSetting
 
 
 def analyze(image: ImageSource, *, model: Optional[str] = None, all_faces: bool = False,
-            detector: Optional[str] = None, fallback: str = "none", device: str = "auto", cache: bool = True,
+            detector: Optional[str] = None, fallback: str = "none", device: str = "auto",
+            cache: Union[bool, CacheSetting] = True,
             max_pixels: Optional[int] = None) -> dict:
     """Age group and gender of the largest face in ``image`` (a path or encoded bytes), or of every face
     (``all_faces``: a dict with a ``faces`` list), by the shipped Korean attribute model or ``model`` (a
@@ -66,7 +69,8 @@ class Clusters:
 
 def cluster(images: Sequence[str], *, model: Optional[str] = None, method: str = "agglomerative",
             threshold: Optional[float] = None, detector: str = "auto", fallback: str = "none", seed: int = 0,
-            device: str = "auto", cache: bool = True, progress: bool = False, verifier=None) -> Clusters:
+            device: str = "auto", cache: Union[bool, CacheSetting] = True, progress: bool = False,
+            verifier=None) -> Clusters:
     """Group the faces of ``images`` by person (``kface cluster``): ``method`` agglomerative (measured best),
     chinese-whispers or components, linking faces within ``threshold`` (default: the distance measured for
     the model, else its 1:1 threshold). ``verifier``: an already loaded one (else ``model``'s).
@@ -76,8 +80,8 @@ def cluster(images: Sequence[str], *, model: Optional[str] = None, method: str =
     2
     """
     if verifier is None:
-        verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=cache,
-                                 progress=progress)
+        verifier = load_verifier(model, options=FaceOptions(detector=detector, fallback=fallback, device=device,
+                                                            cache=cache, progress=progress))
     vectors, result = verifier.embed(list(images), on_error="skip")
     keep = [i for i, name in enumerate(result.paths) if name not in result.errors]
     found = cluster_vectors([str(images[i]) for i in keep], vectors[keep], verifier, method=method,
@@ -129,12 +133,15 @@ def make_pairs(dataset: str, root: str | os.PathLike, *, ratio: str, pairs: int,
 
 def benchmark_lfw(lfw_dir: str | os.PathLike, *, model: Optional[str] = None, backbone: str = DEFAULT_BACKBONE,
                   pairs_file: Optional[str | os.PathLike] = None, rule: str = "max-accuracy", detector: str = "auto",
-                  fallback: str = "whole-image", engine: str = "onnx", device: str = "auto", cache: bool = True,
+                  fallback: str = "whole-image", engine: str = "onnx", device: str = "auto",
+                  cache: Union[bool, CacheSetting] = True,
                   progress: bool = False, max_pixels: Optional[int] = None) -> dict:
     """LFW View-2 (``kface benchmark lfw``): 10-fold accuracy, each fold's threshold chosen by ``rule`` on the
     other nine; AUC, EER, overlap and the all-folds threshold, as a JSON-ready dict."""
-    verifier = load_verifier(model, backbone, detector, None if model else 1.0, fallback, device, cache=cache,
-                             progress=progress, max_pixels=max_pixels, engine=engine)
+    # The folds choose their own thresholds: a backbone with no measured one is measured all the same.
+    options = FaceOptions(detector=detector, fallback=fallback, device=device, cache=cache, progress=progress,
+                          max_pixels=max_pixels)
+    verifier = load_verifier(model, backbone=backbone, engine=engine, options=options, measure_only=True)
     return run(Path(lfw_dir), verifier, pairs_file, rule)
 
 

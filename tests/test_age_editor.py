@@ -127,7 +127,8 @@ def test_age_edit_bad_input(tiny_run, tmp_path):
     require(PORTRAIT)
     editor = tiny_run[0] / "editor.onnx"
     out = tmp_path / "out.png"
-    assert "choose one of" in _one_error_line(invoke("age-edit", PORTRAIT, "--to", "99", "--out", out, "--model", editor))
+    assert "choose one of" in _one_error_line(invoke("age-edit", PORTRAIT, "--to", "99", "--out", out, "--model",
+                                                     editor))
     _one_error_line(invoke("age-edit", PORTRAIT, "--out", out, "--model", editor))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not an image")

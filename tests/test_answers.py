@@ -144,10 +144,10 @@ def test_pairs_results_have_a_probability_column(tmp_path):
 def test_server_answer_carries_the_point_probability_and_caution_field():
     from fastapi.testclient import TestClient
 
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.serve.app import Pipeline, create_app
 
-    verifier = load_verifier(cache=False, far=0.01)
+    verifier = load_verifier(far=0.01, options=FaceOptions(cache=False))
     with TestClient(create_app([Pipeline(verifier)])) as client:
         files = {name: (path.name, path.read_bytes(), "image/jpeg")
                  for name, path in (("image_a", EXAMPLES / "obama.jpg"), ("image_b", EXAMPLES / "obama2.jpg"))}

@@ -9,8 +9,7 @@ import torch.nn.functional as F
 
 from kface.errors import InputError
 from kface.training.config import TrainConfig
-from kface.training.heads import get_loss
-from kface.training.losses import AngularMarginLoss
+from kface.training.losses import AngularMarginLoss, get_loss
 
 
 def by_hand(embeddings: torch.Tensor, centres: torch.Tensor, labels: torch.Tensor, margin: float,

@@ -163,7 +163,8 @@ def test_verify_json_gives_each_faces_estimated_age_as_analyze_does():
                 expected = analyzer.analyze(path)
                 assert face["age"]["age_group"] == expected["age_group"]
                 assert face["age"]["expected_age"] == pytest.approx(expected["expected_age"], abs=1e-4)
-                assert face["age"]["age_interval"]["low"] <= face["age"]["expected_age"] <= face["age"]["age_interval"]["high"]
+                interval = face["age"]["age_interval"]
+                assert interval["low"] <= face["age"]["expected_age"] <= interval["high"]
                 within_one += abs(labels.index(face["age"]["age_group"]) - "abcdefgh".index(row["age_class"])) <= 1
     finally:
         analyzer.close()

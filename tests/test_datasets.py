@@ -52,8 +52,9 @@ def build_kface_tree(root: Path, subjects: int = 8, combos=KFACE_COMBOS) -> Path
     """``root/<ID>/S00s/Ll/E0e/Cc.jpg``: one LFW person per subject id, their faces spread over the codes."""
     for number, person in enumerate((MEN + WOMEN)[:subjects]):
         faces = itertools.cycle(lfw_faces(person))
-        for s, l, e, c in combos:
-            place(next(faces), root / f"1906{2421 + number:04d}" / f"S{s:03d}" / f"L{l}" / f"E{e:02d}" / f"C{c}.jpg")
+        for s, light, e, c in combos:
+            folder = root / f"1906{2421 + number:04d}" / f"S{s:03d}" / f"L{light}" / f"E{e:02d}"
+            place(next(faces), folder / f"C{c}.jpg")
     return root
 
 
@@ -125,10 +126,11 @@ def test_kface_codes_become_attributes(tmp_path):
 
 
 @pytest.mark.parametrize("options, expected", [
-    ({"cameras": "frontal"}, lambda s, l, e, c: c == 7),
-    ({"cameras": "frontal", "frontal_camera": "C6"}, lambda s, l, e, c: c == 6),
-    ({"accessories": "S1", "lights": "L1~2"}, lambda s, l, e, c: s == 1 and l <= 2),
-    ({"lights": "1,3", "expressions": "E2", "cameras": "C6-7"}, lambda s, l, e, c: l in (1, 3) and e == 2 and c < 8),
+    ({"cameras": "frontal"}, lambda s, light, e, c: c == 7),
+    ({"cameras": "frontal", "frontal_camera": "C6"}, lambda s, light, e, c: c == 6),
+    ({"accessories": "S1", "lights": "L1~2"}, lambda s, light, e, c: s == 1 and light <= 2),
+    ({"lights": "1,3", "expressions": "E2", "cameras": "C6-7"},
+     lambda s, light, e, c: light in (1, 3) and e == 2 and c < 8),
 ])
 def test_kface_filters_select_exactly_the_matching_codes(tmp_path, options, expected):
     root = build_kface_tree(tmp_path / "kface", subjects=2)

@@ -54,14 +54,16 @@ def test_there_are_docs_pages() -> None:
 def test_no_history_in_user_docs(path: Path) -> None:
     text = _text(path)
     found = [m.group(0) for m in HISTORY.finditer(text)] + [m.group(0) for m in BARE_VERSION.finditer(text)]
-    assert not found, f"{_doc_id(path)} tells history ({', '.join(sorted(set(found)))}): say what is, move the rest to CHANGELOG.md"
+    assert not found, (f"{_doc_id(path)} tells history ({', '.join(sorted(set(found)))}): say what is, "
+                       f"move the rest to CHANGELOG.md")
 
 
 @pytest.mark.parametrize("path", USER_DOCS, ids=_doc_id)
 def test_versioned_names_are_shipped(path: Path) -> None:
     shipped = _shipped_names()
     stale = sorted({name for name in VERSIONED_NAME.findall(_text(path)) if name not in shipped})
-    assert not stale, f"{_doc_id(path)} names versions that do not ship ({', '.join(stale)}); history goes to CHANGELOG.md"
+    assert not stale, (f"{_doc_id(path)} names versions that do not ship ({', '.join(stale)}); "
+                       f"history goes to CHANGELOG.md")
 
 
 @pytest.mark.parametrize("path", USER_DOCS, ids=_doc_id)
@@ -107,7 +109,8 @@ def _python_name_exists(dotted: str) -> bool:
             if cut == len(parts):
                 return True
             name = re.escape(parts[cut])
-            return re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*[:=]|^\s*from .* import .*\b{name}\b|[\"']{name}[\"']",
+            return re.search(rf"^\s*(?:def|class)\s+{name}\b|^{name}\s*[:=]|^\s*from .* import "
+                             rf".*\b{name}\b|[\"']{name}[\"']",
                              source.read_text(encoding="utf-8"), re.MULTILINE) is not None
     return False
 

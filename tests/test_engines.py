@@ -115,21 +115,23 @@ def tuned_checkpoint(path, cut: str = "last-block", head: str = "siamese", tta: 
                              "fallback": "none", "weights": None, "shape": list(feature_shape("dlib-torch", cut))},
                 "head": {"kind": head, "cut": cut, "embedding_size": 128, "loss": "metric", "dims": None,
                          "state": model.state_dict()},
-                "distance": "euclidean", "threshold": {"value": 0.6, "rule": "intersection", "split": "val", "note": None},
+                "distance": "euclidean", "threshold": {"value": 0.6, "rule": "intersection", "split": "val",
+                                                       "note": None},
                 "metrics": {}, "epoch": 1, "config": {}, "seed": seed, "data": {}, "versions": {}}, path)
 
 
 @pytest.mark.parametrize("cut,head,tta", [("last-block", "siamese", "flip"), ("last-stage", "none", "none"),
                                           ("none", "siamese", "flip")])
 def test_tuned_checkpoint_through_onnx_matches_the_torch_pair_model_path(tmp_path, cut, head, tta):
-    from kface.api import verifier_from_checkpoint
+    from kface.api import FaceOptions, verifier_from_checkpoint
 
     model = tmp_path / "model.pt"
     tuned_checkpoint(model, cut, head, tta)
     images = [str(path) for _, paths in lfw_people(2, 2) for path in paths]
     answers = {}
     for engine in ("torch", "onnx"):
-        verifier = verifier_from_checkpoint(model, detector="none", device="cpu", engine=engine, cache=False)
+        verifier = verifier_from_checkpoint(model, engine=engine, options=FaceOptions(detector="none", device="cpu",
+                                                                                      cache=False))
         vectors, _ = verifier.embed(images)
         answers[engine] = (vectors, verifier.distances(vectors[:2], vectors[2:]))
     assert cosines(answers["torch"][0], answers["onnx"][0]).min() >= PARITY
@@ -143,7 +145,7 @@ def test_a_head_on_the_shipped_korean_model_runs_through_onnx_as_through_torch(t
     the torch path's answers."""
     import torch
 
-    from kface.api import verifier_from_checkpoint
+    from kface.api import FaceOptions, verifier_from_checkpoint
     from kface.models import MODEL_FAMILIES, network_variant
     from kface.training.checkpoints import FORMAT, FORMAT_VERSION
     from kface.training.model import build_pair_model
@@ -162,13 +164,15 @@ def test_a_head_on_the_shipped_korean_model_runs_through_onnx_as_through_torch(t
                              "network": {"precision": precision, "sha256": trained_on["sha256"]}},
                 "head": {"kind": "siamese", "cut": "none", "embedding_size": 256, "loss": "bce", "dims": None,
                          "state": model.state_dict()},
-                "distance": "euclidean", "threshold": {"value": 0.6, "rule": "intersection", "split": "val", "note": None},
+                "distance": "euclidean", "threshold": {"value": 0.6, "rule": "intersection", "split": "val",
+                                                       "note": None},
                 "metrics": {}, "epoch": 1, "config": {}, "seed": 0, "data": {}, "versions": {}}, tmp_path / "model.pt")
     images = [str(path) for _, paths in lfw_people(2, 2) for path in paths]
     answers = {}
     for engine in ("torch", "onnx"):
-        verifier = verifier_from_checkpoint(tmp_path / "model.pt", detector="none", device="cpu", engine=engine,
-                                            cache=False)
+        verifier = verifier_from_checkpoint(tmp_path / "model.pt", engine=engine, options=FaceOptions(detector="none",
+                                                                                                      device="cpu",
+                                                                                                      cache=False))
         vectors, _ = verifier.embed(images)
         answers[engine] = (vectors, verifier.distances(vectors[:2], vectors[2:]))
     assert cosines(answers["torch"][0], answers["onnx"][0]).min() >= PARITY
@@ -182,8 +186,8 @@ def test_a_checkpoint_is_exported_once_and_later_verifies_import_no_torch(tmp_pa
     model = tmp_path / "model.pt"
     tuned_checkpoint(model, seed=1)  # a checkpoint no other test exports: its first use must export it
     a, b = (str(path) for path in lfw_people(1, 2)[0][1])
-    code = ("import json, sys\nfrom kface.api import verifier_from_checkpoint\n"
-            f"v = verifier_from_checkpoint({str(model)!r}, detector='none', device='cpu')\n"
+    code = ("import json, sys\nfrom kface.api import FaceOptions, verifier_from_checkpoint\n"
+            f"v = verifier_from_checkpoint({str(model)!r}, options=FaceOptions(detector='none', device='cpu'))\n"
             f"answer = v.verify({a!r}, {b!r})\n"
             "print(json.dumps({'distance': answer.distance, 'torch': 'torch' in sys.modules}))")
     first = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -219,7 +223,7 @@ def test_base_ensemble_export_is_the_tuned_vector_beside_weighted_stock_dlib(tmp
 
     model = tmp_path / "model.pt"
     tuned_checkpoint(model, "last-stage", "none", "flip")
-    tuned = export_checkpoint(model, tmp_path / "tuned.onnx")
+    export_checkpoint(model, tmp_path / "tuned.onnx")
     both = export_checkpoint(model, tmp_path / "both.onnx", base_weight=0.5)
     assert both["output"]["shape"] == ["batch", 256] and both["base_weight"] == 0.5
     assert both["parity"]["min_cosine"] >= PARITY

@@ -15,6 +15,7 @@ from kface.backbones.facenet import DOWNLOAD_VARIABLE, load_inception_resnet, we
 from kface.cli import cli
 from kface.embeddings.embedder import Embedder
 from kface.errors import InputError, KfaceError
+from kface.util.cache import CacheSetting
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,8 @@ def weights_file(tmp_path_factory):
 
 
 def test_weights_file_embeds_512d(samples_dir, weights_file, tmp_path):
-    embedder = Embedder("facenet-vggface2", weights=str(weights_file), device="cpu", cache_dir=tmp_path)
+    embedder = Embedder("facenet-vggface2", weights=str(weights_file), device="cpu",
+                        cache=CacheSetting(folder=tmp_path))
     result = embedder.embed([samples_dir / "obama.jpg", samples_dir / "biden.jpg"])
     assert result.embeddings.shape == (2, 512) and np.isfinite(result.embeddings).all()
     # facenet's embeddings are L2-normalised by the model

@@ -178,7 +178,8 @@ def test_a_group_list_line_of_joined_groups_stands_for_each_part(tmp_path):
     listed.write_text("# held out\nF001+F002  # joined by a shared person\nF003\n", encoding="utf-8")
     assert read_group_list(listed) == {"F001", "F002", "F003"}
     index = load_dataset("csv", tmp_path, manifest=write_family_manifest(tmp_path, families=5))
-    assert set(restrict_groups(index, "family", read_group_list(listed)).attributes["family"]) == {"F001", "F002", "F003"}
+    assert set(restrict_groups(index, "family", read_group_list(listed)).attributes["family"]) == {"F001", "F002",
+                                                                                                   "F003"}
 
 
 def test_added_groups_train_every_fold_and_leave_the_others_folds_and_pairs_as_they_were(tmp_path):

@@ -18,6 +18,8 @@ import pytest
 from conftest import default_embedding_size
 from fault_helpers import EXAMPLES, assert_ok, assert_one_error, file_size_limit, kface, notes, read_only
 
+from kface.util.cache import CacheSetting
+
 IMAGES = [EXAMPLES / "obama.jpg", EXAMPLES / "biden.jpg"]
 
 
@@ -223,7 +225,7 @@ def test_a_locked_cache_is_a_note_and_never_hides_the_real_error(scratch, monkey
     blank = scratch / "blank.png"
     Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
     try:
-        embedder = Embedder("dlib-resnet", detector="dlib", cache_dir=folder)
+        embedder = Embedder("dlib-resnet", detector="dlib", cache=CacheSetting(folder=folder))
         with caplog.at_level(logging.INFO, logger="kface"), pytest.raises(NoFaceError):
             embedder.embed([str(blank)])
     finally:
@@ -312,18 +314,14 @@ def test_an_lfw_pairs_file_that_does_not_parse_is_an_input_error(tmp_path, text,
 
 def test_train_feature_store_leaves_the_cache_with_no_cache_or_an_unwritable_cache(tmp_path, monkeypatch, caplog):
     from kface.training.data import _feature_store_folder
-    from kface.util.cache import NO_CACHE_ENV
 
     cache = tmp_path / "cache"
     cache.mkdir()
-    monkeypatch.setenv("KFACE_CACHE_DIR", str(cache))
-    assert _feature_store_folder() is None  # the usual place: <cache>/features
-    monkeypatch.setenv(NO_CACHE_ENV, "1")
-    folder = _feature_store_folder()
+    assert _feature_store_folder(CacheSetting(folder=cache)) is None  # the usual place: <cache>/features
+    folder = _feature_store_folder(CacheSetting(enabled=False, folder=cache))
     assert folder.is_dir() and cache not in folder.parents
-    monkeypatch.delenv(NO_CACHE_ENV)
     (cache / "features").rmdir()
     with read_only(cache), caplog.at_level(logging.WARNING, logger="kface"):
-        folder = _feature_store_folder()
+        folder = _feature_store_folder(CacheSetting(folder=cache))
     assert folder.is_dir() and cache not in folder.parents
     assert "cannot write the feature store" in caplog.text

@@ -179,7 +179,8 @@ def test_identification_split_is_seeded_and_disjoint():
     from kface.datasets import DatasetIndex
     from kface.datasets.records import Record
 
-    records = [Record(f"p{p}/{a}{i}.jpg", f"p{p}", {"age_class": a}) for p in range(30) for a in "abc" for i in range(2)]
+    records = [Record(f"p{p}/{a}{i}.jpg", f"p{p}",
+                      {"age_class": a}) for p in range(30) for a in "abc" for i in range(2)]
     records += [Record(f"q{p}/a0.jpg", f"q{p}", {"age_class": "a"}) for p in range(5)]  # one age class only
     index = DatasetIndex.from_records("csv", __import__("pathlib").Path("/"), records)
     protocol = IdentificationProtocol(unenrolled_share=0.2, seed=3)

@@ -57,7 +57,8 @@ def test_search_ranks_people_and_answers_the_open_set(small_gallery):
     assert [c["same_at_threshold"] for c in answer["candidates"]] == [True, False]
     assert "FPIR 1%" in answer["open_set_source"]  # dlib's measured open-set threshold
     assert answer["match"] == ("obama" if answer["candidates"][0]["distance"] <= answer["open_set_threshold"] else None)
-    text = run("search", EXAMPLES / "obama2.jpg", "--gallery", small_gallery, "--top", "1", "--open-set-threshold", "0.5")
+    text = run("search", EXAMPLES / "obama2.jpg", "--gallery", small_gallery, "--top", "1", "--open-set-threshold",
+               "0.5")
     assert text.output.splitlines()[0].startswith("1. obama") and "match: obama" in text.output
     strict = run("search", EXAMPLES / "obama2.jpg", "--gallery", small_gallery, "--open-set-threshold", "0.01")
     assert "no one in the gallery" in strict.output
@@ -222,12 +223,12 @@ print(json.dumps(list(answers.values())))
 
 @pytest.mark.slow
 def test_two_searchers_during_an_enrolment_see_whole_committed_states(tmp_path):
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.galleries import Gallery
 
     people = lfw_people(20, 2)
     tree = link_tree(people, tmp_path / "faces")
-    verifier = load_verifier("dlib", fallback="whole-image")
+    verifier = load_verifier("dlib", options=FaceOptions(fallback="whole-image"))
     vectors, _ = verifier.embed([str(image) for _, images in people for image in images])  # warms the cache
     probe = tmp_path / "probe.npy"
     np.save(probe, vectors[-1:] + 0.01)  # someone enrolled last

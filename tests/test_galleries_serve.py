@@ -16,14 +16,14 @@ def photo(name: str) -> bytes:
 def served(tmp_path_factory):
     from fastapi.testclient import TestClient
 
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.galleries import Gallery
     from kface.serve.app import Pipeline, create_app
 
     path = tmp_path_factory.mktemp("served") / "people.kgallery"
     with Gallery.open(path, create=True) as gallery:
         gallery.enroll([str(EXAMPLES / "biden.jpg")], "biden")
-    app = create_app([Pipeline(load_verifier(cache=False))], gallery=str(path))
+    app = create_app([Pipeline(load_verifier(options=FaceOptions(cache=False)))], gallery=str(path))
     with TestClient(app) as client:
         yield client, path
 
@@ -77,7 +77,7 @@ def test_bad_enrolments_are_4xx_and_change_nothing(served, fields, status):
 
 
 def test_a_gallery_of_another_model_is_refused(tmp_path):
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.galleries.store import GalleryStore, ModelIdentity
     from kface.serve.app import Pipeline, create_app
 
@@ -85,15 +85,15 @@ def test_a_gallery_of_another_model_is_refused(tmp_path):
     GalleryStore.create(path, ModelIdentity("korean@0123", "korean", "korean-v1", "euclidean", 0.5, 128),
                         (0.4, "test")).close()
     with pytest.raises(InputError, match="different vectors"):
-        create_app([Pipeline(load_verifier(cache=False))], gallery=str(path))
+        create_app([Pipeline(load_verifier(options=FaceOptions(cache=False)))], gallery=str(path))
 
 
 def test_without_a_gallery_search_is_501(tmp_path):
     from fastapi.testclient import TestClient
 
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.serve.app import Pipeline, create_app
 
-    with TestClient(create_app([Pipeline(load_verifier(cache=False))])) as client:
+    with TestClient(create_app([Pipeline(load_verifier(options=FaceOptions(cache=False)))])) as client:
         response = client.post("/search", files={"image": ("q.jpg", photo("obama.jpg"), "image/jpeg")})
         assert response.status_code == 501 and "--gallery" in response.json()["detail"]

@@ -31,9 +31,9 @@ TIMEOUT_S = 600
 
 def warm_cache(people) -> None:
     """Embed every photo once in this process, so the writers below find them in the shared cache."""
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
 
-    verifier = load_verifier(fallback="whole-image")
+    verifier = load_verifier(options=FaceOptions(fallback="whole-image"))
     verifier.embed([str(image) for _, images in people for image in images])
     verifier.embedder.close()
 

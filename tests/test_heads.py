@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import lfw_people, link_tree, write_folder_pairs
 
-from kface.api import verifier_from_checkpoint
+from kface.api import FaceOptions, verifier_from_checkpoint
 from kface.cli import cli
 from kface.distances import get_distance
 from kface.embeddings.embedder import Embedder
@@ -119,8 +119,8 @@ def test_flip_averaging_is_the_same_at_train_and_verify_time(pair_file, tmp_path
     trained_on = FeatureStore(config.feature_spec()).features(paths).features
     # The torch engine serves the backbone's embeddings before the head (ONNX runs head and all in one
     # graph, checked against this path in tests/test_engines.py).
-    verifier = verifier_from_checkpoint(tmp_path / "run" / "model.pt", detector="dlib", fallback="whole-image",
-                                        engine="torch")
+    verifier = verifier_from_checkpoint(tmp_path / "run" / "model.pt", engine="torch",
+                                        options=FaceOptions(detector="dlib", fallback="whole-image"))
     _, served = verifier.embed(paths)
     assert verifier.embedder.tta == "flip"
     np.testing.assert_allclose(served.embeddings, trained_on, rtol=0, atol=1e-6)

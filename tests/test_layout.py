@@ -42,7 +42,9 @@ LAYERS: list[tuple[str, set[str]]] = [
 #: of these (itself, or a kface module that imports one when it loads). The rest belong at the top.
 HEAVY = {"torch", "torchvision", "ray", "faiss", "fastapi", "fastapi_offline", "uvicorn", "starlette", "anyio",
          "onnx", "onnxruntime", "onnxscript", "matplotlib", "pyarrow", "playwright", "sklearn", "scipy", "dlib",
-         "facenet_pytorch", "PIL", "multiprocessing", "python_multipart", "threadpoolctl", "tqdm"}
+         "facenet_pytorch", "PIL", "multiprocessing", "python_multipart", "threadpoolctl", "tqdm",
+         # the standard library's slow one: it loads email, zipfile and csv, which a cached verify never needs
+         "importlib.metadata"}
 
 
 def _tree(path: Path) -> ast.Module:
@@ -59,16 +61,21 @@ def _import_names(module: str, path: Path, node: ast.AST) -> list[str]:
         name = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
     else:
         name = node.module or ""
-    return [f"{name}.{alias.name}" if f"{name}.{alias.name}" in MODULES else name for alias in node.names]
+    return [f"{name}.{alias.name}" if f"{name}.{alias.name}" in MODULES or not name.startswith("kface") else name
+            for alias in node.names]
 
 
 def _imports(module: str, path: Path) -> tuple[list[ast.AST], list[ast.AST]]:
     """(module-level, function-level) import statements of ``module``; an import guarded by ``except
-    ImportError`` (an optional, platform-bound library) counts as neither."""
+    ImportError`` (an optional, platform-bound library) or by ``if TYPE_CHECKING`` counts as neither."""
     tree = _tree(path)
     optional = {id(inner) for node in ast.walk(tree) if isinstance(node, ast.Try)
                 if any("ImportError" in ast.unparse(handler.type or ast.Name("")) for handler in node.handlers)
                 for statement in node.body for inner in ast.walk(statement)}
+    # ``if TYPE_CHECKING:`` imports serve annotations only and run never.
+    optional |= {id(inner) for node in ast.walk(tree)
+                 if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+                 for statement in node.body for inner in ast.walk(statement)}
     top: list[ast.AST] = []
     inner: list[ast.AST] = []
 
@@ -161,6 +168,12 @@ def test_every_package_has_a_layer_and_imports_point_down():
     assert climbing == []
 
 
+def _heavy_named(target: str) -> set[str]:
+    """The HEAVY library an import of ``target`` (a module, or a name in one) is, if any."""
+    parts = target.split(".")
+    return {".".join(parts[:end]) for end in range(1, len(parts) + 1)} & HEAVY
+
+
 def _heavy_on_load(module: str, seen: set[str]) -> set[str]:
     """The HEAVY libraries that importing kface module ``module`` loads (its parents' included)."""
     found: set[str] = set()
@@ -171,10 +184,8 @@ def _heavy_on_load(module: str, seen: set[str]) -> set[str]:
         seen.add(name)
         for node in IMPORTS[name][0]:
             for target in _import_names(name, MODULES[name], node):
-                root = target.split(".")[0]
-                if root in HEAVY:
-                    found.add(root)
-                elif root == "kface":
+                found |= _heavy_named(target)
+                if target.split(".")[0] == "kface":
                     found |= _heavy_on_load(target, seen)
     return found
 
@@ -187,8 +198,7 @@ def test_imports_inside_functions_keep_a_heavy_dependency_off_the_path():
         for node in inner:
             reached = set()
             for target in _import_names(module, MODULES[module], node):
-                root = target.split(".")[0]
-                reached |= {root} & HEAVY if root != "kface" else _heavy_on_load(target, set())
+                reached |= _heavy_named(target) if not target.startswith("kface") else _heavy_on_load(target, set())
             if not reached:
                 light.append(f"{MODULES[module].relative_to(PACKAGE.parent)}:{node.lineno} {ast.unparse(node)}")
     assert light == []

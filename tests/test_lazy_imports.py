@@ -16,7 +16,8 @@ def _imported_after(code: str) -> set[str]:
 
 
 def test_help_imports_nothing_heavy():
-    assert _imported_after("from kface.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass") == set()
+    code = "from kface.cli import cli\ntry:\n    cli(['--help'])\nexcept SystemExit:\n    pass"
+    assert _imported_after(code) == set()
 
 
 def test_default_verify_imports_nothing_heavy(samples_dir):
@@ -29,7 +30,8 @@ def test_cli_verify_and_embed_run_on_onnxruntime_without_torch(samples_dir, tmp_
     a, b = str(samples_dir / "obama.jpg"), str(samples_dir / "biden.jpg")
     code = ("from kface.cli import cli\n"
             "for args in (['verify', '--model', 'dlib', '-q', A, B], ['embed', '-q', A, B, '--out', OUT]):\n"
-            "    try:\n        cli(args)\n    except SystemExit as stop:\n        assert stop.code == 0, (args, stop.code)\n"
+            "    try:\n        cli(args)\n    except SystemExit as stop:\n        assert stop.code == 0, (args, "
+            "stop.code)\n"
             "import onnxruntime  # the network ran there\n")
     code = f"A, B, OUT = {a!r}, {b!r}, {str(tmp_path / 'e.npz')!r}\n" + code
     assert _imported_after(code) == set()
@@ -57,7 +59,8 @@ def test_warm_cli_verify_imports_only_its_own_command_and_no_decoder(samples_dir
     imported, nor the modules of the other commands."""
     a, b = str(samples_dir / "obama.jpg"), str(samples_dir / "obama2.jpg")
     run = ("import os, sys\nos.environ['KFACE_CACHE_DIR'] = CACHE\nfrom kface.cli import cli\n"
-           "try:\n    cli(['verify', '--model', 'dlib', '-q', A, B])\nexcept SystemExit as stop:\n    assert stop.code == 0\n")
+           "try:\n    cli(['verify', '--model', 'dlib', '-q', A, B])\nexcept SystemExit as stop:\n    assert "
+           "stop.code == 0\n")
     probe = (run + "print('loaded:', *sorted(m for m in ('PIL', 'multiprocessing', 'kface.cli.training', "
              "'kface.cli.gallery', 'kface.cli.serve', 'kface.cli.evaluation') if m in sys.modules))")
     code = f"A, B, CACHE = {a!r}, {b!r}, {str(tmp_path / 'cache')!r}\n" + probe

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kface import load_verifier
+from kface import FaceOptions, load_verifier
 from kface.evaluation.lfw import read_lfw_pairs
 
 
@@ -15,7 +15,7 @@ def test_first_fold_accuracy_with_default_threshold(lfw_dir, model, least):
     chosen = np.r_[0:100, 300:400]  # fold 1: 300 matched lines, then 300 mismatched
     assert pairs.labels[chosen].tolist() == [1] * 100 + [0] * 100
     # As in `kface benchmark lfw`: the few images where HOG finds nothing are taken whole.
-    verifier = load_verifier(model, fallback="whole-image")
+    verifier = load_verifier(model, options=FaceOptions(fallback="whole-image"))
     vectors_a, _ = verifier.embed([pairs.path_a[i] for i in chosen])
     vectors_b, _ = verifier.embed([pairs.path_b[i] for i in chosen])
     same = verifier.distances(vectors_a, vectors_b) <= verifier.threshold

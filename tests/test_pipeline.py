@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from conftest import LFW, REPO, SHARED, require
 from PIL import Image
 
+from kface.util.cache import CacheSetting
+
 KOREAN = SHARED / "data" / "korean_family" / "images"
 
 
@@ -114,7 +116,8 @@ def test_workers_give_the_same_faces_and_embeddings_as_one_process(tmp_path, mon
     monkeypatch.setattr(pipeline, "_context", lambda: pools.append(1) or real_context())
     results = {}
     for workers in (0, 2):
-        embedder = Embedder(detector="auto", fallback="whole-image", cache_dir=tmp_path / f"cache{workers}",
+        embedder = Embedder(detector="auto", fallback="whole-image",
+                            cache=CacheSetting(folder=tmp_path / f"cache{workers}"),
                             workers=workers)
         results[workers] = embedder.embed(paths)
         embedder.close()
@@ -133,7 +136,7 @@ def test_small_inputs_stay_in_this_process(tmp_path, monkeypatch):
         raise AssertionError("a pool was started for two images")
 
     monkeypatch.setattr(pipeline, "_context", no_pool)
-    embedder = Embedder(cache_dir=tmp_path, workers=8)
+    embedder = Embedder(cache=CacheSetting(folder=tmp_path), workers=8)
     result = embedder.embed([str(REPO / "examples" / "obama.jpg"), str(REPO / "examples" / "obama2.jpg")])
     embedder.close()
     assert result.found.all()
@@ -144,7 +147,7 @@ def test_no_face_is_a_row_or_an_error(tmp_path, blank):
     from kface.errors import NoFaceError
 
     face = str(REPO / "examples" / "obama.jpg")
-    embedder = Embedder(cache_dir=tmp_path, workers=0)
+    embedder = Embedder(cache=CacheSetting(folder=tmp_path), workers=0)
     result = embedder.embed([face, blank, face], no_face="row")
     assert result.stages == ["hog", "none", "hog"]
     assert result.found.tolist() == [True, False, True]
@@ -162,7 +165,8 @@ def test_interrupted_run_resumes_through_the_cache(tmp_path):
     paths = korean_crops(EMBED_BATCH + 4)
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
-    embedder = Embedder(detector="dlib", fallback="whole-image", cache_dir=tmp_path / "cache", workers=0)
+    embedder = Embedder(detector="dlib", fallback="whole-image", cache=CacheSetting(folder=tmp_path / "cache"),
+                        workers=0)
     with pytest.raises(InputError, match="corrupt.jpg"):
         embedder.embed(paths + [str(corrupt)])  # fails after the first batch was embedded and stored
     again = embedder.embed(paths)

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import EXAMPLES
 
-from kface.api import load_verifier
+from kface.api import FaceOptions, load_verifier
 from kface.cli import cli
 from kface.embeddings.embedder import Embedder
 from kface.engines.runtime import OnnxNetwork, compare_vectors
@@ -22,7 +22,8 @@ PORTRAITS = sorted(EXAMPLES.glob("*.jpg"))
 
 
 def example_chips() -> np.ndarray:
-    entries, _ = Embedder(FAMILY, detector="auto", fallback="whole-image", cache=False).faces([str(p) for p in PORTRAITS])
+    entries, _ = Embedder(FAMILY, detector="auto", fallback="whole-image",
+                          cache=False).faces([str(p) for p in PORTRAITS])
     return np.stack([entry.chip for entry in entries])
 
 
@@ -64,16 +65,17 @@ def test_precision_is_chosen_by_device_and_variable(monkeypatch):
 def test_a_bad_precision_is_one_error_line(monkeypatch):
     monkeypatch.setenv(PRECISION_VARIABLE, "fp4")
     result = CliRunner().invoke(cli, ["verify", str(EXAMPLES / "obama.jpg"), str(EXAMPLES / "obama2.jpg")])
-    assert result.exit_code == 2 and result.output == f"error: {PRECISION_VARIABLE}=fp4: choose one of auto, float, int8\n"
+    assert result.exit_code == 2
+    assert result.output == f"error: {PRECISION_VARIABLE}=fp4: choose one of auto, float, int8\n"
 
 
 def test_int8_runs_by_default_and_answers_as_the_float_file(monkeypatch):
     """Both copies on the same real faces: the same answers, distances within a few thousandths, and
     separate cache entries (the vectors are near, not equal)."""
     monkeypatch.delenv(PRECISION_VARIABLE, raising=False)
-    int8 = load_verifier("korean", device="cpu")
+    int8 = load_verifier("korean", options=FaceOptions(device="cpu"))
     monkeypatch.setenv(PRECISION_VARIABLE, "float")
-    full = load_verifier("korean", device="cpu")
+    full = load_verifier("korean", options=FaceOptions(device="cpu"))
     assert (int8.embedder.precision, full.embedder.precision) == ("int8", "float")
     assert int8.embedder.vector_tag != full.embedder.vector_tag
     # each copy at its own threshold, chosen by the same rule on the same val pairs

@@ -275,7 +275,8 @@ def test_cli_on_real_lfw_faces(tmp_path, lfw_dir):
             writer.writerow(["val" if i < 5 else "test", image(name_a, a), image(name_b, b), 0, name_a, name_b])
     out = tmp_path / "report"
     runner = CliRunner()
-    result = runner.invoke(cli, ["overlap-report", "--pairs", str(pair_file), "--model", "dlib", "--rule", "max-accuracy",
+    result = runner.invoke(cli, ["overlap-report", "--pairs", str(pair_file), "--model", "dlib", "--rule",
+                                 "max-accuracy",
                                  "--out", str(out), "--json", "--quiet"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.stdout)

@@ -65,7 +65,8 @@ def test_processes_split_one_global_list_into_equal_shares(world_size):
 
 def test_mirroring_is_drawn_per_image_only_when_asked():
     assert not any(batch.mirrored.any() for batch in sampler().epoch_batches(1))
-    mirrored = np.concatenate([batch.mirrored for epoch in range(20) for batch in sampler(mirror=True).epoch_batches(epoch)])
+    mirrored = np.concatenate([batch.mirrored for epoch in range(20)
+                               for batch in sampler(mirror=True).epoch_batches(epoch)])
     assert 0.4 < mirrored.mean() < 0.6
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kface.api import load_verifier
+from kface.api import FaceOptions, load_verifier
 from kface.errors import InputError
 from kface.serve.app import Pipeline, ServeLimits, create_app, load_distances
 
@@ -64,7 +64,8 @@ def write_attribute_model(path: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def verifier():
-    return load_verifier("dlib", cache=False)  # stock dlib: the figures below are its LFW threshold
+    return load_verifier("dlib",
+                         options=FaceOptions(cache=False))  # stock dlib: the figures below are its LFW threshold
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_analyze_all_faces_lists_the_faces(client):
 def test_analyze_without_an_attribute_model_is_501_with_the_way_out(verifier):
     from fastapi.testclient import TestClient
 
-    with TestClient(create_app([Pipeline(load_verifier(cache=False))])) as bare:
+    with TestClient(create_app([Pipeline(load_verifier(options=FaceOptions(cache=False)))])) as bare:
         response = bare.post("/analyze", files={"image": ("obama.jpg", photo("obama.jpg"))})
         assert response.status_code == 501 and "--attributes-model" in response.json()["detail"]
         assert bare.get("/health").json()["attributes"] is None
@@ -313,7 +314,7 @@ def test_verifications_run_in_parallel_off_the_event_loop():
     and the page and /health answer meanwhile."""
     from fastapi.testclient import TestClient
 
-    gated = [GatedVerifier(load_verifier(cache=False)) for _ in range(2)]
+    gated = [GatedVerifier(load_verifier(options=FaceOptions(cache=False))) for _ in range(2)]
     with TestClient(create_app([Pipeline(one) for one in gated])) as concurrent:
         answers = []
         threads = [threading.Thread(target=lambda: answers.append(post_verify(concurrent, photo("obama2.jpg"))))
@@ -354,7 +355,7 @@ def write_scores(path: Path, threshold: float = 0.6144, seed: int = 0) -> Path:
 def test_distribution_from_scored_pairs_reaches_the_page(tmp_path):
     from fastapi.testclient import TestClient
 
-    verifier = load_verifier("dlib", cache=False)
+    verifier = load_verifier("dlib", options=FaceOptions(cache=False))
     distribution = load_distances(write_scores(tmp_path / "scores.csv"), "test", verifier.threshold)
     assert distribution.same.size == 50 and distribution.different.size == 50 and distribution.notes == []
     with TestClient(create_app([Pipeline(verifier)], distribution=distribution)) as with_plot:
@@ -417,7 +418,7 @@ def test_trained_model_draws_its_val_distances_without_a_distances_file(trained_
     from fastapi.testclient import TestClient
 
     model, val_labels = trained_model
-    verifier = load_verifier(str(model), cache=False)
+    verifier = load_verifier(str(model), options=FaceOptions(cache=False))
     with TestClient(create_app([Pipeline(verifier)])) as served:
         body = served.get("/distribution").json()
         health = served.get("/health").json()
@@ -435,7 +436,8 @@ def test_trained_model_draws_its_val_distances_without_a_distances_file(trained_
     old = torch.load(model, weights_only=True)
     del old["val_distances"]
     torch.save(old, tmp_path / "old.pt")
-    with TestClient(create_app([Pipeline(load_verifier(str(tmp_path / "old.pt"), cache=False))])) as old_served:
+    with TestClient(create_app([Pipeline(load_verifier(str(tmp_path / "old.pt"),
+                                                       options=FaceOptions(cache=False)))])) as old_served:
         body = old_served.get("/distribution").json()
         answer = post_verify(old_served, photo("obama2.jpg"))
     assert body["available"] is False and "--distances" in body["note"]

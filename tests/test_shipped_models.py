@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import SHARED, require
 
-from kface.api import BASE_THRESHOLDS, load_verifier
+from kface.api import BASE_THRESHOLDS, FaceOptions, load_verifier
 from kface.cli import cli
 from kface.evaluation.groups import read_group_list
 
@@ -106,12 +106,13 @@ def test_model_dlib_gives_stock_results(samples_dir):
 
     from kface.models.dlib_files import DLIB_LANDMARKS_5, DLIB_RESNET, model_file
 
-    stock = load_verifier("dlib", detector="dlib")
+    stock = load_verifier("dlib", options=FaceOptions(detector="dlib"))
     answer = stock.verify(samples_dir / "obama.jpg", samples_dir / "biden.jpg")
     assert answer.model == "dlib" and answer.threshold == 0.6144 and not answer.same
     # dlib's own descriptor on kface's chips gives the same distance ...
-    native = load_verifier("dlib", backbone="dlib-native", detector="dlib", cache=False)
-    assert answer.distance == pytest.approx(native.verify(samples_dir / "obama.jpg", samples_dir / "biden.jpg").distance,
+    native = load_verifier("dlib", backbone="dlib-native", options=FaceOptions(detector="dlib", cache=False))
+    assert answer.distance == pytest.approx(native.verify(samples_dir / "obama.jpg",
+                                                          samples_dir / "biden.jpg").distance,
                                             abs=1e-4)
     # ... and a plain dlib script nearly so (its HOG pass runs at full size, kface's at a size-chosen scale).
     detector = dlib.get_frontal_face_detector()
@@ -147,7 +148,7 @@ def test_on_held_out_families_korean_beats_stock_dlib():
     used = np.unique(pairs)
     accuracy = {}
     for name in ("korean", "dlib"):
-        verifier = load_verifier(name, fallback="whole-image")
+        verifier = load_verifier(name, options=FaceOptions(fallback="whole-image"))
         vectors, _ = verifier.embed([paths[i] for i in used])
         row = {int(image): position for position, image in enumerate(used)}
         d = verifier.distances(vectors[[row[i] for i in pairs[:, 0]]], vectors[[row[j] for j in pairs[:, 1]]])
@@ -195,5 +196,5 @@ def test_every_shipped_model_has_measured_open_set_and_cluster_thresholds(name):
     from kface.galleries.gallery import model_identity
     from kface.galleries.openset import OPEN_SET_THRESHOLDS
 
-    key = model_identity(load_verifier(name, cache=False)).key
+    key = model_identity(load_verifier(name, options=FaceOptions(cache=False))).key
     assert key in OPEN_SET_THRESHOLDS and key in CLUSTER_THRESHOLDS, key

@@ -77,7 +77,8 @@ def test_sweep_fails_before_training_when_a_ratio_is_impossible(small_lfw, tmp_p
 
 def test_sweep_fails_before_sampling_when_training_cannot_take_a_setting(small_lfw, tmp_path):
     out = tmp_path / "sweep"
-    result = CliRunner().invoke(cli, ["sweep", "--dataset", "folder", "--root", str(small_lfw), "--ratios", "4:6", "--loss", "arcface",
+    result = CliRunner().invoke(cli, ["sweep", "--dataset", "folder", "--root", str(small_lfw), "--ratios", "4:6",
+                                      "--loss", "arcface",
                                       "--distance", "cosine,euclidean", "--out", str(out)])
     assert result.exit_code == 2
     assert result.stderr.strip() == ("error: setting ratio-4-6-base-euclidean: --loss arcface learns a cosine "

@@ -25,7 +25,7 @@ CLUSTER_STEP = 0.05
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["korean", "dlib"])
 def test_open_set_and_cluster_thresholds_hold_on_the_heldout_groups(name, monkeypatch, tmp_path):
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.evaluation.heldout import HELDOUT_FILE, korean_split
     from kface.evaluation.identification import IdentificationProtocol, run_identification
     from kface.galleries.clustering import CLUSTER_F1, CLUSTER_THRESHOLDS, bcubed, cluster
@@ -39,7 +39,7 @@ def test_open_set_and_cluster_thresholds_hold_on_the_heldout_groups(name, monkey
     monkeypatch.setenv(PRECISION_VARIABLE, "float")
     row, = run_identification("csv", str(KOREAN), {"manifest": str(manifest)}, IdentificationProtocol(),
                               models=(name,), out=tmp_path, groups_file=str(HELDOUT_FILE))
-    verifier = load_verifier(name, detector="auto", fallback="whole-image")
+    verifier = load_verifier(name, options=FaceOptions(detector="auto", fallback="whole-image"))
     key = model_identity(verifier).key
     verifier.embedder.close()
     recorded, source = OPEN_SET_THRESHOLDS[key]
@@ -48,7 +48,7 @@ def test_open_set_and_cluster_thresholds_hold_on_the_heldout_groups(name, monkey
     assert abs(row["fnir_at_fpir"] - recorded_fnir) <= RATE_TOLERANCE, (row["fnir_at_fpir"], recorded_fnir)
 
     monkeypatch.delenv(PRECISION_VARIABLE)
-    verifier = load_verifier(name, detector="auto", fallback="whole-image")
+    verifier = load_verifier(name, options=FaceOptions(detector="auto", fallback="whole-image"))
     index = korean_split(KOREAN)[1]
     vectors, _ = verifier.embed([str(index.absolute_path(r)) for r in range(len(index))], on_error="skip")
     verifier.embedder.close()

@@ -24,8 +24,9 @@ from kface.errors import InputError
 from kface.training.checkpoints import load_checkpoint, pair_model_from_checkpoint, save_threshold
 from kface.training.config import TrainConfig
 from kface.training.data import SplitPairs
-from kface.training.heads import ContrastiveLoss, DistanceToProbability, SiameseHead, get_loss
+from kface.training.heads import DistanceToProbability, SiameseHead
 from kface.training.loop import PairTensors, batches, epoch_order, run_epoch
+from kface.training.losses import ContrastiveLoss, get_loss
 from kface.training.model import build_pair_model
 from kface.training.run import train
 from kface.training.store import FeatureSpec, FeatureStore
@@ -122,7 +123,8 @@ def test_resume_after_interruption_ends_with_the_same_weights(lfw_pairs, referen
     assert resumed["epoch"] == uninterrupted["epoch"] == 4
     for name, weight in uninterrupted["model"].items():
         assert torch.allclose(resumed["model"][name], weight, rtol=0, atol=1e-6), name
-    assert [r["val_loss"] for r in resumed["history"]] == pytest.approx([r["val_loss"] for r in uninterrupted["history"]])
+    expected = [r["val_loss"] for r in uninterrupted["history"]]
+    assert [r["val_loss"] for r in resumed["history"]] == pytest.approx(expected)
 
     with pytest.raises(InputError, match="lr"):
         train(replace(config, lr=0.02), resume=True)
@@ -167,12 +169,12 @@ def test_unfrozen_final_layer_trains_and_verifies_like_training(lfw_pairs, tmp_p
     pretrained = load_dlib_resnet().fc.weight
     assert not torch.allclose(last["model"]["suffix.0.weight"], pretrained)  # the backbone's layer trained
 
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.pairs import read_pairs
 
     first = read_pairs(pairs).select("train")
     a, b = first.abs_path_a[0], first.abs_path_b[0]
-    answer = load_verifier(str(out / "model.pt"), detector="dlib", device="cpu").verify(a, b)
+    answer = load_verifier(str(out / "model.pt"), options=FaceOptions(detector="dlib", device="cpu")).verify(a, b)
     model = pair_model_from_checkpoint(checkpoint)
     features = FeatureStore(FeatureSpec("dlib-torch", "fc", upsample=0)).features([a, b]).features
     with torch.no_grad():
@@ -339,6 +341,20 @@ def test_probability_falls_with_distance_and_calibrates_between_the_classes():
         assert float(mapping.offset) == pytest.approx((0.35 + 0.9) / 2)
         p = mapping(distances)
         assert torch.all(p[1:] <= p[:-1]) and float(mapping(mapping.offset)) == pytest.approx(0.5)
+
+
+def test_the_numpy_probability_of_inference_is_the_trained_mapping():
+    """Verifiers map distances to P(same) without torch (kface.distances.same_probability), from the trained
+    module's two parameters: the same values as the module."""
+    from kface.distances import same_probability
+
+    mapping = DistanceToProbability(offset=0.55, sharpness=7.0)
+    distances = np.array([0.0, 0.3, 0.55, 0.9, 1.4], dtype=np.float32)
+    with torch.no_grad():
+        expected = mapping(torch.from_numpy(distances)).numpy()
+    found = same_probability(distances, offset=float(mapping.offset), log_sharpness=float(mapping.log_sharpness))
+    assert found.dtype == np.float32
+    np.testing.assert_allclose(found, expected, rtol=1e-6)
 
 
 def test_losses_match_their_formulas():

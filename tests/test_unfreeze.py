@@ -84,7 +84,8 @@ def test_last_block_with_metric_loss_trains_and_does_not_lose_to_the_frozen_back
     assert epochs[0]["val_accuracy"] == pytest.approx(frozen, abs=0.011)
     assert history["best"]["value"] >= frozen
     # With no head, epoch 0 is the base backbone: its val figures are the run's baseline.
-    assert history["baseline"] == {**{name: epochs[0][f"val_{name}"] for name in ("loss", "bce", "accuracy", "overlap")},
+    assert history["baseline"] == {**{name: epochs[0][f"val_{name}"] for name in ("loss", "bce", "accuracy",
+                                                                                  "overlap")},
                                    "threshold": epochs[0]["threshold"]}
     assert epochs[-1]["train_loss"] < epochs[1]["train_loss"]  # the loss on identity batches falls
     assert history["data"]["identity_batches"]["identities"] == 24  # the train split's people

@@ -146,7 +146,8 @@ def _enlarge(pixels: np.ndarray, side: int) -> np.ndarray:
 # --------------------------------------------------------------------------- photos
 
 
-def chip_to_image(landmarks: np.ndarray, box: tuple, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> np.ndarray:
+def chip_to_image(landmarks: np.ndarray, box: tuple, size: int = CHIP_SIZE,
+                  padding: float = CHIP_PADDING) -> np.ndarray:
     """The 2 x 3 affine map from a chip's continuous pixel coordinates to the photo's, for the chip
     ``dlib.get_face_chip`` cuts from these landmarks (checked to match its pixels in tests/test_age_editor.py)."""
     import dlib

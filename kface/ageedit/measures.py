@@ -62,7 +62,8 @@ def measure_editor(editor: AgeEditorModel, faces: ChipSet, device: str = "auto",
                         f"{threshold:.4f} ({source})"}
     originals = attributes.chip_probabilities(chips)["age"]
     resized = attributes.chip_probabilities(shrink(shrink(chips, editor.size), chips.shape[1]))["age"]
-    result["judge_on_unedited"] = {"original": _age_scores(originals, ages), "shrunk_and_enlarged": _age_scores(resized, ages)}
+    result["judge_on_unedited"] = {"original": _age_scores(originals, ages),
+                                   "shrunk_and_enlarged": _age_scores(resized, ages)}
     source_vectors = face_network.run(chips)
     rows = np.repeat(np.arange(len(ages)), CLASSES - 1)
     targets = np.concatenate([np.delete(np.arange(CLASSES), age) for age in ages])
@@ -75,7 +76,8 @@ def measure_editor(editor: AgeEditorModel, faces: ChipSet, device: str = "auto",
         gap = np.abs(targets - ages[rows])
         by_gap = {str(g): {"edits": int((gap == g).sum()), "same_person": float(same[gap == g].mean()),
                            "identity_distance": float(distance[gap == g].mean()),
-                           "age_within_one": float((np.abs(judged[gap == g].argmax(1) - targets[gap == g]) <= 1).mean())}
+                           "age_within_one": float((np.abs(judged[gap == g].argmax(1) - targets[gap == g]) <= 1)
+                                                     .mean())}
                   for g in range(1, CLASSES)}
         by_target = {AGE_CLASSES[c]: _age_scores(judged[targets == c], targets[targets == c]) for c in range(CLASSES)}
         result["detail" if detail else "enlarged"] = {

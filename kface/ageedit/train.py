@@ -178,7 +178,9 @@ class EditorTraining:
         chips = np.where(flip[:, None, None, None], chips[:, :, ::-1], chips)
         ages = self.train.ages[rows]
         targets = _random_targets(self.rng, ages)
-        as_long = lambda v: torch.from_numpy(v.astype(np.int64)).to(self.device)
+        def as_long(values: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(values.astype(np.int64)).to(self.device)
+
         return to_tensor(chips, self.device), as_long(ages), as_long(targets)
 
     def _frozen_age_logits(self, x):
@@ -322,7 +324,8 @@ class EditorTraining:
         try:
             state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         except Exception as exc:  # noqa: BLE001  (torch raises many kinds on a damaged file)
-            raise InputError(f"{self.checkpoint_path}: unreadable checkpoint ({exc}); delete it to start over") from None
+            raise InputError(f"{self.checkpoint_path}: unreadable checkpoint ({exc}); "
+                             f"delete it to start over") from None
         if state.get("format") != CHECKPOINT_FORMAT or state.get("layout") != self.config.layout():
             raise InputError(f"{self.checkpoint_path}: a checkpoint of other settings; use another --out")
         self.editor.load_state_dict(state["editor"])

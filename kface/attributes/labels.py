@@ -5,7 +5,7 @@ from __future__ import annotations
 # age is its midpoint (15 for 10-19, since an age of 19 means 19.0-19.99 years); the open last group's is the
 # mean training age in it. Gender is a two-way classifier (female, male).
 from dataclasses import asdict, dataclass, field
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -13,6 +13,7 @@ from ..backbones import DEFAULT_BACKBONE
 from ..backbones.cuts import CACHED_CUTS
 from ..backbones.trainable import check_cut
 from ..errors import InputError
+from ..util.cache import CacheSetting, cache_setting
 
 TASKS = ("age", "gender")
 TRUNKS = ("separate", "shared")
@@ -223,7 +224,7 @@ class AttributeConfig:
     fallback: str = "whole-image"
     device: str = "auto"
     max_pixels: Optional[int] = None
-    cache: bool = True
+    cache: Union[bool, CacheSetting] = True  # recorded as whether the cache was used
     report: Optional[str] = None  # report folder; default <out>/report
 
     def check(self) -> None:
@@ -254,4 +255,5 @@ class AttributeConfig:
         payload = asdict(self)
         payload["age_bins"] = list(self.age_bins)
         payload["split"] = list(self.split)
+        payload["cache"] = cache_setting(self.cache).enabled
         return payload

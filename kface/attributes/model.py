@@ -1,15 +1,16 @@
 """Analyzing faces with an attribute model (shipped ONNX heads or a trained checkpoint): :func:`load_analyzer`."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from ..embeddings.embedder import Embedder
+from ..embeddings.embedder import Embedder, face_fields
 from ..errors import NoFaceError
 from ..faces.detect import mirror
-from ..faces.images import ImageSource, decode_image, read_bytes
+from ..faces.images import ImageSource, decode_image, read_bytes, source_name
 from ..models.attributes import SHIPPED_NAME
+from ..util.cache import CacheSetting
 from .answers import AttributeAnswers
 from .shipped import load_shipped_attributes
 
@@ -34,14 +35,13 @@ class Analyzer:
         Raises :class:`InputError` for an unreadable image, or one with no face unless the fallback is
         ``whole-image``.
         """
-        name = "<upload>" if isinstance(source, (bytes, bytearray)) else str(source)
+        name = source_name(source)
         common = {"image": name, "model": self.model_path, "backbone": self.model.backbone}
         if not all_faces and self.model.input == "chips":
             entries, _ = self.embedder.faces([source])
             face = entries[0]
             answer = self.model.describe(self.model.chip_probabilities(face.chip[None]), 0)
-            return {**common, **answer, "box": list(face.box) if face.box else None, "stage": face.stage,
-                    "found": face.found, "n_faces": int(face.n_faces)}
+            return {**common, **answer, **face_fields(face.found, face.stage, face.box, face.n_faces)}
         if not all_faces:
             result = self.embedder.embed([source])
             mirrored = None
@@ -49,9 +49,8 @@ class Analyzer:
                 entries, _ = self.embedder.faces([source])
                 mirrored = self._mirrored([entries[0].chip])
             answer = self.model.describe(self.model.probabilities(result.embeddings, mirrored), 0)
-            box = result.boxes[0]
-            return {**common, **answer, "box": list(box) if box else None, "stage": result.stages[0],
-                    "found": bool(result.found[0]), "n_faces": int(result.n_faces[0])}
+            return {**common, **answer,
+                    **face_fields(result.found[0], result.stages[0], result.boxes[0], result.n_faces[0])}
         faces = self._all_faces(source, name)
         chips = [face.chip for face in faces]
         if self.model.input == "chips":
@@ -82,7 +81,8 @@ class Analyzer:
 
 
 def load_analyzer(model: Optional[str] = None, detector: Optional[str] = None, fallback: str = "none",
-                  device: str = "auto", cache: bool = True, max_pixels: Optional[int] = None) -> Analyzer:
+                  device: str = "auto", cache: Union[bool, CacheSetting] = True,
+                  max_pixels: Optional[int] = None) -> Analyzer:
     """An :class:`Analyzer` for ``model``: a checkpoint from ``kface train-attributes``, or (None) the shipped
     Korean model (ONNX, no torch). The detector is the caller's or, when None, the model's own (the one
     it was trained with)."""

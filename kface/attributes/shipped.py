@@ -1,4 +1,6 @@
-"""The shipped age-group and gender model run through ONNX Runtime (its card and file: :mod:`kface.models.attributes`)."""
+"""The shipped age-group and gender model run through ONNX Runtime.
+
+Its card and file: :mod:`kface.models.attributes`."""
 from __future__ import annotations
 
 from pathlib import Path

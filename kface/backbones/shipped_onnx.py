@@ -1,6 +1,7 @@
 """A backbone served by an ONNX network that ships inside kface (:mod:`kface.models`).
 
-The network file is the one :data:`~kface.models.NETWORK_CARDS` names for the backbone's ``family``; onnxruntime runs it (CPU, or CUDA where available), with no torch import.
+The network file is the one :data:`~kface.models.NETWORK_CARDS` names for the backbone's ``family``; onnxruntime runs
+it (CPU, or CUDA where available), with no torch import.
 """
 from __future__ import annotations
 

@@ -1,11 +1,13 @@
 """The committed commands that make kface's shipped model files (run from the repository root).
 
     python -m kface.build heldout --root ../shared/data/korean_family
-        writes kface/models/korean-heldout-families.txt: a seeded tenth of the groups of related families, never trained on;
+        writes kface/models/korean-heldout-families.txt: a seeded tenth of the groups of related families, never
+        trained on;
         the model cards and the tests score the shipped models on these groups only. An existing list is kept (families
         added to the set later only train), so every version is scored on the same faces.
     python -m kface.build korean --root ../shared/data/korean_family
-        trains kface/models/recipes/korean-v4.json on every other group (copies merged; kface train, group-disjoint val),
+        trains kface/models/recipes/korean-v4.json on every other group (copies merged; kface train, group-disjoint
+        val),
         exports the tuned network (with 0.5 x stock dlib's vector) to kface/models/korean-v4.onnx and writes its
         card korean-v4.json
         (provenance, recipe, threshold, sha256, figures on the held-out families); then the korean-int8 step.

@@ -80,7 +80,8 @@ def build(root: Path, steps: int, device: str) -> dict:
                    "losses": ["L1 reconstruction (x10)", "L1 cycle (x10)", ("age cross-entropy on real chips and on "
                                "edits (frozen classifier)"), "hinge adversarial, projection patch discriminator",
                               ("perceptual: L1 on the frozen dlib face network's first two stages "
-                               "(VGG/LPIPS weights do not install offline)"), "identity: 1 - cosine of the dlib descriptors"]},
+                               "(VGG/LPIPS weights do not install offline)"),
+                              "identity: 1 - cosine of the dlib descriptors"]},
         "training": {"data": SOURCE, "held_out_families_file": HELDOUT_FILE.name,
                      "held_out_families_sha256": file_sha256(HELDOUT_FILE), "seed": config.seed,
                      "steps": summary["steps"], "seconds": summary["seconds"],
@@ -118,7 +119,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=("build", "measure"))
     parser.add_argument("--root", type=Path, required=True, help="the korean_family dataset's root")
-    parser.add_argument("--steps", type=int, default=RECIPE["steps"], help="training steps (the shipped recipe's by default)")
+    parser.add_argument("--steps", type=int, default=RECIPE["steps"],
+                        help="training steps (the shipped recipe's by default)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     import torch

@@ -1,4 +1,5 @@
-"""Where the shipped age model was trained and where it drifts: its figures on families it never saw and on web portraits.
+"""Where the shipped age model was trained and where it drifts: its figures on families it never saw and on
+web portraits.
 
 ``python -m kface.build attributes-domain --root <korean_family>`` measures the shipped attribute model
 on the families added to the set after it was made (:data:`LATER_FAMILIES`: same album source, never
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import load_verifier
+from ..api import FaceOptions, load_verifier
 from ..evaluation.heldout import merged_index
 from ..models import MODELS_DIR
 from ..models.attributes import CARD_FILE, attributes_card
@@ -31,7 +32,7 @@ COMMAND = "python -m kface.build attributes-domain --root ../shared/data/korean_
 
 
 def _estimates(paths: list[str], device: str) -> list[dict]:
-    verifier = load_verifier("korean", detector="auto", fallback="whole-image", device=device)
+    verifier = load_verifier("korean", options=FaceOptions(detector="auto", fallback="whole-image", device=device))
     _, result = verifier.embed(paths)
     return verifier.estimated_ages(paths, result)
 
@@ -73,7 +74,8 @@ def portrait_figures(device: str = "auto") -> dict:
         low, high = PORTRAITS[name]
         rows.append({"photo": f"examples/{name}", "age": [low, high], "age_group": answer["age_group"],
                      "expected_age": round(answer["expected_age"], 1), "interval": answer["age_interval"],
-                     "interval_holds_age": answer["age_interval"]["low"] <= high and answer["age_interval"]["high"] >= low})
+                     "interval_holds_age": answer["age_interval"]["low"] <= high
+                                            and answer["age_interval"]["high"] >= low})
     drift = float(np.mean([row["expected_age"] - np.mean(PORTRAITS[name]) for row, name in zip(rows, names)]))
     return {"photos": rows, "drift_years": round(drift, 1)}
 

@@ -6,7 +6,8 @@ and ``far=1e-3``: thresholds at those false-accept rates on val strangers of bot
 calibrated probability (isotonic or Platt; one curve, one per caution band, or one per caution band and
 likeness of the two faces' estimated age group and gender: whichever a two-fold split of the val groups
 finds best calibrated), the caution rule (a face estimated under 13, or an estimated age gap of
-:data:`GAP_CLASSES` classes or more) with the held-out accuracy of such pairs, the abstention band (where the calibrated probability says the answer is right less often than
+:data:`GAP_CLASSES` classes or more) with the held-out accuracy of such pairs, the abstention band (where the
+calibrated probability says the answer is right less often than
 :data:`ABSTAIN_LEVEL`) and the val pairs' distance histograms. Pairs are the family protocol's two kinds
 (:mod:`kface.evaluation.families`), drawn from all of a side's images at once (no folds), seeded.
 

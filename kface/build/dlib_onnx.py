@@ -40,7 +40,9 @@ def example_chips() -> np.ndarray:
     """Aligned chips of the sample portraits in ``examples/`` (empty where the checkout has none)."""
     finder = FaceFinder(FaceSettings(detector="dlib", fallback="whole-image"), device="cpu")
     paths = sorted(p for p in EXAMPLES.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    return np.stack([finder.find(load_image(path), str(path)).chip for path in paths]) if paths else np.zeros((0, 150, 150, 3), np.uint8)
+    if not paths:
+        return np.zeros((0, 150, 150, 3), np.uint8)
+    return np.stack([finder.find(load_image(path), str(path)).chip for path in paths])
 
 
 def dlib_parity(path: Path, chips: np.ndarray) -> dict:

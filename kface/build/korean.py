@@ -19,7 +19,7 @@ from typing import Optional
 import numpy as np
 
 from .. import __version__
-from ..api import Verifier, load_verifier
+from ..api import FaceOptions, Verifier, load_verifier
 from ..embeddings.embedder import Embedder
 from ..errors import KfaceError
 from ..evaluation.families import FamilyProtocol, protocol_pairs
@@ -115,7 +115,8 @@ def build_korean(root: Path, device: str = "auto") -> str:
         "recipe": recipe(), "recipe_file": str(RECIPE_FILE.relative_to(MODELS_DIR.parent.parent)),
         "training": {"data": source_text(root), "held_out_families_file": HELDOUT_FILE.name,
                      "held_out_families_sha256": file_sha256(HELDOUT_FILE), "seed": int(checkpoint["seed"]),
-                     "epoch": int(checkpoint["epoch"]), "val": checkpoint["metrics"], "data_counts": checkpoint["data"]},
+                     "epoch": int(checkpoint["epoch"]), "val": checkpoint["metrics"],
+                     "data_counts": checkpoint["data"]},
         "made_by": BUILD_COMMAND,
         "versions": {**checkpoint["versions"], "exported_with_kface": __version__, "python": platform.python_version()},
     }
@@ -181,7 +182,7 @@ def korean_answers(root: Path, device: str = "auto") -> str:
     def copy(model: str, value: str):
         def make():
             with precision(value):
-                return load_verifier(model, detector="auto", fallback="whole-image", device=device)
+                return load_verifier(model, options=FaceOptions(detector="auto", fallback="whole-image", device=device))
         return make
 
     made_by = ANSWERS_COMMAND

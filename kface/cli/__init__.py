@@ -14,7 +14,7 @@ from .options import LazyGroup
 
 #: Every command, imported only when it runs (or when --help lists them).
 COMMANDS = {
-    "embed": "kface.cli.verify:embed", "verify": "kface.cli.verify:verify", "analyze": "kface.cli.verify:analyze",
+    "embed": "kface.cli.embed:embed", "verify": "kface.cli.verify:verify", "analyze": "kface.cli.analyze:analyze",
     "make-pairs": "kface.cli.training:make_pairs", "train": "kface.cli.training:train",
     "sweep": "kface.cli.training:sweep", "train-attributes": "kface.cli.training:train_attributes",
     "overlap-report": "kface.cli.evaluation:overlap_report", "benchmark": "kface.cli.evaluation:benchmark",

@@ -25,14 +25,16 @@ from .options import (
 @click.option("--group-by", default="family", show_default=True, metavar="COLUMN",
               help="Keep each group (a dataset column) on one side of the train/val split.")
 @click.option("--exclude-groups", type=click.Path(dir_okay=False),
-              help="A file of group names (one per line) never trained on, e.g. kface/models/korean-heldout-families.txt.")
+              help="A file of group names (one per line) never trained on, e.g. "
+                   "kface/models/korean-heldout-families.txt.")
 @click.option("--steps", type=click.IntRange(1), default=2400, show_default=True, help="Training steps (batches).")
 @click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
 @click.option("--size", type=click.IntRange(32), default=64, show_default=True,
               help="Chip side the editor works at (a multiple of 8; 64 is what one CPU core trains in an hour).")
 @click.option("--width", type=click.IntRange(1), default=16, show_default=True,
               help="Channels of the first layer (doubled at each downsampling).")
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="Adam learning rate (editor and discriminator).")
+@click.option("--lr", type=float, default=2e-4, show_default=True,
+              help="Adam learning rate (editor and discriminator).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split, initialisation and batches.")
 @click.option("--checkpoint-minutes", type=float, default=5.0, show_default=True,
               help="Write the checkpoint, log line and sample sheet this often.")
@@ -63,19 +65,23 @@ def train_age_editor(dataset, root, layout_options, group_by, exclude_groups, st
     elif not quiet:
         val = summary["val"]
         click.echo(f"{summary['steps']} steps in {summary['seconds']:.0f} s on {summary['device']}: val reconstruction "
-                   f"L1 {val['reconstruction_l1']:.4f}, cycle L1 {val['cycle_l1']:.4f}; wrote {out}/editor.onnx", err=True)
+                   f"L1 {val['reconstruction_l1']:.4f}, cycle L1 {val['cycle_l1']:.4f}; wrote {out}/editor.onnx",
+                   err=True)
 
 
 @click.command("age-edit")
 @click.argument("image", type=click.Path())
-@click.option("--to", "target", metavar="CLASS", help="Target age class: 0-6, 7-12, 13-19, 20-30, 31-45, 46-55, 56-66, 67+.")
-@click.option("--all-ages", is_flag=True, help="Write one strip: the face's aligned chip, then the face at all 8 classes.")
+@click.option("--to", "target", metavar="CLASS",
+              help="Target age class: 0-6, 7-12, 13-19, 20-30, 31-45, 46-55, 56-66, 67+.")
+@click.option("--all-ages", is_flag=True,
+              help="Write one strip: the face's aligned chip, then the face at all 8 classes.")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output PNG.")
 @click.option("--chip", "chip_only", is_flag=True,
               help="Write the edited aligned chip (150 px) instead of the photo with the face pasted back.")
 @click.option("--no-detail", is_flag=True,
               help="Enlarge the editor's 64 px output instead of carrying its change onto the 150 px chip.")
-@click.option("--model", type=click.Path(dir_okay=False), help="A training run's editor.onnx [default: the shipped editor].")
+@click.option("--model", type=click.Path(dir_okay=False),
+              help="A training run's editor.onnx [default: the shipped editor].")
 @click.option("--detector", type=click.Choice(["dlib", "mtcnn", "auto"]), default="auto", show_default=True,
               help="Face detector (no face found is an error).")
 @device_option

@@ -65,7 +65,7 @@ from .options import (
 @handle_errors
 def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback, max_pixels, split, val_split, rule,
                    samples, seed, threshold, save_threshold, root, attributes_dataset, attributes_root, embeddings,
-                   device, out, as_json, quiet, no_cache):
+                   device, out, as_json, quiet, cache):
     """Accuracy, loss, AUC, EER, TAR@FAR and the overlap area of a model on a pair file, with plots.
 
     The threshold is chosen on the val split and every number is measured on the test split.
@@ -75,7 +75,7 @@ def overlap_report(ctx, pairs_file, model, backbone, weights, detector, fallback
     if save_threshold:
         check_save_threshold(model, threshold)
     verifier = report_verifier(model, backbone=backbone, detector=detector, fallback=fallback, device=device,
-                               weights=weights, cache=not no_cache, progress=not quiet, max_pixels=max_pixels)
+                               weights=weights, cache=cache, progress=not quiet, max_pixels=max_pixels)
     verifier = with_stored_vectors(verifier, embeddings)
     body = run(pairs_file, verifier, split=split, val_split=val_split, rule=rule, samples=samples, seed=seed,
                out_dir=out, root=root, threshold=threshold, attributes_dataset=attributes_dataset,
@@ -116,11 +116,12 @@ def benchmark() -> None:
 @common_options
 @handle_errors
 def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_pixels, rule, engine, device, as_json,
-                  quiet, no_cache):
+                  quiet, cache):
     """LFW View-2: 10-fold accuracy (mean ± std), AUC, EER, overlap, and the all-folds threshold."""
     setup_logging(quiet)
-    result = toolkit.benchmark_lfw(lfw_dir, model=model, backbone=backbone, pairs_file=pairs_file, rule=rule, detector=detector,
-                                   fallback=fallback, engine=engine, device=device, cache=not no_cache, progress=not quiet,
+    result = toolkit.benchmark_lfw(lfw_dir, model=model, backbone=backbone, pairs_file=pairs_file, rule=rule,
+                                   detector=detector,
+                                   fallback=fallback, engine=engine, device=device, cache=cache, progress=not quiet,
                                    max_pixels=max_pixels)
     if as_json:
         print_json(result)
@@ -170,19 +171,24 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 @handle_errors
 def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, add_groups, folds,
                        scored_folds, pairs_per_class, age_column, keep_copies, models, recipes, rule, seed, out,
-                       embeddings, device, as_json, quiet, no_cache):
+                       embeddings, device, as_json, quiet, cache):
     """Family-disjoint k-fold verification: pairs across ages and same-age same-gender hard pairs.
 
     Example: kface benchmark families --dataset csv --root korean_family --manifest
     korean_family/identities.csv --model dlib --recipe my-recipe.json --out reports/korean
     """
     setup_logging(quiet)
-    rows = toolkit.benchmark_families(dataset, root, layout_options=layout_options, out=out, group_by=group_by, groups_file=groups_file,
-                                      exclude_file=exclude_groups, added_file=add_groups, folds=folds, scored_folds=scored_folds,
-                                      pairs_per_class=pairs_per_class, age_column=age_column, models=models, recipes=recipes, rule=rule,
-                                      seed=seed, device=device, cache=not no_cache, progress=not quiet, distinct=not keep_copies,
+    rows = toolkit.benchmark_families(dataset, root, layout_options=layout_options, out=out, group_by=group_by,
+                                      groups_file=groups_file,
+                                      exclude_file=exclude_groups, added_file=add_groups, folds=folds,
+                                      scored_folds=scored_folds,
+                                      pairs_per_class=pairs_per_class, age_column=age_column, models=models,
+                                      recipes=recipes, rule=rule,
+                                      seed=seed, device=device, cache=cache, progress=not quiet,
+                                      distinct=not keep_copies,
                                       embeddings=embeddings,
-                                      log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
+                                      log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}",
+                                                                                                     err=True)))
     if as_json:
         print_json({"out": out, "rows": rows})
     elif not quiet:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from ..api import load_verifier
+from ..api import FaceOptions, load_verifier
 from ..datasets import load_dataset
 from ..datasets.common import IMAGE_EXTENSIONS
 from ..embeddings.parquet import read_vectors, verifier_model_key
@@ -46,7 +46,8 @@ def verifier_options(function):
                             help="Face detector [default: auto].")(function)
     function = click.option("--model", help="The model to embed with: a shipped name (korean, dlib) or a trained "
                                             "runs/NAME/model.pt [default: the gallery's own; for a new gallery, "
-                                            "kface's default model]. Another model than the gallery's is refused.")(function)
+                                            "kface's default model]. Another model than the gallery's is "
+                                            "refused.")(function)
     return function
 
 
@@ -55,7 +56,8 @@ def dataset_source_options(function):
                             help="--dataset csv: the manifest (path,identity,...), paths relative to --root.")(function)
     function = click.option("--root", type=click.Path(), help="--dataset: the dataset's root folder.")(function)
     function = click.option("--dataset", type=click.Choice(IDENTITY_DATASETS),
-                            help="Read a whole dataset (identities from its layout) instead of IMAGE arguments.")(function)
+                            help="Read a whole dataset (identities from its layout) instead of IMAGE "
+                                 "arguments.")(function)
     return function
 
 
@@ -81,8 +83,9 @@ def _open(gallery_path, model=None, create=False, **options):
 @json_option("Print a JSON summary on stdout.")
 @common_options
 @handle_errors
-def enroll(images, gallery_path, identity, dataset, root, manifest, embeddings, model, detector, fallback, batch, workers,
-           device, as_json, quiet, no_cache):
+def enroll(images, gallery_path, identity, dataset, root, manifest, embeddings, model, detector, fallback, batch,
+           workers,
+           device, as_json, quiet, cache):
     """Enroll faces in a gallery (created when missing): IMAGE... --identity NAME, or a whole dataset.
 
     Images already in the gallery (same content) are skipped. With --dataset, faceless or unreadable
@@ -96,7 +99,7 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, embeddings, 
     say = (lambda text: None) if quiet else (lambda text: click.echo(text, err=True))
     # A new gallery is created at the first commit (Gallery.open(create=True)): a failed enrolment leaves none.
     with _open(path, model, create=True, detector=detector, fallback=fallback, device=device,
-               cache=not no_cache, progress=not quiet) as gallery:
+               cache=cache, progress=not quiet) as gallery:
         if workers is not None:  # the embedder behind the model (a trained model's wraps one)
             embedder = gallery.verifier.embedder
             getattr(embedder, "embedder", embedder).workers = workers
@@ -113,7 +116,7 @@ def enroll(images, gallery_path, identity, dataset, root, manifest, embeddings, 
         else:
             report = gallery.enroll(list(images), identity)
         people, total = gallery.store.counts()
-    for name, message in sorted(report.skipped.items()):
+    for _, message in sorted(report.skipped.items()):
         say(f"skipped: {message}")
     for name, owner in sorted(report.conflicts.items()):
         say(f"skipped: {name} is already enrolled as {owner!r}")
@@ -148,7 +151,8 @@ def _check_enrol_sources(images, identity, dataset, root, embeddings) -> None:
 @gallery_option
 @click.option("--top", type=click.IntRange(1), default=5, show_default=True, help="Identities to list.")
 @click.option("--open-set-threshold", type=float,
-              help="Distance within which the best match counts as found [default: the gallery's, measured at FPIR 1%].")
+              help="Distance within which the best match counts as found [default: the gallery's, measured "
+                   "at FPIR 1%].")
 @operating_point_options(abstain=False)
 @verifier_options
 @device_option
@@ -156,13 +160,13 @@ def _check_enrol_sources(images, identity, dataset, root, embeddings) -> None:
 @common_options
 @handle_errors
 def search(image, gallery_path, top, open_set_threshold, operating_point, far, model, detector, fallback, device,
-           as_json, quiet, no_cache):
+           as_json, quiet, cache):
     """Who in the gallery is the face in IMAGE? Ranked identities with distances, and the open-set answer
     ("no one in the gallery" when nobody is within the open-set threshold). --operating-point/--far make the
     match threshold the model card's 1:1 threshold at that point (its false-accept rate is per comparison:
     a gallery of N people lets a stranger through up to N times as often)."""
     setup_logging(quiet)
-    with _open(gallery_path, model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
+    with _open(gallery_path, model, detector=detector, fallback=fallback, device=device, cache=cache,
                progress=False) as gallery:
         if operating_point is not None or far is not None:
             if open_set_threshold is not None:
@@ -274,16 +278,17 @@ def gallery_rebuild(gallery_path):
 @json_option("Print a JSON summary on stdout.")
 @common_options
 @handle_errors
-def cluster(inputs, dataset, root, manifest, out, method, threshold, model, detector, fallback, seed, embeddings, device,
-            as_json, quiet, no_cache):
+def cluster(inputs, dataset, root, manifest, out, method, threshold, model, detector, fallback, seed, embeddings,
+            device,
+            as_json, quiet, cache):
     """Group the faces of DIR (or IMAGE..., or a --dataset) by person into clusters.csv.
 
     Faceless images are left out and listed. With --dataset, the true identities are written beside the
     clusters and the grouping is scored (BCubed precision, recall, F1).
     """
     setup_logging(quiet)
-    verifier = load_verifier(model, detector=detector, fallback=fallback, device=device, cache=not no_cache,
-                             progress=not quiet)
+    options = FaceOptions(detector=detector, fallback=fallback, device=device, cache=cache, progress=not quiet)
+    verifier = load_verifier(model, options=options)
     if embeddings:
         if inputs or dataset:
             raise click.UsageError("--embeddings clusters a Parquet dataset's rows; give no DIR/IMAGE or --dataset")
@@ -374,15 +379,18 @@ def _write_clusters(out, paths, labels, truth) -> None:
               help="A seeded sample of this many people (0: all), to bound the embedding time.")
 @click.option("--fpir", type=float, default=0.01, show_default=True, help="FPIR the open-set threshold is chosen at.")
 @click.option("--model", "models", multiple=True,
-              help="A model to score (korean, dlib, runs/NAME/model.pt); repeatable [default: the default model and dlib].")
+              help="A model to score (korean, dlib, runs/NAME/model.pt); repeatable [default: the default model and "
+                   "dlib].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every choice of people and probes.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for identification.json/.md.")
 @device_option
 @json_option("Print identification.json's rows on stdout.")
 @common_options
 @handle_errors
-def benchmark_identification(dataset, root, manifest, groups_file, group_by, keep_outside_copies, gallery_age, age_column, unenrolled_share,
-                             unenrolled_by, probes_per_person, identities, fpir, models, seed, out, device, as_json, quiet, no_cache):
+def benchmark_identification(dataset, root, manifest, groups_file, group_by, keep_outside_copies, gallery_age,
+                             age_column, unenrolled_share,
+                             unenrolled_by, probes_per_person, identities, fpir, models, seed, out, device, as_json,
+                             quiet, cache):
     """1:N identification, closed and open set: rank-1, rank-5 and FNIR at FPIR 1%.
 
     Example (the Korean model's held-out families): kface benchmark identification --dataset csv
@@ -395,9 +403,10 @@ def benchmark_identification(dataset, root, manifest, groups_file, group_by, kee
     chosen = tuple(models) or tuple(dict.fromkeys([default_model(), STOCK_MODEL]))
     rows = run_identification(dataset, root, {"manifest": manifest}, protocol, models=chosen, out=Path(out),
                               groups_file=groups_file, group_by=group_by, keep_outside_copies=keep_outside_copies,
-                              device=device, cache=not no_cache,
+                              device=device, cache=cache,
                               progress=not quiet,
-                              log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True)))
+                              log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}",
+                                                                                             err=True)))
     if as_json:
         print_json({"out": out, "rows": rows})
     elif not quiet:

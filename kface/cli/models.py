@@ -74,7 +74,8 @@ def answers_text(block) -> list[str]:
     probability, caution = block["probability"], block["caution"]["heldout"]
     lines.append(f"probability: {probability['method']} calibration on val pairs, held-out ECE "
                  f"{probability['heldout']['ece']:.3f}; caution pairs (a face under 13 or a wide age gap) "
-                 f"{100 * caution['caution']['accuracy']:.1f}% right, other pairs {100 * caution['other']['accuracy']:.1f}%")
+                 f"{100 * caution['caution']['accuracy']:.1f}% right, "
+                 f"other pairs {100 * caution['other']['accuracy']:.1f}%")
     return lines
 
 

@@ -1,5 +1,6 @@
-"""The names the command line offers (backbones, detectors, datasets, unfreeze points, distances, engines), read from the
-registries' light modules so that no list is copied by hand and ``kface --help`` imports no torch."""
+"""The names the command line offers (backbones, detectors, datasets, unfreeze points, distances, engines).
+
+Read from the registries' light modules so that no list is copied by hand and ``kface --help`` imports no torch."""
 from __future__ import annotations
 
 from ..backbones import BACKBONES, DEFAULT_BACKBONE, SHIPPED_NETWORK_MODULE
@@ -11,8 +12,8 @@ from ..faces.detect import DETECTORS, FALLBACKS
 
 #: The default backbone first, then the others in the registry's order; the shipped models' networks
 #: (module shipped_onnx) are left out, since those are chosen with --model NAME.
-BACKBONE_NAMES: tuple[str, ...] = (DEFAULT_BACKBONE, *(name for name, spec in BACKBONES.items()
-                                                       if name != DEFAULT_BACKBONE and spec.module != SHIPPED_NETWORK_MODULE))
+BACKBONE_NAMES: tuple[str, ...] = (DEFAULT_BACKBONE, *(
+    name for name, spec in BACKBONES.items() if name != DEFAULT_BACKBONE and spec.module != SHIPPED_NETWORK_MODULE))
 DETECTOR_NAMES: tuple[str, ...] = tuple(DETECTORS)
 FALLBACK_NAMES: tuple[str, ...] = tuple(FALLBACKS)
 UNFREEZE_NAMES: tuple[str, ...] = tuple(CUT_POINTS)

@@ -9,6 +9,7 @@ import os
 import shlex
 import sys
 import traceback
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -16,7 +17,7 @@ import click
 from ..engines import DEFAULT_ENGINE
 from ..errors import KfaceError
 from ..models import default_model
-from ..util.cache import NO_CACHE_ENV
+from ..util.cache import CacheSetting
 from .names import BACKBONE_NAMES, DEFAULT_BACKBONE, DETECTOR_NAMES, ENGINE_NAMES, FALLBACK_NAMES
 
 
@@ -78,7 +79,8 @@ def operating_point_options(abstain: bool = True):
     ``--abstain``."""
     def decorate(function):
         function = click.option("--far", type=float, default=None,
-                                help="Answer at the card's threshold for this false-accept rate (0.01 or 0.001).")(function)
+                                help="Answer at the card's threshold for this false-accept rate "
+                                     "(0.01 or 0.001).")(function)
         function = click.option("--operating-point", default=None, metavar="NAME",
                                 help="balanced (default), far=1e-2 or far=1e-3: the model card's thresholds, chosen on "
                                      "val groups, with FAR and TAR measured on held-out groups.")(function)
@@ -133,36 +135,27 @@ def device_option(function):
                         help="auto, cpu or cuda (torch backbones, MTCNN, training).")(function)
 
 
-def set_cache_env(ctx: click.Context, param: click.Parameter, value):
-    """--cache-dir / --no-cache reach every cache a command opens, its worker processes' included; the
-    environment is restored when the command ends (it may run inside a longer process, e.g. a test)."""
-    if not value:
-        return value
-    name, setting = ("KFACE_CACHE_DIR", str(value)) if param.name == "cache_dir" else (NO_CACHE_ENV, "1")
-    previous = os.environ.get(name)
+def cache_options(no_cache_help: str = "Do not read or write the face/embedding cache."):
+    """``--no-cache`` and ``--cache-dir``, handed to the command as one ``cache`` value (a
+    :class:`~kface.util.cache.CacheSetting`) that it passes on to whatever opens a cache."""
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            folder = kwargs.pop("cache_dir")
+            setting = CacheSetting(enabled=not kwargs.pop("no_cache"), folder=Path(folder) if folder else None)
+            return function(*args, cache=setting, **kwargs)
 
-    def restore() -> None:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
+        wrapper = click.option("--cache-dir", type=click.Path(file_okay=False),
+                               help="Cache folder for this command [default: $KFACE_CACHE_DIR or ~/.cache/kface]."
+                               )(wrapper)
+        return click.option("--no-cache", is_flag=True, help=no_cache_help)(wrapper)
 
-    os.environ[name] = setting
-    ctx.call_on_close(restore)
-    return value
-
-
-def cache_dir_option(function):
-    return click.option("--cache-dir", type=click.Path(file_okay=False), expose_value=False, callback=set_cache_env,
-                        help="Cache folder for this command [default: $KFACE_CACHE_DIR or ~/.cache/kface].")(function)
+    return decorate
 
 
 def common_options(function):
     function = click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")(function)
-    function = cache_dir_option(function)
-    function = click.option("--no-cache", is_flag=True, callback=set_cache_env,
-                            help="Do not read or write the face/embedding cache.")(function)
-    return function
+    return cache_options()(function)
 
 
 def echo_no_face_notes(messages: list[str], shown: int = 10) -> None:

@@ -2,13 +2,14 @@
 embeddings, on this machine or on Ray (``--ray ADDRESS``); the options and the summary it prints."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import click
 
 from ..errors import InputError
 from ..scale.batches import SHARD_ROWS, embed_dataset
 from ..scale.embed import embed_dataset_ray
+from ..util.cache import CacheSetting
 from .options import print_json
 
 PARQUET_SUFFIX = ".parquet"
@@ -33,7 +34,8 @@ def ray_options(function):
 
 
 def embed_to_parquet(items, out: str, settings, *, strict: bool, ray_address: Optional[str],
-                     ray_workers: Optional[int], shard_rows: Optional[int], workers: Optional[int], cache: bool,
+                     ray_workers: Optional[int], shard_rows: Optional[int], workers: Optional[int],
+                     cache: Union[bool, CacheSetting],
                      quiet: bool, as_json: bool) -> None:
     """Embed ``items`` into the Parquet dataset ``out`` and print the summary."""
     shard_rows = shard_rows or SHARD_ROWS

@@ -26,7 +26,8 @@ from .options import (
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port (0: any free one).")
 @backbone_option
 @detector_options(default="auto")
-@click.option("--threshold", type=float, help="Distance threshold (default: the model's or the backbone's measured one).")
+@click.option("--threshold", type=float,
+              help="Distance threshold (default: the model's or the backbone's measured one).")
 @click.option("--distances", type=click.Path(dir_okay=False),
               help="Labelled distances to draw on the page (CSV with label,distance[,split], e.g. from "
                    "kface verify --pairs FILE --out results.csv with the same model; default: a trained "

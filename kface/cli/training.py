@@ -14,11 +14,10 @@ from ..pairs import parse_ratio, parse_split
 from ..toolkit import make_pairs as sample_pairs
 from ..training.store import FeatureStore
 from ..training.stored import import_stored_vectors
-from ..util.cache import NO_CACHE_ENV
 from .names import ATTRIBUTE_DATASETS, DISTANCE_NAMES, IDENTITY_DATASETS, PAIR_SOURCE_DATASETS, UNFREEZE_NAMES
 from .options import (
     backbone_option,
-    cache_dir_option,
+    cache_options,
     command_line,
     common_options,
     dataset_options,
@@ -27,7 +26,6 @@ from .options import (
     handle_errors,
     json_option,
     print_json,
-    set_cache_env,
     setup_logging,
 )
 
@@ -89,7 +87,8 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
               help="Train from a dataset instead of a pair file: identity-disjoint train/val/test pairs are "
                    "sampled into OUT/pairs.csv, and --loss metric|arcface uses every image of the train identities.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="--dataset csv: the manifest (path,identity,...).")
-@click.option("--dataset-pairs", type=int, default=None, help="--dataset: pairs to sample over all splits [default: 6000].")
+@click.option("--dataset-pairs", type=int, default=None,
+              help="--dataset: pairs to sample over all splits [default: 6000].")
 @click.option("--ratio", default=None, help="--dataset: different:same pairs in every split [default: 4:6].")
 @click.option("--split", default=None, help="--dataset: train:val:test shares of identities [default: 0.8:0.1:0.1].")
 @click.option("--group-by", metavar="COLUMN",
@@ -121,10 +120,13 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
                    "--patience and --augment (see kface.training.config.UNFROZEN_DEFAULTS).")
 @click.option("--augment", type=click.Choice(["none", "mirror"]), default=None,
               help="mirror: train on the mirrored chip half of the time [default: mirror with --unfreeze, else none].")
-@click.option("--ids-per-batch", type=int, default=32, show_default=True, help="--loss metric|arcface: identities per batch (P).")
-@click.option("--images-per-id", type=int, default=4, show_default=True, help="--loss metric|arcface: images per identity (K).")
+@click.option("--ids-per-batch", type=int, default=32, show_default=True,
+              help="--loss metric|arcface: identities per batch (P).")
+@click.option("--images-per-id", type=int, default=4, show_default=True,
+              help="--loss metric|arcface: images per identity (K).")
 @click.option("--batch-groups", metavar="COLUMN",
-              help="--loss metric|arcface with --dataset: fill each batch with whole groups of a dataset column (e.g. family: "
+              help="--loss metric|arcface with --dataset: fill each batch with whole groups of a dataset column (e.g. "
+                   "family: "
                    "the negatives mined are relatives; gender: people of one gender).")
 @click.option("--tta", type=click.Choice(["none", "flip"]), default="none", show_default=True,
               help="flip: average each embedding with its mirrored chip's.")
@@ -136,10 +138,12 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @click.option("--lr", type=float, default=None,
               help="Adam learning rate at the first epoch [default: 0.01; 1e-5 with --unfreeze].")
 @click.option("--min-lr", type=float, default=None,
-              help="Learning rate at the last epoch, cosine schedule in between [default: 0.001; 1e-6 with --unfreeze].")
+              help="Learning rate at the last epoch, cosine schedule in between "
+                   "[default: 0.001; 1e-6 with --unfreeze].")
 @click.option("--weight-decay", type=float, default=None, help="Adam weight decay [default: 0; 1e-4 with --unfreeze].")
 @click.option("--patience", type=int, default=None,
-              help="Stop after this many epochs without a better val --select value [default: none; 5 with --unfreeze].")
+              help="Stop after this many epochs without a better val --select value "
+                   "[default: none; 5 with --unfreeze].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the batch order.")
 @click.option("--select", type=click.Choice(["overlap", "accuracy"]), default="overlap", show_default=True,
               help="Val metric that picks model.pt's epoch.")
@@ -154,12 +158,10 @@ def make_pairs(dataset, root, layout_options, ratio, pair_count, split, images_p
 @device_option
 @json_option("Print a JSON summary on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or notes.")
-@click.option("--no-cache", is_flag=True, expose_value=False, callback=set_cache_env,
-              help="Neither read nor write the face/embedding cache; the feature store is a temporary folder.")
-@cache_dir_option
+@cache_options("Neither read nor write the face/embedding cache; the feature store is a temporary folder.")
 @click.pass_context
 @handle_errors
-def train(ctx, resume, as_json, quiet, **options):
+def train(ctx, resume, as_json, quiet, cache, **options):
     """Fine-tune a Siamese head on a frozen backbone with a pair file's train split; select on val.
 
     With --unfreeze the backbone's last layers train too (dlib-torch or facenet-*), e.g. dlib's metric
@@ -185,10 +187,10 @@ def train(ctx, resume, as_json, quiet, **options):
     embeddings = options.pop("embeddings", None)
     config = TrainConfig.from_dict(options)
     if embeddings:
-        if os.environ.get(NO_CACHE_ENV) == "1":
+        if not cache.enabled:
             raise click.UsageError("--embeddings fills the feature store in the cache folder; drop --no-cache")
-        import_stored_vectors(FeatureStore(config.feature_spec(), device=config.device), embeddings)
-    result = run(config, resume=resume, progress=not quiet)
+        import_stored_vectors(FeatureStore(config.feature_spec(), device=config.device, cache=cache), embeddings)
+    result = run(config, resume=resume, progress=not quiet, cache=cache)
     if not result.main:
         # A helper process of a DDP job has nothing to print; it leaves without C++ static destructors, one of
         # which (torch's, after the process group is gone) sometimes aborted at exit on a busy CPU ("terminate
@@ -229,7 +231,8 @@ def train(ctx, resume, as_json, quiet, **options):
 @backbone_option
 @click.option("--unfreeze", type=click.Choice(UNFREEZE_NAMES), default="none",
               show_default=True, help="Also train the backbone's last layers (as kface train --unfreeze).")
-@click.option("--loss", default="bce", show_default=True, help="bce, contrastive, metric or arcface (as kface train --loss).")
+@click.option("--loss", default="bce", show_default=True,
+              help="bce, contrastive, metric or arcface (as kface train --loss).")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--lr", type=float, default=None, help="[default: 0.01; 1e-5 with --unfreeze]")
 @click.option("--min-lr", type=float, default=None, help="[default: 0.001; 1e-6 with --unfreeze]")
@@ -258,7 +261,7 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
           seed,
           epochs, backbone, unfreeze, loss, batch_size, lr, min_lr, heads, distances, baseline, detector, fallback,
           max_pixels,
-          rule, samples, workers, device, resume, out, as_json, quiet, no_cache):
+          rule, samples, workers, device, resume, out, as_json, quiet, cache):
     """For each ratio (and images-per-identity setting, head, distance): make pairs, train, report; then tabulate.
 
     Example: kface sweep --dataset kface --root K-Face --cameras frontal --images-per-identity 5,10
@@ -273,7 +276,7 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
                           heads=heads, distances=distances, split=split, rule=rule, samples=samples, train=train,
                           pairs=pair_count, hard_negatives=hard_negatives, group_by=group_by, seed=seed,
                           baseline=baseline)
-    rows = run_sweep(config, resume=resume, progress=not quiet, cache=not no_cache, command=command_line(ctx))
+    rows = run_sweep(config, resume=resume, progress=not quiet, cache=cache, command=command_line(ctx))
     if as_json:
         print_json({"out": out, "rows": rows})
     elif not quiet:
@@ -329,7 +332,7 @@ def sweep(ctx, dataset, root, layout_options, ratios, images_per_identity, pair_
 @handle_errors
 def train_attributes(dataset, root, layout_options, task, age_bins, split, group_by, age_loss, sampling, tta, trunk,
                      unfreeze, suffix_lr, epochs, batch_size, lr, weight_decay, hidden, dropout, seed, backbone,
-                     detector, fallback, max_pixels, device, out, report, as_json, quiet, no_cache):
+                     detector, fallback, max_pixels, device, out, report, as_json, quiet, cache):
     """Train age-group and/or gender heads on the embedding of a labelled dataset (frozen, or with the
     backbone's last layers, --unfreeze).
 
@@ -343,7 +346,7 @@ def train_attributes(dataset, root, layout_options, task, age_bins, split, group
                              batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden, dropout=dropout,
                              trunk=trunk, age_loss=age_loss, sampling=sampling, tta=tta, group_by=group_by,
                              unfreeze=unfreeze, suffix_lr=suffix_lr, seed=seed, backbone=backbone, detector=detector,
-                             fallback=fallback, device=device, max_pixels=max_pixels, cache=not no_cache,
+                             fallback=fallback, device=device, max_pixels=max_pixels, cache=cache,
                              report=report)
     result = run(config, progress=not quiet)
     metrics = result.metrics

@@ -107,7 +107,8 @@ def _age(data: dict, from_stem: Optional[re.Match], image: str, problems: Proble
     return age
 
 
-def _face(annotation: object, label: Optional[str], problems: ProblemReport) -> tuple[Optional[Box], Optional[Landmarks]]:
+def _face(annotation: object, label: Optional[str], problems: ProblemReport) -> tuple[Optional[Box],
+                                                                                      Optional[Landmarks]]:
     if isinstance(annotation, list):
         annotation = annotation[0] if annotation else None
     if not isinstance(annotation, dict):

@@ -17,11 +17,11 @@ import numpy as np
 
 from ..backbones import DEFAULT_BACKBONE, SHIPPED_NETWORK_MODULE, get_spec, load_backbone
 from ..errors import InputError, NoFaceError
-from ..faces.detect import FaceFinder, FaceSettings, mirror
-from ..faces.images import ImageSource, content_hash, read_bytes
-from ..faces.workers import FaceTask, default_workers, find_faces
+from ..faces.detect import Box, FaceFinder, FaceSettings, mirror, no_face_message, stage_counts
+from ..faces.images import ImageSource, content_hash, read_bytes, source_name
+from ..faces.workers import FaceEntry, FaceTask, default_workers, find_faces
 from ..models import network_variant
-from ..util.cache import CacheStore, open_cache
+from ..util.cache import CacheSetting, CacheStore, open_cache
 from ..util.hashing import file_sha256
 from ..util.progress import progress_bar
 
@@ -35,34 +35,6 @@ NO_FACE_MODES = ("error", "row")
 EMBED_BATCH = 32
 #: New faces are written to the cache in transactions of this many (an interruption keeps the rest).
 FACE_WRITE_BATCH = 64
-Box = tuple[int, int, int, int]
-
-
-@dataclass
-class FaceEntry:
-    """A face as stored in the cache: the chip and where it came from (chip is None when no face)."""
-
-    chip: Optional[np.ndarray]
-    box: Optional[Box]
-    stage: str  # see faces.Face.stage; "none" when nothing was found
-    n_faces: int
-
-    @property
-    def found(self) -> bool:
-        return self.stage not in ("none", "whole-image")
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"stage": np.array(self.stage), "n_faces": np.array(self.n_faces)}
-        if self.chip is not None:
-            arrays["chip"] = self.chip
-            arrays["box"] = np.array(self.box, dtype=np.int64)
-        return arrays
-
-    @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "FaceEntry":
-        chip = arrays.get("chip")
-        box = tuple(int(v) for v in arrays["box"]) if chip is not None else None
-        return cls(chip, box, str(arrays["stage"]), int(arrays["n_faces"]))
 
 
 @dataclass
@@ -98,10 +70,18 @@ class EmbeddingResult:
             errors=errors, computed=computed)
 
     def stage_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for stage in self.stages:
-            counts[stage] = counts.get(stage, 0) + 1
-        return counts
+        return stage_counts(self.stages)
+
+    def face(self, row: int, path: Optional[str] = None) -> dict:
+        """What the answers of verify, search and serve say of row ``row``'s face: ``path`` (the row's, unless
+        given), ``found``, ``stage``, ``box``, ``n_faces``."""
+        return {"path": self.paths[row] if path is None else path,
+                **face_fields(bool(self.found[row]), self.stages[row], self.boxes[row], int(self.n_faces[row]))}
+
+
+def face_fields(found: bool, stage: str, box: Optional[Box], n_faces: int) -> dict:
+    """A face as JSON answers show it: ``found``, ``stage``, ``box`` (a list, or None) and ``n_faces``."""
+    return {"found": bool(found), "stage": stage, "box": list(box) if box else None, "n_faces": int(n_faces)}
 
 
 def shipped_variant(spec, device: str) -> Optional[dict]:
@@ -125,6 +105,49 @@ def shipped_network_tag(spec, device: str) -> tuple[str, str]:
     return variant["precision"], f";{variant['precision']}@{variant['sha256'][:16]}"
 
 
+@dataclass
+class _Image:
+    """One input on its way through an :class:`Embedder`: its name, bytes, label box and cache keys (no
+    ``key``: it could not be read)."""
+
+    index: int
+    name: str
+    data: Optional[bytes] = None
+    box: Optional[Box] = None
+    key: Optional[str] = None  # the face cache's
+    embedding_key: Optional[str] = None
+
+
+@dataclass
+class _Outcome:
+    """One call's policies for what goes wrong (``on_error``, ``no_face``) and what they recorded: the errors
+    and the no-face notes by image name."""
+
+    on_error: str
+    no_face: str
+    detector: str
+    errors: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def fail(self, name: str, error: InputError) -> None:
+        """An image that cannot be used: raised at once (``on_error="raise"``), else recorded."""
+        if self.on_error == "raise":
+            raise error
+        self.errors[name] = str(error)
+
+    def settle(self, name: str, entry: FaceEntry) -> Optional[FaceEntry]:
+        """Apply the no-face policy to an entry: a face passes; a miss is a row (``no_face="row"``), an
+        error, or recorded as one (then None)."""
+        if entry.chip is not None:
+            return entry
+        message = no_face_message(name, self.detector)
+        if self.no_face == "row":
+            self.notes[name] = message
+            return entry
+        self.fail(name, NoFaceError(message))
+        return None
+
+
 class Embedder:
     """Turns image files into embeddings with one backbone, detector and cache.
 
@@ -136,16 +159,15 @@ class Embedder:
         tta: ``none`` or ``flip`` (average with the mirrored chip's embedding).
         device: ``auto``, ``cpu`` or ``cuda`` for torch backbones and MTCNN.
         weights: a local weights file for backbones that need one.
-        cache: use the on-disk cache (``cache_dir`` overrides its folder), or a cache object to use
-            (:class:`~kface.util.cache.RequestMemory`, :class:`~kface.util.cache.NullCache`...).
+        cache: use the on-disk cache (True), none (False), a :class:`~kface.util.cache.CacheSetting` (its folder),
+            or a cache object (:class:`~kface.util.cache.RequestMemory`, :class:`~kface.util.cache.NullCache`...).
         progress: show progress bars on stderr.
         workers: face-finding worker processes for large inputs (``None``: the CPU cores; 0: this process).
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib", upsample: int = 1,
                  fallback: str = "none", tta: str = "none", device: str = "auto",
-                 weights: Optional[str] = None, cache: Union[bool, CacheStore] = True,
-                 cache_dir: Optional[os.PathLike] = None,
+                 weights: Optional[str] = None, cache: Union[bool, CacheSetting, CacheStore] = True,
                  max_pixels: Optional[int] = None, progress: bool = False, workers: Optional[int] = None):
         if tta not in TTA_MODES:
             raise InputError(f"unknown --tta {tta!r}; choose one of: {', '.join(TTA_MODES)}")
@@ -161,7 +183,7 @@ class Embedder:
         self.max_pixels = max_pixels
         self.progress = progress
         self.workers = default_workers() if workers is None else workers
-        self._cache = open_cache(cache, cache_dir)
+        self._cache = open_cache(cache)
         self._finder: Optional[FaceFinder] = None
         self._backbone = None
         weights_tag = f"@{file_sha256(weights)[:16]}" if weights else ""
@@ -197,18 +219,19 @@ class Embedder:
     def faces(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[Optional[Box]]] = None,
               on_error: str = "raise") -> tuple[list[Optional[FaceEntry]], dict[str, str]]:
         """Face entries for ``sources`` (from the cache, else detected now) and the errors by name."""
-        names, keys, datas, errors = self._read(sources, boxes, on_error)
-        entries: list[Optional[FaceEntry]] = [None] * len(names)
-        wanted = [i for i, key in enumerate(keys) if key]
+        outcome = _Outcome(on_error, "error", self.settings.detector)
+        images = self._read(sources, boxes, outcome)
+        entries: list[Optional[FaceEntry]] = [None] * len(images)
+        wanted = [image for image in images if image.key]
         bar = self._bar(len(wanted), "finding faces")
         try:
-            for index, entry in self._face_stream(wanted, names, keys, datas, boxes, on_error, "error", errors, {}):
-                entries[index] = entry
+            for image, entry in self._face_stream(wanted, outcome):
+                entries[image.index] = entry
                 bar.update(1)
         finally:
             bar.close()
-        self._note_several_faces([(name, e.n_faces) for name, e in zip(names, entries) if e is not None])
-        return entries, errors
+        self._note_several_faces([(image.name, e.n_faces) for image, e in zip(images, entries) if e is not None])
+        return entries, outcome.errors
 
     def embed(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[Optional[Box]]] = None,
               on_error: str = "raise", no_face: str = "error") -> EmbeddingResult:
@@ -223,31 +246,28 @@ class Embedder:
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if no_face not in NO_FACE_MODES:
             raise ValueError(f"no_face must be one of {NO_FACE_MODES}, got {no_face!r}")
-        names, keys, datas, errors = self._read(sources, boxes, on_error)
-        embedding_keys = [self._embedding_key(k) if k else None for k in keys]
-        cached = self._cache.get_many("embeddings", [k for k in embedding_keys if k])
-        missing = [i for i, k in enumerate(embedding_keys) if k and k not in cached]
-        notes: dict[str, str] = {}
-        computed = 0
-        if missing:
-            computed = self._embed_missing(missing, names, keys, datas, boxes, embedding_keys, cached,
-                                           on_error, no_face, errors, notes)
-        return self._assemble(names, embedding_keys, cached, errors, notes, computed)
+        outcome = _Outcome(on_error, no_face, self.settings.detector)
+        images = self._read(sources, boxes, outcome)
+        for image in images:
+            image.embedding_key = self._embedding_key(image.key) if image.key else None
+        cached = self._cache.get_many("embeddings", [image.embedding_key for image in images if image.embedding_key])
+        missing = [image for image in images if image.embedding_key and image.embedding_key not in cached]
+        computed = self._embed_missing(missing, cached, outcome) if missing else 0
+        return self._assemble(images, cached, outcome, computed)
 
-    def _embed_missing(self, missing, names, keys, datas, boxes, embedding_keys, cached, on_error, no_face,
-                       errors, notes) -> int:
-        """Embed the ``missing`` images' faces in batches as they are found; each batch is stored at once."""
-        pending: dict[int, FaceEntry] = {}
+    def _embed_missing(self, missing: list[_Image], cached: dict, outcome: _Outcome) -> int:
+        """Embed the ``missing`` images' faces in batches as they are found; each batch is stored at once
+        (and added to ``cached``)."""
+        pending: dict[int, tuple[_Image, FaceEntry]] = {}
         counts: list[tuple[str, int]] = []  # faces per image, not the entries: chips leave with their batch
         computed = 0
         bar = self._bar(len(missing), f"embedding ({self.spec.name})")
 
         def flush() -> None:
             nonlocal pending, computed
-            stored = {embedding_keys[i]: {"embedding": v, "stage": np.array(pending[i].stage),
-                                          "n_faces": np.array(pending[i].n_faces),
-                                          "box": np.array(pending[i].box, dtype=np.int64)}
-                      for i, v in self._embed_entries(pending).items()}
+            vectors = self._embed_entries({index: entry for index, (_, entry) in pending.items()})
+            stored = {pending[index][0].embedding_key: {"embedding": vector, **pending[index][1].to_arrays(chip=False)}
+                      for index, vector in vectors.items()}
             self._cache.put_many("embeddings", stored)
             cached.update(stored)
             computed += len(pending)
@@ -255,13 +275,12 @@ class Embedder:
             pending = {}
 
         try:
-            for index, entry in self._face_stream(missing, names, keys, datas, boxes, on_error, no_face,
-                                                  errors, notes):
+            for image, entry in self._face_stream(missing, outcome):
                 if entry is None or entry.chip is None:
                     bar.update(1)
                     continue
-                pending[index] = entry
-                counts.append((names[index], entry.n_faces))
+                pending[image.index] = (image, entry)
+                counts.append((image.name, entry.n_faces))
                 if len(pending) >= EMBED_BATCH:
                     flush()
             if pending:
@@ -271,89 +290,69 @@ class Embedder:
         self._note_several_faces(counts)
         return computed
 
-    def _read(self, sources, boxes, on_error):
+    def _read(self, sources: Sequence[ImageSource], boxes: Optional[Sequence[Optional[Box]]],
+              outcome: _Outcome) -> list[_Image]:
+        """One record per source: its name, bytes, label box and face-cache key (no key: unreadable, its
+        error recorded by ``outcome``)."""
         if boxes is not None and len(boxes) != len(sources):
             raise ValueError("boxes must have one entry per source")
-        names, keys, datas, errors = [], [], [], {}
+        images = []
         for index, source in enumerate(sources):
-            name = source_name(source, index, len(sources))
-            names.append(name)
+            image = _Image(index, source_name(source, index, len(sources)),
+                           box=boxes[index] if boxes is not None else None)
+            images.append(image)
             try:
-                data = read_bytes(source)
+                image.data = read_bytes(source)
             except InputError as exc:
-                if on_error == "raise":
-                    raise
-                errors[name] = str(exc)
-                keys.append(None)
-                datas.append(None)
+                outcome.fail(image.name, exc)
                 continue
-            box = boxes[index] if boxes is not None else None
-            keys.append(self._face_key(content_hash(data), box))
-            datas.append(data)
-        return names, keys, datas, errors
+            image.key = self._face_key(content_hash(image.data), image.box)
+        return images
 
-    def _face_stream(self, indices, names, keys, datas, boxes, on_error, no_face, errors,
-                     notes) -> Iterator[tuple[int, Optional[FaceEntry]]]:
-        """``(index, entry)`` for each of ``indices``, cached ones first, then the rest as they are found
+    def _face_stream(self, images: list[_Image], outcome: _Outcome) -> Iterator[tuple[_Image, Optional[FaceEntry]]]:
+        """``(image, entry)`` for each of ``images``, cached ones first, then the rest as they are found
         (in worker processes for many images; see :func:`kface.faces.workers.find_faces`). New faces go to the
-        cache as they come. Misses go through the fallback, then :meth:`_settle`; an entry of None
-        means the image failed (its message is in ``errors``)."""
+        cache as they come. Misses go through the fallback, then ``outcome``'s no-face policy; an entry of
+        None means the image failed (its message is in ``outcome.errors``)."""
         fallback = self.settings.fallback == "whole-image"
-        fallback_keys = {i: f"{keys[i]};fb=whole-image" for i in indices}
-        wanted = [keys[i] for i in indices] + ([fallback_keys[i] for i in indices] if fallback else [])
+        fallback_keys = {image.index: f"{image.key};fb=whole-image" for image in images}
+        wanted = [image.key for image in images] + (list(fallback_keys.values()) if fallback else [])
         cached = self._cache.get_many("faces", wanted)
         tasks: list[FaceTask] = []
-        for i in indices:
-            arrays = cached.get(keys[i])
+        by_index = {image.index: image for image in images}
+        for image in images:
+            arrays = cached.get(image.key)
             if arrays is not None and fallback and "chip" not in arrays:
-                arrays = cached.get(fallback_keys[i])  # a cached miss: its whole-image chip, if cached
+                arrays = cached.get(fallback_keys[image.index])  # a cached miss: its whole-image chip, if cached
                 if arrays is None:
-                    tasks.append(FaceTask(i, names[i], datas[i], boxes[i] if boxes is not None else None,
-                                          detect=False, whole_image=True))
+                    tasks.append(FaceTask(image.index, image.name, image.data, image.box, detect=False,
+                                          whole_image=True))
                     continue
             if arrays is not None:
-                yield i, self._settle(names[i], FaceEntry.from_arrays(arrays), on_error, no_face, errors, notes)
+                yield image, outcome.settle(image.name, FaceEntry.from_arrays(arrays))
                 continue
-            tasks.append(FaceTask(i, names[i], datas[i], boxes[i] if boxes is not None else None,
-                                  detect=True, whole_image=fallback))
+            tasks.append(FaceTask(image.index, image.name, image.data, image.box, detect=True, whole_image=fallback))
         if not tasks:  # a warm call: every face was cached
             return
         new: dict[str, dict[str, np.ndarray]] = {}
         try:
             for result in find_faces(tasks, self.finder, self.finder.settings, self.workers, self.max_pixels):
-                i = result.index
+                image = by_index[result.index]
                 if result.error is not None:
-                    if on_error == "raise":
-                        raise InputError(result.error)
-                    errors[names[i]] = result.error
-                    yield i, None
+                    outcome.fail(image.name, InputError(result.error))
+                    yield image, None
                     continue
                 if result.detected is not None:
-                    new[keys[i]] = result.detected
+                    new[image.key] = result.detected
                 if result.whole_image is not None:
-                    new[fallback_keys[i]] = result.whole_image
+                    new[fallback_keys[image.index]] = result.whole_image
                 arrays = result.whole_image if result.whole_image is not None else result.detected
                 if len(new) >= FACE_WRITE_BATCH:
                     self._cache.put_many("faces", new)
                     new = {}
-                yield i, self._settle(names[i], FaceEntry.from_arrays(arrays), on_error, no_face, errors, notes)
+                yield image, outcome.settle(image.name, FaceEntry.from_arrays(arrays))
         finally:
             self._cache.put_many("faces", new)
-
-    def _settle(self, name, entry: FaceEntry, on_error, no_face, errors, notes) -> Optional[FaceEntry]:
-        """Apply the no-face policy to an entry: a face passes; a miss is a row (``no_face="row"``),
-        an error, or recorded in ``errors`` (then None)."""
-        if entry.chip is not None:
-            return entry
-        message = (f"{name}: no face found (detector {self.settings.detector}; try --detector auto, "
-                   f"or --fallback whole-image for pre-cropped faces)")
-        if no_face == "row":
-            notes[name] = message
-            return entry
-        if on_error == "raise":
-            raise NoFaceError(message)
-        errors[name] = message
-        return None
 
     @staticmethod
     def _note_several_faces(counts: list[tuple[str, int]]) -> None:
@@ -379,17 +378,18 @@ class Embedder:
             vectors.update(zip(batch, out.astype(np.float32)))
         return vectors
 
-    def _assemble(self, names, embedding_keys, cached, errors, notes, computed) -> EmbeddingResult:
+    def _assemble(self, images: list[_Image], cached: dict, outcome: _Outcome, computed: int) -> EmbeddingResult:
         dim = self.spec.embedding_size
-        embeddings = np.full((len(names), dim), np.nan, dtype=np.float32)
-        found = np.zeros(len(names), dtype=bool)
-        n_faces = np.zeros(len(names), dtype=np.int64)
+        embeddings = np.full((len(images), dim), np.nan, dtype=np.float32)
+        found = np.zeros(len(images), dtype=bool)
+        n_faces = np.zeros(len(images), dtype=np.int64)
         stages: list[str] = []
         boxes: list[Optional[Box]] = []
-        for i, (name, key) in enumerate(zip(names, embedding_keys)):
-            arrays = cached.get(key) if key else None
-            if arrays is None or name in errors:
-                stages.append("none" if name in notes and name not in errors else "error")
+        errors, notes = outcome.errors, outcome.notes
+        for i, image in enumerate(images):
+            arrays = cached.get(image.embedding_key) if image.embedding_key else None
+            if arrays is None or image.name in errors:
+                stages.append("none" if image.name in notes and image.name not in errors else "error")
                 boxes.append(None)
                 continue
             embeddings[i] = arrays["embedding"]
@@ -398,8 +398,8 @@ class Embedder:
             found[i] = stage != "whole-image"
             n_faces[i] = int(arrays["n_faces"])
             boxes.append(tuple(int(v) for v in arrays["box"]))
-        return EmbeddingResult(list(names), embeddings, found, stages, boxes, n_faces, errors, notes, computed,
-                               self.precision)
+        return EmbeddingResult([image.name for image in images], embeddings, found, stages, boxes, n_faces, errors,
+                               notes, computed, self.precision)
 
     def _bar(self, total: int, desc: str):
         return progress_bar(total, desc, enabled=self.progress)
@@ -411,13 +411,6 @@ class Embedder:
 
     def close(self) -> None:
         self._cache.close()
-
-
-def source_name(source: ImageSource, index: int, count: int) -> str:
-    """The name :class:`Embedder` gives an input (results and errors are keyed by it)."""
-    if isinstance(source, (bytes, bytearray)):
-        return "<upload>" if count == 1 else f"<upload {index + 1}>"
-    return str(source)
 
 
 class ChipEmbedder:

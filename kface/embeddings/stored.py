@@ -7,8 +7,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..faces.images import content_hash, read_bytes
-from .embedder import EmbeddingResult, source_name
+from ..faces.images import content_hash, read_bytes, source_name
+from .embedder import EmbeddingResult
 from .parquet import read_vectors, verifier_model_key
 
 

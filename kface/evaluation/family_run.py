@@ -4,25 +4,27 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ..api import load_verifier
-from ..datasets import DatasetIndex, load_dataset
+from ..datasets import DatasetIndex
 from ..embeddings.stored import with_stored_vectors
 from ..errors import InputError
+from ..util.cache import CacheSetting
 from .families import FamilyProtocol, ProtocolPairs, _subset, family_folds, protocol_pairs
 from .family_scoring import score_fixed_model, score_recipe
 from .family_tables import write_results
-from .groups import distinct_images, read_group_list, split_added, subset_index
+from .groups import distinct_images, load_index, read_group_list, split_added, subset_index
+from .scoring import score_models
 
 
 def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str = "family",
                   groups_file: Optional[str] = None, exclude_file: Optional[str] = None,
                   added_file: Optional[str] = None, folds: int = 5, scored_folds: Optional[int] = None,
                   pairs_per_class: int = 400, age_column: str = "age_class", models=(), recipes=(),
-                  rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto", cache: bool = True,
+                  rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto",
+                  cache: Union[bool, CacheSetting] = True,
                   distinct: bool = True, embeddings: Optional[str] = None,
                   progress: bool = False, log: Callable[[str], None] = lambda text: None) -> list[dict]:
     """The whole protocol for ``models`` (names or checkpoint paths) and ``recipes`` (JSON files); writes
@@ -43,18 +45,14 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
     protocol = FamilyProtocol(folds, pairs_per_class, seed, group_by, age_column, rule, scored_folds)
     data = prepare_data(kind, root, layout_options, protocol, groups_file=groups_file, exclude_file=exclude_file,
                         added_file=added_file, distinct=distinct, progress=progress, log=log)
-    rows: list[dict] = []
-    for name in models:
-        log(f"scoring model {name}")
-        verifier = load_verifier(name, detector="auto", fallback="whole-image", device=device, cache=cache,
-                                 progress=progress)
-        rows.append(score_fixed_model(with_stored_vectors(verifier, embeddings), data.scored, data.pairs, protocol,
-                                      name))
-        write_results(out, rows, protocol, data.dataset)
+    rows = score_models(models, lambda verifier, name: score_fixed_model(with_stored_vectors(verifier, embeddings),
+                                                                         data.scored, data.pairs, protocol, name),
+                        lambda rows: write_results(out, rows, protocol, data.dataset), device=device, cache=cache,
+                        progress=progress, log=log)
     for name, recipe in recipe_settings:
         for index, image_folds, suffix in data.variants:
             rows.append(score_recipe(recipe, index, image_folds, data.pairs, protocol, name + suffix, out,
-                                     device=device, progress=progress, log=log))
+                                     device=device, progress=progress, cache=cache, log=log))
             write_results(out, rows, protocol, data.dataset)
     return rows
 
@@ -77,7 +75,7 @@ def prepare_data(kind: str, root: str, layout_options: dict, protocol: FamilyPro
     """The dataset read and chosen (group lists, copies left out, added groups split off), dealt into folds
     and paired (:func:`run_benchmark` says how)."""
     group_by = protocol.group_by
-    index = load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
+    index = load_index(kind, root, layout_options, progress)
     rows = np.arange(len(index))
     if groups_file or exclude_file:
         values = index.attributes.get(group_by) or [None] * len(index)

@@ -4,13 +4,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ..api import load_verifier
+from ..api import FaceOptions, load_verifier
 from ..errors import InputError
 from ..metrics import accuracy_at, kfold_protocol, separation
+from ..util.cache import CacheSetting, cache_setting
 from ..util.outputs import write_text
 from .families import PAIR_KINDS, FamilyProtocol, ProtocolPairs, _subset
 
@@ -26,7 +27,7 @@ def score_fixed_model(verifier, index, pairs: ProtocolPairs, protocol: FamilyPro
 
 def score_recipe(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPairs, protocol: FamilyProtocol,
                  name: str, out: Path, *, device: str = "auto", progress: bool = False,
-                 log: Callable[[str], None] = lambda text: None) -> dict:
+                 cache: Union[bool, CacheSetting] = True, log: Callable[[str], None] = lambda text: None) -> dict:
     """Train ``recipe`` once per fold on the other folds' families; score each fold with its own model at
     the threshold its val split chose."""
     from ..training.run import TrainConfig, train
@@ -44,10 +45,12 @@ def score_recipe(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPa
                         "manifest": str(manifest), "group_by": protocol.group_by}
             log(f"{name}: training fold {fold + 1}/{protocol.folds} into {run}")
             # An interrupted fold continues from its last epoch (training is seeded per epoch).
-            train(TrainConfig.from_dict(settings), resume=(run / "last.pt").is_file(), progress=progress)
+            train(TrainConfig.from_dict(settings), resume=(run / "last.pt").is_file(), progress=progress,
+                  cache=cache_setting(cache))
             write_text(run / "done", "trained\n")
-        verifier = load_verifier(str(run / "model.pt"), detector=recipe.get("detector", "auto"),
-                                 fallback="whole-image", device=device, progress=progress)
+        options = FaceOptions(detector=recipe.get("detector", "auto"), fallback="whole-image", device=device,
+                              cache=cache, progress=progress)
+        verifier = load_verifier(str(run / "model.pt"), options=options)
         held_out = pairs.folds == fold
         distances[held_out] = _pair_distances(verifier, index, _subset(pairs, held_out),
                                               np.flatnonzero(image_folds == fold))

@@ -8,9 +8,14 @@ from typing import Optional
 
 import numpy as np
 
-from ..datasets import DatasetIndex
+from ..datasets import DatasetIndex, load_dataset
 from ..errors import InputError
 from ..util.hashing import file_sha256
+
+
+def load_index(kind: str, root: os.PathLike, layout_options: dict, progress: bool = False) -> DatasetIndex:
+    """The ``kind`` dataset under ``root`` with the layout options that were given (None: not given)."""
+    return load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
 
 
 def distinct_images(index, rows: np.ndarray, group_by: str) -> tuple:

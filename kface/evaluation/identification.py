@@ -13,17 +13,17 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 
-from ..api import load_verifier
-from ..datasets import load_dataset
 from ..errors import InputError
 from ..galleries.openset import DEFAULT_FPIR, identification_rates, ranks_of_mates
 from ..pairs import identity_groups
+from ..util.cache import CacheSetting
 from ..util.outputs import write_json, write_text
-from .groups import distinct_images, group_rows, read_group_list, restrict_groups
+from .groups import distinct_images, group_rows, load_index, read_group_list, restrict_groups
+from .scoring import score_models
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,9 @@ def _search(verifier, probes: np.ndarray, gallery: np.ndarray, gallery_labels: n
 
 def run_identification(kind: str, root: str, layout_options: dict, protocol: IdentificationProtocol, *,
                        models: tuple[str, ...], out: Path, groups_file: Optional[str] = None, group_by: str = "family",
-                       keep_outside_copies: bool = False, device: str = "auto", cache: bool = True, progress: bool = False,
+                       keep_outside_copies: bool = False, device: str = "auto", cache: Union[bool,
+                                                                                             CacheSetting] = True,
+                       progress: bool = False,
                        log: Callable[[str], None] = lambda text: None) -> list[dict]:
     """The protocol for each of ``models``; writes ``out/identification.json`` and ``.md`` after each.
 
@@ -186,7 +188,7 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
     """
     if not models:
         raise InputError("give at least one --model to score")
-    index = load_dataset(kind, root, progress=progress, **{k: v for k, v in layout_options.items() if v is not None})
+    index = load_index(kind, root, layout_options, progress)
     chosen_rows = np.arange(len(index))
     if groups_file:
         chosen = read_group_list(groups_file)
@@ -211,27 +213,21 @@ def run_identification(kind: str, root: str, layout_options: dict, protocol: Ide
                "groups_file": groups_file, "identities_merged": copies["identities_merged"],
                "repeated_copies_dropped": copies["repeated"],
                "images_also_outside_groups_dropped": outside, **split.counts(index)}
-    rows: list[dict] = []
-    for name in models:
-        log(f"scoring model {name}")
-        verifier = load_verifier(name, detector="auto", fallback="whole-image", device=device, cache=cache,
-                                 progress=progress)
-        try:
-            rows.append(score_model(verifier, index, split, protocol, name))
-        finally:
-            verifier.embedder.close()
-        write_results(out, rows, protocol, dataset)
-    return rows
+    return score_models(models, lambda verifier, name: score_model(verifier, index, split, protocol, name),
+                        lambda rows: write_results(out, rows, protocol, dataset), device=device, cache=cache,
+                        progress=progress, log=log)
 
 
 def write_results(out: Path, rows: list[dict], protocol: IdentificationProtocol, dataset: dict) -> None:
     write_json(out / "identification.json", {"protocol": asdict(protocol), "dataset": dataset, "rows": rows})
     fpir = f"{100 * protocol.fpir:g}%"
     lines = [f"Identification on {dataset['kind']} {dataset['root']}: {dataset['gallery_people']} people enrolled "
-             f"({dataset['gallery_images']} images, gallery age {protocol.gallery_age if dataset['by_age'] else 'first photo'}), "
+             f"({dataset['gallery_images']} images, "
+             f"gallery age {protocol.gallery_age if dataset['by_age'] else 'first photo'}), "
              f"{dataset['mated_probes']} mated probes, {dataset['nonmated_probes']} probes of "
              f"{dataset['nonmated_people']} people not enrolled.", "",
-             f"| model | rank-1 | rank-5 | FNIR at FPIR {fpir} | open-set threshold | FNIR / FPIR at the 1:1 threshold |",
+             f"| model | rank-1 | rank-5 | FNIR at FPIR {fpir} | open-set threshold | FNIR / FPIR at the 1:1 "
+             f"threshold |",
              "|---|---:|---:|---:|---:|---:|"]
     for row in rows:
         lines.append(f"| {row['model']} | {100 * row['rank1']:.1f}% | {100 * row['rank5']:.1f}% | "

@@ -7,7 +7,8 @@ chose it:
    **val** split and from the **test** split, before anything is embedded;
 2. every image of both samples is embedded once;
 3. the threshold is chosen by ``rule`` on the val sample and everything reported is measured on the
-   test sample (:func:`kface.metrics.select_and_score`), also per subgroup where the dataset labels gender, age, lighting, accessory, expression or pose.
+   test sample (:func:`kface.metrics.select_and_score`), also per subgroup where the dataset labels gender, age,
+   lighting, accessory, expression or pose.
 
 A pair file without a val split cannot choose a threshold: the report then uses ``threshold`` (the
 ``--threshold`` option) or the verifier's own threshold, and says so in every file it writes.
@@ -28,7 +29,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .. import __version__
-from ..api import BASE_THRESHOLDS, Verifier, load_verifier
+from ..api import BASE_THRESHOLDS, FaceOptions, Verifier, load_verifier
 from ..backbones import DEFAULT_BACKBONE, get_spec
 from ..distances import Distance
 from ..embeddings.embedder import Embedder
@@ -47,6 +48,7 @@ from ..reporting.markdown import report_markdown
 from ..reporting.plots import plot_distributions, plot_roc
 from ..reporting.subgroups import SUBGROUP_ATTRIBUTES, attributes_for_pairs, pair_groups, subgroup_table
 from ..training.checkpoints import save_threshold
+from ..util.cache import CacheSetting
 from ..util.outputs import write_json, write_text
 from .scoring import measure_pairs
 
@@ -61,15 +63,16 @@ __all__ = ["COMPARED_RULES", "check_save_threshold", "compare_rules", "overlap_r
 
 def report_verifier(model: Optional[str] = None, *, backbone: str = DEFAULT_BACKBONE, detector: str = "dlib",
                     fallback: str = "whole-image", device: str = "auto", weights: Optional[str] = None,
-                    cache: bool = True, progress: bool = False, max_pixels: Optional[int] = None):
+                    cache: Union[bool, CacheSetting] = True, progress: bool = False, max_pixels: Optional[int] = None):
     """The :class:`~kface.api.Verifier` to report on: a trained ``model``, or the untrained ``backbone``.
 
     Unlike :func:`kface.api.load_verifier`, an untrained backbone without a published threshold is
     accepted (its ``threshold`` is NaN): the report measures one on the val split anyway.
     """
     if model is not None or get_spec(backbone).family in BASE_THRESHOLDS:
-        return load_verifier(model, backbone, detector, None, fallback, device, weights=weights, cache=cache,
-                             progress=progress, max_pixels=max_pixels)
+        options = FaceOptions(detector=detector, fallback=fallback, device=device, cache=cache, progress=progress,
+                              max_pixels=max_pixels)
+        return load_verifier(model, backbone=backbone, weights=weights, options=options)
     embedder = Embedder(backbone, detector=detector, fallback=fallback, device=device, weights=weights,
                         cache=cache, progress=progress, max_pixels=max_pixels)
     return Verifier(embedder, math.nan, "none: this backbone has no published threshold")

@@ -1,16 +1,19 @@
-"""Scoring a whole pair file with a verifier: `kface verify --pairs FILE --out results.csv`."""
+"""Scoring with verifiers: a whole pair file (`kface verify --pairs FILE --out results.csv`), and the model
+loop every benchmark runs (:func:`score_models`)."""
 from __future__ import annotations
 
 import csv
 import io
 import os
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from ..api import FaceOptions, load_verifier
 from ..distances import Distance
 from ..pairs import read_pairs
+from ..util.cache import CacheSetting
 from ..util.outputs import write_text
 
 RESULT_HEADER = ["split", "path_a", "path_b", "label", "distance", "same", "probability", "threshold", "found_a",
@@ -86,3 +89,22 @@ def score_pair_file(verifier, pairs_file: os.PathLike, out: os.PathLike, root: O
             "accuracy": accuracy, "out": str(out),
             "accuracy_text": "no pair scored" if accuracy is None else
             f"accuracy {100 * accuracy:.2f}% at threshold {verifier.threshold:.4f} on {int(scored.sum())} pairs"}
+
+
+def score_models(models: Sequence[str], score: Callable[[Any, str], dict], write: Callable[[list[dict]], None], *,
+                 device: str = "auto", cache: Union[bool, CacheSetting] = True, progress: bool = False,
+                 log: Callable[[str], None] = lambda text: None) -> list[dict]:
+    """The benchmarks' model loop: each of ``models`` (a shipped name or a checkpoint path) loaded with the
+    faces every protocol reads (detector ``auto``, whole-image fallback), scored by ``score(verifier, name)``
+    into a row, its verifier closed, and ``write(rows)`` called after each row; returns the rows."""
+    rows: list[dict] = []
+    for name in models:
+        log(f"scoring model {name}")
+        verifier = load_verifier(name, options=FaceOptions(fallback="whole-image", device=device, cache=cache,
+                                                           progress=progress))
+        try:
+            rows.append(score(verifier, name))
+        finally:
+            verifier.embedder.close()
+        write(rows)
+    return rows

@@ -43,6 +43,7 @@ from ..errors import InputError
 from ..metrics import parse_rule, parse_samples
 from ..pairs import PairRequest, make_pair_file, parse_ratio, parse_split
 from ..reporting.plots import pyplot, save_figure
+from ..util.cache import CacheSetting, cache_setting
 from ..util.outputs import write_json, write_text
 from .report import overlap_report, report_verifier
 
@@ -213,7 +214,7 @@ def _tagged(config: SweepConfig) -> bool:
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = False,
-              cache: bool = True, command: Optional[str] = None) -> list[dict]:
+              cache: Union[bool, CacheSetting] = True, command: Optional[str] = None) -> list[dict]:
     """Run every setting of ``config`` (sample, train, report) and write the sweep tables; return the rows."""
     out = Path(config.out)
     if not resume and out.is_dir() and any(out.iterdir()):
@@ -249,7 +250,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, progress: bool = Fal
 
 
 def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resume: bool, progress: bool,
-                 cache: bool) -> dict:
+                 cache: Union[bool, CacheSetting]) -> dict:
     from ..training.run import HISTORY, LAST, MODEL, train
 
     train_config = _train_config(config, setting, pair_file)
@@ -261,7 +262,8 @@ def _run_setting(config: SweepConfig, setting: Setting, pair_file: Path, *, resu
     if resume and metrics_file.is_file() and (run_dir / MODEL).is_file():
         body = json.loads(metrics_file.read_text(encoding="utf-8"))
     else:
-        result = train(train_config, resume=resume and (run_dir / LAST).is_file(), progress=progress)
+        result = train(train_config, resume=resume and (run_dir / LAST).is_file(), progress=progress,
+                       cache=cache_setting(cache))
         verifier = report_verifier(str(result.model_path), detector=train_config.detector,
                                    fallback=train_config.fallback,
                                    device=train_config.device, cache=cache, progress=progress,
@@ -285,7 +287,7 @@ def _train_config(config: SweepConfig, setting: Setting, pair_file: Path):
 
 
 def _base_report(config: SweepConfig, train_config, pair_file: Path, report_dir: Path, *, resume: bool,
-                 progress: bool, cache: bool) -> dict:
+                 progress: bool, cache: Union[bool, CacheSetting]) -> dict:
     """The overlap report of the untrained backbone with the setting's distance (threshold chosen on val)."""
     metrics_file = report_dir / "metrics.json"
     if resume and metrics_file.is_file():
@@ -364,7 +366,7 @@ def sweep_markdown(config: SweepConfig, rows: list[dict], command: Optional[str]
         best = {"accuracy": _best(group, "accuracy", False), "loss": _best(group, "loss", True),
                 "overlap": _best(group, "overlap", True)}
 
-        def cell(row: dict, key: str, text: str) -> str:
+        def cell(row: dict, key: str, text: str, best: dict = best) -> str:
             return f"**{text}**" if row.get(key) is not None and row[key] == best.get(key) else text
 
         lines += [f"## {_k_label(k)}", "",
@@ -405,7 +407,7 @@ def _plot_sweep(path: Path, rows: list[dict], tagged: bool = False) -> None:
             y = [np.nan if row[key] is None else row[key] for row in group]
             axis.plot(x, y, "o-", label=label)
     axes[0, 0].yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(xmax=1))
-    for axis, (key, title) in zip(axes.flat, panels):
+    for axis, (_, title) in zip(axes.flat, panels):
         axis.set_title(title, fontsize=10)
         axis.grid(alpha=0.3)
         axis.set_xticks([fraction for fraction, _ in ratios], [ratio for _, ratio in ratios])

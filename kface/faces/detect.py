@@ -85,6 +85,14 @@ class Face:
         return self.stage != "whole-image"
 
 
+def stage_counts(stages: Sequence[str]) -> dict[str, int]:
+    """How many images each face stage (``Face.stage``, or ``none``/``error``) served, in first-seen order."""
+    counts: dict[str, int] = {}
+    for stage in stages:
+        counts[stage] = counts.get(stage, 0) + 1
+    return counts
+
+
 @dataclass(frozen=True)
 class FaceSettings:
     """Everything that decides which chip comes out of an image (part of every cache key)."""
@@ -152,7 +160,13 @@ def hog_detector():
 
 
 def _largest(boxes: Sequence[Box]) -> int:
-    return int(np.argmax([(r - l) * (b - t) for l, t, r, b in boxes]))
+    return int(np.argmax([(right - left) * (bottom - top) for left, top, right, bottom in boxes]))
+
+
+def no_face_message(name: str, detector: str) -> str:
+    """The one-line error of an image in which ``detector`` found no face."""
+    return (f"{name}: no face found (detector {detector}; try --detector auto, or --fallback whole-image for "
+            f"pre-cropped faces)")
 
 
 class FaceFinder:
@@ -244,8 +258,7 @@ class FaceFinder:
                 return face
         if detector == "none" or self.settings.fallback == "whole-image":
             return self.whole_image(image)
-        raise NoFaceError(f"{name}: no face found (detector {detector}; try --detector auto, or "
-                          f"--fallback whole-image for pre-cropped faces)")
+        raise NoFaceError(no_face_message(name, detector))
 
     def whole_image(self, image: np.ndarray) -> Face:
         """The whole image taken as the face (landmarks still placed by dlib's 5-point model)."""
@@ -277,8 +290,7 @@ class FaceFinder:
             return [self._face(image, box, stage, len(boxes)) for box in largest_first]
         if detector == "none" or self.settings.fallback == "whole-image":
             return [self.whole_image(image)]
-        raise NoFaceError(f"{name}: no face found (detector {detector}; try --detector auto, or "
-                          f"--fallback whole-image for pre-cropped faces)")
+        raise NoFaceError(no_face_message(name, detector))
 
     def _find_padded(self, image: np.ndarray, name: str) -> Optional[Face]:
         """Second HOG pass on the image padded with its mean colour: HOG needs context around a face."""
@@ -293,8 +305,8 @@ class FaceFinder:
         if not boxes:
             return None
         face = self._pick(padded, boxes, "hog-padded", name)
-        l, t, r, b = face.box
-        face.box = (l - pad, t - pad, r - pad, b - pad)
+        left, top, right, bottom = face.box
+        face.box = (left - pad, top - pad, right - pad, bottom - pad)
         face.landmarks = face.landmarks - np.float32(pad)
         return face
 

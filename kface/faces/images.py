@@ -100,5 +100,13 @@ def to_rgb_array(image) -> np.ndarray:
 
 def load_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Load an image file (path or bytes) as an RGB ``uint8`` array of shape (H, W, 3)."""
-    name = "<upload>" if isinstance(source, (bytes, bytearray)) else str(source)
-    return decode_image(read_bytes(source), name, max_pixels)
+    return decode_image(read_bytes(source), source_name(source), max_pixels)
+
+
+def source_name(source: ImageSource, index: int = 0, count: int = 1) -> str:
+    """The name an input goes by in results and errors: its path, or ``<upload>`` (``<upload 2>``... among
+    several) for bytes."""
+    if isinstance(source, (bytes, bytearray)):
+        return "<upload>" if count == 1 else f"<upload {index + 1}>"
+    return str(source)
+

@@ -8,7 +8,7 @@ network on the chips already found. Workers are forked before the network loads 
 server where this process already holds torch or onnxruntime) and import no torch: MTCNN runs through
 onnxruntime (:mod:`kface.faces.mtcnn`).
 
-A task's result holds the cache arrays (see :class:`~kface.embeddings.embedder.FaceEntry`) of the detected face
+A task's result holds the cache arrays (see :class:`FaceEntry`) of the detected face
 and, where the fallback asks for it, of the whole-image chip, or the task's one-line input error.
 """
 from __future__ import annotations
@@ -23,10 +23,9 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from ..errors import InputError, NoFaceError
-from .detect import Face, FaceFinder, FaceSettings
+from .detect import Box, Face, FaceFinder, FaceSettings
 from .images import decode_image
 
-Box = tuple[int, int, int, int]
 Arrays = dict[str, np.ndarray]
 
 #: Fewer images than this are found in this process: a pool costs about 0.3 s to start.
@@ -70,12 +69,49 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
+@dataclass
+class FaceEntry:
+    """A face as the face cache stores it: the chip and where it came from (chip is None when no face).
+
+    :meth:`to_arrays` and :meth:`from_arrays` are the one layout of the cache's face records (``stage``,
+    ``n_faces``, and ``chip`` and ``box`` where a face was found); an embedding record is the same without
+    the chip, plus its ``embedding``.
+    """
+
+    chip: Optional[np.ndarray]
+    box: Optional[Box]
+    stage: str  # see Face.stage; "none" when nothing was found
+    n_faces: int
+
+    @property
+    def found(self) -> bool:
+        return self.stage not in ("none", "whole-image")
+
+    @classmethod
+    def of(cls, face: Optional[Face]) -> "FaceEntry":
+        """The entry of a face, or of a miss (``None``)."""
+        if face is None:
+            return cls(None, None, "none", 0)
+        return cls(face.chip, face.box, face.stage, face.n_faces)
+
+    def to_arrays(self, chip: bool = True) -> Arrays:
+        arrays = {"stage": np.array(self.stage), "n_faces": np.array(self.n_faces)}
+        if self.chip is not None:
+            if chip:
+                arrays["chip"] = self.chip
+            arrays["box"] = np.array(self.box, dtype=np.int64)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, arrays: Arrays) -> "FaceEntry":
+        chip = arrays.get("chip")
+        box = tuple(int(v) for v in arrays["box"]) if chip is not None else None
+        return cls(chip, box, str(arrays["stage"]), int(arrays["n_faces"]))
+
+
 def face_arrays(face: Optional[Face]) -> Arrays:
     """A face (or a miss, ``None``) as the arrays the face cache stores."""
-    if face is None:
-        return {"stage": np.array("none"), "n_faces": np.array(0)}
-    return {"stage": np.array(face.stage), "n_faces": np.array(face.n_faces), "chip": face.chip,
-            "box": np.array(face.box, dtype=np.int64)}
+    return FaceEntry.of(face).to_arrays()
 
 
 def run_task(finder: FaceFinder, task: FaceTask, max_pixels: Optional[int]) -> FaceResult:

@@ -21,10 +21,10 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from ..api import load_verifier
+from ..api import FaceOptions, load_verifier
 from ..datasets import load_dataset
 from ..errors import InputError, KfaceError
-from ..faces.images import ImageSource, content_hash, read_bytes
+from ..faces.images import ImageSource, content_hash, read_bytes, source_name
 from ..models import STOCK_MODEL, card, is_shipped
 from ..util.hashing import file_sha256
 from .audit import Actor, local_actor
@@ -255,7 +255,7 @@ class Gallery:
         known = self.store.known_hashes()
         todo, seen = [], set()
         for source, name in zip(images, names):
-            label = "<upload>" if isinstance(source, (bytes, bytearray)) else str(source)
+            label = source_name(source)
             try:
                 sha = content_hash(read_bytes(source))
             except InputError as exc:
@@ -301,8 +301,7 @@ class Gallery:
         self._require_people()
         vectors, result = self.verifier.embed([image])
         answer = self.search_vectors(vectors, top, open_set_threshold)[0]
-        answer.face = {"path": result.paths[0], "found": bool(result.found[0]), "stage": result.stages[0],
-                       "box": list(result.boxes[0]) if result.boxes[0] else None, "n_faces": int(result.n_faces[0])}
+        answer.face = result.face(0)
         return answer
 
     def search_vectors(self, vectors: np.ndarray, top: int = 5,
@@ -435,6 +434,9 @@ class Gallery:
 
 
 def _loader_options(options: dict) -> dict:
-    """The verifier options load_verifier takes, without the unset ones."""
-    allowed = ("backbone", "detector", "fallback", "device", "cache", "progress", "max_pixels", "threshold")
-    return {key: value for key, value in options.items() if key in allowed and value is not None}
+    """``load_verifier``'s keyword arguments from a gallery's verifier options, without the unset ones: the
+    face settings as one :class:`~kface.api.FaceOptions`, ``backbone`` and ``threshold`` beside it."""
+    given = {key: value for key, value in options.items() if value is not None}
+    faces = {key: given[key] for key in ("detector", "fallback", "device", "cache", "progress", "max_pixels")
+             if key in given}
+    return {**{key: given[key] for key in ("backbone", "threshold") if key in given}, "options": FaceOptions(**faces)}

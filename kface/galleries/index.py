@@ -4,7 +4,8 @@ Small galleries are searched exactly (``IndexFlat``); from :data:`APPROXIMATE_FR
 inverted-file index (``IndexIVFFlat``, about sqrt(N) lists, :data:`NPROBE` of them searched), which
 ``bench/gallery_search.py`` measured against exact search and against HNSW (see docs/galleries.md). The index
 file (``<gallery>.index``) starts with a JSON header line naming the store state it covers (the gallery's
-creation time, generation, epoch, the last image id) and the sha256 of the faiss bytes after it; a missing, damaged or stale file is
+creation time, generation, epoch, the last image id) and the sha256 of the faiss bytes after it; a missing, damaged or
+stale file is
 rebuilt from the store, and one that covers an older state of the same epoch is brought up to date by
 adding the newer rows.
 """
@@ -121,7 +122,8 @@ class VectorIndex:
         body = faiss.serialize_index(self.faiss_index).tobytes()
         header = {"magic": MAGIC, "kind": self.kind, "distance": self.distance, "dim": self.dim,
                   "generation": self.generation, "epoch": self.epoch, "max_id": self.max_id,
-                  "count": self.count, "trained_on": self.trained_on, "gallery": self.gallery, "sha256": hashlib.sha256(body).hexdigest()}
+                  "count": self.count, "trained_on": self.trained_on, "gallery": self.gallery,
+                  "sha256": hashlib.sha256(body).hexdigest()}
         with atomic_path(path, suffix=".index") as temp:
             with open(temp, "wb") as handle:
                 handle.write(json.dumps(header).encode("utf-8") + b"\n")

@@ -183,7 +183,8 @@ class GalleryStore:
 
     def known_hashes(self, identity: Optional[str] = None) -> dict[str, str]:
         """sha256 → identity name of every enrolled image (of one identity when given)."""
-        query = "SELECT images.sha256, identities.name FROM images JOIN identities ON identities.id = images.identity_id"
+        query = ("SELECT images.sha256, identities.name FROM images "
+                 "JOIN identities ON identities.id = images.identity_id")
         if identity is None:
             return dict(self.connection.execute(query).fetchall())
         return dict(self.connection.execute(query + " WHERE identities.name = ?", (identity,)).fetchall())

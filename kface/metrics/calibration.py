@@ -97,7 +97,8 @@ def reliability(probabilities, labels, weights: np.ndarray | None = None, bins: 
             continue
         total = w[members].sum()
         rows.append({"low": b / bins, "high": (b + 1) / bins, "pairs": int(members.sum()),
-                     "weight": float(total / w.sum()), "mean_probability": float(np.average(p[members], weights=w[members])),
+                     "weight": float(total / w.sum()), "mean_probability": float(np.average(p[members],
+                                                                                            weights=w[members])),
                      "share_same": float(np.average(y[members], weights=w[members]))})
     return rows
 

@@ -52,8 +52,8 @@ def choose_point(points: dict, operating_point: str | None = None, far: float | 
     if far is not None:
         wanted = next((name for name in points if name != BALANCED and np.isclose(far_of(name), far)), None)
         if wanted is None:
-            raise InputError(f"--far {far:g}: this model's card has points at "
-                             f"{', '.join(f'{far_of(n):g}' for n in points if n != BALANCED) or 'no false-accept rate'}")
+            listed = ", ".join(f"{far_of(n):g}" for n in points if n != BALANCED) or "no false-accept rate"
+            raise InputError(f"--far {far:g}: this model's card has points at {listed}")
         return wanted
     name = operating_point or BALANCED
     if name not in points:

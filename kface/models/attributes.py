@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
 
 from ..errors import KfaceError
 from ..util.hashing import file_sha256

@@ -1,4 +1,5 @@
-"""The pair-file format: the request types (ratio, split shares), PairSet, and its CSV + JSON manifest reader and writer.
+"""The pair-file format: the request types (ratio, split shares), PairSet, and its CSV + JSON manifest reader and
+writer.
 
 A pair file is a CSV with the header ``split,path_a,path_b,label,identity_a,identity_b`` (``label`` 1 =
 same person, 0 = different; ``split`` train/val/test; paths relative to the dataset root), with a JSON

@@ -18,7 +18,8 @@ def plot_card_distributions(path: Path, block: dict, title: str) -> None:
     plt = pyplot()
     figure, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4.2), sharey=True, squeeze=False)
     for axis, kind in zip(axes[0], kinds):
-        for label, colour, name in (("same", SAME_COLOUR, "same person"), ("different", DIFF_COLOUR, "different people")):
+        for label, colour, name in (("same", SAME_COLOUR, "same person"), ("different", DIFF_COLOUR,
+                                                                           "different people")):
             counts = np.asarray(histograms[kind][label], dtype=np.float64)
             density = counts / max(counts.sum(), 1) / np.diff(edges)
             axis.stairs(density, edges, fill=True, alpha=0.3, color=colour, label=f"{name} (n={int(counts.sum())})")

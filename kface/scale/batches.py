@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Collection, Optional, Sequence
+from typing import Callable, Collection, Optional, Sequence, Union
 
 import numpy as np
 
-from ..api import Verifier, load_verifier
+from ..api import FaceOptions, Verifier, load_verifier
 from ..backbones import DEFAULT_BACKBONE, backbone_for_engine
 from ..datasets import load_dataset
 from ..embeddings.embedder import Embedder
@@ -22,6 +22,7 @@ from ..embeddings.parquet import DatasetWriter, error_kind, rows_table, summariz
 from ..errors import InputError
 from ..faces.images import content_hash, read_bytes
 from ..models import STOCK_MODEL, default_model
+from ..util.cache import CacheSetting
 from ..util.progress import progress_bar
 
 #: Images per shard on the single-process path (a killed run loses at most one batch's work).
@@ -54,12 +55,13 @@ class EmbedSettings:
     max_pixels: Optional[int] = None
     engine: str = "onnx"
 
-    def verifier(self, cache: bool = True, workers: Optional[int] = None):
+    def verifier(self, cache: Union[bool, CacheSetting] = True, workers: Optional[int] = None):
         """A :class:`kface.api.Verifier` that embeds with these settings (``workers``: face-finding processes)."""
         model = self.model or (default_model() if self.backbone == DEFAULT_BACKBONE else STOCK_MODEL)
         if model != STOCK_MODEL:
-            verifier = load_verifier(model, detector=self.detector, fallback=self.fallback, device=self.device,
-                                     cache=cache, max_pixels=self.max_pixels, engine=self.engine)
+            options = FaceOptions(detector=self.detector, fallback=self.fallback, device=self.device, cache=cache,
+                                  max_pixels=self.max_pixels)
+            verifier = load_verifier(model, engine=self.engine, options=options)
         else:  # a backbone as it is: no threshold is needed to embed
             embedder = Embedder(backbone_for_engine(self.backbone, self.engine), detector=self.detector,
                                 fallback=self.fallback, tta=self.tta, device=self.device, weights=self.weights,
@@ -152,7 +154,7 @@ def check_strict(rows: Sequence[dict]) -> None:
 
 
 def embed_dataset(items: Sequence[DatasetItem], out: os.PathLike, settings: EmbedSettings, *, strict: bool = False,
-                  cache: bool = True, workers: Optional[int] = None, progress: bool = False,
+                  cache: Union[bool, CacheSetting] = True, workers: Optional[int] = None, progress: bool = False,
                   shard_rows: int = SHARD_ROWS, on_shard: Optional[Callable[[int], None]] = None) -> dict:
     """Embed ``items`` into the Parquet dataset ``out`` in this process (faces found in ``workers``
     processes), one shard per ``shard_rows`` images; rows already there are skipped.

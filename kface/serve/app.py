@@ -253,7 +253,8 @@ def run_server(model: Optional[str] = None, attributes_model: Optional[str] = No
     app = create_app(pipelines, limits, distribution, gallery)
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    guarded = RequestGuard(TokenGuard(app, tokens, rate_per_minute), listen_host=host, port=bound_port, max_in_flight=max_in_flight,
+    guarded = RequestGuard(TokenGuard(app, tokens, rate_per_minute), listen_host=host, port=bound_port,
+                           max_in_flight=max_in_flight,
                            body_timeout_s=body_timeout_s)
     log.info("at most %d uploads in flight, %s of request bodies at once; bodies must arrive within %g s",
              max_in_flight, megabytes(memory_bound_bytes(max_in_flight, limits.max_request_bytes)), body_timeout_s)

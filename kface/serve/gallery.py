@@ -14,7 +14,7 @@ from typing import Optional
 from fastapi import Request  # module level: FastAPI reads the handlers' annotations from these globals
 from fastapi.responses import JSONResponse
 
-from ..faces.images import content_hash
+from ..faces.images import content_hash, source_name
 from ..galleries import Gallery
 from ..galleries.audit import Actor
 from ..galleries.gallery import model_identity
@@ -42,9 +42,8 @@ class GalleryService:
         with self.service.pool.checkout() as pipeline:
             with named_errors(upload):
                 vectors, result = pipeline.verifier.embed([upload.data])
-        face = {"path": upload.field, "filename": upload.filename, "found": bool(result.found[0]),
-                "stage": result.stages[0], "box": list(result.boxes[0]) if result.boxes[0] else None,
-                "n_faces": int(result.n_faces[0])}
+        face = {"path": upload.field, "filename": upload.filename,
+                **result.face(0, path=upload.field)}
         return vectors, result, face
 
     def search(self, upload, top: int = 5) -> dict:
@@ -66,8 +65,8 @@ class GalleryService:
         if not identity or len(identity) > 200:
             raise ApiError(422, "identity must be a name of 1 to 200 characters", field="identity")
         vectors, result, face = self._embed(upload)
-        image = NewImage(identity, content_hash(upload.data), upload.filename or "<upload>", result.stages[0],
-                         vectors[0])
+        image = NewImage(identity, content_hash(upload.data), upload.filename or source_name(upload.data),
+                         result.stages[0], vectors[0])
         with self.lock:
             stored = self.gallery.add_images([image], actor)
             people, images = self.gallery.store.counts()

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from ..api import load_verifier
+from ..api import FaceOptions, load_verifier
 from ..attributes.model import load_analyzer
 from ..backbones import DEFAULT_BACKBONE
 from ..faces.images import MAX_PIXELS
@@ -124,9 +124,10 @@ class FaceService:
         # What the page's one plain sentence says of the threshold in use: its point and held-out rates.
         self.distribution["operating_point"] = first.operating_point
         if first.answers is not None and self.distribution["available"]:
-            self.distribution["points"] = {name: float(point["threshold"]) for name, point in first.answers.points.items()}
-        self.distribution["expected"] = (first.answers.expected(first.operating_point)
-                                         if first.answers is not None and first.threshold_source != "--threshold" else None)
+            self.distribution["points"] = {name: float(point["threshold"]) for name,
+                                           point in first.answers.points.items()}
+        carded = first.answers is not None and first.threshold_source != "--threshold"
+        self.distribution["expected"] = first.answers.expected(first.operating_point) if carded else None
 
     def _face(self, embedder, upload: Upload):
         """The upload's face entry (chip, box, stage), kept in the request's memory for what follows."""
@@ -189,8 +190,9 @@ def load_pipelines(count: int, model: Optional[str] = None, attributes_model: Op
     ``operating_point``, ``far``, ``abstain`` for :func:`kface.api.load_verifier`)."""
     pipelines = []
     for _ in range(count):
-        verifier = load_verifier(model, backbone, detector, threshold, fallback, device, cache=False,
-                                 max_pixels=max_pixels, **(answer or {}))
+        options = FaceOptions(detector=detector, fallback=fallback, device=device, cache=False, max_pixels=max_pixels)
+        verifier = load_verifier(model, backbone=backbone, threshold=threshold, options=options,
+                                 **(answer or {}))
         analyzer = None
         if attributes_model is not None or has_shipped_attributes():  # default: the shipped Korean model
             analyzer = load_analyzer(attributes_model, detector=detector, fallback=fallback, device=device,

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from ..errors import InputError, NoFaceError
+from ..faces.images import source_name
 
 
 class ApiError(Exception):
@@ -163,7 +164,8 @@ def named_errors(upload: Upload) -> Iterator[None]:
                        field=upload.field) from None
     except InputError as exc:
         message = str(exc)
-        for name in ("<upload>", "<upload 1>", "<upload 2>"):
+        # The names the pipeline gives bytes (one upload, or each of a pair).
+        for name in (source_name(upload.data), *(source_name(upload.data, index, 2) for index in range(2))):
             if message.startswith(name):
                 message = upload.label + message[len(name):]
                 break

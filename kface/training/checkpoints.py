@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch loads when a checkpoint is read or written
+    import torch
 
 from ..backbones import get_spec
 from ..embeddings.embedder import shipped_variant

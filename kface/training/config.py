@@ -18,7 +18,8 @@ from ..metrics import parse_rule
 from ..pairs import parse_ratio, parse_split, require_identities
 from ..util.outputs import atomic_path
 from .checkpoints import STATE_FORMAT, load_checkpoint
-from .heads import get_head, get_loss, loss_class
+from .heads import get_head
+from .losses import get_loss, loss_class
 from .store import FeatureSpec
 
 SELECT_METRICS = {"overlap": "lower", "accuracy": "higher"}

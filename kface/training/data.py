@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -16,11 +15,12 @@ from ..backbones import get_spec
 from ..datasets import load_dataset
 from ..errors import InputError
 from ..pairs import identity_groups, read_pairs
-from ..util.cache import NO_CACHE_ENV, cache_dir
+from ..util.cache import CacheSetting
 from .checkpoints import file_sha256
 from .config import TrainConfig
-from .heads import get_head, loss_class
+from .heads import get_head
 from .lda import image_classes
+from .losses import loss_class
 from .store import FeatureStore
 
 log = logging.getLogger("kface")
@@ -64,14 +64,15 @@ class TrainingData:
     identity_groups: Optional[list] = None
 
 
-def load_training_data(config: TrainConfig, *, progress: bool = False, resume: bool = False) -> TrainingData:
+def load_training_data(config: TrainConfig, *, progress: bool = False, resume: bool = False,
+                       cache: CacheSetting = CacheSetting()) -> TrainingData:
     """The train and val pairs of the pair file with the stored frozen features of their images, and for
     identity batches the images of the train identities (see :mod:`kface.training.identity`).
 
     With ``--dataset`` the pairs are sampled first, into ``<out>/pairs.csv`` (``resume``: the run's own
     pairs.csv is read, never sampled again: it is what ``last.pt`` was trained on). Pairs with an image that
     could not be read or had no face are dropped, counted per split and reported (``note:`` lines);
-    too few usable pairs is an :class:`InputError`.
+    too few usable pairs is an :class:`InputError`. ``cache``: the caches the images and features go through.
     """
     from .identity import train_identity_images
 
@@ -90,7 +91,7 @@ def load_training_data(config: TrainConfig, *, progress: bool = False, resume: b
     paths = sorted({p for split in splits.values() for p in split.abs_path_a + split.abs_path_b}
                    | set(identity_images.paths if identity_images else ()))
     store = FeatureStore(config.feature_spec(), device=config.device, workers=config.workers, progress=progress,
-                         max_pixels=config.max_pixels, folder=_feature_store_folder())
+                         max_pixels=config.max_pixels, folder=_feature_store_folder(cache), cache=cache)
     found = store.features(paths)
     row = {path: i for i, path in enumerate(found.paths)}
     indexed, dropped = {}, {}
@@ -160,11 +161,11 @@ def _identity_rows(config: TrainConfig, identity_images, found, row: dict, train
     return identity_rows, identities
 
 
-def _feature_store_folder() -> Optional[Path]:
+def _feature_store_folder(cache: CacheSetting) -> Optional[Path]:
     """Where the feature store lives: the cache folder (None), or a temporary folder removed when the
     process ends, with ``--no-cache`` or when the cache folder cannot be written (a note says so)."""
-    if os.environ.get(NO_CACHE_ENV) != "1":
-        store = cache_dir() / "features"
+    if cache.enabled:
+        store = cache.root / "features"
         try:
             store.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=store):

@@ -1,6 +1,7 @@
-"""The trainable part of a Siamese verifier: heads, the distance-to-probability mapping, pair losses.
+"""The trainable part of a Siamese verifier: heads and the distance-to-probability mapping.
 
-A :class:`~kface.training.model.PairModel` takes the frozen features of two images (see :mod:`kface.training.store`) and returns
+A :class:`~kface.training.model.PairModel` takes the frozen features of two images (see :mod:`kface.training.store`)
+and returns
 their distance and the logit of P(same)::
 
     features ─► [backbone suffix] ─► head ─► distance(a, b) ─► DistanceToProbability ─► logit
@@ -17,8 +18,7 @@ their distance and the logit of P(same)::
 - :class:`DistanceToProbability` turns a distance into P(same) = sigmoid(s * (t - d)), s > 0 and t
   learnt, so the mapping always says "closer is more likely the same person".
 
-Losses (:data:`LOSSES`) return one value per pair, so the trainer decides how a batch is reduced
-(which keeps multi-process training equal to one process).
+The losses they train with are in :mod:`kface.training.losses`.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distances import Distance
 from ..errors import InputError
 
 
@@ -154,147 +153,3 @@ class DistanceToProbability(nn.Module):
         gap = (median_diff - median_same).clamp_min(1e-6)
         self.offset.copy_((median_same + median_diff) / 2)
         self.log_sharpness.copy_(torch.log(4.0 / gap))
-
-
-# -- losses --------------------------------------------------------------------------------------------
-class PairLoss(nn.Module):
-    """Per-pair loss from distances, P(same) logits and labels (1 = same person, 0 = different).
-
-    Template: :meth:`forward` checks the shapes and hands float labels to :meth:`compute`, which
-    subclasses write. ``uses_margin`` says whether the constructor takes ``margin``.
-    ``trains_through_probability`` says whether the loss reaches the embedding through the probability
-    mapping (BCE) or only through the distance (then the model detaches the distance before the
-    mapping, which still learns, as a calibration, from the BCE term such losses add).
-    """
-
-    name = ""
-    trains_through_probability = True
-    uses_margin = False
-    #: True when training draws identity batches instead of pairs (``batch_loss`` gives the loss).
-    identity_batches = False
-    #: The distance the loss is written for, when it is written for one (``--distance`` must match).
-    distance: Optional[str] = None
-
-    def forward(self, distances: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if distances.shape != logits.shape or distances.shape != labels.shape or distances.ndim != 1:
-            raise ValueError(f"distances, logits and labels must be equal 1-D shapes; got {tuple(distances.shape)}, "
-                             f"{tuple(logits.shape)}, {tuple(labels.shape)}")
-        return self.compute(distances, logits, labels.to(distances.dtype))
-
-    def compute(self, distances: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class BinaryCrossEntropyLoss(PairLoss):
-    """The study's loss: binary cross-entropy of P(same) against the label."""
-
-    name = "bce"
-
-    def compute(self, distances, logits, labels):
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
-
-
-class ContrastiveLoss(PairLoss):
-    """Hadsell, Chopra & LeCun (2006): ``y d^2 + (1 - y) max(0, margin - d)^2``, plus the calibration BCE.
-
-    The margin is in distance units: different-person pairs farther apart than it cost nothing.
-    """
-
-    name = "contrastive"
-    trains_through_probability = False
-    uses_margin = True
-
-    def __init__(self, margin: float = 1.0):
-        super().__init__()
-        if not margin > 0:
-            raise InputError(f"--margin must be positive, got {margin}")
-        self.margin = float(margin)
-
-    def compute(self, distances, logits, labels):
-        distances = distances.float()
-        pull = labels * distances.pow(2)
-        push = (1 - labels) * F.relu(self.margin - distances).pow(2)
-        calibration = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
-        return pull + push + calibration
-
-
-class MetricLoss(PairLoss):
-    """dlib's metric loss (:class:`~kface.training.losses.MarginMetricLoss`, ``--loss metric``).
-
-    It trains on P x K identity batches (``identity_batches``: see :meth:`batch_loss`); on pairs, as
-    here, each pair's own margin term is the loss that val reports: same-person pairs beyond
-    ``threshold - margin``, different-person pairs within ``threshold + margin``.
-    """
-
-    name = "metric"
-    trains_through_probability = False
-    uses_margin = True
-    identity_batches = True
-
-    def __init__(self, margin: float = 0.04):
-        super().__init__()
-        from .losses import DEFAULT_THRESHOLD, MarginMetricLoss
-
-        self.batch = MarginMetricLoss(DEFAULT_THRESHOLD, margin)
-        self.margin = float(margin)
-
-    def batch_loss(self, distance: str | Distance = "euclidean", classes: int = 0, features: int = 0, seed: int = 0):
-        """The loss over an identity batch's embeddings, measuring with ``distance`` (the other
-        arguments are for losses that learn one centre per identity)."""
-        from .losses import MarginMetricLoss
-
-        return MarginMetricLoss(self.batch.threshold, self.margin, distance)
-
-    def compute(self, distances, logits, labels):
-        return self.batch.pair_terms(distances.float(), labels.bool())
-
-
-class ArcFaceLoss(PairLoss):
-    """ArcFace (:class:`~kface.training.losses.AngularMarginLoss`, ``--loss arcface``): a softmax over the
-    train identities with an angular margin, on P x K identity batches like ``metric``.
-
-    It learns angles, so the run measures cosine distance (``--distance cosine``). On pairs (val) there is
-    no identity softmax: each pair's loss is the BCE of P(same), which is calibrated on each epoch's
-    in-batch distances.
-    """
-
-    name = "arcface"
-    trains_through_probability = False
-    uses_margin = True
-    identity_batches = True
-    distance = "cosine"
-
-    def __init__(self, margin: float = 0.5):
-        super().__init__()
-        from .losses import angular_margin
-
-        self.margin = angular_margin(margin)
-
-    def batch_loss(self, distance: str | Distance = "cosine", classes: int = 0, features: int = 0, seed: int = 0):
-        """The loss over an identity batch's embeddings: ``classes`` centres of size ``features``, first
-        drawn with ``seed``."""
-        from .losses import AngularMarginLoss
-
-        return AngularMarginLoss(classes, features, self.margin, seed=seed)
-
-    def compute(self, distances, logits, labels):
-        return F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")
-
-
-#: Losses by name (``--loss``).
-LOSSES: dict[str, type[PairLoss]] = {loss.name: loss for loss in (BinaryCrossEntropyLoss, ContrastiveLoss, MetricLoss,
-                                                                  ArcFaceLoss)}
-
-
-def loss_class(name: str) -> type[PairLoss]:
-    """The loss class called ``name``; an unknown one is an :class:`InputError` listing the valid ones."""
-    try:
-        return LOSSES[name]
-    except KeyError:
-        raise InputError(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}") from None
-
-
-def get_loss(name: str, margin: Optional[float] = None) -> PairLoss:
-    """The loss called ``name``, with ``margin`` where it takes one (None: the loss's own default)."""
-    cls = loss_class(name)
-    return cls(margin) if cls.uses_margin and margin is not None else cls()

@@ -67,7 +67,8 @@ def train_identity_images(pairs, index=None) -> IdentityImages:
 
 def write_dataset_pairs(kind: str, root: str, out: Path, *, ratio: str, pair_count: int, split: str, seed: int,
                         group_by: Optional[str] = None, options: Optional[dict] = None, progress: bool = False):
-    """Sample identity-disjoint (with ``group_by``, group-disjoint) train/val/test pairs from a dataset into ``out`` (a pair CSV and its
+    """Sample identity-disjoint (with ``group_by``, group-disjoint) train/val/test pairs from a dataset into ``out``
+    (a pair CSV and its
     manifest, as ``kface make-pairs`` writes them); return the pairs and the dataset index."""
     index = load_dataset(kind, root, progress=progress, **(options or {}))
     request = PairRequest(parse_ratio(ratio), pair_count, parse_split(split), None, seed, group_by=group_by)

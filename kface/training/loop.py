@@ -206,7 +206,8 @@ def evaluate_pairs(model: torch.nn.Module, features: torch.Tensor, pairs: PairTe
                        torch.sigmoid(logits).double().cpu().numpy())
 
 
-def measure(model: torch.nn.Module, features: torch.Tensor, pairs: PairTensors, criterion, rule: str, sample: np.ndarray,
+def measure(model: torch.nn.Module, features: torch.Tensor, pairs: PairTensors, criterion, rule: str,
+            sample: np.ndarray,
             amp: bool = False) -> tuple[dict, object, ValPass]:
     """Val metrics of ``model`` (see :data:`VAL_METRICS`), the threshold chosen by ``rule`` on the
     ``sample`` of val pairs (indices), and the pass itself (every val pair's distance and label)."""

@@ -8,7 +8,8 @@ from torch import nn
 
 from ..backbones.trainable import build_suffix, empty_network
 from ..distances import Distance, get_distance
-from .heads import DistanceToProbability, get_head, loss_class
+from .heads import DistanceToProbability, get_head
+from .losses import loss_class
 
 
 class PairModel(nn.Module):

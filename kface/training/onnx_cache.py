@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Union
 
 from ..engines.runtime import OnnxNetwork
-from ..util.cache import cache_dir
+from ..util.cache import CacheSetting
 from ..util.hashing import file_sha256
 from ..util.outputs import write_json
 from .checkpoints import load_checkpoint
@@ -24,9 +24,9 @@ from .checkpoints import load_checkpoint
 CACHE_VERSION = 1
 
 
-def cache_paths(checkpoint_sha256: str) -> tuple[Path, Path]:
-    """(onnx file, card) of a checkpoint in the cache folder."""
-    folder = cache_dir() / "onnx"
+def cache_paths(checkpoint_sha256: str, cache: CacheSetting = CacheSetting()) -> tuple[Path, Path]:
+    """(onnx file, card) of a checkpoint in ``cache``'s folder."""
+    folder = cache.root / "onnx"
     stem = f"v{CACHE_VERSION}-{checkpoint_sha256}"
     return folder / f"{stem}.onnx", folder / f"{stem}.json"
 
@@ -38,11 +38,12 @@ def _read_card(path: Path):
         return None  # missing or interrupted: export again
 
 
-def export_to_cache(model: Union[str, os.PathLike], checkpoint_sha256: str) -> dict:
+def export_to_cache(model: Union[str, os.PathLike], checkpoint_sha256: str, cache: CacheSetting = CacheSetting()
+                    ) -> dict:
     """Export checkpoint ``model`` into the cache (imports torch) and write its card; return the card."""
     from .export import export_checkpoint
 
-    onnx_file, card_file = cache_paths(checkpoint_sha256)
+    onnx_file, card_file = cache_paths(checkpoint_sha256, cache)
     logging.getLogger("kface").info("%s: exporting to ONNX once (cached in %s)", model, onnx_file.parent)
     exported = export_checkpoint(model, onnx_file, fp16=False)
     checkpoint = load_checkpoint(model)
@@ -60,12 +61,14 @@ def export_to_cache(model: Union[str, os.PathLike], checkpoint_sha256: str) -> d
     return card
 
 
-def checkpoint_network(model: Union[str, os.PathLike], device: str = "auto") -> tuple[OnnxNetwork, dict]:
+def checkpoint_network(model: Union[str, os.PathLike], device: str = "auto", cache: CacheSetting = CacheSetting()
+                       ) -> tuple[OnnxNetwork, dict]:
     """The ONNX network of checkpoint ``model`` and its card (see the module docstring), exporting it
-    into the cache on first use."""
+    into ``cache``'s folder on first use (the export is kept there even with caching off: it is the file
+    onnxruntime runs)."""
     checkpoint_sha = file_sha256(model)
-    onnx_file, card_file = cache_paths(checkpoint_sha)
+    onnx_file, card_file = cache_paths(checkpoint_sha, cache)
     card = _read_card(card_file) if onnx_file.is_file() else None
     if card is None or card.get("checkpoint_sha256") != checkpoint_sha:
-        card = export_to_cache(model, checkpoint_sha)
+        card = export_to_cache(model, checkpoint_sha, cache)
     return OnnxNetwork(onnx_file, device=device, sha256=card["onnx_sha256"]), card

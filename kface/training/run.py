@@ -28,7 +28,8 @@ batches of the train identities' images instead of pairs (:mod:`kface.training.i
 still choose the epoch and the threshold. ``--dataset/--root`` samples the pair file first.
 
 Everything is seeded and resumable: epoch ``e`` shuffles (or draws its identity batches and mirror
-views) with generators seeded from ``(seed, e)``, and no other randomness is used (the head starts as the identity, the probability
+views) with generators seeded from ``(seed, e)``, and no other randomness is used (the head starts as the identity, the
+probability
 mapping from the data), so ``--resume`` continues exactly where ``last.pt`` stopped.
 
 Under ``torchrun`` (``RANK``/``WORLD_SIZE`` set) training runs as DistributedDataParallel (gloo on
@@ -48,6 +49,7 @@ from typing import Callable, Optional
 
 from ..backbones.trainable import check_cut_device
 from ..errors import InputError
+from ..util.cache import CacheSetting
 from ..util.locks import file_lock
 from ..util.outputs import fsync_file, fsync_folder, remove_stale_temps
 from ..util.progress import progress_bar
@@ -88,8 +90,9 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
-          on_epoch_end: Optional[Callable[[dict], None]] = None) -> TrainResult:
-    """Train as ``config`` says (the whole of ``kface train``); see the module docstring.
+          on_epoch_end: Optional[Callable[[dict], None]] = None, cache: CacheSetting = CacheSetting()) -> TrainResult:
+    """Train as ``config`` says (the whole of ``kface train``); see the module docstring. ``cache``: the
+    caches the images and features go through (``--no-cache``, ``--cache-dir``).
 
     ``on_epoch_end(record)`` is called after each epoch's files are written (``record`` is the
     history row; on ranks other than 0 it has no val metrics).
@@ -106,7 +109,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False,
             _remove_stale_temps(Path(config.out))
         started = time.perf_counter()
         data = processes.local_first(lambda show: load_training_data(config, progress=progress and show,
-                                                                     resume=resume))
+                                                                     resume=resume, cache=cache))
         features_seconds = time.perf_counter() - started
         result = fit(config, data, resume=resume, progress=progress and processes.main, on_epoch_end=on_epoch_end,
                      processes=processes)

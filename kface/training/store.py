@@ -33,7 +33,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -42,9 +42,9 @@ from ..backbones.trainable import check_cut
 from ..embeddings.embedder import Embedder, shipped_network_tag
 from ..embeddings.prefix import PrefixNetwork, feature_dtype, feature_shape
 from ..errors import InputError
-from ..faces.detect import FaceSettings, mirror
+from ..faces.detect import FaceSettings, mirror, stage_counts
 from ..faces.images import content_hash, read_bytes
-from ..util.cache import cache_dir
+from ..util.cache import CacheSetting, cache_setting
 from ..util.locks import file_lock
 from ..util.outputs import write_json
 from ..util.progress import progress_bar
@@ -99,10 +99,7 @@ class FeatureSet:
     computed: int = 0  # images computed in this call; the rest came from the store
 
     def stage_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for stage in self.stages:
-            counts[stage] = counts.get(stage, 0) + 1
-        return counts
+        return stage_counts(self.stages)
 
 
 class FeatureStore:
@@ -114,11 +111,14 @@ class FeatureStore:
         workers: detection worker processes (0: detect in this process).
         progress: progress bars on stderr.
         max_pixels: refuse larger images (see :func:`kface.faces.images.decode_image`).
-        folder: the cache folder (default: :func:`kface.util.cache.cache_dir`).
+        folder: the folder the store lives under (default: ``cache``'s folder).
+        cache: the face and embedding cache the store's images go through (True: the disk cache; a
+            :class:`~kface.util.cache.CacheSetting` for its folder or none).
     """
 
     def __init__(self, spec: FeatureSpec, device: str = "auto", workers: int = 0, progress: bool = False,
-                 max_pixels: Optional[int] = None, folder: Optional[os.PathLike] = None):
+                 max_pixels: Optional[int] = None, folder: Optional[os.PathLike] = None,
+                 cache: Union[bool, CacheSetting] = True):
         if workers < 0:
             raise InputError(f"--workers must be 0 or more, got {workers}")
         self.spec = spec
@@ -130,7 +130,8 @@ class FeatureStore:
         self.dtype = feature_dtype(spec.cut, self.shape)
         self.tag = self._tag()
         self._prefix: Optional[PrefixNetwork] = None
-        root = Path(folder) if folder is not None else cache_dir()
+        self.cache = cache_setting(cache)
+        root = Path(folder) if folder is not None else self.cache.root
         self.folder = root / "features" / hashlib.sha256(self.tag.encode()).hexdigest()[:20]
 
     def _tag(self) -> str:
@@ -181,7 +182,7 @@ class FeatureStore:
     # -- computing -------------------------------------------------------------------------------
     def _embedder(self, progress: bool) -> Embedder:
         return Embedder(**self.spec.embedder_options(), device=self.device, progress=progress,
-                        max_pixels=self.max_pixels, workers=self.workers)
+                        max_pixels=self.max_pixels, workers=self.workers, cache=self.cache)
 
     def _compute(self, paths: list[str]) -> tuple[dict[str, tuple[np.ndarray, str]], dict[str, str]]:
         """Features of ``paths`` (none stored yet) and the errors of those that failed."""
@@ -235,7 +236,7 @@ class FeatureStore:
         from torch.utils.data import DataLoader
 
         chunks = [paths[i:i + DETECT_CHUNK] for i in range(0, len(paths), DETECT_CHUNK)]
-        options = {**self.spec.embedder_options(), "device": "cpu", "max_pixels": self.max_pixels}
+        options = {**self.spec.embedder_options(), "device": "cpu", "max_pixels": self.max_pixels, "cache": self.cache}
         loader = DataLoader(_DetectionTasks(chunks, options), batch_size=None, num_workers=self.workers,
                             worker_init_fn=_quiet_worker)
         bar = progress_bar(len(paths), f"detecting faces ({self.workers} workers)", enabled=self.progress)

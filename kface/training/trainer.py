@@ -16,7 +16,7 @@ from .checkpoints import STATE_FORMAT, load_state, model_checkpoint, plain, save
 from .config import LAST, MODEL, SELECT_METRICS, TrainConfig, load_last, write_history
 from .data import TrainingData
 from .distributed import Processes
-from .heads import get_head, get_loss, lda_head_of
+from .heads import get_head, lda_head_of
 from .lda import choose_dimensions, fit_lda
 from .loop import (
     VAL_GRID,
@@ -31,6 +31,7 @@ from .loop import (
     measure,
     run_epoch,
 )
+from .losses import get_loss
 from .model import build_pair_model, trainable_parameters
 from .samplers import IdentityBatchSampler
 

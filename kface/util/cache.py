@@ -5,7 +5,8 @@ landmarks, stage) keyed by the image's sha256 + face settings, and ``embeddings`
 backbone + test-time augmentation. Every command (embed, verify, train, overlap-report,
 train-attributes) shares it without knowing about the others; renaming or moving an image keeps its
 entries, editing it does not. The folder is ``$KFACE_CACHE_DIR``, else ``$XDG_CACHE_HOME/kface``, else
-``~/.cache/kface``; ``--no-cache`` bypasses it.
+``~/.cache/kface``, or the folder of a command's ``--cache-dir``; ``--no-cache`` bypasses it (both reach
+the code as one :class:`CacheSetting`).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import logging
 import os
 import sqlite3
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Protocol, Union
 
@@ -24,8 +26,6 @@ log = logging.getLogger("kface")
 SCHEMA_VERSION = 1
 #: Seconds a write waits for another process's lock before the cache is left alone for this command.
 LOCK_TIMEOUT_S = 10.0
-#: Set to "1" by ``--no-cache``, so that worker processes and stores opened deep inside a command agree.
-NO_CACHE_ENV = "KFACE_NO_CACHE"
 
 
 def cache_dir() -> Path:
@@ -34,6 +34,28 @@ def cache_dir() -> Path:
     if not root:
         root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kface"
     return Path(root)
+
+
+@dataclass(frozen=True)
+class CacheSetting:
+    """Whether a command uses the disk caches and where they live (``--no-cache``, ``--cache-dir``): one value,
+    passed down as ``cache=`` to everything that opens a cache (faces and embeddings, training's feature
+    store, exported checkpoints)."""
+
+    enabled: bool = True
+    folder: Optional[Path] = None  # None: the user cache folder, cache_dir()
+
+    @property
+    def root(self) -> Path:
+        return Path(self.folder) if self.folder is not None else cache_dir()
+
+
+def cache_setting(cache: Union[bool, CacheSetting, "CacheStore"]) -> CacheSetting:
+    """``cache`` as a :class:`CacheSetting`: True (the disk cache), False (none), a setting, or a cache object
+    (whose own storage serves faces and embeddings; the other caches stay in the user cache folder)."""
+    if isinstance(cache, CacheSetting):
+        return cache
+    return CacheSetting(enabled=cache) if isinstance(cache, bool) else CacheSetting()
 
 
 def pack(arrays: dict[str, np.ndarray]) -> bytes:
@@ -208,15 +230,17 @@ class CacheStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_cache(enabled: Union[bool, CacheStore] = True, folder: Optional[os.PathLike] = None) -> CacheStore:
-    """A :class:`Cache`, or a :class:`NullCache` when caching is off or the cache cannot be used (a note
-    on stderr says why); a cache object given as ``enabled`` is used as it is."""
-    if not isinstance(enabled, bool):
-        return enabled
-    if not enabled or os.environ.get(NO_CACHE_ENV) == "1":
+def open_cache(cache: Union[bool, CacheSetting, CacheStore] = True) -> CacheStore:
+    """The face and embedding cache that ``cache`` names (see :func:`cache_setting`): a :class:`Cache`, or a
+    :class:`NullCache` when caching is off or the cache cannot be used (a note on stderr says why); a cache
+    object is used as it is."""
+    if not isinstance(cache, (bool, CacheSetting)):
+        return cache
+    setting = cache_setting(cache)
+    if not setting.enabled:
         return NullCache()
     try:
-        return Cache(folder)
+        return Cache(setting.root)
     except CacheUnavailable as exc:
         log.warning("cache: cannot use %s; carrying on without the cache (set KFACE_CACHE_DIR or --cache-dir "
                     "to use another folder)", exc)

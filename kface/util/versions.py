@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import platform
 import sys
-from importlib import metadata
 
 from .. import __version__
 
@@ -18,6 +17,8 @@ def versions(packages: tuple[str, ...] = CHECKPOINT_PACKAGES, loaded: bool = Tru
     ``+cu130``, which its metadata does not, and checkpoints record it); any other its installed metadata,
     so that serve never imports torch for this.
     """
+    from importlib import metadata  # email, zipfile, csv...: off the paths that record no versions (verify)
+
     found = {"kface": __version__, "python": platform.python_version()}
     for package in packages:
         module = sys.modules.get(package)
