@@ -40,7 +40,7 @@ def embeddings(path) -> np.ndarray:
 # -- the last-resort handler ---------------------------------------------------------------------
 @pytest.mark.parametrize("args, fragment", [
     (["--bogus"], "No such option '--bogus'"),
-    (["embed"], "Missing argument"),
+    (["embed"], "Missing option '--out'"),
     (["train", "--epochs", "many", "--out", "x"], "'--epochs'"),
     (["verify", "--detector", "sideways", "a.jpg", "b.jpg"], "'--detector'"),
 ])

@@ -57,6 +57,8 @@ def test_a_damaged_network_file_is_refused(tmp_path, monkeypatch, precision):
         handle.write(b"\x00" * 16)
     monkeypatch.setattr(models, "MODELS_DIR", damaged)
     monkeypatch.setenv(models.PRECISION_VARIABLE, precision)
+    # A cache of its own: vectors cached by another test (keyed by the card's sha256) would spare the file.
+    monkeypatch.setenv("KFACE_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(models.KfaceError, match="sha256 differs"):
         models.network_path(family, check=True, variant=models.network_variant(family, "cpu"))
     result = CliRunner().invoke(cli, ["verify", *[path for path, _, _ in heldout_images(2)]])
