@@ -76,6 +76,16 @@ def private_cache(tmp_path_factory):
         os.environ["KFACE_CACHE_DIR"] = old
 
 
+@pytest.fixture(scope="session")
+def ray_address():
+    """One Ray instance for the whole test session (2 CPUs); its address, for processes that join it."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
 @pytest.fixture
 def lfw_dir() -> Path:
     return require(LFW)

@@ -47,16 +47,6 @@ def dataset(tmp_path_factory) -> tuple[Path, Path, int]:
     return root, manifest, len(body) + len(extra)
 
 
-@pytest.fixture(scope="session")
-def ray_address():
-    """One Ray instance for the whole test session (2 CPUs); its address, for processes that join it."""
-    ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
-
-
 def _items(dataset):
     from kface.scale.batches import dataset_items
 

@@ -9,6 +9,7 @@ from .. import toolkit
 from ..embeddings.stored import with_stored_vectors
 from ..evaluation.report import check_save_threshold, report_verifier, save_report_threshold
 from ..evaluation.report import overlap_report as run
+from ..scale.families import ray_fold_runner
 from .names import IDENTITY_DATASETS
 from .options import (
     LazyGroup,
@@ -165,30 +166,30 @@ def benchmark_lfw(lfw_dir, pairs_file, model, backbone, detector, fallback, max_
 @click.option("--embeddings", type=click.Path(),
               help="A Parquet embedding dataset (kface embed --out NAME.parquet): its vectors of the model's key are "
                    "used instead of running the network on those images.")
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="Train and score each recipe's folds as Ray tasks: local (Ray on this machine's cores), auto "
+                   "(the cluster this machine belongs to) or ray://HOST:PORT. The same tables as without.")
 @device_option
 @json_option("Print benchmark.json's rows on stdout.")
 @common_options
 @handle_errors
 def benchmark_families(dataset, root, layout_options, group_by, groups_file, exclude_groups, add_groups, folds,
                        scored_folds, pairs_per_class, age_column, keep_copies, models, recipes, rule, seed, out,
-                       embeddings, device, as_json, quiet, cache):
+                       embeddings, ray_address, device, as_json, quiet, cache):
     """Family-disjoint k-fold verification: pairs across ages and same-age same-gender hard pairs.
 
     Example: kface benchmark families --dataset csv --root korean_family --manifest
     korean_family/identities.csv --model dlib --recipe my-recipe.json --out reports/korean
     """
     setup_logging(quiet)
+    log = (lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}", err=True))
+    fold_runner = ray_fold_runner(ray_address, quiet=quiet, log=log) if ray_address else None
     rows = toolkit.benchmark_families(dataset, root, layout_options=layout_options, out=out, group_by=group_by,
-                                      groups_file=groups_file,
-                                      exclude_file=exclude_groups, added_file=add_groups, folds=folds,
-                                      scored_folds=scored_folds,
-                                      pairs_per_class=pairs_per_class, age_column=age_column, models=models,
-                                      recipes=recipes, rule=rule,
-                                      seed=seed, device=device, cache=cache, progress=not quiet,
-                                      distinct=not keep_copies,
-                                      embeddings=embeddings,
-                                      log=(lambda text: None) if quiet else (lambda text: click.echo(f"note: {text}",
-                                                                                                     err=True)))
+                                      groups_file=groups_file, exclude_file=exclude_groups, added_file=add_groups,
+                                      folds=folds, scored_folds=scored_folds, pairs_per_class=pairs_per_class,
+                                      age_column=age_column, models=models, recipes=recipes, rule=rule, seed=seed,
+                                      device=device, cache=cache, progress=not quiet, distinct=not keep_copies,
+                                      embeddings=embeddings, fold_runner=fold_runner, log=log)
     if as_json:
         print_json({"out": out, "rows": rows})
     elif not quiet:

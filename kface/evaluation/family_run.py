@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
@@ -13,10 +13,13 @@ from ..embeddings.stored import with_stored_vectors
 from ..errors import InputError
 from ..util.cache import CacheSetting
 from .families import FamilyProtocol, ProtocolPairs, _subset, family_folds, protocol_pairs
-from .family_scoring import score_fixed_model, score_recipe
+from .family_scoring import FoldJob, FoldResult, recipe_jobs, recipe_row, run_fold, score_fixed_model
 from .family_tables import write_results
 from .groups import distinct_images, load_index, read_group_list, split_added, subset_index
 from .scoring import score_models
+
+#: Runs recipe rows' fold jobs: given every row's jobs, gives back each row's results, row by row in order.
+FoldRunner = Callable[[list[list[FoldJob]]], Iterable[list[FoldResult]]]
 
 
 def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str = "family",
@@ -26,7 +29,8 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
                   rule: str = "max-accuracy", seed: int = 0, out: Path, device: str = "auto",
                   cache: Union[bool, CacheSetting] = True,
                   distinct: bool = True, embeddings: Optional[str] = None,
-                  progress: bool = False, log: Callable[[str], None] = lambda text: None) -> list[dict]:
+                  progress: bool = False, log: Callable[[str], None] = lambda text: None,
+                  fold_runner: Optional[FoldRunner] = None) -> list[dict]:
     """The whole protocol for ``models`` (names or checkpoint paths) and ``recipes`` (JSON files); writes
     ``out/benchmark.json`` and ``out/benchmark.md`` after every row, and returns the rows.
 
@@ -36,7 +40,9 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
     ``added_file`` lists groups that are training data only (:func:`split_added`): the folds and pairs are
     the other groups' alone, as without them, and each recipe is scored twice on those same pairs, trained
     without the added groups and with them (row ``NAME+added``): what the added families are worth.
-    ``embeddings``: a Parquet embedding dataset whose vectors (of each model's key) replace the network's."""
+    ``embeddings``: a Parquet embedding dataset whose vectors (of each model's key) replace the network's.
+    ``fold_runner`` runs the recipes' fold jobs elsewhere (e.g. as Ray tasks, :mod:`kface.scale.families`);
+    by default they run here, one after the other."""
     if not models and not recipes:
         raise InputError("give at least one --model or --recipe to score")
     if models and scored_folds == 1:
@@ -45,16 +51,25 @@ def run_benchmark(kind: str, root: str, layout_options: dict, *, group_by: str =
     protocol = FamilyProtocol(folds, pairs_per_class, seed, group_by, age_column, rule, scored_folds)
     data = prepare_data(kind, root, layout_options, protocol, groups_file=groups_file, exclude_file=exclude_file,
                         added_file=added_file, distinct=distinct, progress=progress, log=log)
+    row_jobs = [recipe_jobs(recipe, index, image_folds, data.pairs, protocol, name + suffix, out, device, cache)
+                for name, recipe in recipe_settings for index, image_folds, suffix in data.variants]
+    # Started before the models are scored (a runner on a cluster works meanwhile); here, lazily, one by one.
+    row_results = fold_runner(row_jobs) if fold_runner else run_here(row_jobs, progress=progress, log=log)
     rows = score_models(models, lambda verifier, name: score_fixed_model(with_stored_vectors(verifier, embeddings),
                                                                          data.scored, data.pairs, protocol, name),
                         lambda rows: write_results(out, rows, protocol, data.dataset), device=device, cache=cache,
                         progress=progress, log=log)
-    for name, recipe in recipe_settings:
-        for index, image_folds, suffix in data.variants:
-            rows.append(score_recipe(recipe, index, image_folds, data.pairs, protocol, name + suffix, out,
-                                     device=device, progress=progress, cache=cache, log=log))
-            write_results(out, rows, protocol, data.dataset)
+    for jobs, results in zip(row_jobs, row_results):
+        rows.append(recipe_row(jobs, results, data.pairs))
+        write_results(out, rows, protocol, data.dataset)
     return rows
+
+
+def run_here(row_jobs: list[list[FoldJob]], *, progress: bool = False,
+             log: Callable[[str], None] = lambda text: None) -> Iterator[list[FoldResult]]:
+    """The fold jobs in this process, one after the other, each row's as it is asked for."""
+    for jobs in row_jobs:
+        yield [run_fold(job, progress=progress, log=log) for job in jobs]
 
 
 @dataclass

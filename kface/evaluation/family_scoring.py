@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Union
 
 import numpy as np
 
 from ..api import FaceOptions, load_verifier
+from ..datasets import DatasetIndex
 from ..errors import InputError
 from ..metrics import accuracy_at, kfold_protocol, separation
 from ..util.cache import CacheSetting, cache_setting
@@ -25,38 +27,70 @@ def score_fixed_model(verifier, index, pairs: ProtocolPairs, protocol: FamilyPro
                     threshold_source=verifier.threshold_source)
 
 
-def score_recipe(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPairs, protocol: FamilyProtocol,
-                 name: str, out: Path, *, device: str = "auto", progress: bool = False,
-                 cache: Union[bool, CacheSetting] = True, log: Callable[[str], None] = lambda text: None) -> dict:
-    """Train ``recipe`` once per fold on the other folds' families; score each fold with its own model at
-    the threshold its val split chose."""
+@dataclass(frozen=True)
+class FoldJob:
+    """One fold of one recipe row: train ``recipe`` on the images of the other folds, score the fold's pairs
+    (``pairs``: that fold's alone). Self-contained, so that it can run in another process or on another node."""
+
+    recipe: dict
+    index: DatasetIndex
+    image_folds: np.ndarray
+    pairs: ProtocolPairs
+    protocol: FamilyProtocol
+    name: str
+    out: Path
+    fold: int
+    device: str = "auto"
+    cache: Union[bool, CacheSetting] = True
+    workers: Optional[int] = None  # training's face-finding processes (how to run, not what): None, its default
+
+
+#: What a fold job gives back: the distance of each of its pairs and the threshold its model's val chose.
+FoldResult = tuple[np.ndarray, float]
+
+
+def recipe_jobs(recipe: dict, index, image_folds: np.ndarray, pairs: ProtocolPairs, protocol: FamilyProtocol,
+                name: str, out: Path, device: str = "auto", cache: Union[bool, CacheSetting] = True) -> list[FoldJob]:
+    """The jobs of one recipe row: one per scored fold, each trained on the other folds' families."""
+    return [FoldJob(recipe, index, image_folds, _subset(pairs, pairs.folds == fold), protocol, name, out, fold,
+                    device, cache) for fold in range(protocol.scored)]
+
+
+def run_fold(job: FoldJob, *, progress: bool = False, log: Callable[[str], None] = lambda text: None) -> FoldResult:
+    """Train the fold's model (unless a finished run is there) and score the fold's pairs with it at the
+    threshold its own val split chose."""
     from ..training.run import TrainConfig, train
 
+    run = job.out / "runs" / job.name / f"fold{job.fold}"
+    manifest = run.parent / f"fold{job.fold}-train.csv"
+    run.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(job.index, np.flatnonzero(job.image_folds != job.fold), manifest)
+    if not (run / "model.pt").is_file() or not (run / "done").is_file():
+        how = {"device": job.device} if job.workers is None else {"device": job.device, "workers": job.workers}
+        settings = {"split": "0.9:0.1:0", "seed": job.protocol.seed, **how, **job.recipe,
+                    "pairs": None, "out": str(run), "dataset": "csv", "root": str(job.index.root),
+                    "manifest": str(manifest), "group_by": job.protocol.group_by}
+        log(f"{job.name}: training fold {job.fold + 1}/{job.protocol.folds} into {run}")
+        # An interrupted fold continues from its last epoch (training is seeded per epoch).
+        train(TrainConfig.from_dict(settings), resume=(run / "last.pt").is_file(), progress=progress,
+              cache=cache_setting(job.cache))
+        write_text(run / "done", "trained\n")
+    options = FaceOptions(detector=job.recipe.get("detector", "auto"), fallback="whole-image", device=job.device,
+                          cache=job.cache, progress=progress)
+    verifier = load_verifier(str(run / "model.pt"), options=options)
+    distances = _pair_distances(verifier, job.index, job.pairs, np.flatnonzero(job.image_folds == job.fold))
+    return distances, verifier.threshold
+
+
+def recipe_row(jobs: list[FoldJob], results: list[FoldResult], pairs: ProtocolPairs) -> dict:
+    """The row of a recipe from its fold jobs' results, scored on all of ``pairs``."""
+    first = jobs[0]
     distances = np.full(len(pairs.labels), np.nan)
-    thresholds = []
-    for fold in range(protocol.scored):
-        run = out / "runs" / name / f"fold{fold}"
-        manifest = run.parent / f"fold{fold}-train.csv"
-        run.parent.mkdir(parents=True, exist_ok=True)
-        write_manifest(index, np.flatnonzero(image_folds != fold), manifest)
-        if not (run / "model.pt").is_file() or not (run / "done").is_file():
-            settings = {"split": "0.9:0.1:0", "seed": protocol.seed, "device": device, **recipe,
-                        "pairs": None, "out": str(run), "dataset": "csv", "root": str(index.root),
-                        "manifest": str(manifest), "group_by": protocol.group_by}
-            log(f"{name}: training fold {fold + 1}/{protocol.folds} into {run}")
-            # An interrupted fold continues from its last epoch (training is seeded per epoch).
-            train(TrainConfig.from_dict(settings), resume=(run / "last.pt").is_file(), progress=progress,
-                  cache=cache_setting(cache))
-            write_text(run / "done", "trained\n")
-        options = FaceOptions(detector=recipe.get("detector", "auto"), fallback="whole-image", device=device,
-                              cache=cache, progress=progress)
-        verifier = load_verifier(str(run / "model.pt"), options=options)
-        held_out = pairs.folds == fold
-        distances[held_out] = _pair_distances(verifier, index, _subset(pairs, held_out),
-                                              np.flatnonzero(image_folds == fold))
-        thresholds.append(verifier.threshold)
-    return _summary(name, "recipe", distances, pairs, protocol, own_threshold=np.array(thresholds),
-                    threshold_source="each fold's model: chosen on its own val families", recipe=recipe)
+    for job, (fold_distances, _) in zip(jobs, results):
+        distances[pairs.folds == job.fold] = fold_distances
+    return _summary(first.name, "recipe", distances, pairs, first.protocol,
+                    own_threshold=np.array([threshold for _, threshold in results]),
+                    threshold_source="each fold's model: chosen on its own val families", recipe=first.recipe)
 
 
 def write_manifest(index, rows: np.ndarray, path: Path) -> None:
