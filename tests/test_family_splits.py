@@ -243,3 +243,8 @@ def test_a_cut_run_scores_the_first_folds_as_dealt_for_all(tmp_path):
     assert "5-fold family-disjoint protocol (a cut run: the first 2 of its folds scored)" in markdown_table([row], cut)
     with pytest.raises(InputError, match="--scored-folds"):
         FamilyProtocol(folds=5, scored_folds=6)
+
+
+def test_a_protocol_without_pairs_is_an_input_error():
+    with pytest.raises(InputError, match="--pairs-per-class"):
+        FamilyProtocol(pairs_per_class=0)

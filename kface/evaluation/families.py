@@ -44,13 +44,13 @@ class FamilyProtocol:
             raise InputError(f"--folds: the protocol needs at least 2 folds, got {self.folds}")
         if self.scored_folds is not None and not 1 <= self.scored_folds <= self.folds:
             raise InputError(f"--scored-folds: expected 1 to --folds ({self.folds}), got {self.scored_folds}")
+        if self.pairs_per_class < 1:
+            raise InputError(f"--pairs-per-class: expected 1 or more, got {self.pairs_per_class}")
 
     @property
     def scored(self) -> int:
         """How many folds (the first ones) are trained and scored."""
         return self.folds if self.scored_folds is None else self.scored_folds
-        if self.pairs_per_class < 1:
-            raise InputError(f"--pairs-per-class: expected 1 or more, got {self.pairs_per_class}")
 
 
 @dataclass
