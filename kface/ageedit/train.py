@@ -68,6 +68,8 @@ class EditorTrainConfig:
     adversarial_weight: float = 1.0
     perceptual_weight: float = 1.0
     identity_weight: float = 1.0
+    judge_weight: float = 1.0
+    judge_chips: int = 2400
     ema_decay: float = 0.995
     checkpoint_minutes: float = 5.0
     device: str = "auto"
@@ -123,6 +125,51 @@ class FaceLoss:
         return maps, self.network.fc(self.network.pool(h))
 
 
+class AgeJudge:
+    """A linear age classifier on the frozen face network's descriptor, fitted once on real training chips
+    before the editor trains: the age loss of the edits that a pretrained network gives from the first step
+    (the editor's own classifier learns from scratch). Its fit is seeded and its accuracy on the held-back
+    chips recorded."""
+
+    def __init__(self, face_loss: FaceLoss, classes: int = len(AGE_CLASSES)):
+        import torch
+
+        self.face_loss = face_loss
+        self.head = torch.nn.Linear(face_loss.network.fc.out_features, classes).to(face_loss.mean.device)
+
+    def descriptors(self, chips: np.ndarray):
+        import torch
+
+        with torch.no_grad():
+            return torch.cat([self.face_loss.features(to_tensor(chips[i:i + 64], self.face_loss.mean.device))[1]
+                              for i in range(0, len(chips), 64)])
+
+    def fit(self, chips: np.ndarray, ages: np.ndarray, seed: int, epochs: int = 300) -> None:
+        """Full-batch Adam on cross-entropy weighted by inverse class frequency."""
+        import torch
+        from torch.nn import functional as F
+
+        torch.manual_seed(seed)
+        x = self.descriptors(chips)
+        y = torch.from_numpy(ages.astype(np.int64)).to(x.device)
+        counts = torch.bincount(y, minlength=self.head.out_features).float().clamp(min=1)
+        weights = counts.sum() / (len(counts) * counts)
+        optimizer = torch.optim.Adam(self.head.parameters(), lr=1e-2, weight_decay=1e-4)
+        for _ in range(epochs):
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(self.head(x), y, weight=weights).backward()
+            optimizer.step()
+        for parameter in self.head.parameters():
+            parameter.requires_grad_(False)
+
+    def accuracy(self, chips: np.ndarray, ages: np.ndarray) -> dict:
+        import torch
+
+        with torch.no_grad():
+            predicted = self.head(self.descriptors(chips)).argmax(1).cpu().numpy()
+        return {"exact": float((predicted == ages).mean()), "within_one": float((np.abs(predicted - ages) <= 1).mean())}
+
+
 def _sample_weights(ages: np.ndarray) -> np.ndarray:
     counts = np.bincount(ages, minlength=len(AGE_CLASSES)).astype(np.float64)
     weights = 1.0 / np.sqrt(np.maximum(counts[ages], 1))
@@ -163,10 +210,12 @@ class EditorTraining:
         self.editor_optimizer = torch.optim.Adam(self.editor.parameters(), lr=config.lr, betas=betas)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=config.lr, betas=betas)
         self.face_loss = FaceLoss(self.device)
+        self.judge = AgeJudge(self.face_loss)
         self.rng = np.random.default_rng(config.seed)
         self.weights = _sample_weights(self.train.ages)
         self.step = 0
-        self.seconds = 0.0  # training time over all sessions of this run
+        self.seconds = 0.0
+        self.judge_fit: dict = {}  # training time over all sessions of this run
 
     # -- one step ------------------------------------------------------------------------------------
     def _batch(self):
@@ -214,6 +263,7 @@ class EditorTraining:
         n = len(x)
         perceptual = sum(F.l1_loss(m[:n], r) for m, r in zip(maps, real_maps))
         identity = (1 - F.cosine_similarity(identities, real_identity.repeat(2, 1))).mean()
+        judged = self.judge.head(identities[n:])
         # Re-encoding toggles batch-norm statistics; the frozen pass reads the running ones.
         self.editor.encoder.eval()
         edit_logits = self._frozen_age_logits(edited)
@@ -226,11 +276,12 @@ class EditorTraining:
             "adversarial": -self.discriminator(edited, targets).mean(),
             "perceptual": perceptual,
             "identity": identity,
+            "judge": F.cross_entropy(judged, targets),
         }
         total = (c.reconstruction_weight * losses["reconstruction"] + c.cycle_weight * losses["cycle"]
                  + c.age_weight * (losses["age_real"] + losses["age_edit"])
                  + c.adversarial_weight * losses["adversarial"] + c.perceptual_weight * perceptual
-                 + c.identity_weight * identity)
+                 + c.identity_weight * identity + c.judge_weight * losses["judge"])
         self.editor_optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.editor_optimizer.step()
@@ -275,10 +326,20 @@ class EditorTraining:
             edited = self.ema.decode(rest, t)
             cycle = self.ema(edited, a)
             edit_logits = self.ema.encode(edited)[1]
+            judged = self.judge.head(self.face_loss.features(edited)[1])
         return {"reconstruction_l1": float((reconstruction - x).abs().mean() / 2),
                 "cycle_l1": float((cycle - x).abs().mean() / 2),
                 "age_accuracy": float((logits.argmax(1) == a).float().mean()),
-                "edit_age_accuracy": float((edit_logits.argmax(1) == t).float().mean())}
+                "edit_age_accuracy": float((edit_logits.argmax(1) == t).float().mean()),
+                "edit_judge_accuracy": float((judged.argmax(1) == t).float().mean())}
+
+    def fit_judge(self) -> dict:
+        """Fit the age judge on up to ``judge_chips`` training chips (drawn as the batches are); its accuracy on
+        the held-back chips."""
+        count = min(self.config.judge_chips, len(self.train))
+        rows = self.rng.choice(len(self.train), size=count, replace=False, p=self.weights)
+        self.judge.fit(self.train.chips[rows], self.train.ages[rows], self.config.seed)
+        return {"chips": int(count), "val": self.judge.accuracy(self.val.chips, self.val.ages)}
 
     def sample_sheet(self, path: Path, faces: int = 8) -> None:
         """A PNG of the first val faces (rows): the input, then the averaged editor's edit to each class."""
@@ -308,7 +369,8 @@ class EditorTraining:
         state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "layout": self.config.layout(),
                  "shape": self.shape.to_dict(), "step": self.step, "seconds": self.seconds,
                  "editor": self.editor.state_dict(), "ema": self.ema.state_dict(),
-                 "discriminator": self.discriminator.state_dict(),
+                 "discriminator": self.discriminator.state_dict(), "judge": self.judge.head.state_dict(),
+                 "judge_fit": self.judge_fit,
                  "editor_optimizer": self.editor_optimizer.state_dict(),
                  "discriminator_optimizer": self.discriminator_optimizer.state_dict(),
                  "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
@@ -331,6 +393,8 @@ class EditorTraining:
         self.editor.load_state_dict(state["editor"])
         self.ema.load_state_dict(state["ema"])
         self.discriminator.load_state_dict(state["discriminator"])
+        self.judge.head.load_state_dict(state["judge"])
+        self.judge_fit = state["judge_fit"]
         self.editor_optimizer.load_state_dict(state["editor_optimizer"])
         self.discriminator_optimizer.load_state_dict(state["discriminator_optimizer"])
         self.rng.bit_generator.state = state["rng"]
@@ -346,6 +410,9 @@ class EditorTraining:
         write_json(self.out / "config.json", self.config.to_dict())
         if self.resume():
             log.info("resumed %s at step %d", self.checkpoint_path, self.step)
+        else:
+            self.judge_fit = self.fit_judge()
+            log.info("age judge on the face network's descriptor: %s", self.judge_fit)
         log_path = self.out / "log.jsonl"
         bar = progress_bar(self.config.steps, "training the age editor", enabled=progress)
         bar.update(self.step)
@@ -368,7 +435,8 @@ class EditorTraining:
                    "seconds_per_step": round(self.seconds / max(self.step, 1), 3),
                    "train_chips": len(self.train), "val_chips": len(self.val),
                    "train_groups": len(set(self.train.groups)), "val_groups": len(set(self.val.groups)),
-                   "device": str(self.device), "val": self.validate(), "config": self.config.to_dict()}
+                   "device": str(self.device), "val": self.validate(), "judge": self.judge_fit,
+                   "config": self.config.to_dict()}
         write_json(self.out / "summary.json", summary)
         return summary
 

@@ -34,7 +34,7 @@ RUN_DIR = Path("runs") / SHIPPED_NAME
 REPORT_DIR = Path("reports") / "age-editing"
 NETWORK_FILE = MODELS_DIR / f"{SHIPPED_NAME}.onnx"
 #: The shipped recipe: kface train-age-editor's defaults but for the steps one CPU core could give it.
-RECIPE = {"size": EDIT_SIZE, "width": 16, "batch_size": 16, "steps": 2400, "lr": 2e-4, "seed": 0,
+RECIPE = {"size": EDIT_SIZE, "width": 16, "batch_size": 16, "steps": 800, "lr": 2e-4, "seed": 0,
           "checkpoint_minutes": 4.0}
 BUILD_COMMAND = "python -m kface.build.age_editor build --root ../shared/data/korean_family"
 MEASURE_COMMAND = "python -m kface.build.age_editor measure --root ../shared/data/korean_family"
