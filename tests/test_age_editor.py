@@ -3,6 +3,7 @@ paste back), the shipped editor's file, and one-line errors on bad input."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import numpy as np
@@ -137,3 +138,43 @@ def test_age_edit_bad_input(tiny_run, tmp_path):
     Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
     assert "no face" in _one_error_line(invoke("age-edit", blank, "--to", "20-30", "--out", out, "--model", editor))
     assert not out.exists()
+
+
+def test_shipped_editor_loads_with_its_checksum_and_edits_a_portrait(tmp_path):
+    from kface.ageedit.editor import CARD_FILE, editor_card
+    from kface.hashing import file_sha256
+    from kface.models import MODELS_DIR
+
+    require(PORTRAIT)
+    card = editor_card()
+    network = MODELS_DIR / card["file"]
+    assert file_sha256(network) == card["sha256"] and CARD_FILE.is_file()
+    assert network.stat().st_size < 20 * 2**20
+    for key in ("data", "seed", "steps", "seconds", "held_out_families_sha256"):
+        assert key in card["training"], key
+    out = tmp_path / "old.png"
+    result = invoke("age-edit", PORTRAIT, "--to", "67+", "--out", out, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["source_class"] in card["classes"]
+    assert Image.open(out).size == Image.open(PORTRAIT).size
+
+
+def test_serve_page_edits_a_face_at_every_age():
+    from fastapi.testclient import TestClient
+
+    from kface.api import load_verifier
+    from kface.serve.app import Pipeline, create_app
+
+    require(PORTRAIT)
+    with TestClient(create_app([Pipeline(load_verifier(cache=False))])) as client:
+        answer = client.post("/age-edit", files={"image": ("obama.jpg", PORTRAIT.read_bytes(), "image/jpeg")})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert [edit["class"] for edit in body["edits"]] == ["0-6", "7-12", "13-19", "20-30", "31-45", "46-55",
+                                                              "56-66", "67+"]
+        assert all(edit["chip"].startswith("data:image/png;base64,") for edit in body["edits"])
+        blank = Image.new("RGB", (200, 200), (128, 128, 128))
+        buffer = io.BytesIO()
+        blank.save(buffer, format="PNG")
+        faceless = client.post("/age-edit", files={"image": ("blank.png", buffer.getvalue(), "image/png")})
+        assert faceless.status_code == 422 and "no face" in faceless.json()["detail"]

@@ -81,7 +81,10 @@ def build(root: Path, steps: int, device: str) -> dict:
                                "edits (frozen classifier)"), "hinge adversarial, projection patch discriminator",
                               ("perceptual: L1 on the frozen dlib face network's first two stages "
                                "(VGG/LPIPS weights do not install offline)"),
-                              "identity: 1 - cosine of the dlib descriptors"]},
+                              "identity: 1 - cosine of the dlib descriptors",
+                              ("age judge: cross-entropy of the edits under a linear age classifier on the dlib "
+                               "descriptor, fitted on real training chips first; off for judge_warmup steps, then "
+                               "ramped in")]},
         "training": {"data": SOURCE, "held_out_families_file": HELDOUT_FILE.name,
                      "held_out_families_sha256": file_sha256(HELDOUT_FILE), "seed": config.seed,
                      "steps": summary["steps"], "seconds": summary["seconds"],
@@ -89,7 +92,8 @@ def build(root: Path, steps: int, device: str) -> dict:
                      "cpu": platform.processor() or platform.machine(), "torch_threads": 1,
                      "train_chips": summary["train_chips"], "val_chips": summary["val_chips"],
                      "train_groups": summary["train_groups"], "val_groups": summary["val_groups"],
-                     "val": summary["val"]},
+                     "val": summary["val"], "age_judge_fit": summary["judge"],
+                     "machine": "2 CPU cores shared with other jobs, one torch thread, no GPU"},
         "made_by": BUILD_COMMAND, "measured_by": MEASURE_COMMAND, "versions": versions(("torch", "numpy", "onnx")),
     }
     write_json(CARD_FILE, card)
