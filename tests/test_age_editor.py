@@ -142,8 +142,8 @@ def test_age_edit_bad_input(tiny_run, tmp_path):
 
 def test_shipped_editor_loads_with_its_checksum_and_edits_a_portrait(tmp_path):
     from kface.ageedit.editor import CARD_FILE, editor_card
-    from kface.hashing import file_sha256
     from kface.models import MODELS_DIR
+    from kface.util.hashing import file_sha256
 
     require(PORTRAIT)
     card = editor_card()
@@ -162,11 +162,11 @@ def test_shipped_editor_loads_with_its_checksum_and_edits_a_portrait(tmp_path):
 def test_serve_page_edits_a_face_at_every_age():
     from fastapi.testclient import TestClient
 
-    from kface.api import load_verifier
+    from kface.api import FaceOptions, load_verifier
     from kface.serve.app import Pipeline, create_app
 
     require(PORTRAIT)
-    with TestClient(create_app([Pipeline(load_verifier(cache=False))])) as client:
+    with TestClient(create_app([Pipeline(load_verifier(options=FaceOptions(cache=False)))])) as client:
         answer = client.post("/age-edit", files={"image": ("obama.jpg", PORTRAIT.read_bytes(), "image/jpeg")})
         assert answer.status_code == 200, answer.text
         body = answer.json()
