@@ -239,7 +239,7 @@ def age_strip(image: ImageSource, *, model: os.PathLike | None = None, detail: b
     """One labelled strip: the largest face's aligned chip, then the face at each of the 8 classes; and the
     class the editor judged the input to be."""
     chip, edits, source = all_ages(image, model=model, detail=detail, detector=detector, device=device)
-    return label_strip([chip, *edits], [f"input ({source})", *AGE_CLASSES]), source
+    return label_strip([chip, *edits], ["input", *AGE_CLASSES]), source
 
 
 def label_strip(chips: Sequence[np.ndarray], labels: Sequence[str]) -> np.ndarray:

@@ -107,9 +107,8 @@ def age_edit(image, target, all_ages, out, chip_only, no_detail, model, detector
         what = "the edited aligned chip" if chip_only else "the photo with the edited face pasted back"
         summary = {"out": out, "written": "chip" if chip_only else "photo", "source_class": result.source,
                    "target_class": result.target, "stage": result.stage}
-        source = result.source
     write_png(out, written)
     if as_json:
         print_json(summary)
     else:
-        click.echo(f"wrote {what} to {out} (the editor read the input as {source})", err=True)
+        click.echo(f"wrote {what} to {out}", err=True)

@@ -9,7 +9,7 @@ const AGE_TEXT = {
   photo: ["One photo", "사진 한 장"],
   drop: ["Drop a photo here or click to choose one", "사진을 여기에 놓거나 클릭해서 고르세요"],
   editing: ["Editing…", "편집 중…"],
-  input: ["input ({c})", "입력 ({c})"],
+  input: ["input", "입력"],
 };
 
 function at(key, values = {}) {
@@ -29,7 +29,7 @@ function renderAgeEdit() {
   box.hidden = !answer;
   box.replaceChildren();
   if (!answer) return;
-  const tiles = [{ label: at("input", { c: answer.source_class }), chip: answer.input }]
+  const tiles = [{ label: at("input"), chip: answer.input }]
     .concat(answer.edits.map((edit) => ({ label: edit.class, chip: edit.chip })));
   for (const tile of tiles) {
     const figure = document.createElement("figure");
