@@ -12,7 +12,6 @@ chip alone. :func:`age_strip` shows one face at every class, side by side.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -23,11 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..engines.runtime import OnnxNetwork
-from ..errors import InputError, KfaceError
+from ..errors import InputError
 from ..faces.detect import FaceFinder, FaceSettings
 from ..faces.images import ImageSource, load_image
-from ..models import MODELS_DIR
-from ..util.hashing import file_sha256
+from ..models import MODELS_DIR, checked_card
 from ..util.outputs import atomic_path
 from . import AGE_CLASSES
 from .data import shrink
@@ -58,19 +56,7 @@ def parse_age_class(text: str | int) -> int:
 @cache
 def editor_card() -> dict:
     """The shipped editor's card, with its file's sha256 checked."""
-    try:
-        card = json.loads(CARD_FILE.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KfaceError(f"{CARD_FILE}: the shipped age editor is not installed; reinstall kface, or pass "
-                         f"--model runs/NAME/editor.onnx (from kface train-age-editor)") from None
-    except (OSError, ValueError) as exc:
-        raise KfaceError(f"{CARD_FILE}: the shipped age editor's card is unreadable ({exc}); reinstall kface") from None
-    network = MODELS_DIR / card["file"]
-    if not network.is_file():
-        raise KfaceError(f"{network}: the shipped age editor file is missing; reinstall kface")
-    if file_sha256(network) != card["sha256"]:
-        raise KfaceError(f"{network}: sha256 differs from its card; the file is damaged, reinstall kface")
-    return card
+    return checked_card(CARD_FILE, "age editor", "--model runs/NAME/editor.onnx (from kface train-age-editor)")
 
 
 @dataclass

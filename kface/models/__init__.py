@@ -59,6 +59,29 @@ def _read_card(file: str) -> dict:
         raise KfaceError(f"{path}: the shipped card is unreadable ({exc}); reinstall kface") from None
 
 
+def checked_card(card_file: Path, what: str, instead: str) -> dict:
+    """A shipped network's card read from ``card_file``, its file present with the card's sha256; else one
+    :class:`KfaceError` naming ``what`` is shipped and ``instead``, what a user may pass in its place."""
+    try:
+        body = json.loads(card_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise KfaceError(f"{card_file}: the shipped {what} is not installed; reinstall kface, "
+                         f"or pass {instead}") from None
+    except (OSError, ValueError) as exc:
+        raise KfaceError(f"{card_file}: the shipped {what}'s card is unreadable ({exc}); reinstall kface") from None
+    network = MODELS_DIR / body["file"]
+    if not network.is_file():
+        raise KfaceError(f"{network}: the shipped {what} file is missing; reinstall kface")
+    check_sha256(network, body["sha256"])
+    return body
+
+
+def check_sha256(path: Path, sha256: str) -> None:
+    """Refuse a shipped file whose content is not the one its card records."""
+    if file_sha256(path) != sha256:
+        raise KfaceError(f"{path}: sha256 differs from its card; the file is damaged, reinstall kface")
+
+
 def has_network(family: str) -> bool:
     """Whether the card and the network file for ``family`` are installed."""
     if family not in NETWORK_CARDS or not (MODELS_DIR / NETWORK_CARDS[family]).is_file():
@@ -73,8 +96,8 @@ def network_path(family: str, check: bool = False, variant: Optional[dict] = Non
     path = MODELS_DIR / body["file"]
     if not path.is_file():
         raise KfaceError(f"{path}: the shipped network file is missing; reinstall kface")
-    if check and file_sha256(path) != body["sha256"]:
-        raise KfaceError(f"{path}: sha256 differs from its card; the file is damaged, reinstall kface")
+    if check:
+        check_sha256(path, body["sha256"])
     return path
 
 

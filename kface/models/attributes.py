@@ -11,12 +11,9 @@ created) and the figures on the held-out families. Made by ``python -m kface.bui
 """
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
-from ..errors import KfaceError
-from ..util.hashing import file_sha256
-from . import MODELS_DIR
+from . import MODELS_DIR, checked_card
 
 SHIPPED_NAME = "attributes-korean-v4"
 CARD_FILE = MODELS_DIR / f"{SHIPPED_NAME}.json"
@@ -33,17 +30,5 @@ def has_shipped_attributes() -> bool:
 @lru_cache(maxsize=None)
 def attributes_card() -> dict:
     """The shipped model's card, with the network file's sha256 checked against it."""
-    try:
-        body = json.loads(CARD_FILE.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise KfaceError(f"{CARD_FILE}: the shipped attribute model is not installed; reinstall kface, or pass "
-                         f"--model runs/NAME/model.pt (from kface train-attributes)") from None
-    except (OSError, ValueError) as exc:
-        raise KfaceError(f"{CARD_FILE}: the shipped attribute model's card is unreadable ({exc}); "
-                         f"reinstall kface") from None
-    network = MODELS_DIR / body["file"]
-    if not network.is_file():
-        raise KfaceError(f"{network}: the shipped attribute model file is missing; reinstall kface")
-    if file_sha256(network) != body["sha256"]:
-        raise KfaceError(f"{network}: sha256 differs from its card; the file is damaged, reinstall kface")
-    return body
+    return checked_card(CARD_FILE, "attribute model",
+                        "--model runs/NAME/model.pt (from kface train-attributes)")
