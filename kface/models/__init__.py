@@ -69,7 +69,7 @@ def checked_card(card_file: Path, what: str, instead: str) -> dict:
                          f"or pass {instead}") from None
     except (OSError, ValueError) as exc:
         raise KfaceError(f"{card_file}: the shipped {what}'s card is unreadable ({exc}); reinstall kface") from None
-    network = MODELS_DIR / body["file"]
+    network = card_file.parent / body["file"]  # a network ships beside its card
     if not network.is_file():
         raise KfaceError(f"{network}: the shipped {what} file is missing; reinstall kface")
     check_sha256(network, body["sha256"])
