@@ -305,3 +305,56 @@ def test_train_attributes_group_by_keeps_each_family_on_one_side(tmp_path):
     refused = invoke("train-attributes", "--dataset", "csv", "--root", LFW, "--manifest", manifest,
                      "--group-by", "clan", "--out", tmp_path / "bad")
     assert refused.exit_code == 2 and "clan" in refused.stderr
+
+
+# -- candidate builds (python -m kface.build.attributes build --candidate NAME) ----------------------------------
+
+
+def test_a_candidate_build_writes_apart_from_the_shipped_files(tmp_path):
+    from kface.build.attributes import RUN_DIR, build_target
+    from kface.models import MODELS_DIR
+
+    root = tmp_path / "augmented"  # any folder laid out like korean_family, not only the shared one
+    target = build_target(root, "348-families")
+    assert target.candidate and target.name == "attributes-348-families"
+    assert target.run_dir == Path("runs/attributes-348-families")
+    folder = Path("reports/attributes-candidate-348-families")
+    assert {target.network_file, target.card_file, target.report_dir / "heldout.json"} == {
+        folder / "attributes-348-families.onnx", folder / "attributes-348-families.json", folder / "heldout.json"}
+    for path in (target.network_file, target.card_file, target.report_dir, target.run_dir):
+        assert MODELS_DIR.resolve() not in path.resolve().parents and path.resolve() != RUN_DIR.resolve()
+    assert target.made_by == f"python -m kface.build.attributes build --root {root} --candidate 348-families"
+    today = build_target(root)
+    assert not today.candidate and (today.network_file, today.card_file) == (shipped.NETWORK_FILE, shipped.CARD_FILE)
+
+
+@pytest.mark.parametrize("problem, args", [("identities.csv", ["--candidate", "x"]),
+                                           ("--candidate", ["--candidate", "../models"])])
+def test_a_build_with_a_bad_root_or_name_stops_with_one_error_line_before_writing(problem, args, tmp_path,
+                                                                                 monkeypatch, capsys):
+    from kface.build.attributes import main
+
+    root = tmp_path / "data"
+    root.mkdir()
+    if problem == "--candidate":
+        (root / "identities.csv").write_text("path,identity,family,gender,age_class,age\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(SystemExit) as stopped:
+        main(["build", "--root", str(root), *args])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and problem in err[0]
+    assert list(work.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_a_candidate_replaces_the_shipped_file_only_when_higher_on_exact_within_one_and_gender():
+    from kface.build.attributes import beats_shipped
+
+    today = {"exact": 0.60, "within_one": 0.955, "mae_years": 4.7, "gender": 0.952}
+    assert beats_shipped({**today, "exact": 0.62, "within_one": 0.96, "gender": 0.953}, today)["beats"]
+    lower_gender = beats_shipped({**today, "exact": 0.62, "within_one": 0.96, "gender": 0.95}, today)
+    assert not lower_gender["beats"] and not lower_gender["figures"]["gender"]["higher"]
+    assert lower_gender["figures"]["exact"] == {"candidate": 0.62, "shipped": 0.60, "higher": True}
+    assert not beats_shipped(today, today)["beats"]  # a tie keeps the shipped file

@@ -9,6 +9,11 @@
         in, probabilities out), scores that file, its checkpoint and the frozen-embedding recipes it
         replaced on the held-out groups (overall and per age class) and writes the card
         attributes-korean-v4.json.
+    python -m kface.build.attributes build --root DATASET --candidate NAME
+        the same recipe as a candidate named apart, on any folder laid out like korean_family (identities.csv and
+        its images): run folder runs/attributes-NAME; the ONNX file, its card and the held-out report in
+        reports/attributes-candidate-NAME/, scored beside the shipped file on the same held-out faces (whether it
+        beats it on exact, within one and gender); kface/models is left untouched.
 
 The shipped recipe (``last-stage``) trains dlib's last stage and final layer with one shared ordinal head
 (``--unfreeze last-stage``); the recipes before it read a frozen vector, the Korean face model's
@@ -22,8 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
 
@@ -31,13 +37,14 @@ import numpy as np
 
 from .. import __version__
 from ..attributes.labels import AgeBins, AttributeConfig, LabelledData
-from ..attributes.shipped import load_shipped_attributes
+from ..attributes.shipped import ShippedAttributeModel
 from ..attributes.train import Features, dataset_features, train_attributes
 from ..backbones.trainable import inference_network, load_network
 from ..embeddings.embedder import Embedder
+from ..errors import InputError, KfaceError
 from ..evaluation.family_scoring import write_manifest
 from ..evaluation.heldout import HELDOUT_FILE, korean_split, source_text
-from ..models import MODEL_FAMILIES
+from ..models import MODEL_FAMILIES, checked_card
 from ..models import attributes as shipped
 from ..models.attributes import CARD_FILE, NETWORK_FILE, OUTPUT_NAME, SHIPPED_NAME
 from ..util.hashing import file_sha256
@@ -81,6 +88,44 @@ REPLACED_RECIPES = {"ordinal": "ordinal on the Korean model's vector (v3's recip
 CHIP_SIZE = 150
 COMPARE_COMMAND = "python -m kface.build.attributes compare --root ../shared/data/korean_family"
 BUILD_COMMAND = "python -m kface.build.attributes build --root ../shared/data/korean_family"
+#: A candidate's name: its run folder is runs/attributes-NAME, its files reports/attributes-candidate-NAME/.
+CANDIDATE_NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
+#: The figures a candidate must beat the shipped file on (held-out groups) to replace it.
+SHIP_RULE = ("exact", "within_one", "gender")
+
+
+@dataclass(frozen=True)
+class BuildTarget:
+    """Where ``build`` writes: the shipped model's files, or a candidate's named apart (kface/models untouched)."""
+
+    name: str
+    run_dir: Path
+    network_file: Path
+    card_file: Path
+    report_dir: Path
+    made_by: str
+    candidate: bool
+
+
+def build_target(root: Path, candidate: Optional[str] = None) -> BuildTarget:
+    """The shipped model's files, or (``candidate``) runs/attributes-NAME and reports/attributes-candidate-NAME/."""
+    command = f"python -m kface.build.attributes build --root {root}"
+    if candidate is None:
+        return BuildTarget(SHIPPED_NAME, RUN_DIR, NETWORK_FILE, CARD_FILE, REPORT_DIR, command, candidate=False)
+    if not CANDIDATE_NAME.fullmatch(candidate):
+        raise InputError(f"--candidate {candidate!r}: use lower-case letters, digits, '.' and '-' "
+                         f"(it names runs/attributes-NAME and reports/attributes-candidate-NAME)")
+    name = f"attributes-{candidate}"
+    folder = Path("reports") / f"attributes-candidate-{candidate}"
+    return BuildTarget(name, Path("runs") / name, folder / f"{name}.onnx", folder / f"{name}.json", folder,
+                       f"{command} --candidate {candidate}", candidate=True)
+
+
+def check_root(root: Path) -> None:
+    """Refuse a dataset folder without the korean_family layout's manifest before anything is trained or written."""
+    if not (root / "identities.csv").is_file():
+        raise InputError(f"{root}: no identities.csv; give a folder laid out like korean_family "
+                         f"(identities.csv with path,identity,family,gender,age_class,age and the images)")
 
 
 def recipe_config(name: str, root: Path, out: Path, device: str = "auto"):
@@ -219,9 +264,10 @@ def recipes_markdown(rows: list[dict], max_folds: int = FOLDS) -> str:
 # --------------------------------------------------------------------------- build
 
 
-def train_recipe(root: Path, name: str, device: str = "auto") -> Path:
-    """kface train-attributes with recipe ``name`` on every training family; returns its model.pt."""
-    run = RUN_DIR / name
+def train_recipe(root: Path, name: str, device: str = "auto", run_dir: Path = RUN_DIR) -> Path:
+    """kface train-attributes with recipe ``name`` on every training family (into ``run_dir``/``name``);
+    returns its model.pt."""
+    run = run_dir / name
     run.mkdir(parents=True, exist_ok=True)
     manifest = run / "train-families.csv"
     training = korean_index(root, heldout=False)
@@ -231,7 +277,8 @@ def train_recipe(root: Path, name: str, device: str = "auto") -> Path:
     return train_attributes(config, progress=True).model_path
 
 
-def export_network(model_pt: Path, path: Path = NETWORK_FILE) -> dict:
+def export_network(model_pt: Path, path: Path = NETWORK_FILE, name: str = SHIPPED_NAME,
+                   made_by: str = BUILD_COMMAND) -> dict:
     """A train-attributes checkpoint with ``--unfreeze`` as one ONNX graph: aligned chips -> each task's
     probabilities side by side (:class:`~kface.attributes.heads.AttributeChipGraph`: the backbone's frozen
     prefix, the trained layers and heads, flip averaging inside), weights stored as float16; with the
@@ -243,7 +290,7 @@ def export_network(model_pt: Path, path: Path = NETWORK_FILE) -> dict:
     graph = AttributeChipGraph(inference_network(load_network(model.backbone)), model.cut, model.network,
                                model.tasks, flip=model.tta == "flip").eval()
     exported = export_onnx(graph, path, CHIP_SIZE, fp16=True, output_name=OUTPUT_NAME,
-                           metadata={"kface_model": SHIPPED_NAME, "made_by": BUILD_COMMAND})
+                           metadata={"kface_model": name, "made_by": made_by})
     exported["parity"] = check_parity(graph, path, parity_chips(CHIP_SIZE))
     return {"meta": model.meta, "export": exported}
 
@@ -262,21 +309,24 @@ def heldout_chips(root: Path, features, device: str = "auto") -> np.ndarray:
     return np.stack([entry.chip for entry in entries])
 
 
-def build(root: Path, device: str = "auto") -> str:
-    """Train (unless done) the shipped recipe and the frozen ones it replaced, export the shipped one, score them
-    on the held-out families, write the card."""
+def build(root: Path, device: str = "auto", candidate: Optional[str] = None) -> str:
+    """Train (unless done) the shipped recipe, export it, score it on the held-out families and write the card;
+    the shipped build also trains and scores the frozen recipes it replaced, a ``candidate`` build instead scores
+    the shipped file on the same faces and says whether the candidate beats it (:data:`SHIP_RULE`)."""
     from ..attributes.heads import load_attribute_model
+    check_root(root)
+    target = build_target(root, candidate)
     models = {}
-    for name in dict.fromkeys([SHIPPED_RECIPE, *REPLACED_RECIPES]):
-        model_pt = RUN_DIR / name / "model.pt"
-        models[name] = model_pt if model_pt.is_file() else train_recipe(root, name, device)
-    exported = export_network(models[SHIPPED_RECIPE])
+    for name in [SHIPPED_RECIPE] if target.candidate else dict.fromkeys([SHIPPED_RECIPE, *REPLACED_RECIPES]):
+        model_pt = target.run_dir / name / "model.pt"
+        models[name] = model_pt if model_pt.is_file() else train_recipe(root, name, device, target.run_dir)
+    exported = export_network(models[SHIPPED_RECIPE], target.network_file, target.name, target.made_by)
     meta = exported["meta"]
     body = {
-        "name": SHIPPED_NAME, "description": "age group (8 Korean age classes, 0-6 ... 67-80) and gender from an "
+        "name": target.name, "description": "age group (8 Korean age classes, 0-6 ... 67-80) and gender from an "
         "aligned face chip: dlib's ResNet with its last stage and final layer trained for these tasks and one shared "
         "head, on Korean family-album faces from toddlers to grandparents",
-        "file": NETWORK_FILE.name, "sha256": exported["export"]["sha256"],
+        "file": target.network_file.name, "sha256": exported["export"]["sha256"],
         "size_bytes": exported["export"]["size_bytes"],
         "format": {"engine": "onnxruntime", "opset": exported["export"]["opset"],
                    "input": f"chips uint8 (N, {CHIP_SIZE}, {CHIP_SIZE}, 3): RGB faces aligned as every kface model "
@@ -294,37 +344,62 @@ def build(root: Path, device: str = "auto") -> str:
                    "best_epoch": meta["best_epoch"], "val": meta["val"]},
         "training": {"data": source_text(root), "held_out_families_file": HELDOUT_FILE.name,
                      "held_out_families_sha256": file_sha256(HELDOUT_FILE)},
-        "made_by": BUILD_COMMAND, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "made_by": target.made_by, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {**meta["versions"], "exported_with_kface": __version__, "python": platform.python_version()},
     }
-    write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
+    write_text(target.card_file, json.dumps(body, indent=2) + "\n")
     shipped.attributes_card.cache_clear()
-    model = load_shipped_attributes(device)
+    built = ShippedAttributeModel(checked_card(target.card_file, "attribute model", "--model runs/NAME/model.pt"),
+                                  target.network_file, device)
     # The held-out faces go through today's default face stage, as a user's photo does.
     heldout = recipe_features(root, SHIPPED_RECIPE, heldout=True, device=device)
     chips = heldout_chips(root, heldout, device)
-    scored = {f"{SHIPPED_RECIPE} (shipped file)": figures(model, heldout, model.chip_probabilities(chips)),
+    built_row = f"{SHIPPED_RECIPE} ({'candidate' if target.candidate else 'shipped'} file)"
+    scored = {built_row: figures(built, heldout, built.chip_probabilities(chips)),
               f"{SHIPPED_RECIPE} (its PyTorch checkpoint)": figures(load_attribute_model(models[SHIPPED_RECIPE]),
                                                                     heldout)}
-    frozen = korean_features(root, heldout=True, device=device, hog_policy="sized")
-    for name in REPLACED_RECIPES:
-        scored[REPLACED_RECIPES[name]] = figures(load_attribute_model(models[name]), frozen)
     body["figures"] = {"on": f"the {len(np.unique(heldout.groups))} held-out groups of related families "
                              f"({len(heldout.paths)} faces)",
                        "rows": scored}
-    write_text(CARD_FILE, json.dumps(body, indent=2) + "\n")
-    write_json(REPORT_DIR / "heldout.json", body["figures"])
-    write_text(REPORT_DIR / "heldout.md", heldout_markdown(body["figures"]))
-    return f"wrote {NETWORK_FILE} ({body['size_bytes'] / 2 ** 20:.1f} MiB), {CARD_FILE} and {REPORT_DIR}/heldout.md"
+    if target.candidate:
+        today = ShippedAttributeModel(shipped.attributes_card(), NETWORK_FILE, device)
+        scored[f"{SHIPPED_NAME} (shipped file)"] = figures(today, heldout, today.chip_probabilities(chips))
+        body["figures"]["against_shipped"] = beats_shipped(scored[built_row], scored[f"{SHIPPED_NAME} (shipped file)"])
+    else:
+        frozen = korean_features(root, heldout=True, device=device, hog_policy="sized")
+        for name in REPLACED_RECIPES:
+            scored[REPLACED_RECIPES[name]] = figures(load_attribute_model(models[name]), frozen)
+    write_text(target.card_file, json.dumps(body, indent=2) + "\n")
+    write_json(target.report_dir / "heldout.json", body["figures"])
+    write_text(target.report_dir / "heldout.md", heldout_markdown(body["figures"], target.made_by))
+    verdict = ""
+    if target.candidate:
+        verdict = f"; {'beats' if body['figures']['against_shipped']['beats'] else 'does not beat'} {SHIPPED_NAME}"
+    return (f"wrote {target.network_file} ({body['size_bytes'] / 2 ** 20:.1f} MiB), {target.card_file} and "
+            f"{target.report_dir}/heldout.md{verdict}")
 
 
-def heldout_markdown(figures_: dict) -> str:
-    lines = [f"On {figures_['on']}. Command: `{BUILD_COMMAND}`.", "",
+def beats_shipped(candidate: dict, today: dict) -> dict:
+    """Each :data:`SHIP_RULE` figure of the candidate and of the shipped file on the same held-out faces, and
+    whether the candidate is higher on every one (``beats``: the rule for replacing the shipped file)."""
+    rows = {key: {"candidate": candidate[key], "shipped": today[key], "higher": candidate[key] > today[key]}
+            for key in SHIP_RULE}
+    return {"rule": f"higher on {', '.join(SHIP_RULE)}", "figures": rows,
+            "beats": all(row["higher"] for row in rows.values())}
+
+
+def heldout_markdown(figures_: dict, command: str = BUILD_COMMAND) -> str:
+    lines = [f"On {figures_['on']}. Command: `{command}`.", "",
              "| model | age exact | within one class | MAE years (expected) | MAE years (class) | gender |",
              "|---|---|---|---|---|---|"]
     for name, entry in figures_["rows"].items():
         lines.append(f"| {name} | {100 * entry['exact']:.1f}% | {100 * entry['within_one']:.1f}% | "
                      f"{entry['mae_years']:.2f} | {entry['mae_years_group']:.2f} | {100 * entry['gender']:.1f}% |")
+    against = figures_.get("against_shipped")
+    if against:
+        lines += ["", f"Against {SHIPPED_NAME} ({against['rule']}): " + "; ".join(
+            f"{key} {100 * row['candidate']:.1f}% vs {100 * row['shipped']:.1f}%" for key, row in
+            against["figures"].items()) + f": {'beats it' if against['beats'] else 'does not beat it'}."]
     for name, entry in figures_["rows"].items():
         lines += ["", f"Per age class, {name}:", "", "| class | n | exact | within one | MAE years | gender |",
                   "|---|---|---|---|---|---|"]
@@ -338,20 +413,30 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kface.build.attributes", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=["compare", "build"])
-    parser.add_argument("--root", type=Path, required=True, help="the korean_family folder")
+    parser.add_argument("--root", type=Path, required=True,
+                        help="the korean_family folder, or one laid out like it (identities.csv and its images)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--max-folds", type=int, default=FOLDS, help="compare: run only the first N folds")
     parser.add_argument("--recipes", default=",".join(RECIPES), help="compare: the recipes to score, comma-separated")
     parser.add_argument("--out", type=Path, default=REPORT_DIR, help="compare: the report folder")
+    parser.add_argument("--candidate", metavar="NAME",
+                        help="build: a candidate named apart (runs/attributes-NAME, "
+                             "reports/attributes-candidate-NAME), scored against the shipped file; kface/models is "
+                             "left untouched")
     args = parser.parse_args(argv)
-    if args.step == "compare":
-        unknown = sorted(set(args.recipes.split(",")) - set(RECIPES))
-        if unknown:
-            parser.error(f"--recipes: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
-        compare(args.root, args.device, out=args.out, max_folds=args.max_folds, recipes=tuple(args.recipes.split(",")))
-        print(f"wrote {args.out}/recipes.md")
-    else:
-        print(build(args.root, args.device))
+    try:
+        if args.step == "compare":
+            unknown = sorted(set(args.recipes.split(",")) - set(RECIPES))
+            if unknown:
+                parser.error(f"--recipes: unknown {', '.join(unknown)}; choose from {', '.join(RECIPES)}")
+            check_root(args.root)
+            compare(args.root, args.device, out=args.out, max_folds=args.max_folds,
+                    recipes=tuple(args.recipes.split(",")))
+            print(f"wrote {args.out}/recipes.md")
+        else:
+            print(build(args.root, args.device, candidate=args.candidate))
+    except KfaceError as exc:
+        parser.exit(2, f"error: {exc}\n")
 
 
 if __name__ == "__main__":
