@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +249,84 @@ def test_a_cut_run_scores_the_first_folds_as_dealt_for_all(tmp_path):
 def test_a_protocol_without_pairs_is_an_input_error():
     with pytest.raises(InputError, match="--pairs-per-class"):
         FamilyProtocol(pairs_per_class=0)
+
+
+def test_edited_photos_train_only_the_folds_of_their_person_and_are_never_scored(tmp_path):
+    from PIL import Image
+
+    from kface.datasets import EDITED_COLUMN
+    from kface.evaluation.family_run import prepare_data
+
+    manifest = write_family_manifest(tmp_path, families=12)
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    protocol = FamilyProtocol(folds=5, pairs_per_class=10, seed=1)
+    added_file = tmp_path / "added.txt"
+    added_file.write_text("F010\nF011\n", encoding="utf-8")
+
+    def data():
+        return prepare_data("csv", str(tmp_path), {"manifest": str(manifest)}, protocol, groups_file=None,
+                            exclude_file=None, added_file=str(added_file), distinct=True, progress=False,
+                            log=lambda text: None)
+
+    before = data()
+    (tmp_path / "edited").mkdir()
+    edits = []
+    for number, row in enumerate(rows[::4]):  # one edit of each person's first photo
+        path = f"edited/{number}.png"
+        Image.new("RGB", (8, 8), (200, number % 256, number // 256)).save(tmp_path / path)
+        edits.append({**row, "path": path, "age_class": "h", EDITED_COLUMN: row["path"]})
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], EDITED_COLUMN])
+        writer.writeheader()
+        writer.writerows([{**row, EDITED_COLUMN: ""} for row in rows] + edits)
+    after = data()
+
+    # The scored photos, their folds and pairs are those of the data without the edits.
+    assert after.scored.paths == before.scored.paths and np.array_equal(after.image_folds, before.image_folds)
+    assert np.array_equal(after.pairs.first, before.pairs.first) and np.array_equal(after.pairs.second,
+                                                                                    before.pairs.second)
+    assert [suffix for _, _, suffix in after.variants] == ["", "+added", "+added+edited"]
+    index, folds, _ = after.variants[-1]
+    fold_of_person = {after.scored.identity_names[code]: fold
+                      for code, fold in zip(after.scored.identity_codes, after.image_folds)}
+    edited = [row for row, path in enumerate(index.paths) if path.startswith("edited/")]
+    assert len(edited) == len(edits) == after.dataset["edited"]["images"]
+    for row in edited:
+        person = index.identity_names[index.identity_codes[row]]
+        # An added group's person trains every fold (-1); any other person's edits sit out the fold it is tested in.
+        assert folds[row] == fold_of_person.get(person, -1)
+        assert (folds[row] == -1) == person.startswith(("F010", "F011"))
+    assert max(after.pairs.first.max(), after.pairs.second.max()) < len(after.scored) <= min(edited)
+
+
+def test_edited_photos_make_no_pair_but_train_their_identity(tmp_path):
+    from PIL import Image
+
+    from kface.datasets import EDITED_COLUMN
+    from kface.training.identity import train_identity_images
+
+    manifest = write_family_manifest(tmp_path, families=10)
+    with open(manifest, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    (tmp_path / "edited").mkdir()
+    edits = []
+    for number, row in enumerate(rows[::4]):
+        path = f"edited/{number}.png"
+        Image.new("RGB", (8, 8), (200, number, 0)).save(tmp_path / path)
+        edits.append({**row, "path": path, EDITED_COLUMN: row["path"]})
+    with open(manifest, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[0], EDITED_COLUMN])
+        writer.writeheader()
+        writer.writerows([{**row, EDITED_COLUMN: ""} for row in rows] + edits)
+    index = load_dataset("csv", tmp_path, manifest=manifest)
+    assert index.edited_mask().sum() == len(edits)
+    pairs = sample_pairs(index, PairRequest(parse_ratio("4:6"), 200, (0.6, 0.2, 0.2), None, 0, group_by="family"))
+    used = set(pairs.path_a) | set(pairs.path_b)
+    assert used and not any(path.startswith("edited/") for path in used)
+    assert pairs.manifest["sampler"]["edited_images"] == len(edits)
+    images = train_identity_images(pairs, index)
+    trained = {Path(path).name for path in images.paths if "/edited/" in path}
+    train_people = set(pairs.select("train").identity_a) | set(pairs.select("train").identity_b)
+    expected = {Path(edit["path"]).name for edit in edits if edit["identity"] in train_people}
+    assert trained == expected and expected

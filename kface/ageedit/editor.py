@@ -192,15 +192,16 @@ def _find_face(source: ImageSource, detector: str, device: str):
 
 
 def age_edit(image: ImageSource, to: str | int, *, model: os.PathLike | None = None, paste: bool = True,
-             detail: bool = True, detector: str = "auto", device: str = "auto") -> AgeEdit:
+             detail: bool = True, detector: str = "auto", device: str = "auto",
+             editor: AgeEditorModel | None = None) -> AgeEdit:
     """The largest face of ``image`` (a path or encoded bytes) shown at age class ``to`` (``"20-30"``).
 
     ``paste``: also paste the edited chip back into the photo (``AgeEdit.image``; otherwise that is the
     photo unchanged). ``model``: a training run's ``editor.onnx`` instead of the shipped editor. No face
-    found is a :class:`~kface.errors.NoFaceError`.
+    found is a :class:`~kface.errors.NoFaceError`. ``editor``: one already loaded (many photos in a row).
     """
     target = parse_age_class(to)
-    editor = AgeEditorModel(model, device)
+    editor = editor or AgeEditorModel(model, device)
     picture, face = _find_face(image, detector, device)
     edits = editor.edit_chips(face.chip[None], [target], detail)
     edited = edits.chips[0]

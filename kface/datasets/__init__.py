@@ -15,10 +15,10 @@ from typing import Callable, Iterator, Union
 
 from ..errors import InputError
 from . import aaf, aging, folder, kface_layout, lfw_gender, manifest
-from .common import DatasetIndex, IndexBuilder, ProblemReport, age_group
+from .common import EDITED_COLUMN, DatasetIndex, IndexBuilder, ProblemReport, age_group
 from .records import Record
 
-__all__ = ["ADAPTERS", "Adapter", "DatasetIndex", "ProblemReport", "age_group", "dataset_options",
+__all__ = ["ADAPTERS", "Adapter", "DatasetIndex", "EDITED_COLUMN", "ProblemReport", "age_group", "dataset_options",
            "load_dataset", "option_flag"]
 
 

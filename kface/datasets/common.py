@@ -103,6 +103,10 @@ class ProblemReport:
                 for kind in sorted(self.counts)}
 
 
+#: The column naming, for a photo made from another (an age editor's edit), the photo it was made from.
+EDITED_COLUMN = "edited_from"
+
+
 class DatasetIndex:
     """The images of one dataset, held as columns (paths, identity codes, attribute columns).
 
@@ -134,15 +138,22 @@ class DatasetIndex:
     @classmethod
     def from_records(cls, kind: str, root: Path, records: Iterable[Record],
                      problems: Optional[ProblemReport] = None, options: Optional[dict] = None,
-                     conditions: tuple[str, ...] = ()) -> "DatasetIndex":
-        """Build an index from a stream of records (see :class:`IndexBuilder`)."""
+                     conditions: tuple[str, ...] = (), keep_order: bool = False) -> "DatasetIndex":
+        """Build an index from a stream of records (see :class:`IndexBuilder`; ``keep_order``: rows in the
+        stream's order rather than sorted by path)."""
         builder = IndexBuilder()
         for record in records:
             builder.add(record)
-        return builder.build(kind, root, problems or ProblemReport(), options or {}, conditions)
+        return builder.build(kind, root, problems or ProblemReport(), options or {}, conditions, keep_order)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def edited_mask(self) -> np.ndarray:
+        """Which rows are photos made from others (an age editor's edits, named by their source in
+        :data:`EDITED_COLUMN`): they may train a model's identities, never make a pair or score one."""
+        sources = self.attributes.get(EDITED_COLUMN) or [None] * len(self)
+        return np.array([bool(source) for source in sources], dtype=bool)
 
     def record(self, i: int) -> Record:
         """The :class:`Record` of image ``i``."""
@@ -197,9 +208,11 @@ class IndexBuilder:
             self._landmarks[row] = record.landmarks
 
     def build(self, kind: str, root: Path, problems: ProblemReport, options: dict,
-              conditions: tuple[str, ...] = ()) -> DatasetIndex:
-        """The finished index, rows sorted by path, identity codes in sorted name order."""
-        order = sorted(range(len(self._paths)), key=self._paths.__getitem__)
+              conditions: tuple[str, ...] = (), keep_order: bool = False) -> DatasetIndex:
+        """The finished index, rows sorted by path (``keep_order``: in the order added), identity codes in
+        sorted name order."""
+        order = list(range(len(self._paths))) if keep_order else sorted(range(len(self._paths)),
+                                                                          key=self._paths.__getitem__)
         new_row = {old: new for new, old in enumerate(order)}
         names = sorted(set(self._identities))
         code_of = {name: code for code, name in enumerate(names)}

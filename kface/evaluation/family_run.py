@@ -8,14 +8,14 @@ from typing import Callable, Iterable, Iterator, Optional, Union
 
 import numpy as np
 
-from ..datasets import DatasetIndex
+from ..datasets import EDITED_COLUMN, DatasetIndex
 from ..embeddings.stored import with_stored_vectors
 from ..errors import InputError
 from ..util.cache import CacheSetting
 from .families import FamilyProtocol, ProtocolPairs, _subset, family_folds, protocol_pairs
 from .family_scoring import FoldJob, FoldResult, recipe_jobs, recipe_row, run_fold, score_fixed_model
 from .family_tables import write_results
-from .groups import distinct_images, load_index, read_group_list, split_added, subset_index
+from .groups import distinct_images, load_index, read_group_list, split_added, split_edited, subset_index
 from .scoring import score_models
 
 #: Runs recipe rows' fold jobs: given every row's jobs, gives back each row's results, row by row in order.
@@ -104,10 +104,13 @@ def prepare_data(kind: str, root: str, layout_options: dict, protocol: FamilyPro
         log(f"copied images: {copies}")
     else:
         index = subset_index(index, rows)
-    scored, added = index, None
+    real_rows, edited_rows = split_edited(index)
+    scored_rows, added_rows = real_rows, np.zeros(0, dtype=np.int64)
     if added_file:
         scored_rows, added_rows = split_added(index, group_by, read_group_list(added_file))
-        scored, added = subset_index(index, scored_rows), subset_index(index, added_rows)
+        scored_rows, added_rows = np.intersect1d(scored_rows, real_rows), np.intersect1d(added_rows, real_rows)
+    scored = subset_index(index, scored_rows)
+    added = subset_index(index, added_rows) if added_file else None
     image_folds = family_folds(scored, protocol)
     pairs = protocol_pairs(scored, image_folds, protocol)
     pairs = _subset(pairs, pairs.folds < protocol.scored)
@@ -117,10 +120,22 @@ def prepare_data(kind: str, root: str, layout_options: dict, protocol: FamilyPro
     if added is not None:
         dataset["added"] = {"groups_file": added_file, "images": len(added), "identities": len(added.identity_names),
                             "groups": len(set(added.attributes[group_by]))}
-        # The added images go after the scored ones, so the pairs' rows stay valid; fold -1: never scored,
-        # trained on by every fold's model.
-        variants.append((subset_index(index, np.r_[scored_rows, added_rows]),
+        # The added images go after the scored ones (in that order, whatever their paths), so the pairs' rows
+        # stay valid; fold -1: never scored, trained on by every fold's model.
+        variants.append((subset_index(index, np.r_[scored_rows, added_rows], keep_order=True),
                          np.r_[image_folds, np.full(len(added), -1, dtype=np.int64)], "+added"))
+    if len(edited_rows):
+        # An edited photo trains only the folds its person trains in (fold -1 with an added person), and is
+        # never scored: each fold's model never sees an edit of a face it is tested on.
+        fold_of = {scored.identity_names[code]: fold for code, fold in zip(scored.identity_codes, image_folds)}
+        fold_of.update({name: -1 for name in (added.identity_names if added is not None else [])})
+        names = [index.identity_names[index.identity_codes[row]] for row in edited_rows]
+        kept = np.array([name in fold_of for name in names], dtype=bool)
+        edited_folds = np.array([fold_of[name] for name, keep in zip(names, kept) if keep], dtype=np.int64)
+        _, base_folds, suffix = variants[-1]
+        dataset["edited"] = {"column": EDITED_COLUMN, "images": int(kept.sum()), "left_out": int((~kept).sum())}
+        variants.append((subset_index(index, np.r_[scored_rows, added_rows, edited_rows[kept]], keep_order=True),
+                         np.r_[base_folds, edited_folds], suffix + "+edited"))
     return ProtocolData(scored, image_folds, pairs, dataset, variants)
 
 

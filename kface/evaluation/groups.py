@@ -101,10 +101,10 @@ def _merged_groups(rows: list[int], identity: dict[int, int], groups: list) -> d
     return {code: label[find(next(iter(names)))] for code, names in members.items()}
 
 
-def subset_index(index, rows: np.ndarray):
-    """A new index of ``rows`` of ``index``."""
+def subset_index(index, rows: np.ndarray, keep_order: bool = False):
+    """A new index of ``rows`` of ``index``, sorted by path (``keep_order``: in the order of ``rows``)."""
     return DatasetIndex.from_records(index.kind, index.root, (index.record(int(i)) for i in rows),
-                                     index.problems, index.options, index.conditions)
+                                     index.problems, index.options, index.conditions, keep_order)
 
 
 def group_rows(index, column: str, keep: Optional[set[str]] = None, drop: Optional[set[str]] = None) -> np.ndarray:
@@ -134,6 +134,13 @@ def read_group_list(path: os.PathLike) -> set[str]:
     if not names:
         raise InputError(f"{path}: the group list names no group")
     return names
+
+
+def split_edited(index) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows of real photos, the rows of edited ones): a dataset may hold photos made from others (an age
+    editor's faces), named by their source in ``edited_from``; they may train a model, never score one."""
+    edited = index.edited_mask()
+    return np.flatnonzero(~edited), np.flatnonzero(edited)
 
 
 def split_added(index, group_by: str, listed: set[str]) -> tuple[np.ndarray, np.ndarray]:

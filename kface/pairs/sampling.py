@@ -102,6 +102,10 @@ def _build_pool(index: DatasetIndex, per_identity: Optional[int],
     if "" in index.identity_names:
         usable &= codes != index.identity_names.index("")
         excluded["images_without_identity"] = int(np.sum(~usable))
+    edited = index.edited_mask()
+    if edited.any():  # edits train identity batches (every image of a train identity), never a pair
+        usable &= ~edited
+        excluded["edited_images"] = int(edited.sum())
     rows = np.flatnonzero(usable)
     # Sorting by (identity, random key) groups the images and shuffles them within each group at once.
     rows = rows[np.lexsort((rng.random(len(rows)), codes[rows]))]
