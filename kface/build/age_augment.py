@@ -31,6 +31,7 @@ from ..ageedit.editor import AgeEditorModel, age_edit, write_png
 from ..datasets import EDITED_COLUMN
 from ..errors import KfaceError
 from ..evaluation.heldout import HELDOUT_FILE, korean_split
+from ..metrics import accuracy_at, auc, eer, tar_at_far
 from ..util.hashing import file_sha256
 from ..util.outputs import write_json, write_text
 
@@ -46,6 +47,8 @@ SOURCES = (2, 3, 4, 5)
 #: The furthest an edit moves a face: the shipped editor's edits of four or more classes are rarely judged
 #: near their target (docs/age-editing.md).
 MAX_MOVE = 3
+#: The false accept rate whose threshold scores the children's cells (the same for every model).
+CELL_FAR = 1e-2
 MAKE_COMMAND = "python -m kface.build.age_augment make --root ../shared/data/korean_family"
 FACES_COMMAND = "python -m kface.build.age_augment faces --root ../shared/data/korean_family"
 
@@ -127,6 +130,94 @@ def make(root: Path, out: Path = OUT_DIR, seed: int = SEED, device: str = "auto"
     return summary
 
 
+def _trained(root: Path, run: Path, device: str) -> Path:
+    """The shipped face recipe trained on ``root``'s training groups into ``run`` (kept once finished)."""
+    from .korean import train_korean
+
+    if not (run / "done").is_file():
+        train_korean(root, run=run, device=device)
+        write_text(run / "done", "trained\n")
+    return run / "model.pt"
+
+
+def _kind_figures(distances: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+    reference = tar_at_far(distances, labels, CELL_FAR)
+    return {"pairs": len(labels), "accuracy_at_own_threshold": accuracy_at(distances, labels, threshold),
+            "auc": auc(distances, labels), "eer": eer(distances, labels).rate,
+            f"tar_at_far_{CELL_FAR:g}": reference.tar, "far_threshold": reference.threshold}
+
+
+def heldout_cells(verifier, index, pairs) -> dict:
+    """Both pair kinds' figures on the held-out pairs, and the cells where children's errors lie: same-person
+    pairs across ages whose younger photo is 0-6 or 7-12 (accepted at the kind's FAR 1e-2 threshold) and
+    same-age hard strangers aged 0-6 or 7-12 (told apart at it)."""
+    vectors, _ = verifier.embed([str(index.absolute_path(row)) for row in range(len(index))])
+    distances = verifier.distances(vectors[pairs.first], vectors[pairs.second])
+    classes = np.array([LETTERS.index(value) for value in index.attributes["age_class"]])
+    younger = np.minimum(classes[pairs.first], classes[pairs.second])
+    result = {}
+    for kind in ("cross-age", "same-age-hard"):
+        chosen = pairs.kinds == kind
+        figures = _kind_figures(distances[chosen], pairs.labels[chosen], verifier.threshold)
+        accept = distances <= figures["far_threshold"]
+        wanted = 1 if kind == "cross-age" else 0
+        for child in (0, 1):
+            cell = chosen & (younger == child) & (pairs.labels == wanted)
+            right = accept[cell] if wanted else ~accept[cell]
+            figures[f"{AGE_CLASSES[child]} {'same person accepted' if wanted else 'strangers told apart'}"] = {
+                "pairs": int(cell.sum()), "right": float(right.mean()) if cell.any() else None}
+        result[kind] = figures
+    return result
+
+
+def faces(root: Path, out: Path = OUT_DIR, device: str = "auto") -> dict:
+    """Train the face recipe without and with the edits; score both on the held-out groups (see the module)."""
+    from ..api import FaceOptions, load_verifier
+    from ..evaluation.families import FamilyProtocol, family_folds, protocol_pairs
+
+    data = out / "data"
+    if not (data / "identities.csv").is_file():
+        raise KfaceError(f"{data} holds no augmented dataset; run the make step first")
+    models = {"without edits": _trained(root, out / "korean-base", device),
+              "with edits": _trained(data, out / "korean-edited", device)}
+    _, heldout = korean_split(root)
+    protocol = FamilyProtocol()
+    pairs = protocol_pairs(heldout, family_folds(heldout, protocol), protocol)
+    options = FaceOptions(detector="auto", fallback="whole-image", device=device)
+    rows = {}
+    for name, model in models.items():
+        verifier = load_verifier(str(model), options=options)
+        rows[name] = {"model": str(model), "threshold": verifier.threshold, **heldout_cells(verifier, heldout, pairs)}
+    augment = json.loads((data / "augment.json").read_text(encoding="utf-8"))
+    result = {"made_by": FACES_COMMAND, "data": {key: augment[key] for key in ("rule", "edits", "by_target", "seed")},
+              "heldout": {"images": len(heldout), "groups": len(set(heldout.attributes["family"])),
+                          "pairs": len(pairs.labels), "protocol": "the family protocol's pairs of the held-out groups "
+                          "(5 folds pooled, 400 + 400 of each kind per fold, seed 0)"},
+              "rows": rows}
+    write_json(REPORT_DIR / "faces.json", result)
+    write_text(REPORT_DIR / "faces.md", faces_markdown(result))
+    return result
+
+
+def faces_markdown(result: dict) -> str:
+    """The held-out table of :func:`faces`."""
+    lines = [f"# Edited children and elderly in the face model's identity batches ({result['heldout']['images']} "
+             f"held-out faces, {result['heldout']['groups']} groups)", "", f"Made by `{result['made_by']}`. Edits: "
+             f"{result['data']['edits']} ({result['data']['rule']}; seed {result['data']['seed']}).", "",
+             "| training | kind | accuracy (own threshold) | AUC | EER | TAR@FAR=1e-2 | 0-6 | 7-12 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name, row in result["rows"].items():
+        for kind in ("cross-age", "same-age-hard"):
+            figures = row[kind]
+            cells = [value for key, value in figures.items() if key.startswith(("0-6", "7-12"))]
+            lines.append(f"| {name} | {kind} | {figures['accuracy_at_own_threshold']:.2%} | {figures['auc']:.4f} | "
+                         f"{figures['eer']:.2%} | {figures[f'tar_at_far_{CELL_FAR:g}']:.2%} | "
+                         + " | ".join(f"{cell['right']:.1%} ({cell['pairs']})" for cell in cells) + " |")
+    lines += ["", "0-6 and 7-12: across ages, same-person pairs whose younger photo is of that class accepted at the "
+              "kind's FAR 1e-2 threshold; same-age hard, strangers of that class told apart at it.", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("step", choices=("make", "faces"))
@@ -138,6 +229,8 @@ def main(argv=None) -> None:
         if args.step == "make":
             summary = make(args.root, seed=args.seed, device=args.device)
             print(f"{summary['edits']} edited photos ({len(summary['failed'])} failed) in {OUT_DIR / 'data'}")
+        else:
+            print(faces_markdown(faces(args.root, device=args.device)))
     except KfaceError as exc:
         parser.exit(2, f"error: {exc}\n")
 
