@@ -137,7 +137,25 @@ def test_age_edit_bad_input(tiny_run, tmp_path):
     blank = tmp_path / "blank.png"
     Image.new("RGB", (200, 200), (128, 128, 128)).save(blank)
     assert "no face" in _one_error_line(invoke("age-edit", blank, "--to", "20-30", "--out", out, "--model", editor))
+    assert "--strength" in _one_error_line(invoke("age-edit", PORTRAIT, "--to", "0-6", "--strength", "0", "--out",
+                                                  out, "--model", editor))
     assert not out.exists()
+
+
+def test_strength_scales_the_change_carried_onto_the_chip():
+    from kface.ageedit.editor import AgeEditorModel
+    from kface.errors import InputError
+
+    editor = AgeEditorModel(device="cpu")
+    chips = np.random.default_rng(0).integers(60, 196, size=(3, 150, 150, 3)).astype(np.uint8)
+    targets = [0, 4, 7]
+    change = {s: editor.edit_chips(chips, targets, strength=s).chips.astype(np.float32) - chips
+              for s in (0.5, 1.0, 2.0)}
+    assert np.abs(change[1.0]).mean() > 1
+    for s in (0.5, 2.0):  # rounding and clipping aside, the change scales with the strength
+        assert np.abs(change[s] - s * change[1.0]).mean() < 0.02 * s * np.abs(change[1.0]).mean() + 1
+    with pytest.raises(InputError, match="strength"):
+        editor.edit_chips(chips, targets, strength=-1)
 
 
 def test_shipped_editor_loads_with_its_checksum_and_edits_a_portrait(tmp_path):

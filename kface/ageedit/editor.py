@@ -40,6 +40,8 @@ CHIP_PADDING = 0.25
 MASK_INNER = 0.62
 MASK_OUTER = 0.92
 #: Other spellings of the classes accepted by --to.
+#: The strongest edit asked for: past about 3 the judged age stops moving (docs/age-editing.md).
+MAX_STRENGTH = 4.0
 CLASS_ALIASES = {"67-80": "67+", "67": "67+"}
 
 
@@ -88,14 +90,19 @@ class AgeEditorModel:
         """The side of the chips the network edits."""
         return self.network.chip_size
 
-    def edit_chips(self, chips: np.ndarray, targets: Sequence[int], detail: bool = True) -> ChipEdits:
-        """(N, S, S, 3) uint8 aligned chips edited to ``targets`` (class indices), at their own size S."""
+    def edit_chips(self, chips: np.ndarray, targets: Sequence[int], detail: bool = True,
+                   strength: float = 1.0) -> ChipEdits:
+        """(N, S, S, 3) uint8 aligned chips edited to ``targets`` (class indices), at their own size S.
+        ``strength`` scales the change (the edit minus the reconstruction): above 1 the age moves further and
+        less of the person is kept (docs/age-editing.md measures both)."""
         chips = np.asarray(chips)
         if chips.ndim != 4 or chips.shape[3] != 3 or chips.shape[1] != chips.shape[2] or chips.dtype != np.uint8:
             raise InputError(f"the editor takes (N, S, S, 3) uint8 RGB chips, got {chips.dtype} {chips.shape}")
         targets = np.asarray(targets, dtype=np.int64).reshape(-1)
         if len(targets) != len(chips) or ((targets < 0) | (targets >= len(AGE_CLASSES))).any():
             raise InputError(f"give one target class (0..{len(AGE_CLASSES) - 1}) per chip")
+        if not 0 < strength <= MAX_STRENGTH:
+            raise InputError(f"the edit's strength is a number in (0, {MAX_STRENGTH:g}], got {strength:g}")
         small = shrink(chips, self.size)
         session = self.network.session
         edited, reconstruction, probabilities = [], [], []
@@ -107,13 +114,12 @@ class AgeEditorModel:
             probabilities.append(outputs[2])
         edited, reconstruction = np.concatenate(edited), np.concatenate(reconstruction)
         probabilities = np.concatenate(probabilities)
+        change = strength * (edited - reconstruction)
         side = chips.shape[1]
-        if side == self.size:
-            out = edited
-        elif detail:
-            out = chips.astype(np.float32) + _enlarge(edited - reconstruction, side)
+        if detail and side != self.size:
+            out = chips.astype(np.float32) + _enlarge(change, side)
         else:
-            out = _enlarge(edited, side)
+            out = reconstruction + change if side == self.size else _enlarge(reconstruction + change, side)
         return ChipEdits(np.clip(np.rint(out), 0, 255).astype(np.uint8), probabilities)
 
 
@@ -193,39 +199,41 @@ def _find_face(source: ImageSource, detector: str, device: str):
 
 def age_edit(image: ImageSource, to: str | int, *, model: os.PathLike | None = None, paste: bool = True,
              detail: bool = True, detector: str = "auto", device: str = "auto",
-             editor: AgeEditorModel | None = None) -> AgeEdit:
+             editor: AgeEditorModel | None = None, strength: float = 1.0) -> AgeEdit:
     """The largest face of ``image`` (a path or encoded bytes) shown at age class ``to`` (``"20-30"``).
 
     ``paste``: also paste the edited chip back into the photo (``AgeEdit.image``; otherwise that is the
     photo unchanged). ``model``: a training run's ``editor.onnx`` instead of the shipped editor. No face
     found is a :class:`~kface.errors.NoFaceError`. ``editor``: one already loaded (many photos in a row).
+    ``strength``: how far the edit is carried (:meth:`AgeEditorModel.edit_chips`).
     """
     target = parse_age_class(to)
     editor = editor or AgeEditorModel(model, device)
     picture, face = _find_face(image, detector, device)
-    edits = editor.edit_chips(face.chip[None], [target], detail)
+    edits = editor.edit_chips(face.chip[None], [target], detail, strength)
     edited = edits.chips[0]
     result = paste_chip(picture, edited, chip_to_image(face.landmarks, face.box)) if paste else picture
     return AgeEdit(result, edited, face.chip, edits.source_classes[0], AGE_CLASSES[target], face.stage)
 
 
 def all_ages(image: ImageSource, *, model: os.PathLike | None = None, detail: bool = True,
-             detector: str = "auto", device: str = "auto",
-             editor: AgeEditorModel | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+             detector: str = "auto", device: str = "auto", editor: AgeEditorModel | None = None,
+             strength: float = 1.0) -> tuple[np.ndarray, np.ndarray, str]:
     """The largest face's aligned chip, the face at each of the 8 classes (8 chips), and the class the editor
     judged the input to be. ``editor``: one already loaded (else ``model`` or the shipped one is loaded)."""
     editor = editor or AgeEditorModel(model, device)
     _, face = _find_face(image, detector, device)
     classes = np.arange(len(AGE_CLASSES))
-    edits = editor.edit_chips(np.repeat(face.chip[None], len(classes), axis=0), classes, detail)
+    edits = editor.edit_chips(np.repeat(face.chip[None], len(classes), axis=0), classes, detail, strength)
     return face.chip, edits.chips, edits.source_classes[0]
 
 
 def age_strip(image: ImageSource, *, model: os.PathLike | None = None, detail: bool = True,
-              detector: str = "auto", device: str = "auto") -> tuple[np.ndarray, str]:
+              detector: str = "auto", device: str = "auto", strength: float = 1.0) -> tuple[np.ndarray, str]:
     """One labelled strip: the largest face's aligned chip, then the face at each of the 8 classes; and the
     class the editor judged the input to be."""
-    chip, edits, source = all_ages(image, model=model, detail=detail, detector=detector, device=device)
+    chip, edits, source = all_ages(image, model=model, detail=detail, detector=detector, device=device,
+                                   strength=strength)
     return label_strip([chip, *edits], ["input", *AGE_CLASSES]), source
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
+from ..ageedit.editor import MAX_STRENGTH, age_strip, parse_age_class, write_png
 from ..ageedit.editor import age_edit as edit
-from ..ageedit.editor import age_strip, parse_age_class, write_png
 from ..datasets import dataset_options as checked_dataset_options
 from ..errors import InputError
 from .names import ATTRIBUTE_DATASETS
@@ -80,6 +80,8 @@ def train_age_editor(dataset, root, layout_options, group_by, exclude_groups, st
               help="Write the edited aligned chip (150 px) instead of the photo with the face pasted back.")
 @click.option("--no-detail", is_flag=True,
               help="Enlarge the editor's 64 px output instead of carrying its change onto the 150 px chip.")
+@click.option("--strength", type=float, default=1.0, show_default=True,
+              help="Scale the edit (0 to 4): above 1 the age moves further and less of the person is kept.")
 @click.option("--model", type=click.Path(dir_okay=False),
               help="A training run's editor.onnx [default: the shipped editor].")
 @click.option("--detector", type=click.Choice(["dlib", "mtcnn", "auto"]), default="auto", show_default=True,
@@ -87,7 +89,7 @@ def train_age_editor(dataset, root, layout_options, group_by, exclude_groups, st
 @device_option
 @json_option("Print a JSON summary on stdout.")
 @handle_errors
-def age_edit(image, target, all_ages, out, chip_only, no_detail, model, detector, device, as_json):
+def age_edit(image, target, all_ages, out, chip_only, no_detail, strength, model, detector, device, as_json):
     """Show the largest face of IMAGE at another age class.
 
     Example: kface age-edit photo.jpg --to 67+ --out old.png; kface age-edit photo.jpg --all-ages --out strip.png
@@ -96,13 +98,16 @@ def age_edit(image, target, all_ages, out, chip_only, no_detail, model, detector
         raise InputError("give either --to CLASS or --all-ages")
     if target is not None:
         parse_age_class(target)  # a bad class fails before any image is read
+    if not 0 < strength <= MAX_STRENGTH:
+        raise InputError(f"--strength is a number in (0, {MAX_STRENGTH:g}], got {strength:g}")
     if all_ages:
-        pixels, source = age_strip(image, model=model, detail=not no_detail, detector=detector, device=device)
+        pixels, source = age_strip(image, model=model, detail=not no_detail, detector=detector, device=device,
+                                   strength=strength)
         written, what = pixels, "a strip of the aligned face at all 8 classes"
         summary = {"out": out, "written": "strip", "source_class": source}
     else:
         result = edit(image, target, model=model, paste=not chip_only, detail=not no_detail, detector=detector,
-                      device=device)
+                      device=device, strength=strength)
         written = result.chip if chip_only else result.image
         what = "the edited aligned chip" if chip_only else "the photo with the edited face pasted back"
         summary = {"out": out, "written": "chip" if chip_only else "photo", "source_class": result.source,
