@@ -42,9 +42,10 @@ def _age_scores(probabilities: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def measure_editor(editor: AgeEditorModel, faces: ChipSet, device: str = "auto",
-                   detail_modes: tuple[bool, ...] = (True, False)) -> dict:
+                   detail_modes: tuple[bool, ...] = (True, False), strength: float = 1.0) -> dict:
     """The measures above for ``editor`` on ``faces`` (150 px chips). ``detail_modes``: score the 150 px edits
-    made as a difference on the chip (True, the default of ``kface age-edit``) and/or enlarged (False)."""
+    made as a difference on the chip (True, the default of ``kface age-edit``) and/or enlarged (False), each
+    carried at ``strength`` (``kface age-edit --strength``)."""
     chips, ages = faces.chips, faces.ages.astype(np.int64)
     rng = np.random.default_rng(SEED)
     small = shrink(chips, editor.size)
@@ -53,6 +54,7 @@ def measure_editor(editor: AgeEditorModel, faces: ChipSet, device: str = "auto",
     there = editor.edit_chips(small, others).chips
     back = editor.edit_chips(there, ages)
     result: dict = {"faces": len(ages), "groups": len(set(faces.groups)), "editor_size": editor.size,
+                    "strength": strength,
                     "reconstruction_l1": _l1(reconstruction, small), "cycle_l1": _l1(back.chips, small),
                     "editor_classifier": _age_scores(back.source_probabilities, others)}
     attributes = load_shipped_attributes(device)
@@ -68,7 +70,7 @@ def measure_editor(editor: AgeEditorModel, faces: ChipSet, device: str = "auto",
     rows = np.repeat(np.arange(len(ages)), CLASSES - 1)
     targets = np.concatenate([np.delete(np.arange(CLASSES), age) for age in ages])
     for detail in detail_modes:
-        edited = np.concatenate([editor.edit_chips(chips[rows[i:i + 256]], targets[i:i + 256], detail).chips
+        edited = np.concatenate([editor.edit_chips(chips[rows[i:i + 256]], targets[i:i + 256], detail, strength).chips
                                  for i in range(0, len(rows), 256)])
         judged = attributes.chip_probabilities(edited)["age"]
         distance = np.linalg.norm(face_network.run(edited) - source_vectors[rows], axis=1)

@@ -8,6 +8,9 @@
     python -m kface.build.age_editor measure --root ../shared/data/korean_family
         scores the shipped file on the held-out groups (kface.ageedit.measures): reports/age-editing/
         (metrics.json, report.md, contact-sheet.png) and the card's figures.
+    python -m kface.build.age_editor strengths --root ../shared/data/korean_family
+        the same measures at each edit strength (kface age-edit --strength) on a seeded third of the held-out
+        faces: reports/age-editing/strengths.{json,md}.
 
 The card (age-editor-korean-v1.json) holds the data, recipe, training cost, seed, sha256, provenance and figures.
 """
@@ -20,6 +23,8 @@ import platform
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from ..ageedit import AGE_CLASSES, EDIT_SIZE
 from ..ageedit.data import ChipSet, chip_set
 from ..ageedit.editor import CARD_FILE, CHIP_SIZE, SHIPPED_NAME, AgeEditorModel, editor_card
@@ -27,7 +32,7 @@ from ..ageedit.measures import contact_sheet, measure_editor, write_report
 from ..evaluation.heldout import HELDOUT_FILE, SOURCE, korean_split
 from ..models import MODELS_DIR
 from ..util.hashing import file_sha256
-from ..util.outputs import write_json
+from ..util.outputs import write_json, write_text
 from ..util.versions import versions
 
 RUN_DIR = Path("runs") / SHIPPED_NAME
@@ -38,6 +43,9 @@ RECIPE = {"size": EDIT_SIZE, "width": 16, "batch_size": 16, "steps": 700, "lr": 
           "checkpoint_minutes": 4.0}
 BUILD_COMMAND = "python -m kface.build.age_editor build --root ../shared/data/korean_family"
 MEASURE_COMMAND = "python -m kface.build.age_editor measure --root ../shared/data/korean_family"
+STRENGTHS_COMMAND = "python -m kface.build.age_editor strengths --root ../shared/data/korean_family"
+#: The strengths the sweep scores.
+STRENGTHS = (1.0, 2.0, 3.0, 4.0)
 
 
 def training_chips(root: Path, size: int):
@@ -121,9 +129,34 @@ def measure(root: Path, device: str) -> dict:
     return result
 
 
+def strengths(root: Path, device: str, values: tuple[float, ...] = STRENGTHS) -> list[dict]:
+    """The shipped editor's edits at each of ``values`` (``kface age-edit --strength``) on a seeded third of the
+    held-out faces: how far the age moves against how often the person is kept."""
+    editor = AgeEditorModel(device=device)
+    faces = heldout_chips(root)
+    picked = np.sort(np.random.default_rng(0).permutation(len(faces.ages))[:len(faces.ages) // 3])
+    third = ChipSet(**{name: getattr(faces, name)[picked] for name in ("chips", "ages", "groups", "paths")})
+    rows = []
+    for value in values:
+        result = measure_editor(editor, third, device, detail_modes=(True,), strength=value)
+        detail = result["detail"]
+        rows.append({"strength": value, "faces": result["faces"], "edits": detail["edits"], "age": detail["age"],
+                     "same_person": detail["same_person"], "same_person_within_two": detail["same_person_within_two"],
+                     "identity_distance": detail["identity_distance"]})
+    lines = [f"# The edit's strength on a third of the held-out faces ({rows[0]['faces']} faces, {rows[0]['edits']} "
+             "edits)", "", f"Made by `{STRENGTHS_COMMAND}`.", "",
+             "| strength | within one class of the target | exact | same person within two classes | same person |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {row['strength']:g} | {row['age']['within_one']:.1%} | {row['age']['exact']:.1%} | "
+              f"{row['same_person_within_two']:.1%} | {row['same_person']:.1%} |" for row in rows]
+    write_json(REPORT_DIR / "strengths.json", {"made_by": STRENGTHS_COMMAND, "rows": rows})
+    write_text(REPORT_DIR / "strengths.md", "\n".join(lines) + "\n")
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=("build", "measure"))
+    parser.add_argument("command", choices=("build", "measure", "strengths"))
     parser.add_argument("--root", type=Path, required=True, help="the korean_family dataset's root")
     parser.add_argument("--steps", type=int, default=RECIPE["steps"],
                         help="training steps (the shipped recipe's by default)")
@@ -132,6 +165,9 @@ def main(argv=None) -> None:
     import torch
 
     torch.set_num_threads(int(os.environ.get("KFACE_THREADS", "1")))
+    if args.command == "strengths":
+        strengths(args.root, args.device)
+        return
     if args.command == "build":
         build(args.root, args.steps, args.device)
     measure(args.root, args.device)
