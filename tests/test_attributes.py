@@ -65,16 +65,19 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def csv_run(tmp_path_factory):
-    """Both heads trained once on a CSV manifest of real faces with invented ages."""
+    """Both heads trained once on a CSV manifest of real faces with invented ages; every other person's last
+    photo is filed as an edit of their first (``edited_from``: it may train, never choose an epoch or score)."""
     require_lfw()
     folder = tmp_path_factory.mktemp("attributes-csv")
     manifest = folder / "faces.csv"
     with open(manifest, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "identity", "age", "gender"])
+        writer.writerow(["path", "identity", "age", "gender", "edited_from"])
         for number, (person, gender, files) in enumerate(chosen_people()):
             for index, file in enumerate(files):
-                writer.writerow([f"images/{person}/{file.name}", person, (17 * number + 5 * index) % 75, gender])
+                edited = f"images/{person}/{files[0].name}" if number % 2 and index == len(files) - 1 else ""
+                writer.writerow([f"images/{person}/{file.name}", person, (17 * number + 5 * index) % 75, gender,
+                                 edited])
     out = folder / "run"
     result = invoke("train-attributes", "--dataset", "csv", "--root", LFW, "--manifest", manifest, "--task", "both",
                     "--epochs", 15, "--lr", 1e-3, "--seed", 3, "--out", out, "--json", "--quiet")
@@ -210,16 +213,24 @@ def test_csv_run_splits_by_identity_and_reports(csv_run):
     with open(out / "split.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 * PEOPLE_PER_GENDER * IMAGES_PER_PERSON
+    edited = [row for number, person in enumerate(chosen_people()) if number % 2
+              for row in rows if row["path"] == f"images/{person[0]}/{person[2][-1].name}"]
+    assert len(edited) == PEOPLE_PER_GENDER and {row["split"] for row in edited} == {"train", "edited, val/test side"}
     sides: dict[str, set] = {}
     for row in rows:
-        sides.setdefault(row["path"].split("/")[1], set()).add(row["split"])
+        if row not in edited:
+            sides.setdefault(row["path"].split("/")[1], set()).add(row["split"])
     assert all(len(found) == 1 for found in sides.values())
+    # An edit sits with its person's side when that is train, and out of every split otherwise.
+    for row in edited:
+        assert (row["split"] == "train") == (sides[row["path"].split("/")[1]] == {"train"})
     assert {split for found in sides.values() for split in found} == {"train", "val", "test"}
     report = out / "report"
     metrics = json.loads((report / "metrics.json").read_text())
     test = metrics["test"]
     test_images = metrics["split"]["counts"]["test"]["images"]
     assert test["age"]["n"] == test_images == summary["split"]["counts"]["test"]["images"]
+    assert test_images == sum(row["split"] == "test" for row in rows)
     assert np.array(test["age"]["confusion"]).shape == (7, 7) and np.sum(test["age"]["confusion"]) == test["age"]["n"]
     assert 0 <= test["age"]["accuracy"] <= test["age"]["adjacent_accuracy"] <= 1
     assert test["age"]["mae_years_expected"] > 0 and set(test["age"]["per_group"]) == set(AgeBins().labels)

@@ -18,12 +18,13 @@ SPLIT_NAMES = ("train", "val", "test")
 
 
 def write_split_csv(path: os.PathLike, features, split: np.ndarray) -> None:
-    """``path,identity_group,split`` per embedded image, so a run's test images can be named later."""
+    """``path,identity_group,split`` per embedded image, so a run's test images can be named later (an edited
+    photo on the val or test side, left out of both, says so)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "group", "split"])
     for image, group, part in zip(features.paths, features.groups, split):
-        writer.writerow([image, int(group), SPLIT_NAMES[int(part)]])
+        writer.writerow([image, int(group), SPLIT_NAMES[int(part)] if part >= 0 else "edited, val/test side"])
     write_text(path, buffer.getvalue())
 
 

@@ -217,6 +217,9 @@ def train_attributes(config: AttributeConfig, progress: bool = False) -> Trainin
     if features.skipped:
         log.info("%d images left out (e.g. %s)", len(features.skipped), next(iter(features.skipped.values())))
     split = split_by_group(features.groups, config.split, config.seed)
+    edited = set(np.asarray(index.paths, dtype=object)[index.edited_mask()])
+    if edited:  # photos made from others (age edits) train, never choose the epoch or score: out of val and test
+        split[np.array([path in edited for path in features.paths]) & (split != 0)] = -1
     classes = {task: len(bins) if task == "age" else len(GENDERS) for task in tasks}
     network, history, best_epoch = fit_heads(features.embeddings, features.labels.targets, split, classes, config,
                                              progress, features.mirrored)
