@@ -28,12 +28,15 @@ import numpy as np
 from ..ageedit import AGE_CLASSES, AGE_EDGES
 from ..ageedit.editor import CARD_FILE as EDITOR_CARD
 from ..ageedit.editor import AgeEditorModel, age_edit, write_png
+from ..api import FaceOptions, load_verifier
 from ..datasets import EDITED_COLUMN
 from ..errors import KfaceError
+from ..evaluation.families import FamilyProtocol, family_folds, protocol_pairs
 from ..evaluation.heldout import HELDOUT_FILE, korean_split
 from ..metrics import accuracy_at, auc, eer, tar_at_far
 from ..util.hashing import file_sha256
 from ..util.outputs import write_json, write_text
+from .korean import train_korean
 
 OUT_DIR = Path("runs") / "age-augment"
 REPORT_DIR = Path("reports") / "age-augment"
@@ -132,8 +135,6 @@ def make(root: Path, out: Path = OUT_DIR, seed: int = SEED, device: str = "auto"
 
 def _trained(root: Path, run: Path, device: str) -> Path:
     """The shipped face recipe trained on ``root``'s training groups into ``run`` (kept once finished)."""
-    from .korean import train_korean
-
     if not (run / "done").is_file():
         train_korean(root, run=run, device=device)
         write_text(run / "done", "trained\n")
@@ -172,9 +173,6 @@ def heldout_cells(verifier, index, pairs) -> dict:
 
 def faces(root: Path, out: Path = OUT_DIR, device: str = "auto") -> dict:
     """Train the face recipe without and with the edits; score both on the held-out groups (see the module)."""
-    from ..api import FaceOptions, load_verifier
-    from ..evaluation.families import FamilyProtocol, family_folds, protocol_pairs
-
     data = out / "data"
     if not (data / "identities.csv").is_file():
         raise KfaceError(f"{data} holds no augmented dataset; run the make step first")
