@@ -358,3 +358,27 @@ def test_a_candidate_replaces_the_shipped_file_only_when_higher_on_exact_within_
     assert not lower_gender["beats"] and not lower_gender["figures"]["gender"]["higher"]
     assert lower_gender["figures"]["exact"] == {"candidate": 0.62, "shipped": 0.60, "higher": True}
     assert not beats_shipped(today, today)["beats"]  # a tie keeps the shipped file
+
+
+def test_each_candidate_report_scores_the_shipped_file_on_the_faces_of_its_card():
+    """A candidate (reports/attributes-candidate-NAME) is compared with the shipped file on the same held-out faces:
+    its report's row for the shipped file is the shipped card's own, and its verdict follows the ship rule."""
+    from conftest import REPO
+
+    from kface.build.attributes import SHIP_RULE, beats_shipped
+
+    reports = sorted((REPO / "reports").glob("attributes-candidate-*/heldout.json"))
+    if not reports:
+        pytest.skip("no candidate report in reports/")
+    card = shipped.attributes_card()["figures"]
+    card_row = next(row for name, row in card["rows"].items() if name.endswith("(shipped file)"))
+    for report in reports:
+        figures = json.loads(report.read_text())
+        assert figures["on"] == card["on"], report
+        today = figures["rows"][f"{shipped.SHIPPED_NAME} (shipped file)"]
+        assert today["n"] == card_row["n"] and today["per_class"].keys() == card_row["per_class"].keys()
+        for key in (*SHIP_RULE, "mae_years"):
+            assert today[key] == pytest.approx(card_row[key], abs=1e-9), (report, key)
+        candidate = figures["rows"]["last-stage (candidate file)"]
+        assert candidate["n"] == today["n"]
+        assert figures["against_shipped"] == beats_shipped(candidate, today)
