@@ -309,20 +309,10 @@ def heldout_chips(root: Path, features, device: str = "auto") -> np.ndarray:
     return np.stack([entry.chip for entry in entries])
 
 
-def build(root: Path, device: str = "auto", candidate: Optional[str] = None) -> str:
-    """Train (unless done) the shipped recipe, export it, score it on the held-out families and write the card;
-    the shipped build also trains and scores the frozen recipes it replaced, a ``candidate`` build instead scores
-    the shipped file on the same faces and says whether the candidate beats it (:data:`SHIP_RULE`)."""
-    from ..attributes.heads import load_attribute_model
-    check_root(root)
-    target = build_target(root, candidate)
-    models = {}
-    for name in [SHIPPED_RECIPE] if target.candidate else dict.fromkeys([SHIPPED_RECIPE, *REPLACED_RECIPES]):
-        model_pt = target.run_dir / name / "model.pt"
-        models[name] = model_pt if model_pt.is_file() else train_recipe(root, name, device, target.run_dir)
-    exported = export_network(models[SHIPPED_RECIPE], target.network_file, target.name, target.made_by)
+def card_body(root: Path, target: BuildTarget, exported: dict) -> dict:
+    """The card of an exported attribute network (its figures come after it is scored)."""
     meta = exported["meta"]
-    body = {
+    return {
         "name": target.name, "description": "age group (8 Korean age classes, 0-6 ... 67-80) and gender from an "
         "aligned face chip: dlib's ResNet with its last stage and final layer trained for these tasks and one shared "
         "head, on Korean family-album faces from toddlers to grandparents",
@@ -347,6 +337,21 @@ def build(root: Path, device: str = "auto", candidate: Optional[str] = None) -> 
         "made_by": target.made_by, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "versions": {**meta["versions"], "exported_with_kface": __version__, "python": platform.python_version()},
     }
+
+
+def build(root: Path, device: str = "auto", candidate: Optional[str] = None) -> str:
+    """Train (unless done) the shipped recipe, export it, score it on the held-out families and write the card;
+    the shipped build also trains and scores the frozen recipes it replaced, a ``candidate`` build instead scores
+    the shipped file on the same faces and says whether the candidate beats it (:data:`SHIP_RULE`)."""
+    from ..attributes.heads import load_attribute_model
+    check_root(root)
+    target = build_target(root, candidate)
+    models = {}
+    for name in [SHIPPED_RECIPE] if target.candidate else dict.fromkeys([SHIPPED_RECIPE, *REPLACED_RECIPES]):
+        model_pt = target.run_dir / name / "model.pt"
+        models[name] = model_pt if model_pt.is_file() else train_recipe(root, name, device, target.run_dir)
+    exported = export_network(models[SHIPPED_RECIPE], target.network_file, target.name, target.made_by)
+    body = card_body(root, target, exported)
     write_text(target.card_file, json.dumps(body, indent=2) + "\n")
     shipped.attributes_card.cache_clear()
     built = ShippedAttributeModel(checked_card(target.card_file, "attribute model", "--model runs/NAME/model.pt"),
