@@ -39,9 +39,9 @@ CHIP_PADDING = 0.25
 #: photo at :data:`MASK_OUTER` (the chip's border holds background the editor was not trained to keep).
 MASK_INNER = 0.62
 MASK_OUTER = 0.92
-#: Other spellings of the classes accepted by --to.
 #: The strongest edit asked for: past about 3 the judged age stops moving (docs/age-editing.md).
 MAX_STRENGTH = 4.0
+#: Other spellings of the classes accepted by --to.
 CLASS_ALIASES = {"67-80": "67+", "67": "67+"}
 
 
@@ -56,6 +56,13 @@ def parse_age_class(text: str | int) -> int:
 
 
 @cache
+def checked_strength(strength: float) -> float:
+    """``strength`` (how far an edit is carried), or an :class:`InputError` outside (0, :data:`MAX_STRENGTH`]."""
+    if not 0 < strength <= MAX_STRENGTH:
+        raise InputError(f"--strength (the edit's strength) is a number in (0, {MAX_STRENGTH:g}], got {strength:g}")
+    return strength
+
+
 def editor_card() -> dict:
     """The shipped editor's card, with its file's sha256 checked."""
     return checked_card(CARD_FILE, "age editor", "--model runs/NAME/editor.onnx (from kface train-age-editor)")
@@ -101,8 +108,7 @@ class AgeEditorModel:
         targets = np.asarray(targets, dtype=np.int64).reshape(-1)
         if len(targets) != len(chips) or ((targets < 0) | (targets >= len(AGE_CLASSES))).any():
             raise InputError(f"give one target class (0..{len(AGE_CLASSES) - 1}) per chip")
-        if not 0 < strength <= MAX_STRENGTH:
-            raise InputError(f"the edit's strength is a number in (0, {MAX_STRENGTH:g}], got {strength:g}")
+        checked_strength(strength)
         small = shrink(chips, self.size)
         session = self.network.session
         edited, reconstruction, probabilities = [], [], []
@@ -116,10 +122,12 @@ class AgeEditorModel:
         probabilities = np.concatenate(probabilities)
         change = strength * (edited - reconstruction)
         side = chips.shape[1]
-        if detail and side != self.size:
+        if side == self.size:
+            out = reconstruction + change
+        elif detail:
             out = chips.astype(np.float32) + _enlarge(change, side)
         else:
-            out = reconstruction + change if side == self.size else _enlarge(reconstruction + change, side)
+            out = _enlarge(reconstruction + change, side)
         return ChipEdits(np.clip(np.rint(out), 0, 255).astype(np.uint8), probabilities)
 
 

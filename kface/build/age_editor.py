@@ -135,7 +135,7 @@ def strengths(root: Path, device: str, values: tuple[float, ...] = STRENGTHS) ->
     editor = AgeEditorModel(device=device)
     faces = heldout_chips(root)
     picked = np.sort(np.random.default_rng(0).permutation(len(faces.ages))[:len(faces.ages) // 3])
-    third = ChipSet(**{name: getattr(faces, name)[picked] for name in ("chips", "ages", "groups", "paths")})
+    third = faces.subset(picked)
     rows = []
     for value in values:
         result = measure_editor(editor, third, device, detail_modes=(True,), strength=value)

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from ..ageedit.editor import MAX_STRENGTH, age_strip, parse_age_class, write_png
 from ..ageedit.editor import age_edit as edit
+from ..ageedit.editor import age_strip, checked_strength, parse_age_class, write_png
 from ..datasets import dataset_options as checked_dataset_options
 from ..errors import InputError
 from .names import ATTRIBUTE_DATASETS
@@ -98,8 +98,7 @@ def age_edit(image, target, all_ages, out, chip_only, no_detail, strength, model
         raise InputError("give either --to CLASS or --all-ages")
     if target is not None:
         parse_age_class(target)  # a bad class fails before any image is read
-    if not 0 < strength <= MAX_STRENGTH:
-        raise InputError(f"--strength is a number in (0, {MAX_STRENGTH:g}], got {strength:g}")
+    checked_strength(strength)  # as the class: before any image is read
     if all_ages:
         pixels, source = age_strip(image, model=model, detail=not no_detail, detector=detector, device=device,
                                    strength=strength)
